@@ -1,0 +1,1 @@
+"""planner: an offline capacity planner for serving several LLMs with llama.cpp."""

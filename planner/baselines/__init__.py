@@ -1,0 +1,1 @@
+"""Baseline schedulers (fcfs-lru, grouped, static) as discrete-event simulations."""

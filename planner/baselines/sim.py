@@ -1,0 +1,189 @@
+"""Discrete-event machinery shared by the baseline policies.
+
+The simulator keeps, per device, one timeline on which every action of that
+device is appended in time order (baselines never overlap a load with a run,
+as Ollama and llama-swap do not), the engines resident there with their last
+use, and per host a ledger of memory intervals (open-ended while resident).
+Policies decide *what* to do; this module turns decisions into timed actions
+priced by the cost model. It emits plain engines and actions; validity is
+judged separately by :mod:`planner.checker`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from planner.costmodel.base import CostModel
+from planner.domain import Action, Device, Engine, EngineConfig, Instance, Request, Schedule
+
+CTX_ROUND = 256
+
+
+class BaselineError(Exception):
+    """The policy cannot serve this instance (a model fits nowhere, say)."""
+
+
+@dataclass
+class Resident:
+    engine: Engine
+    interval: list[float]  # [start, end] in the host ledger; end is inf while resident
+    last_used: float
+    host: str
+
+
+@dataclass
+class DeviceState:
+    device: Device
+    free_at: float = 0.0
+    resident: list[Resident] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadOption:
+    device: str
+    cfg: EngineConfig
+    evict: tuple[Resident, ...]
+    start: float  # when the first unload (or the load) begins
+    ready_at: float  # when the new engine is loaded and can run
+
+
+def context_sizes(instance: Instance) -> dict[str, int]:
+    """n_ctx per model: its longest request, rounded up to a multiple of 256."""
+    out: dict[str, int] = {}
+    for r in instance.requests:
+        need = math.ceil(r.total_tokens / CTX_ROUND) * CTX_ROUND
+        out[r.model] = max(out.get(r.model, CTX_ROUND), need)
+    for m in instance.models:
+        out.setdefault(m.id, CTX_ROUND)
+    return out
+
+
+def serving_devices(instance: Instance) -> list[Device]:
+    """GPUs when the cluster has any (partial offload, like Ollama), else the hosts' CPUs."""
+    gpus = [d for d in instance.cluster.devices if d.kind == "gpu"]
+    return gpus or [d for d in instance.cluster.devices if d.kind == "cpu"]
+
+
+class Simulator:
+    def __init__(self, instance: Instance, cost: CostModel) -> None:
+        self.inst = instance
+        self.cost = cost
+        self.n_ctx = context_sizes(instance)
+        self.devices = {d.id: DeviceState(d) for d in serving_devices(instance)}
+        self.ledger: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
+        self.engines: list[Engine] = []
+        self.actions: list[Action] = []
+
+    # --- configuration ------------------------------------------------------------
+    def fit_config(self, model: str, device: str,
+                   gpu_free: int | None = None) -> EngineConfig | None:
+        """Most GPU layers that fit in ``gpu_free`` (default: the whole GPU), like ``--fit``."""
+        d = self.devices[device].device
+        host_cap = self.inst.cluster.host(d.host).memory_bytes
+        if d.kind == "cpu":
+            cfg = EngineConfig(model, device, 0, self.n_ctx[model])
+            return cfg if self.cost.host_bytes(cfg) <= host_cap else None
+        cap = d.memory_bytes if gpu_free is None else gpu_free
+        for g in range(self.cost.n_layers(model), -1, -1):
+            cfg = EngineConfig(model, device, g, self.n_ctx[model])
+            if self.cost.gpu_bytes(cfg) <= cap and self.cost.host_bytes(cfg) <= host_cap:
+                return cfg
+        return None
+
+    # --- host memory ledger -------------------------------------------------------
+    def host_peak_from(self, host: str, t: float, ending: dict[int, float]) -> float:
+        """Largest host memory use at any time >= t; ``ending`` overrides interval ends."""
+        events: list[tuple[float, int, float]] = []
+        for iv in self.ledger[host]:
+            s, e, b = iv[0], ending.get(id(iv), iv[1]), iv[2]
+            if e <= t:
+                continue
+            events.append((max(s, t), 1, b))
+            if e != math.inf:
+                events.append((e, 0, -b))
+        events.sort(key=lambda x: (x[0], x[1]))
+        cur = best = 0.0
+        for _t, _o, b in events:
+            cur += b
+            best = max(best, cur)
+        return best
+
+    # --- decisions ----------------------------------------------------------------
+    def resident_engines(self, model: str) -> list[tuple[DeviceState, Resident]]:
+        return [(ds, r) for ds in self.devices.values() for r in ds.resident
+                if r.engine.model == model]
+
+    def plan_load(self, model: str, device: str, earliest: float,
+                  evict_all: bool = False) -> LoadOption | None:
+        """Evict least-recently-used engines on ``device`` until ``model`` fits; dry run."""
+        ds = self.devices[device]
+        cfg = self.fit_config(model, device)
+        if cfg is None:
+            return None
+        gpu_need = self.cost.gpu_bytes(cfg)
+        host_need = self.cost.host_bytes(cfg)
+        host = ds.device.host
+        host_cap = self.inst.cluster.host(host).memory_bytes
+        gpu_cap = ds.device.memory_bytes if ds.device.kind == "gpu" else 0
+        order = sorted(ds.resident, key=lambda r: r.last_used)
+        evict: list[Resident] = []
+        t = max(ds.free_at, earliest)
+        while True:
+            unload_end = t + sum(self.cost.unload_s(r.engine.config) for r in evict)
+            kept = [r for r in ds.resident if r not in evict]
+            gpu_ok = ds.device.kind != "gpu" or \
+                sum(r.engine.gpu_bytes for r in kept) + gpu_need <= gpu_cap
+            ending = {id(r.interval): unload_end for r in evict}
+            host_ok = self.host_peak_from(host, unload_end, ending) + host_need <= host_cap
+            if gpu_ok and host_ok and not (evict_all and kept):
+                return LoadOption(device, cfg, tuple(evict), t,
+                                  unload_end + self.cost.load_s(cfg))
+            if not order:
+                return None
+            evict.append(order.pop(0))
+
+    def apply_load(self, opt: LoadOption) -> Resident:
+        ds = self.devices[opt.device]
+        t = max(ds.free_at, opt.start)
+        for r in opt.evict:
+            self.unload(r, t)
+            t = ds.free_at
+        cfg = opt.cfg
+        e = Engine(f"e{len(self.engines) + 1}", cfg.model, cfg.device, cfg.n_gpu_layers,
+                   cfg.n_ctx, self.cost.gpu_bytes(cfg), self.cost.host_bytes(cfg))
+        self.engines.append(e)
+        end = t + self.cost.load_s(cfg)
+        self.actions.append(Action("load", e.id, e.device, t, end))
+        iv = [t, math.inf, float(e.host_bytes)]
+        self.ledger[ds.device.host].append(iv)
+        res = Resident(e, iv, end, ds.device.host)
+        ds.resident.append(res)
+        ds.free_at = end
+        return res
+
+    def unload(self, r: Resident, earliest: float) -> None:
+        ds = self.devices[r.engine.device]
+        t = max(ds.free_at, earliest)
+        end = t + self.cost.unload_s(r.engine.config)
+        self.actions.append(Action("unload", r.engine.id, r.engine.device, t, end))
+        r.interval[1] = end
+        ds.resident.remove(r)
+        ds.free_at = end
+
+    def run_time(self, r: Resident, req: Request) -> float:
+        return self.cost.run_s(r.engine.config, req.prompt_tokens, 0, req.output_tokens)
+
+    def run(self, r: Resident, req: Request, earliest: float) -> float:
+        ds = self.devices[r.engine.device]
+        t = max(ds.free_at, earliest, req.arrival_s)
+        end = t + self.run_time(r, req)
+        self.actions.append(Action("run", r.engine.id, r.engine.device, t, end, request=req.id,
+                                   tokens_from=0, tokens_to=req.output_tokens))
+        ds.free_at = end
+        r.last_used = end
+        return end
+
+    def schedule(self) -> Schedule:
+        return Schedule(tuple(self.engines),
+                        tuple(sorted(self.actions, key=lambda a: (a.start_s, a.device))))

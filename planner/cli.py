@@ -1,0 +1,244 @@
+"""The ``planner`` command line: profile, solve, validate, generate instances."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from planner.commands.profile import profile
+from planner.costmodel import COST_MODELS
+from planner.costmodel.base import CostModelError
+from planner.domain import OBJECTIVES
+from planner.generate import MIXED_MODELS
+from planner.io import InputError, read_json, write_json_atomic
+
+console = Console(stderr=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PlannerError(click.ClickException):
+    """A user-facing error: printed as clear lines, exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        for line in self.message.splitlines():
+            click.echo(f"Error: {line}", err=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into PlannerError."""
+    from planner.baselines.sim import BaselineError
+    from planner.service import SolveError
+
+    try:
+        yield
+    except (InputError, SolveError, BaselineError, CostModelError) as exc:
+        raise PlannerError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="planner")
+def cli() -> None:
+    """Capacity planner for serving several LLMs with llama.cpp on shared GPUs.
+
+    \b
+    Typical flow:
+      planner profile --quick                  # measure this machine (cached)
+      planner solve instances/mixed.json       # plan: placement, layers, schedule
+      planner validate solutions/mixed.json --instance instances/mixed.json
+    """
+
+
+cli.add_command(profile)
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}{unit}" if abs(v) < 1000 else f"{v:.1f}{unit}"
+    return f"{v}{unit}"
+
+
+def print_summary(data: dict[str, Any], out: Path) -> None:
+    s = data["solver"]
+    console.print(f"[bold]{data['instance']['name']}[/]: {s['name']} {s['status']}, "
+                  f"objective {s.get('objective_name', '')} = {_fmt(s['objective'])}, "
+                  f"bound {_fmt(s['bound'])}, gap {_fmt(s['gap'])}, "
+                  f"{_fmt(s['wall_s'])} s -> {out}")
+    if s.get("notes"):
+        console.print(f"  {s['notes']}")
+    table = Table(title="plan against baselines")
+    cols = ["weighted_mean_response_s", "mean_response_s", "p95_response_s", "makespan_s",
+            "slo_attainment", "n_loads", "n_kv_saves", "n_recomputes"]
+    table.add_column("plan")
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="right")
+    table.add_row(f"[bold]{s['name']}[/]", *[_fmt(data["metrics"].get(c)) for c in cols])
+    for name, b in data.get("baselines", {}).items():
+        if name == s["name"]:
+            continue
+        if "metrics" in b:
+            table.add_row(name, *[_fmt(b["metrics"].get(c)) for c in cols])
+        else:
+            table.add_row(name, f"[yellow]{b.get('error', 'no plan')}[/]", *[""] * (len(cols) - 1))
+    console.print(table)
+
+
+@cli.command()
+@click.argument("instance", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Plan file to write [default: solutions/<instance name>.json].")
+@click.option("--solver", type=click.Choice(["cp-sat", "fcfs-lru", "grouped", "static"]),
+              default="cp-sat", show_default=True, help="CP-SAT or one of the baselines.")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="Override the instance's objective.")
+@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="CP-SAT wall-clock limit in seconds.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CP-SAT search workers.")
+@click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")
+@click.option("--log", is_flag=True, help="Print CP-SAT's search log.")
+@click.option("--cost-model", type=click.Choice(COST_MODELS), default="auto", show_default=True,
+              help="auto: the instance's profiles where they cover a pair, else analytic.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
+def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
+          time_limit: float, workers: int, seed: int, log: bool, cost_model: str,
+          as_json: bool) -> None:
+    """Plan placement, layer splits and a timed schedule for INSTANCE.
+
+    Writes a plan (SPEC section 2) that the plan checker has passed, with the
+    metrics of the baselines (fcfs-lru: what Ollama does; grouped: what
+    llama-swap does; static: no swapping) beside it.
+
+    \b
+    Examples:
+      planner solve instances/mixed.json
+      planner solve instances/mixed.json --solver fcfs-lru -o /tmp/lru.json
+      planner solve instances/mixed.json --objective makespan --time-limit 30
+    """
+    from planner.service import SolveOptions, prepare, write_plan
+    from planner.service import solve as do_solve
+
+    with user_errors():
+        inst, cost = prepare(instance, cost_model)
+        opts = SolveOptions(solver, objective, time_limit, workers, seed, log)
+        plan = do_solve(inst, cost, opts)
+        target = out or Path("solutions") / f"{instance.stem}.json"
+        data = write_plan(plan, inst, target)
+    if as_json:
+        click.echo(json.dumps({"plan": str(target), "solver": data["solver"],
+                               "metrics": data["metrics"], "baselines": data["baselines"]},
+                              indent=1))
+    else:
+        print_summary(data, target)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
+              help="The instance a plan was made for (required for plans).")
+def validate(file: Path, instance: Path | None) -> None:
+    """Check an instance file, or a plan against its instance (SPEC rules 1-7).
+
+    \b
+    Examples:
+      planner validate instances/mixed.json
+      planner validate solutions/mixed.json --instance instances/mixed.json
+    """
+    from planner.service import validate_file
+
+    with user_errors():
+        violations = validate_file(file, instance)
+    if violations:
+        for v in violations:
+            click.echo(f"{file}: {v}", err=True)
+        raise PlannerError(f"{file}: {len(violations)} violation(s)")
+    click.echo(f"{file}: valid")
+
+
+@cli.group()
+def instance() -> None:
+    """Create and inspect instance files."""
+
+
+@instance.command("generate")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Instance file to write.")
+@click.option("--like", type=click.Path(dir_okay=False, path_type=Path),
+              help="Copy cluster, models and objective from this instance.")
+@click.option("--cluster", "cluster_name", type=click.Choice(["two-servers", "one-gpu"]),
+              default="two-servers", show_default=True, help="A built-in cluster.")
+@click.option("--models", default=",".join(MIXED_MODELS),
+              show_default=True, help="Reference model names, comma-separated.")
+@click.option("--rate", "rates", multiple=True,
+              help="Arrivals per second: one number for every model, or MODEL=RATE (repeat).")
+@click.option("--duration", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds over which requests arrive.")
+@click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--output-median", type=click.IntRange(min=1), default=192, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Instance name [default: the output file's stem].")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None)
+def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
+                 rates: tuple[str, ...], duration: float, prompt_median: int,
+                 output_median: int, seed: int, name: str | None,
+                 objective: str | None) -> None:
+    """Write an instance with Poisson arrivals and log-normal lengths.
+
+    \b
+    Examples:
+      planner instance generate -o instances/busy.json --rate 0.1 --seed 3
+      planner instance generate --like instances/mixed.json --rate 0.05 -o /tmp/x.json
+      planner instance generate -o x.json --models llama3-8b-q4_k_m --rate llama3-8b-q4_k_m=0.5
+    """
+    from planner.generate import CLUSTERS, WorkloadSpec, build_instance
+
+    with user_errors():
+        if like is not None:
+            base, _ = read_json(like)
+            cluster, model_entries = base["cluster"], base["models"]
+            objective = objective or base.get("objective", "mean_response")
+        else:
+            cluster = CLUSTERS[cluster_name]
+            model_entries = [{"id": m.strip(), "reference": m.strip()}
+                             for m in models.split(",") if m.strip()]
+        ids = [m["id"] for m in model_entries]
+        rate_map = {m: 0.02 for m in ids}
+        for r in rates:
+            if "=" in r:
+                k, v = r.split("=", 1)
+                if k not in rate_map:
+                    raise InputError([f"--rate: unknown model {k!r} (models: {', '.join(ids)})"])
+                rate_map[k] = float(v)
+            else:
+                rate_map = {m: float(r) for m in ids}
+        spec = WorkloadSpec(rates=rate_map, duration_s=duration, prompt_median=prompt_median,
+                            output_median=output_median, seed=seed)
+        data = build_instance(name or out.stem, cluster, model_entries, spec,
+                              objective or "mean_response",
+                              f"generated: rates {rate_map}, seed {seed}")
+        write_json_atomic(out, data)
+    click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Cost models: the interface, the analytic roofline and the profiled fits."""
+
+from __future__ import annotations
+
+from planner.costmodel.analytic import AnalyticCostModel
+from planner.costmodel.base import CostModel, CostModelError
+from planner.domain import Instance
+
+COST_MODELS = ("auto", "analytic", "profiled")
+
+
+def cost_model_for(instance: Instance, kind: str = "auto") -> CostModel:
+    """The cost model an instance is solved with.
+
+    ``auto`` uses the profiles the instance lists where they cover a (model,
+    device) pair and the analytic model elsewhere; ``analytic`` ignores profiles.
+    """
+    analytic = AnalyticCostModel.for_instance(instance)
+    if kind == "analytic" or (kind == "auto" and not instance.profiles):
+        return analytic
+    from planner.costmodel.profiled import profiled_for_instance
+
+    return profiled_for_instance(instance, fallback=analytic)
+
+
+__all__ = ["COST_MODELS", "AnalyticCostModel", "CostModel", "CostModelError", "cost_model_for"]

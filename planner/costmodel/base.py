@@ -1,0 +1,96 @@
+"""The cost-model interface every scheduler, the checker's sizing and the executor use.
+
+A cost model answers, for an engine configuration (model, device, n_gpu_layers,
+n_ctx), how long each action takes and how much memory the engine holds. Two
+implementations live beside this file: ``analytic`` (a roofline over reference
+data) and ``profiled`` (fits from ``planner profile`` measurements).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from planner.domain import EngineConfig
+
+
+class CostModelError(ValueError):
+    """The cost model cannot answer for this configuration (unknown model or device)."""
+
+
+class CostModel(ABC):
+    """Predicts action durations (seconds) and memory (bytes) for engine configurations."""
+
+    name: str = "abstract"
+
+    # --- per-model facts -------------------------------------------------
+    @abstractmethod
+    def n_layers(self, model: str) -> int:
+        """Number of repeating blocks, the largest useful ``n_gpu_layers``."""
+
+    # --- memory -------------------------------------------------------------
+    @abstractmethod
+    def gpu_bytes(self, cfg: EngineConfig) -> int:
+        """Bytes the engine holds on its GPU while resident (0 on a CPU device)."""
+
+    @abstractmethod
+    def host_bytes(self, cfg: EngineConfig) -> int:
+        """Bytes the engine holds in its host's RAM while resident."""
+
+    @abstractmethod
+    def kv_bytes(self, cfg: EngineConfig, context_tokens: int) -> int:
+        """Size of one request's saved state at ``context_tokens`` of context."""
+
+    # --- time ---------------------------------------------------------------
+    @abstractmethod
+    def decode_s_per_token(self, cfg: EngineConfig, context_tokens: int) -> float:
+        """Seconds to generate one token with ``context_tokens`` already in the cache."""
+
+    @abstractmethod
+    def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
+        """Seconds to prefill a prompt of ``prompt_tokens`` into an empty cache."""
+
+    @abstractmethod
+    def load_s(self, cfg: EngineConfig) -> float:
+        """Seconds to load (or reload) the engine: file read plus upload to the GPU."""
+
+    @abstractmethod
+    def unload_s(self, cfg: EngineConfig) -> float:
+        """Seconds to unload the engine and free its memory."""
+
+    @abstractmethod
+    def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        """Seconds to copy a request's state out of the engine into host RAM."""
+
+    @abstractmethod
+    def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        """Seconds to put a saved state back into an engine."""
+
+    # --- derived ------------------------------------------------------------
+    def decode_s(self, cfg: EngineConfig, context_from: int, n_tokens: int) -> float:
+        """Seconds to decode ``n_tokens`` starting with ``context_from`` tokens in cache.
+
+        Sums ``decode_s_per_token`` over the contexts ``context_from .. context_from+n-1``.
+        """
+        return float(sum(self.decode_s_per_token(cfg, context_from + i) for i in range(n_tokens)))
+
+    def run_s(self, cfg: EngineConfig, prompt_tokens: int, tokens_from: int, tokens_to: int,
+              recompute: bool = False) -> float:
+        """Seconds for a SPEC ``run`` action generating output tokens [from, to).
+
+        A run from token 0 prefills the prompt first; a recompute run prefills the
+        prompt and the ``tokens_from`` tokens already generated.
+        """
+        if tokens_to <= tokens_from:
+            return 0.0
+        prefill = 0.0
+        if tokens_from == 0:
+            prefill = self.prefill_s(cfg, prompt_tokens)
+        elif recompute:
+            prefill = self.prefill_s(cfg, prompt_tokens + tokens_from)
+        return prefill + self.decode_s(cfg, prompt_tokens + tokens_from, tokens_to - tokens_from)
+
+    def fits(self, cfg: EngineConfig, gpu_memory: int | None, host_memory: int) -> bool:
+        """Whether the engine alone fits in the given device and host memory."""
+        if gpu_memory is not None and self.gpu_bytes(cfg) > gpu_memory:
+            return False
+        return self.host_bytes(cfg) <= host_memory

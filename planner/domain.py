@@ -1,0 +1,325 @@
+"""Domain types: cluster, devices, models, requests, engines, actions and plans.
+
+Every type is a frozen dataclass validated at construction (``__post_init__``),
+following ``../shared/SPEC.md`` (format version 1). Times are seconds from the
+instance's time zero, memory is bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+INSTANCE_FORMAT = "planner.instance/1"
+PLAN_FORMAT = "planner.plan/1"
+REPORT_FORMAT = "planner.report/1"
+
+GIB = 1024**3
+
+ActionKind = Literal["load", "unload", "run", "kv_save", "kv_restore"]
+ACTION_KINDS: tuple[str, ...] = ("load", "unload", "run", "kv_save", "kv_restore")
+TRANSFER_KINDS: frozenset[str] = frozenset({"load", "unload", "kv_save", "kv_restore"})
+OBJECTIVES: tuple[str, ...] = ("mean_response", "makespan", "slo_attainment", "tardiness")
+
+
+class DomainError(ValueError):
+    """A value that breaks the domain's rules; the message names the field."""
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise DomainError(message)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    id: str
+    type: str
+    memory_bytes: int
+    host: str
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id), "gpu id must be non-empty")
+        _require(self.memory_bytes > 0, f"gpu {self.id}: memory must be positive")
+
+
+@dataclass(frozen=True)
+class Host:
+    id: str
+    cpu: str
+    threads: int
+    memory_bytes: int
+    gpus: tuple[Gpu, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id), "host id must be non-empty")
+        _require(self.threads > 0, f"host {self.id}: threads must be positive")
+        _require(self.memory_bytes > 0, f"host {self.id}: memory must be positive")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A place an engine can live: a host's CPU (``kind='cpu'``) or one GPU."""
+
+    id: str
+    kind: Literal["cpu", "gpu"]
+    host: str
+    type: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    hosts: tuple[Host, ...]
+
+    def __post_init__(self) -> None:
+        _require(len(self.hosts) > 0, "cluster needs at least one host")
+        ids = [h.id for h in self.hosts] + [g.id for h in self.hosts for g in h.gpus]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        _require(not dup, f"duplicate device ids: {', '.join(dup)}")
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        out: list[Device] = []
+        for h in self.hosts:
+            out.append(Device(h.id, "cpu", h.id, h.cpu, h.memory_bytes))
+            out.extend(Device(g.id, "gpu", h.id, g.type, g.memory_bytes) for g in h.gpus)
+        return tuple(out)
+
+    def device(self, device_id: str) -> Device:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise DomainError(f"unknown device {device_id!r}")
+
+    def host(self, host_id: str) -> Host:
+        for h in self.hosts:
+            if h.id == host_id:
+                return h
+        raise DomainError(f"unknown host {host_id!r}")
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """Architecture metadata of one model file: enough to size weights and KV cache.
+
+    ``layer_bytes`` are the weight bytes of one repeating block; ``other_bytes``
+    the weights outside the blocks (token embeddings, output norm and head).
+    ``kv_bytes_per_token`` is K and V for all layers at the cache's type (F16).
+    """
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_size: int
+    vocab_size: int
+    layer_bytes: int
+    other_bytes: int
+    quantization: str
+    params: int
+    source: str = ""
+    kv_bytes_per_elem: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim"):
+            _require(getattr(self, name) > 0, f"model {self.name}: {name} must be positive")
+        _require(self.layer_bytes > 0, f"model {self.name}: layer_bytes must be positive")
+        _require(self.other_bytes >= 0, f"model {self.name}: other_bytes must be >= 0")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.kv_bytes_per_elem
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one block: attention projections, gated MLP, norms."""
+        h, d = self.hidden_size, self.head_dim
+        attn = 2 * h * self.n_heads * d + 2 * h * self.n_kv_heads * d
+        return attn + 3 * h * self.ffn_size + 2 * h
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.n_layers * self.layer_bytes + self.other_bytes
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model as the instance names it, with its resolved architecture."""
+
+    id: str
+    arch: ModelArch
+    gguf_path: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    model: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    weight: float = 1.0
+    slo_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id), "request id must be non-empty")
+        _require(self.arrival_s >= 0, f"request {self.id}: arrival_s must be >= 0")
+        _require(self.prompt_tokens > 0, f"request {self.id}: prompt_tokens must be > 0")
+        _require(self.output_tokens > 0, f"request {self.id}: output_tokens must be > 0")
+        _require(self.weight > 0, f"request {self.id}: weight must be > 0")
+        _require(self.slo_s is None or self.slo_s > 0, f"request {self.id}: slo_s must be > 0")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    cluster: Cluster
+    models: tuple[Model, ...]
+    requests: tuple[Request, ...]
+    objective: str = "mean_response"
+    profiles: tuple[str, ...] = ()
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        mids = [m.id for m in self.models]
+        dup = sorted({i for i in mids if mids.count(i) > 1})
+        _require(not dup, f"duplicate model ids: {', '.join(dup)}")
+        rids = [r.id for r in self.requests]
+        dup = sorted({i for i in rids if rids.count(i) > 1})
+        _require(not dup, f"duplicate request ids: {', '.join(dup)}")
+        known = set(mids)
+        for r in self.requests:
+            _require(r.model in known, f"request {r.id}: unknown model {r.model!r}")
+        _require(self.objective in OBJECTIVES,
+                 f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+
+    def model(self, model_id: str) -> Model:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise DomainError(f"unknown model {model_id!r}")
+
+    def request(self, request_id: str) -> Request:
+        for r in self.requests:
+            if r.id == request_id:
+                return r
+        raise DomainError(f"unknown request {request_id!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a cost model needs to know about an engine."""
+
+    model: str
+    device: str
+    n_gpu_layers: int
+    n_ctx: int
+
+    def __post_init__(self) -> None:
+        _require(self.n_gpu_layers >= 0, "n_gpu_layers must be >= 0")
+        _require(self.n_ctx > 0, "n_ctx must be > 0")
+
+
+@dataclass(frozen=True)
+class Engine:
+    id: str
+    model: str
+    device: str
+    n_gpu_layers: int
+    n_ctx: int
+    gpu_bytes: int
+    host_bytes: int
+
+    def __post_init__(self) -> None:
+        _require(bool(self.id), "engine id must be non-empty")
+        _require(self.n_gpu_layers >= 0, f"engine {self.id}: n_gpu_layers must be >= 0")
+        _require(self.n_ctx > 0, f"engine {self.id}: n_ctx must be > 0")
+        _require(self.gpu_bytes >= 0 and self.host_bytes >= 0,
+                 f"engine {self.id}: memory must be >= 0")
+
+    @property
+    def config(self) -> EngineConfig:
+        return EngineConfig(self.model, self.device, self.n_gpu_layers, self.n_ctx)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    engine: str
+    device: str
+    start_s: float
+    end_s: float
+    request: str | None = None
+    tokens_from: int | None = None
+    tokens_to: int | None = None
+    recompute: bool = False
+    bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ACTION_KINDS, f"unknown action kind {self.kind!r}")
+        if self.kind == "run":
+            _require(self.request is not None and self.tokens_from is not None
+                     and self.tokens_to is not None,
+                     "run action needs request, tokens_from and tokens_to")
+        if self.kind in ("kv_save", "kv_restore"):
+            _require(self.request is not None and self.bytes is not None,
+                     f"{self.kind} action needs request and bytes")
+
+    @property
+    def lane(self) -> str:
+        return "transfer" if self.kind in TRANSFER_KINDS else "compute"
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {"kind": self.kind, "engine": self.engine, "device": self.device}
+        if self.kind == "run":
+            d.update(request=self.request, tokens_from=self.tokens_from,
+                     tokens_to=self.tokens_to, recompute=self.recompute)
+        elif self.kind in ("kv_save", "kv_restore"):
+            d.update(request=self.request, bytes=self.bytes)
+        d.update(start_s=round(self.start_s, 6), end_s=round(self.end_s, 6))
+        return d
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str
+    status: str
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    wall_s: float = 0.0
+    time_limit_s: float | None = None
+    workers: int | None = None
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Engines and actions: what every scheduler (baseline or CP-SAT) produces."""
+
+    engines: tuple[Engine, ...]
+    actions: tuple[Action, ...]
+
+    def engine(self, engine_id: str) -> Engine:
+        for e in self.engines:
+            if e.id == engine_id:
+                return e
+        raise DomainError(f"unknown engine {engine_id!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    instance_name: str
+    instance_sha256: str
+    solver: SolverInfo
+    schedule: Schedule
+    baselines: dict[str, dict[str, object]] = field(default_factory=dict)
+    objective_name: str = "mean_response"

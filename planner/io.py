@@ -1,0 +1,266 @@
+"""Reading instances and plans, writing plans: validation with precise messages.
+
+Every fault in an input file becomes one line ``FILE: FIELD: what is wrong``;
+all faults are collected and raised together as :class:`InputError`. Outputs
+are written atomically (a temporary file in the same folder, then a rename),
+so an interrupted or failed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from planner.domain import (
+    GIB,
+    INSTANCE_FORMAT,
+    PLAN_FORMAT,
+    Action,
+    Cluster,
+    DomainError,
+    Engine,
+    Gpu,
+    Host,
+    Instance,
+    Model,
+    Plan,
+    Request,
+    Schedule,
+    SolverInfo,
+)
+from planner.gguf_arch import GgufError, read_gguf_arch
+from planner.reference import arch_from_fields, model_names, reference_arch
+
+
+class InputError(Exception):
+    """One or more faults in an input file, each a line naming the file and the field."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("planner.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+def _path_str(path: Iterable[Any]) -> str:
+    s = ""
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s or "(top level)"
+
+
+def read_json(path: str | Path) -> tuple[Any, bytes]:
+    """Parse a JSON file; a missing file or a syntax error is an InputError."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError([f"{p}: no such file"]) from None
+    except OSError as exc:
+        raise InputError([f"{p}: cannot read ({exc.strerror})"]) from None
+    try:
+        return json.loads(raw), raw
+    except json.JSONDecodeError as exc:
+        raise InputError([f"{p}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                          f"{exc.msg}"]) from None
+    except UnicodeDecodeError:
+        raise InputError([f"{p}: not UTF-8 text"]) from None
+
+
+def schema_faults(data: Any, schema_name: str, where: str) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema(schema_name))
+    lines = []
+    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        field = _path_str(err.absolute_path)
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else err.message
+            field = f"{field}.{missing}" if err.absolute_path else missing
+            lines.append(f"{where}: {field}: missing required field")
+        elif err.validator == "type":
+            lines.append(f"{where}: {field}: wrong type, expected {err.validator_value} "
+                         f"(got {json.dumps(err.instance)[:40]})")
+        elif err.validator in ("minimum", "exclusiveMinimum"):
+            op = ">=" if err.validator == "minimum" else ">"
+            lines.append(f"{where}: {field}: must be {op} {err.validator_value} "
+                         f"(got {err.instance})")
+        elif err.validator == "anyOf" and err.absolute_path and "models" in err.absolute_path:
+            lines.append(f"{where}: {field}: needs one of 'reference', 'gguf' or 'arch'")
+        else:
+            lines.append(f"{where}: {field}: {err.message}")
+    return lines
+
+
+def _duplicates(ids: list[str]) -> list[str]:
+    return sorted({i for i in ids if ids.count(i) > 1})
+
+
+def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str) -> Instance:
+    """Build an Instance from parsed JSON, collecting every fault as a line."""
+    faults = schema_faults(data, "instance", where)
+    if faults:
+        raise InputError(faults)
+    hosts = []
+    for h in data["cluster"]["hosts"]:
+        gpus = tuple(Gpu(g["id"], g["type"], int(g["memory_gib"] * GIB), h["id"])
+                     for g in h.get("gpus", []))
+        hosts.append(Host(h["id"], h["cpu"], h["threads"], int(h["memory_gib"] * GIB), gpus))
+    dev_ids = [h["id"] for h in data["cluster"]["hosts"]]
+    dev_ids += [g["id"] for h in data["cluster"]["hosts"] for g in h.get("gpus", [])]
+    for d in _duplicates(dev_ids):
+        faults.append(f"{where}: cluster: duplicate device id {d!r}")
+    models = []
+    known_refs = model_names()
+    for i, m in enumerate(data["models"]):
+        field = f"models[{i}]"
+        try:
+            if "gguf" in m:
+                gpath = Path(m["gguf"]).expanduser()
+                if not gpath.is_absolute():
+                    gpath = (base_dir / gpath).resolve()
+                arch = read_gguf_arch(gpath)
+                models.append(Model(m["id"], arch, gguf_path=str(gpath),
+                                    reference=m.get("reference")))
+            elif "reference" in m:
+                if m["reference"] not in known_refs:
+                    faults.append(f"{where}: {field}.reference: unknown model "
+                                  f"{m['reference']!r} (known: {', '.join(known_refs)})")
+                    continue
+                models.append(Model(m["id"], reference_arch(m["reference"]),
+                                    reference=m["reference"]))
+            else:
+                models.append(Model(m["id"], arch_from_fields(m["id"], m["arch"])))
+        except GgufError as exc:
+            faults.append(f"{where}: {field}.gguf: {exc}")
+        except KeyError as exc:
+            faults.append(f"{where}: {field}.arch.{exc.args[0]}: missing required field")
+        except DomainError as exc:
+            faults.append(f"{where}: {field}: {exc}")
+    for d in _duplicates([m["id"] for m in data["models"]]):
+        faults.append(f"{where}: models: duplicate model id {d!r}")
+    for d in _duplicates([r["id"] for r in data["requests"]]):
+        faults.append(f"{where}: requests: duplicate request id {d!r}")
+    model_ids = {m["id"] for m in data["models"]}
+    for i, r in enumerate(data["requests"]):
+        if r["model"] not in model_ids:
+            faults.append(f"{where}: requests[{i}].model: unknown model {r['model']!r}")
+    if faults:
+        raise InputError(faults)
+    requests = tuple(
+        Request(r["id"], r["model"], float(r["arrival_s"]), int(r["prompt_tokens"]),
+                int(r["output_tokens"]), float(r.get("weight", 1.0)), r.get("slo_s"))
+        for r in data["requests"])
+    profiles = tuple(str((base_dir / p).resolve()) if not Path(p).is_absolute() else p
+                     for p in data.get("profiles", []))
+    try:
+        return Instance(name=data["name"], cluster=Cluster(tuple(hosts)), models=tuple(models),
+                        requests=requests, objective=data.get("objective", "mean_response"),
+                        profiles=profiles, sha256=sha256)
+    except DomainError as exc:
+        raise InputError([f"{where}: {exc}"]) from None
+
+
+def load_instance(path: str | Path) -> Instance:
+    """Read and validate an instance file (SPEC section 1)."""
+    data, raw = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError([f"{path}: (top level): wrong type, expected object"])
+    if data.get("format") not in (None, INSTANCE_FORMAT) and isinstance(data.get("format"), str):
+        raise InputError([f"{path}: format: expected {INSTANCE_FORMAT!r}, got {data['format']!r}"
+                          " (is this a plan? use --instance)"])
+    return parse_instance(data, str(path), Path(path).resolve().parent,
+                          hashlib.sha256(raw).hexdigest())
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+# --- plans ----------------------------------------------------------------------
+
+def engine_to_json(e: Engine) -> dict[str, Any]:
+    return {"id": e.id, "model": e.model, "device": e.device, "n_gpu_layers": e.n_gpu_layers,
+            "n_ctx": e.n_ctx, "gpu_bytes": e.gpu_bytes, "host_bytes": e.host_bytes}
+
+
+def plan_to_json(plan: Plan, instance: Instance) -> dict[str, Any]:
+    """Serialise a plan (SPEC section 2), with metrics recomputed from its actions."""
+    from planner.metrics import compute_metrics, request_outcomes
+
+    s = plan.solver
+    outcomes = request_outcomes(instance, plan.schedule.actions)
+    return {
+        "format": PLAN_FORMAT,
+        "instance": {"name": plan.instance_name, "sha256": plan.instance_sha256},
+        "solver": {"name": s.name, "status": s.status, "objective": s.objective,
+                   "objective_name": plan.objective_name, "bound": s.bound, "gap": s.gap,
+                   "wall_s": round(s.wall_s, 3), "time_limit_s": s.time_limit_s,
+                   "workers": s.workers, "notes": s.notes},
+        "engines": [engine_to_json(e) for e in plan.schedule.engines],
+        "actions": [a.to_json() for a in plan.schedule.actions],
+        "requests": [o.to_json() for o in outcomes],
+        "metrics": compute_metrics(instance, plan.schedule.actions).to_json(),
+        "baselines": plan.baselines,
+    }
+
+
+def parse_schedule(data: dict[str, Any], where: str) -> Schedule:
+    """Engines and actions of a plan file, schema-checked."""
+    faults = schema_faults(data, "plan", where)
+    if faults:
+        raise InputError(faults)
+    try:
+        engines = tuple(Engine(e["id"], e["model"], e["device"], e["n_gpu_layers"], e["n_ctx"],
+                               e["gpu_bytes"], e["host_bytes"]) for e in data["engines"])
+        actions = tuple(
+            Action(kind=a["kind"], engine=a["engine"], device=a["device"],
+                   start_s=float(a["start_s"]), end_s=float(a["end_s"]),
+                   request=a.get("request"), tokens_from=a.get("tokens_from"),
+                   tokens_to=a.get("tokens_to"), recompute=bool(a.get("recompute", False)),
+                   bytes=a.get("bytes"))
+            for a in data["actions"])
+    except DomainError as exc:
+        raise InputError([f"{where}: {exc}"]) from None
+    return Schedule(engines, actions)
+
+
+def load_plan(path: str | Path) -> tuple[dict[str, Any], Schedule]:
+    data, _raw = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise InputError([f"{path}: format: expected {PLAN_FORMAT!r}"])
+    return data, parse_schedule(data, str(path))
+
+
+def plan_info(data: dict[str, Any]) -> SolverInfo:
+    s = data.get("solver", {})
+    return SolverInfo(name=s.get("name", "?"), status=s.get("status", "?"),
+                      objective=s.get("objective"), bound=s.get("bound"), gap=s.get("gap"),
+                      wall_s=s.get("wall_s", 0.0), time_limit_s=s.get("time_limit_s"),
+                      workers=s.get("workers"))

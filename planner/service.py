@@ -1,0 +1,156 @@
+"""Library entry points behind the CLI: solve an instance, check a plan.
+
+Each CLI command parses its arguments, calls one function here, and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.baselines.policies import BASELINES
+from planner.baselines.sim import BaselineError, context_sizes
+from planner.checker import Violation, check_plan
+from planner.costmodel import CostModel, cost_model_for
+from planner.domain import EngineConfig, Instance, Plan, Schedule, SolverInfo
+from planner.io import InputError, load_instance, load_plan, plan_to_json, write_json_atomic
+from planner.metrics import Metrics, compute_metrics, objective_key, objective_value
+
+SOLVERS = ("cp-sat", *BASELINES)
+
+
+class SolveError(Exception):
+    """The instance cannot be solved; the message says which model, device or request."""
+
+
+def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
+    """Models that fit on no device of the cluster at any layer split."""
+    faults = []
+    n_ctx = context_sizes(instance)
+    for m in instance.models:
+        fits = False
+        for d in instance.cluster.devices:
+            host_mem = instance.cluster.host(d.host).memory_bytes
+            splits = range(cost.n_layers(m.id) + 1) if d.kind == "gpu" else [0]
+            for g in splits:
+                cfg = EngineConfig(m.id, d.id, g, n_ctx[m.id])
+                if cost.fits(cfg, d.memory_bytes if d.kind == "gpu" else None, host_mem):
+                    fits = True
+                    break
+            if fits:
+                break
+        if not fits:
+            cfg = EngineConfig(m.id, instance.cluster.devices[0].id, 0, n_ctx[m.id])
+            faults.append(f"{where}: models[{m.id}]: fits on no device at any layer split "
+                          f"(needs {cost.host_bytes(cfg) / 2**30:.1f} GiB of host memory with "
+                          f"n_ctx {n_ctx[m.id]} and no GPU layers)")
+    return faults
+
+
+def prepare(instance_path: str | Path, cost_kind: str = "auto") -> tuple[Instance, CostModel]:
+    """Load an instance, build its cost model, and reject models that fit nowhere."""
+    instance = load_instance(instance_path)
+    cost = cost_model_for(instance, cost_kind)
+    faults = sizing_faults(instance, cost, str(instance_path))
+    if faults:
+        raise InputError(faults)
+    return instance, cost
+
+
+@dataclass
+class BaselineResult:
+    name: str
+    schedule: Schedule | None
+    metrics: Metrics | None
+    error: str | None
+    wall_s: float
+
+    def to_json(self, objective: str) -> dict[str, Any]:
+        if self.metrics is None:
+            return {"error": self.error}
+        return {"objective": objective_value(self.metrics, objective),
+                "metrics": self.metrics.to_json(), "wall_s": round(self.wall_s, 3)}
+
+
+def run_baselines(instance: Instance, cost: CostModel) -> dict[str, BaselineResult]:
+    out = {}
+    for name, fn in BASELINES.items():
+        t0 = time.perf_counter()
+        try:
+            sched = fn(instance, cost)
+            out[name] = BaselineResult(name, sched, compute_metrics(instance, sched.actions),
+                                       None, time.perf_counter() - t0)
+        except BaselineError as exc:
+            out[name] = BaselineResult(name, None, None, str(exc), time.perf_counter() - t0)
+    return out
+
+
+@dataclass
+class SolveOptions:
+    solver: str = "cp-sat"
+    objective: str | None = None
+    time_limit_s: float = 60.0
+    workers: int = 2
+    seed: int = 0
+    log: bool = False
+
+
+def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
+    """Solve with the chosen solver; baselines are always computed for comparison."""
+    objective = opts.objective or instance.objective
+    baselines = run_baselines(instance, cost)
+    if opts.solver in BASELINES:
+        res = baselines[opts.solver]
+        if res.schedule is None or res.metrics is None:
+            raise SolveError(res.error or f"{opts.solver} found no plan")
+        info = SolverInfo(opts.solver, "FEASIBLE", objective_value(res.metrics, objective),
+                          None, None, res.wall_s)
+        schedule = res.schedule
+    else:
+        from planner.solver import solve_cpsat
+
+        ok = {k: v for k, v in baselines.items() if v.schedule is not None}
+        schedule, info = solve_cpsat(instance, cost, objective, opts,
+                                     {k: v.schedule for k, v in ok.items()
+                                      if v.schedule is not None})
+    return Plan(instance.name, instance.sha256, info, schedule,
+                {k: v.to_json(objective) for k, v in baselines.items()}, objective)
+
+
+def best_baseline(instance: Instance, baselines: dict[str, BaselineResult],
+                  objective: str) -> BaselineResult | None:
+    ok = [b for b in baselines.values() if b.metrics is not None]
+    if not ok:
+        return None
+    return min(ok, key=lambda b: objective_key(b.metrics, objective))  # type: ignore[arg-type]
+
+
+def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any]:
+    """Check the plan, then write it atomically; an invalid plan is never written."""
+    data = plan_to_json(plan, instance)
+    violations = check_plan(instance, plan.schedule, data)
+    if violations:
+        raise SolveError("the plan failed the checker (a bug; nothing written):\n"
+                         + "\n".join(str(v) for v in violations[:20]))
+    write_json_atomic(out, data)
+    return data
+
+
+def validate_file(path: str | Path, instance_path: str | Path | None) -> list[Violation]:
+    """Check an instance (no violations means valid) or a plan against its instance."""
+    from planner.io import read_json
+
+    data, _ = read_json(path)
+    if isinstance(data, dict) and data.get("format") == "planner.plan/1":
+        if instance_path is None:
+            raise InputError([f"{path}: a plan needs its instance: --instance FILE"])
+        instance = load_instance(instance_path)
+        if data.get("instance", {}).get("sha256") not in (None, "", instance.sha256):
+            return [Violation(0, f"{path}: made for another version of {instance_path} "
+                                 "(sha256 differs)")]
+        _data, schedule = load_plan(path)
+        return check_plan(instance, schedule, data)
+    prepare(path)
+    return []
