@@ -78,21 +78,27 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
                   f"{_fmt(s['wall_s'])} s -> {out}")
     if s.get("notes"):
         console.print(f"  {s['notes']}")
-    table = Table(title="plan against baselines")
-    cols = ["weighted_mean_response_s", "mean_response_s", "p95_response_s", "makespan_s",
-            "slo_attainment", "n_loads", "n_kv_saves", "n_recomputes"]
-    table.add_column("plan")
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="right")
-    table.add_row(f"[bold]{s['name']}[/]", *[_fmt(data["metrics"].get(c)) for c in cols])
+    plans = {s["name"]: data["metrics"]}
+    errors = {}
     for name, b in data.get("baselines", {}).items():
-        if name == s["name"]:
-            continue
-        if "metrics" in b:
-            table.add_row(name, *[_fmt(b["metrics"].get(c)) for c in cols])
-        else:
-            table.add_row(name, f"[yellow]{b.get('error', 'no plan')}[/]", *[""] * (len(cols) - 1))
+        if name != s["name"]:
+            if "metrics" in b:
+                plans[name] = b["metrics"]
+            else:
+                errors[name] = b.get("error", "no plan")
+    table = Table(title="plan against baselines")
+    table.add_column("metric")
+    for name in plans:
+        table.add_column(name if name != s["name"] else f"[bold]{name}[/]", justify="right")
+    for key, label in [("weighted_mean_response_s", "weighted mean response (s)"),
+                       ("mean_response_s", "mean response (s)"),
+                       ("p95_response_s", "p95 response (s)"), ("makespan_s", "makespan (s)"),
+                       ("slo_attainment", "SLO attainment"), ("n_loads", "loads"),
+                       ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes")]:
+        table.add_row(label, *[_fmt(m.get(key)) for m in plans.values()])
     console.print(table)
+    for name, err in errors.items():
+        console.print(f"[yellow]{name}[/]: {err}")
 
 
 @cli.command()

@@ -108,11 +108,31 @@ def _duplicates(ids: list[str]) -> list[str]:
     return sorted({i for i in ids if ids.count(i) > 1})
 
 
+def _reference_faults(data: dict[str, Any], where: str) -> list[str]:
+    """Duplicate ids and requests for unknown models, on whatever parts are well-formed."""
+    def ids(items: Any) -> list[str]:
+        if not isinstance(items, list):
+            return []
+        return [x["id"] for x in items if isinstance(x, dict) and isinstance(x.get("id"), str)]
+
+    faults = [f"{where}: models: duplicate model id {d!r}"
+              for d in _duplicates(ids(data.get("models")))]
+    faults += [f"{where}: requests: duplicate request id {d!r}"
+               for d in _duplicates(ids(data.get("requests")))]
+    model_ids = set(ids(data.get("models")))
+    requests = data.get("requests")
+    for i, r in enumerate(requests if isinstance(requests, list) else []):
+        m = r.get("model") if isinstance(r, dict) else None
+        if isinstance(m, str) and m not in model_ids:
+            faults.append(f"{where}: requests[{i}].model: unknown model {m!r}")
+    return faults
+
+
 def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str) -> Instance:
     """Build an Instance from parsed JSON, collecting every fault as a line."""
     faults = schema_faults(data, "instance", where)
     if faults:
-        raise InputError(faults)
+        raise InputError(faults + _reference_faults(data, where))
     hosts = []
     for h in data["cluster"]["hosts"]:
         gpus = tuple(Gpu(g["id"], g["type"], int(g["memory_gib"] * GIB), h["id"])
@@ -149,14 +169,7 @@ def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str
             faults.append(f"{where}: {field}.arch.{exc.args[0]}: missing required field")
         except DomainError as exc:
             faults.append(f"{where}: {field}: {exc}")
-    for d in _duplicates([m["id"] for m in data["models"]]):
-        faults.append(f"{where}: models: duplicate model id {d!r}")
-    for d in _duplicates([r["id"] for r in data["requests"]]):
-        faults.append(f"{where}: requests: duplicate request id {d!r}")
-    model_ids = {m["id"] for m in data["models"]}
-    for i, r in enumerate(data["requests"]):
-        if r["model"] not in model_ids:
-            faults.append(f"{where}: requests[{i}].model: unknown model {r['model']!r}")
+    faults += _reference_faults(data, where)
     if faults:
         raise InputError(faults)
     requests = tuple(

@@ -1,0 +1,98 @@
+"""The CLI as users run it: outputs, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from planner.cli import cli
+from tests.conftest import ROOT, tiny_dict
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_solve_baseline_writes_checked_plan(tmp_path: Path) -> None:
+    res = invoke("solve", str(ROOT / "instances" / "tiny.json"), "--solver", "grouped")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "solutions" / "tiny.json"  # default output under ./solutions
+    data = json.loads(out.read_text())
+    assert data["format"] == "planner.plan/1"
+    assert data["solver"]["name"] == "grouped"
+    assert set(data["baselines"]) == {"fcfs-lru", "grouped", "static"}
+    assert "grouped" in res.output and "weighted mean response" in res.output
+    res = invoke("validate", str(out), "--instance", str(ROOT / "instances" / "tiny.json"))
+    assert res.exit_code == 0 and "valid" in res.output
+
+
+def test_bad_instance_exit_2_no_traceback_no_output(write_instance: Any, tmp_path: Path) -> None:
+    d = tiny_dict()
+    d["requests"][0]["output_tokens"] = -1
+    d["requests"][1]["model"] = "missing"
+    p = write_instance(d)
+    res = invoke("solve", str(p), "--solver", "fcfs-lru", "-o", str(tmp_path / "plan.json"))
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 2
+    assert "requests[0].output_tokens" in res.output and "requests[1].model" in res.output
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_model_that_fits_nowhere_is_rejected(write_instance: Any, tmp_path: Path) -> None:
+    d = tiny_dict()
+    d["cluster"]["hosts"][0]["memory_gib"] = 8  # a 29.5 GB model, 8 GiB GPU, 8 GiB host
+    d["cluster"]["hosts"][0]["gpus"][0]["memory_gib"] = 8
+    res = invoke("solve", str(write_instance(d)), "--solver", "fcfs-lru")
+    assert res.exit_code == 2
+    assert "models[qwen14b]: fits on no device at any layer split" in res.output
+    assert not (tmp_path / "solutions").exists()
+
+
+def test_missing_file_and_malformed_json(write_instance: Any) -> None:
+    res = invoke("solve", "nope.json")
+    assert res.exit_code == 2 and "nope.json: no such file" in res.output
+    res = invoke("validate", str(write_instance("{oops")))
+    assert res.exit_code == 2 and "malformed JSON at line 1" in res.output
+
+
+def test_validate_rejects_tampered_plan(tmp_path: Path) -> None:
+    inst = str(ROOT / "instances" / "tiny.json")
+    assert invoke("solve", inst, "--solver", "fcfs-lru", "-o", "p.json").exit_code == 0
+    data = json.loads(Path("p.json").read_text())
+    runs = [a for a in data["actions"] if a["kind"] == "run"]
+    runs[1]["start_s"] = runs[0]["start_s"]  # two runs at once on one GPU
+    Path("bad.json").write_text(json.dumps(data))
+    res = invoke("validate", "bad.json", "--instance", inst)
+    assert res.exit_code == 2
+    assert "rule 2" in res.output
+
+
+def test_plan_needs_its_instance(tmp_path: Path) -> None:
+    inst = str(ROOT / "instances" / "tiny.json")
+    invoke("solve", inst, "--solver", "fcfs-lru", "-o", "p.json")
+    res = invoke("validate", "p.json")
+    assert res.exit_code == 2 and "--instance" in res.output
+
+
+def test_generate_is_reproducible_and_valid() -> None:
+    args = ["instance", "generate", "--cluster", "one-gpu", "--models",
+            "llama3-8b-q4_k_m,qwen2.5-3b-f16", "--rate", "0.1", "--duration", "120",
+            "--seed", "5"]
+    assert invoke(*args, "-o", "a.json").exit_code == 0
+    assert invoke(*args, "-o", "b.json").exit_code == 0
+    a, b = json.loads(Path("a.json").read_text()), json.loads(Path("b.json").read_text())
+    assert a["requests"] == b["requests"] and len(a["requests"]) > 10
+    assert invoke("validate", "a.json").exit_code == 0
+    res = invoke(*args, "--rate", "gpt=1", "-o", "c.json")
+    assert res.exit_code == 2 and "unknown model 'gpt'" in res.output
+
+
+def test_help_has_examples() -> None:
+    for cmd in ("solve", "validate"):
+        res = invoke(cmd, "--help")
+        assert "Examples:" in res.output
