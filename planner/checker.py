@@ -42,7 +42,7 @@ def _fmt(a: Action) -> str:
     return f"{a.kind}{extra} on {a.engine}@{a.device} [{a.start_s:.3f},{a.end_s:.3f}]"
 
 
-def _peak(intervals: list[tuple[float, float, int]]) -> tuple[int, float]:
+def peak_bytes(intervals: list[tuple[float, float, int]]) -> tuple[int, float]:
     """Largest sum of bytes over time; an interval ending at t frees before one starts at t."""
     events: list[tuple[float, int, int]] = []
     for s, e, b in intervals:
@@ -171,13 +171,13 @@ class _Check:
             end = restore.end_s if restore is not None else INF
             host_iv[dev.host].append((save.start_s, end, save.bytes))
         for gid, iv in gpu_iv.items():
-            peak, at = _peak(iv)
+            peak, at = peak_bytes(iv)
             if peak > devices[gid].memory_bytes:
                 self.bad(4, f"GPU {gid}: {peak} bytes held at t={at:.3f} s exceed its "
                             f"{devices[gid].memory_bytes}")
         for hid, iv in host_iv.items():
             cap = self.inst.cluster.host(hid).memory_bytes
-            peak, at = _peak(iv)
+            peak, at = peak_bytes(iv)
             if peak > cap:
                 self.bad(4, f"host {hid}: {peak} bytes held at t={at:.3f} s exceed its {cap}")
 

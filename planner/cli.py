@@ -238,6 +238,109 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
 
 
+def _parse_device_map(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise PlannerError(f"--device-map {item!r}: expected PLAN_DEVICE=host")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def print_report_summary(report: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"predicted against measured ({report['status']})")
+    for c in ("what", "n", "median |err|", "p90 |err|"):
+        table.add_column(c, justify="left" if c == "what" else "right")
+    for kind, s in report["summary"].items():
+        if s["n"]:
+            label = "request completion" if kind == "completion" else f"{kind} duration"
+            table.add_row(label, str(s["n"]), f"{100 * s['median']:.1f}%",
+                          f"{100 * s['p90']:.1f}%")
+    console.print(table)
+    for d in report["devices"]:
+        if d.get("predicted_peak_host_bytes") is not None:
+            console.print(f"{d['id']}: host memory peak predicted "
+                          f"{d['predicted_peak_host_bytes'] / 2**20:.0f} MiB, measured "
+                          f"{(d.get('measured_peak_host_bytes') or 0) / 2**20:.0f} MiB")
+    failed = [a for a in report["actions"] if a["status"] in ("failed", "not_run")]
+    for a in failed[:10]:
+        console.print(f"[red]{a['status']}[/]: {a['kind']} {a.get('request') or ''} on "
+                      f"{a['engine']}: {a.get('error', '')}")
+    console.print(f"report: {out}")
+
+
+@cli.command()
+@click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
+              help="The plan's instance [default: instances/<plan's instance name>.json].")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Report file [default: reports/<plan stem>.json].")
+@click.option("--realtime", is_flag=True,
+              help="Start each action no earlier than its predicted start.")
+@click.option("--device-map", "device_map", multiple=True, metavar="PLAN_DEVICE=host",
+              help="Replay a device this machine does not have on its CPU (repeat).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="llama.cpp threads per engine [default: all cores].")
+def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
+            device_map: tuple[str, ...], threads: int | None) -> None:
+    """Replay PLAN on this machine's llama.cpp engines and measure every action.
+
+    Each action starts as soon as what it depends on is done (its lane, its
+    engine, its request, the request's arrival). The report (SPEC section 3)
+    is written as the replay goes; Ctrl-C keeps what was measured.
+
+    \b
+    Examples:
+      planner execute solutions/cpu-demo.json
+      planner execute solutions/x.json --device-map srv1-gpu0=host --threads 2
+      planner show reports/cpu-demo.json -o gantt.png
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from planner.executor import Replay
+    from planner.service import prepare_replay
+
+    with user_errors():
+        inst, schedule, paths, overrides, warnings = prepare_replay(
+            plan, instance, _parse_device_map(device_map))
+    for w in warnings:
+        console.print(f"[yellow]warning[/]: {w}")
+    target = out or Path("reports") / f"{plan.stem}.json"
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total} actions"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("replaying", total=len(schedule.actions))
+        replay = Replay(inst, schedule, paths, target, threads=threads, realtime=realtime,
+                        gpu_layers=overrides, plan_path=str(plan), warnings=warnings,
+                        on_action=lambda rec: progress.advance(task))
+        try:
+            report = replay.run()
+        except KeyboardInterrupt:
+            raise PlannerError(f"interrupted; what was measured is in {target}") from None
+    print_report_summary(report, target)
+
+
+@cli.command()
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="PNG to write.")
+def show(report: Path, out: Path) -> None:
+    """Draw a replay report's predicted and measured actions as a Gantt chart.
+
+    \b
+    Example:
+      planner show reports/cpu-demo.json -o gantt.png
+    """
+    from planner.plots import gantt
+
+    with user_errors():
+        data, _ = read_json(report)
+        if not isinstance(data, dict) or data.get("format") != "planner.report/1":
+            raise InputError([f"{report}: format: expected 'planner.report/1'"])
+    gantt(data, out)
+    click.echo(f"{out}: written")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

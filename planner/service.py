@@ -154,3 +154,83 @@ def validate_file(path: str | Path, instance_path: str | Path | None) -> list[Vi
         return check_plan(instance, schedule, data)
     prepare(path)
     return []
+
+
+# --- replay --------------------------------------------------------------------
+
+LOCAL_NAMES = ("local", "host", "cpu")
+
+
+def local_device_map(instance: Instance, schedule: Schedule,
+                     device_map: dict[str, str]) -> tuple[dict[str, int], list[str]]:
+    """Which plan devices this machine can replay; returns n_gpu_layers overrides and warnings.
+
+    A host is local when its ``cpu`` is ``local`` or this machine's CPU type; a
+    GPU is local when this machine has a GPU of its type and llama.cpp can
+    offload. ``device_map`` (plan device -> ``host``) replays the rest on this
+    machine's CPU, with a warning.
+    """
+    from profiler.devices import discover_build, discover_gpus, gpu_type_slug, host_type_slug
+
+    here = host_type_slug()
+    gpus = {gpu_type_slug(g.name) for g in discover_gpus()}
+    offload = discover_build().gpu_offload
+    devices = {d.id: d for d in instance.cluster.devices}
+    for k, v in device_map.items():
+        if k not in devices:
+            raise InputError([f"--device-map: the plan has no device {k!r} "
+                              f"(devices: {', '.join(devices)})"])
+        if v not in LOCAL_NAMES:
+            raise InputError([f"--device-map {k}={v}: only this machine's host ('host') "
+                              "can be mapped to"])
+    overrides: dict[str, int] = {}
+    warnings: list[str] = []
+    refused: list[str] = []
+    for e in schedule.engines:
+        d = devices[e.device]
+        local = (d.kind == "cpu" and d.type in (*LOCAL_NAMES, here)) or \
+            (d.kind == "gpu" and offload and d.type in gpus)
+        if local:
+            continue
+        if e.device in device_map:
+            if e.n_gpu_layers:
+                overrides[e.id] = 0
+            msg = (f"{e.device} ({d.type}) replayed on this machine's CPU ({here}): "
+                   "the predictions were made for other hardware")
+            if msg not in warnings:
+                warnings.append(msg)
+        elif e.device not in refused:
+            refused.append(e.device)
+    if refused:
+        raise InputError([f"the plan uses {', '.join(refused)}, which this machine does not "
+                          f"have (this host is {here}, GPUs: {', '.join(sorted(gpus)) or 'none'})"
+                          f"; replay it anyway with --device-map {refused[0]}=host"])
+    return overrides, warnings
+
+
+def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
+                   device_map: dict[str, str]) -> tuple[Instance, Schedule, dict[str, Path],
+                                                        dict[str, int], list[str]]:
+    """Read and check a plan for replay: instance, models on disk, devices here."""
+    data, schedule = load_plan(plan_path)
+    name = data["instance"]["name"]
+    ipath = Path(instance_path) if instance_path else Path("instances") / f"{name}.json"
+    if not ipath.is_file():
+        raise InputError([f"{plan_path}: its instance {ipath} was not found; "
+                          "give it with --instance FILE"])
+    instance = load_instance(ipath)
+    if data["instance"].get("sha256") not in (None, "", instance.sha256):
+        raise InputError([f"{plan_path}: made for another version of {ipath} (sha256 differs)"])
+    violations = check_plan(instance, schedule, data)
+    if violations:
+        raise InputError([f"{plan_path}: {v}" for v in violations[:10]])
+    # load_instance has read every model's GGUF metadata: a missing or corrupt
+    # file has already been reported, before anything runs
+    used = {e.model for e in schedule.engines}
+    faults = [f"{ipath}: models[{m.id}]: no GGUF file to run (give \"gguf\")"
+              for m in instance.models if m.id in used and m.gguf_path is None]
+    if faults:
+        raise InputError(faults)
+    paths = {m.id: Path(m.gguf_path) for m in instance.models if m.gguf_path}
+    overrides, warnings = local_device_map(instance, schedule, device_map)
+    return instance, schedule, paths, overrides, warnings

@@ -1,0 +1,394 @@
+"""Replay a plan on this machine's real llama.cpp engines and measure every action.
+
+Actions are dispatched as soon as what they depend on is done, not at their
+predicted times (``realtime=True`` also waits for those):
+
+- the previous action in the same lane of the same device (plan order),
+- the previous action on the same engine (so one engine is never driven by two
+  actions at once, and residency follows the plan),
+- the previous action of the same request (runs, KV save and restore in order),
+- for a run, the request's arrival on the replay clock.
+
+Each engine lives in its own worker process (``profiler.engine.Engine``), all
+started before the replay clock begins, so a crash ends one engine, not the
+replay: the failed action is reported with its error, everything that depends
+on it is marked ``not_run``, and the rest goes on. The report (SPEC section 3)
+is rewritten atomically after every action, so an interrupted replay keeps
+what it measured; Ctrl-C stops dispatching, lets running actions finish or
+fail, and writes the report so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.checker import peak_bytes
+from planner.domain import REPORT_FORMAT, Action, Instance, Schedule
+from planner.io import write_json_atomic
+from planner.metrics import compute_metrics
+
+
+class ExecuteError(Exception):
+    """The plan cannot be replayed here (missing model file, unknown device...)."""
+
+
+@dataclass
+class ActionRecord:
+    index: int
+    action: Action
+    deps: set[int]
+    status: str = "pending"  # pending | running | done | failed | not_run
+    measured_start_s: float | None = None
+    measured_end_s: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.action.to_json()
+        d.update(index=self.index, status=self.status,
+                 measured_start_s=_r(self.measured_start_s),
+                 measured_end_s=_r(self.measured_end_s))
+        if self.error:
+            d["error"] = self.error
+        d.update(self.detail)
+        return d
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def dependencies(actions: list[Action]) -> list[set[int]]:
+    """For each action (in plan order), the indices of the actions it must wait for."""
+    last_lane: dict[tuple[str, str], int] = {}
+    last_engine: dict[str, int] = {}
+    last_request: dict[str, int] = {}
+    deps: list[set[int]] = []
+    for i, a in enumerate(actions):
+        d: set[int] = set()
+        for table, key in ((last_lane, (a.device, a.lane)), (last_engine, a.engine),
+                           (last_request, a.request)):
+            if key is not None and key in table:
+                d.add(table[key])  # type: ignore[index]
+        deps.append(d)
+        last_lane[(a.device, a.lane)] = i
+        last_engine[a.engine] = i
+        if a.request is not None:
+            last_request[a.request] = i
+    return deps
+
+
+def plan_order(schedule: Schedule) -> list[Action]:
+    return sorted(schedule.actions,
+                  key=lambda a: (a.start_s, a.end_s, 0 if a.kind == "unload" else 1))
+
+
+def predicted_peaks(instance: Instance, schedule: Schedule) -> dict[str, dict[str, int]]:
+    """Peak GPU bytes per GPU and host bytes per host that the plan predicts."""
+    engines = {e.id: e for e in schedule.engines}
+    devices = {d.id: d for d in instance.cluster.devices}
+    gpu: dict[str, list[tuple[float, float, int]]] = {}
+    host: dict[str, list[tuple[float, float, int]]] = {}
+    open_load: dict[str, float] = {}
+    saved: dict[str, tuple[float, int, str]] = {}
+    for a in plan_order(schedule):
+        e = engines[a.engine]
+        dev = devices[e.device]
+        if a.kind == "load":
+            open_load[e.id] = a.start_s
+        elif a.kind == "unload" and e.id in open_load:
+            s = open_load.pop(e.id)
+            host.setdefault(dev.host, []).append((s, a.end_s, e.host_bytes))
+            if dev.kind == "gpu":
+                gpu.setdefault(dev.id, []).append((s, a.end_s, e.gpu_bytes))
+        elif a.kind == "kv_save" and a.request:
+            saved[a.request] = (a.start_s, a.bytes or 0, dev.host)
+        elif a.kind == "kv_restore" and a.request in saved:
+            s, b, h = saved.pop(a.request)
+            host.setdefault(h, []).append((s, a.end_s, b))
+    for eid, s in open_load.items():
+        e = engines[eid]
+        dev = devices[e.device]
+        host.setdefault(dev.host, []).append((s, math.inf, e.host_bytes))
+        if dev.kind == "gpu":
+            gpu.setdefault(dev.id, []).append((s, math.inf, e.gpu_bytes))
+    for s, b, h in saved.values():
+        host.setdefault(h, []).append((s, math.inf, b))
+    out: dict[str, dict[str, int]] = {}
+    for d, iv in gpu.items():
+        out.setdefault(d, {})["gpu_bytes"] = peak_bytes(iv)[0]
+    for h, iv in host.items():
+        out.setdefault(h, {})["host_bytes"] = peak_bytes(iv)[0]
+    return out
+
+
+def relative_errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Median and 90th percentile of |measured - predicted| / measured."""
+    errs = [abs(m - p) / m for p, m in pairs if m > 0]
+    if not errs:
+        return {"n": 0, "median": None, "p90": None}
+    return {"n": len(errs), "median": round(float(np.median(errs)), 4),
+            "p90": round(float(np.percentile(errs, 90)), 4)}
+
+
+class MemorySampler(threading.Thread):
+    """Samples the resident memory of the engine workers (and saved states) every 50 ms."""
+
+    def __init__(self, pids: Callable[[], list[int]], extra: Callable[[], int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.extra = extra
+        self.peak_host = 0
+        self.peak_gpu: int | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._halt.is_set():
+            total = 0
+            for pid in self.pids():
+                try:
+                    total += psutil.Process(pid).memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak_host = max(self.peak_host, total + self.extra())
+            self._halt.wait(0.05)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)
+
+
+class Replay:
+    """One replay of a plan; :meth:`run` returns the report (SPEC section 3)."""
+
+    def __init__(self, instance: Instance, schedule: Schedule, model_paths: dict[str, Path],
+                 report_path: Path, *, threads: int | None = None, realtime: bool = False,
+                 gpu_layers: dict[str, int] | None = None, plan_path: str = "",
+                 warnings: list[str] | None = None,
+                 engine_factory: Callable[[int | None], Any] | None = None,
+                 on_action: Callable[[ActionRecord], None] | None = None) -> None:
+        self.inst = instance
+        self.schedule = schedule
+        self.model_paths = model_paths
+        self.report_path = report_path
+        self.threads = threads
+        self.realtime = realtime
+        self.gpu_layers = gpu_layers or {}
+        self.plan_path = plan_path
+        self.warnings = list(warnings or [])
+        self.on_action = on_action
+        if engine_factory is None:
+            from profiler.engine import Engine
+
+            def engine_factory(t: int | None) -> Any:
+                return Engine(threads=t)
+        self.engine_factory = engine_factory
+        actions = plan_order(schedule)
+        self.records = [ActionRecord(i, a, d) for i, (a, d)
+                        in enumerate(zip(actions, dependencies(actions), strict=True))]
+        self.engines: dict[str, Any] = {}
+        self.states: dict[str, Any] = {}  # request -> SavedState held in host RAM
+        self.generated: dict[str, list[int]] = {}
+        self.vocab: dict[str, int] = {}
+        self.t0 = 0.0
+        self.status = "not started"
+        self._lock = threading.Lock()
+        self.sampler: MemorySampler | None = None
+
+    # --- engines ---------------------------------------------------------------
+    def _prompt(self, request: str, n: int, vocab: int) -> list[int]:
+        """Deterministic token ids: timing does not depend on which tokens they are."""
+        seed = sum(map(ord, request))
+        return [10 + (seed + 7919 * i) % max(1, vocab - 20) for i in range(n)]
+
+    def _do(self, rec: ActionRecord) -> dict[str, Any]:
+        a = rec.action
+        eng = self.engines[a.engine]
+        e = self.schedule.engine(a.engine)
+        if a.kind == "load":
+            info = eng.load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
+                e.id, e.n_gpu_layers), n_ctx=e.n_ctx)
+            self.vocab[e.id] = info.n_vocab
+            return {"rss_bytes": info.rss_bytes}
+        if a.kind == "unload":
+            eng.unload()
+            return {}
+        assert a.request is not None
+        req = self.inst.request(a.request)
+        if a.kind == "kv_save":
+            state = eng.save_state()
+            with self._lock:
+                self.states[req.id] = state
+            return {"bytes_measured": state.nbytes}
+        if a.kind == "kv_restore":
+            with self._lock:
+                state = self.states.pop(req.id)
+            eng.reset()
+            eng.restore_state(state)
+            return {"bytes_measured": state.nbytes}
+        # run
+        tf, tt = a.tokens_from or 0, a.tokens_to or 0
+        done = self.generated.setdefault(req.id, [])
+        prompt = self._prompt(req.id, req.prompt_tokens, self.vocab.get(e.id, 1000))
+        if tf == 0:
+            eng.reset()
+            eng.prefill(prompt)
+            done.clear()
+        elif a.recompute:
+            eng.reset()
+            eng.prefill(prompt + done[:tf])
+        out = eng.decode(tt - tf)
+        del done[tf:]
+        done.extend(out.tokens)
+        return {"tokens_produced": len(out.tokens)}
+
+    def _execute(self, rec: ActionRecord) -> None:
+        a = rec.action
+        if self.realtime:
+            delay = a.start_s - (time.perf_counter() - self.t0)
+            if delay > 0:
+                time.sleep(delay)
+        if a.kind == "run" and a.request is not None:
+            delay = self.inst.request(a.request).arrival_s - (time.perf_counter() - self.t0)
+            if delay > 0:
+                time.sleep(delay)
+        rec.measured_start_s = time.perf_counter() - self.t0
+        try:
+            rec.detail = self._do(rec)
+            rec.status = "done"
+        except Exception as exc:  # a crashed or failing engine: report, go on
+            rec.status = "failed"
+            rec.error = f"{type(exc).__name__}: {exc}"
+        rec.measured_end_s = time.perf_counter() - self.t0
+
+    # --- dispatch --------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        ids = {e.id for e in self.schedule.engines}
+        for eid in sorted(ids):  # start every worker before the clock starts
+            self.engines[eid] = self.engine_factory(self.threads)
+        self.sampler = MemorySampler(
+            lambda: [e.pid for e in self.engines.values() if getattr(e, "pid", 0)],
+            lambda: sum(s.nbytes for s in list(self.states.values())))
+        self.sampler.start()
+        self.t0 = time.perf_counter()
+        self.status = "running"
+        pending = {r.index for r in self.records}
+        running: dict[Future[None], ActionRecord] = {}
+        by_index = {r.index: r for r in self.records}
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(ids) * 2)) as pool:
+                while pending or running:
+                    for i in sorted(pending):
+                        rec = by_index[i]
+                        dep_status = [by_index[d].status for d in rec.deps]
+                        if any(s in ("failed", "not_run") for s in dep_status):
+                            rec.status = "not_run"
+                            rec.error = "depends on an action that failed"
+                            pending.discard(i)
+                            self._progress(rec)
+                        elif all(s == "done" for s in dep_status):
+                            rec.status = "running"
+                            pending.discard(i)
+                            running[pool.submit(self._execute, rec)] = rec
+                    if not running:
+                        if pending:  # cannot happen with plan-order dependencies
+                            raise ExecuteError("replay deadlocked on its dependencies")
+                        break
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        self._progress(running.pop(f))
+            self.status = "complete" if all(r.status == "done" for r in self.records) \
+                else "partial"
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+            for f, rec in running.items():
+                f.cancel()
+                if rec.status == "running" and rec.measured_end_s is None:
+                    rec.status = "interrupted"
+            for i in pending:
+                by_index[i].status = "not_run"
+            raise
+        finally:
+            self.sampler.stop()
+            for eng in self.engines.values():
+                with contextlib.suppress(Exception):  # a crashed worker is already gone
+                    eng.close()
+            self.write()
+        return self.report()
+
+    def _progress(self, rec: ActionRecord) -> None:
+        if self.on_action is not None:
+            self.on_action(rec)
+        self.write()
+
+    # --- report ------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        recs = self.records
+        predicted_completion: dict[str, float] = {}
+        measured_completion: dict[str, float] = {}
+        request_ok: dict[str, bool] = {}
+        for r in recs:
+            a = r.action
+            if a.kind != "run" or a.request is None:
+                continue
+            predicted_completion[a.request] = max(predicted_completion.get(a.request, 0.0),
+                                                  a.end_s)
+            request_ok[a.request] = request_ok.get(a.request, True) and r.status == "done"
+            if r.measured_end_s is not None and r.status == "done":
+                measured_completion[a.request] = max(measured_completion.get(a.request, 0.0),
+                                                     r.measured_end_s)
+        measured_done = {k: v for k, v in measured_completion.items() if request_ok.get(k)}
+        requests = [{"id": q.id, "predicted_completion_s": _r(predicted_completion.get(q.id)),
+                     "measured_completion_s": _r(measured_done.get(q.id)),
+                     "status": "done" if request_ok.get(q.id) else "not_done"}
+                    for q in self.inst.requests]
+        summary: dict[str, Any] = {}
+        for kind in ("load", "unload", "run", "kv_save", "kv_restore"):
+            pairs = [(r.action.end_s - r.action.start_s,
+                      (r.measured_end_s or 0) - (r.measured_start_s or 0))
+                     for r in recs if r.action.kind == kind and r.status == "done"]
+            summary[kind] = relative_errors(pairs)
+        summary["completion"] = relative_errors(
+            [(predicted_completion[k], v) for k, v in measured_done.items()])
+        peaks = predicted_peaks(self.inst, self.schedule)
+        devices = []
+        for dev_id, p in sorted(peaks.items()):
+            entry: dict[str, Any] = {"id": dev_id, "predicted_peak_gpu_bytes": p.get("gpu_bytes"),
+                                     "predicted_peak_host_bytes": p.get("host_bytes")}
+            if "host_bytes" in p and self.sampler is not None:
+                entry["measured_peak_host_bytes"] = self.sampler.peak_host
+            devices.append(entry)
+        measured = compute_metrics(self.inst, self.schedule.actions, measured_done).to_json() \
+            if measured_done else None
+        return {
+            "format": REPORT_FORMAT,
+            "plan": self.plan_path,
+            "instance": {"name": self.inst.name, "sha256": self.inst.sha256},
+            "status": self.status,
+            "realtime": self.realtime,
+            "threads": self.threads or os.cpu_count(),
+            "warnings": self.warnings,
+            "actions": [r.to_json() for r in recs],
+            "requests": requests,
+            "devices": devices,
+            "summary": summary,
+            "metrics": {"predicted": compute_metrics(self.inst, self.schedule.actions).to_json(),
+                        "measured": measured},
+        }
+
+    def write(self) -> None:
+        with self._lock:
+            write_json_atomic(self.report_path, self.report())
