@@ -263,12 +263,12 @@ class _Check:
                 if x.engine == y.engine and holds(x.engine, req.id, x.end_s, y.start_s):
                     continue
                 ok = False
-                for s, r in saves:
-                    if s.request != req.id or r is None:
+                for s, restore in saves:
+                    if s.request != req.id or restore is None:
                         continue
-                    if (s.start_s >= x.end_s - EPS and r.end_s <= y.start_s + EPS
-                            and s.engine == x.engine and r.engine == y.engine
-                            and holds(y.engine, req.id, r.end_s, y.start_s)):
+                    if (s.start_s >= x.end_s - EPS and restore.end_s <= y.start_s + EPS
+                            and s.engine == x.engine and restore.engine == y.engine
+                            and holds(y.engine, req.id, restore.end_s, y.start_s)):
                         ok = True
                         break
                 if not ok:

@@ -15,6 +15,7 @@ PLAN_FORMAT = "planner.plan/1"
 REPORT_FORMAT = "planner.report/1"
 
 GIB = 1024**3
+LOCAL_CPU = "local"  # an instance host whose CPU is "this machine's", whatever it is
 
 ActionKind = Literal["load", "unload", "run", "kv_save", "kv_restore"]
 ACTION_KINDS: tuple[str, ...] = ("load", "unload", "run", "kv_save", "kv_restore")

@@ -14,7 +14,7 @@ from planner.baselines.policies import BASELINES
 from planner.baselines.sim import BaselineError, context_sizes
 from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
-from planner.domain import EngineConfig, Instance, Plan, Schedule, SolverInfo
+from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
 from planner.io import InputError, load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_key, objective_value
 
@@ -188,7 +188,7 @@ def local_device_map(instance: Instance, schedule: Schedule,
     refused: list[str] = []
     for e in schedule.engines:
         d = devices[e.device]
-        local = (d.kind == "cpu" and d.type in (*LOCAL_NAMES, here)) or \
+        local = (d.kind == "cpu" and d.type in (LOCAL_CPU, here)) or \
             (d.kind == "gpu" and offload and d.type in gpus)
         if local:
             continue

@@ -1,0 +1,489 @@
+"""Measurement sweeps over one model on this machine's llama.cpp build, then fits.
+
+A sweep has three phases, each on engines in worker processes:
+
+1. **loads** - for each ``n_ctx`` (and ``n_gpu_layers`` on a GPU build): cold loads
+   (file evicted from the page cache first), warm loads, the worker's RSS (and
+   NVML memory) while resident, and the unload after each load;
+2. **context walk** - one engine at the walk's ``n_ctx``: prefill up to each
+   context depth, then decode blocks of tokens there (rewinding to the depth
+   between repetitions) and save/restore the request state;
+3. **prefill** - prompts of several lengths into an empty cache, repetitions
+   interleaved so that slow drift spreads over all lengths.
+
+Every measurement is appended to the CSV journal as it is taken. Running the
+same sweep again skips settings that already have enough repetitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from profiler.devices import (
+    BuildInfo,
+    GpuInfo,
+    HostInfo,
+    discover_build,
+    discover_gpus,
+    discover_host,
+)
+from profiler.engine import Engine
+from profiler.models import GgufArch, read_arch
+from profiler.store import (
+    MeasurementLog,
+    build_profile,
+    make_row,
+    profile_paths,
+    read_measurements,
+    write_profile,
+)
+
+#: Text tokenized into prompts (repeated as needed); the content does not matter for timing.
+PROMPT_TEXT = (
+    "The planner decides which models stay resident on which devices, when to load and "
+    "unload them, and in which order requests run. Every decision has a cost in seconds "
+    "and bytes, and the profiler measures those costs on the real engines, one setting "
+    "at a time, so that the plan and the replay agree. "
+)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep measures. Field comments are the help text."""
+
+    mode: str = "quick"  #: "quick" or "full"
+    threads: int = 0  #: llama.cpp threads (0: all CPUs)
+    n_batch: int = 512  #: llama.cpp logical batch for prefill
+    use_mmap: bool = False  #: False reads the weights into RAM at load (real load cost)
+    load_n_ctx: tuple[int, ...] = (512, 1024, 2048)  #: n_ctx values for load/memory
+    warm_reps: int = 3  #: warm loads per setting
+    cold_reps: int = 2  #: cold loads per setting
+    walk_n_ctx: int = 2048  #: n_ctx of the context-walk engine
+    depths: tuple[int, ...] = (16, 320, 704, 1216, 1920)  #: decode/KV context depths
+    decode_block: int = 8  #: tokens per decode measurement
+    decode_reps: int = 7  #: decode blocks per depth
+    kv_reps: int = 3  #: save/restore repetitions per depth
+    prompt_lengths: tuple[int, ...] = (16, 64, 160, 384, 768)  #: prefill prompt lengths
+    prefill_reps: int = 3  #: prefills per prompt length
+    gpu_layers: tuple[int, ...] | None = None  #: n_gpu_layers values (None: 0 on CPU, 0..L on GPU)
+
+    @classmethod
+    def quick(cls, threads: int = 0) -> SweepConfig:
+        return cls(mode="quick", threads=threads)
+
+    @classmethod
+    def full(cls, threads: int = 0) -> SweepConfig:
+        return cls(mode="full", threads=threads, load_n_ctx=(512, 1024, 2048, 4096, 8192),
+                   warm_reps=5, cold_reps=3, walk_n_ctx=8192,
+                   depths=(16, 256, 512, 1024, 2048, 3072, 4096, 5120, 6144, 7936),
+                   decode_block=16, decode_reps=7, kv_reps=5,
+                   prompt_lengths=(16, 32, 64, 128, 256, 512, 1024, 1536, 2048), prefill_reps=5)
+
+    def for_model(self, arch: GgufArch) -> SweepConfig:
+        """Clip context settings to what the model supports."""
+        limit = arch.context_length or self.walk_n_ctx
+        walk = min(self.walk_n_ctx, limit)
+        depths = tuple(d for d in self.depths if d + self.decode_block * 2 < walk)
+        prompts = tuple(p for p in self.prompt_lengths if p < walk)
+        loads = tuple(n for n in self.load_n_ctx if n <= limit) or (walk,)
+        return replace(self, walk_n_ctx=walk, depths=depths, prompt_lengths=prompts,
+                       load_n_ctx=loads, threads=self.threads or (os.cpu_count() or 1))
+
+
+def gpu_layer_settings(n_layers: int, mode: str) -> tuple[int, ...]:
+    """n_gpu_layers values on a GPU build: every 0..L (+1 for the output layer) in full
+    mode; a sparse set, denser near full residency, in quick mode."""
+    if mode == "full":
+        return tuple(range(n_layers + 2))
+    pts = {0, n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 2, n_layers - 1,
+           n_layers, n_layers + 1}
+    return tuple(sorted(p for p in pts if 0 <= p <= n_layers + 1))
+
+
+def evict_from_page_cache(path: Path) -> bool:
+    """Drop ``path`` from the OS page cache (fsync, then POSIX_FADV_DONTNEED)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    profile_path: Path
+    measurements_path: Path
+    new_rows: int
+    reused_rows: int
+    wall_s: float
+    profile: dict[str, Any]
+
+
+Progress = Callable[[float, str], None]
+
+
+class _Budget:
+    """Counts repetitions still missing per (kind, setting)."""
+
+    def __init__(self, rows: list[dict[str, Any]], threads: int) -> None:
+        self.have: Counter[tuple[str, str]] = Counter(
+            (r["kind"], r["setting"]) for r in rows if r["threads"] == threads)
+
+    def missing(self, kind: str, setting: str, want: int) -> int:
+        return max(0, want - self.have[(kind, setting)])
+
+    def next_rep(self, kind: str, setting: str) -> int:
+        rep = self.have[(kind, setting)]
+        self.have[(kind, setting)] += 1
+        return rep
+
+
+def _device_of(build: BuildInfo, host: HostInfo, gpus: list[GpuInfo]) -> dict[str, Any]:
+    if build.gpu_offload and gpus:
+        g = gpus[0]
+        return {"kind": "gpu", "type": g.type_slug, "name": g.name, "gpu": g.to_json(),
+                "host": host.to_json()}
+    return {"kind": "cpu", "type": host.type_slug, "name": host.cpu_model,
+            "threads": host.threads, "memory_bytes": host.memory_bytes, "host": host.to_json()}
+
+
+class Sweep:
+    """One sweep of one model; :meth:`run` measures what is missing and writes the profile."""
+
+    def __init__(self, model_path: Path, out_root: Path, config: SweepConfig) -> None:
+        self.model_path = Path(model_path)
+        self.arch = read_arch(self.model_path)
+        self.host = discover_host()
+        self.gpus = discover_gpus()
+        self.build = discover_build()
+        self.device = _device_of(self.build, self.host, self.gpus)
+        cfg = config.for_model(self.arch)
+        if cfg.gpu_layers is None:
+            layers = (gpu_layer_settings(self.arch.n_layers, cfg.mode)
+                      if self.device["kind"] == "gpu" else (0,))
+            cfg = replace(cfg, gpu_layers=layers)
+        self.cfg = cfg
+        self.csv_path, self.json_path = profile_paths(
+            Path(out_root), self.arch.key, self.device["type"], self.build.slug)
+        self.primary_ngl = max(cfg.gpu_layers or (0,))
+        self.cold_ok: bool | None = None
+        self.idle_rss: int | None = None
+
+    # ------------------------------------------------------------------ planning
+    def _load_settings(self) -> list[tuple[int, int]]:
+        assert self.cfg.gpu_layers is not None
+        ngls = [self.primary_ngl] if self.device["kind"] == "cpu" else list(self.cfg.gpu_layers)
+        out = [(self.primary_ngl, n) for n in self.cfg.load_n_ctx]
+        out += [(g, self.cfg.walk_n_ctx) for g in ngls if g != self.primary_ngl]
+        return out
+
+    def _walk_ngls(self) -> list[int]:
+        assert self.cfg.gpu_layers is not None
+        return [self.primary_ngl] + [g for g in self.cfg.gpu_layers if g != self.primary_ngl]
+
+    def _walk_depths(self, ngl: int) -> tuple[int, ...]:
+        if ngl == self.primary_ngl:
+            return self.cfg.depths
+        d = self.cfg.depths
+        return (d[0], d[len(d) // 2]) if len(d) > 1 else d
+
+    def _prefill_lengths(self, ngl: int) -> tuple[int, ...]:
+        p = self.cfg.prompt_lengths
+        if ngl == self.primary_ngl or len(p) < 2:
+            return p
+        return (p[1], p[-1])
+
+    @staticmethod
+    def _s_load(ngl: int, n_ctx: int) -> str:
+        return f"load:ngl={ngl}:n_ctx={n_ctx}"
+
+    @staticmethod
+    def _s_decode(ngl: int, n_ctx: int, depth: int) -> str:
+        return f"decode:ngl={ngl}:n_ctx={n_ctx}:depth={depth}"
+
+    @staticmethod
+    def _s_kv(ngl: int, n_ctx: int, depth: int) -> str:
+        return f"kv:ngl={ngl}:n_ctx={n_ctx}:depth={depth}"
+
+    @staticmethod
+    def _s_prefill(ngl: int, n_ctx: int, prompt: int) -> str:
+        return f"prefill:ngl={ngl}:n_ctx={n_ctx}:prompt={prompt}"
+
+    def planned_work(self, budget: _Budget) -> float:
+        """Work units still to do (for the progress bar): ~1 unit per 0.1 s expected."""
+        c = self.cfg
+        units = 0.0
+        for ngl, n in self._load_settings():
+            s = self._s_load(ngl, n)
+            units += 3 * (budget.missing("cold_load_s", s, c.cold_reps)
+                          + budget.missing("load_s", s, c.warm_reps))
+        for ngl in self._walk_ngls():
+            n = c.walk_n_ctx
+            for d in self._walk_depths(ngl):
+                units += budget.missing("decode_s_per_token", self._s_decode(ngl, n, d),
+                                        c.decode_reps)
+                units += budget.missing("kv_save_s", self._s_kv(ngl, n, d), c.kv_reps)
+            for p in self._prefill_lengths(ngl):
+                units += budget.missing("prefill_s", self._s_prefill(ngl, n, p),
+                                        c.prefill_reps) * max(1.0, p / 64)
+        return units
+
+    # ------------------------------------------------------------------ running
+    def run(self, progress: Progress | None = None,
+            on_total: Callable[[float], None] | None = None) -> SweepResult:
+        t0 = time.perf_counter()
+        existing = read_measurements(self.csv_path)
+        budget = _Budget(existing, self.cfg.threads)
+        total = self.planned_work(budget)
+        if on_total is not None:
+            on_total(total)
+        tick: Progress = progress or (lambda units, what: None)
+        new_rows = 0
+        if total > 0:
+            with MeasurementLog(self.csv_path) as log:
+                try:
+                    self._measure(log, budget, tick)
+                finally:
+                    new_rows = log.written
+        rows = [r for r in read_measurements(self.csv_path) if r["threads"] == self.cfg.threads]
+        doc = self.make_profile(rows)
+        write_profile(doc, self.json_path)
+        return SweepResult(self.json_path, self.csv_path, new_rows, len(existing),
+                           time.perf_counter() - t0, doc)
+
+    def _row(self, log: MeasurementLog, budget: _Budget, kind: str, setting: str, value: float,
+             unit: str, **kw: Any) -> None:
+        rep = budget.next_rep(kind, setting)
+        log.write(make_row(kind, value, unit, setting=setting, threads=self.cfg.threads,
+                           repetition=rep, **kw))
+
+    def _measure(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
+        c = self.cfg
+        with Engine(threads=c.threads) as eng:
+            self.idle_rss = eng.idle_rss_bytes
+            # ---- phase 1: loads, memory, unloads
+            for ngl, n_ctx in self._load_settings():
+                s = self._s_load(ngl, n_ctx)
+                cold = budget.missing("cold_load_s", s, c.cold_reps)
+                warm = budget.missing("load_s", s, c.warm_reps)
+                for i in range(max(cold, warm)):
+                    for kind in ("cold_load_s", "load_s"):
+                        if (kind == "cold_load_s" and i >= cold) or (kind == "load_s"
+                                                                     and i >= warm):
+                            continue
+                        if kind == "cold_load_s":
+                            self.cold_ok = evict_from_page_cache(self.model_path)
+                        info = eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=n_ctx,
+                                        n_batch=c.n_batch, use_mmap=c.use_mmap)
+                        common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
+                        self._row(log, budget, kind, s, info.seconds, "s", **common)
+                        self._row(log, budget, "host_bytes", s, info.rss_bytes, "bytes",
+                                  **common)
+                        if ngl > 0 and info.gpu_bytes is not None:
+                            self._row(log, budget, "gpu_bytes", s, info.gpu_bytes, "bytes",
+                                      **common)
+                        self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
+                        tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
+            # ---- phases 2 and 3 per n_gpu_layers
+            tokens: list[int] = []
+            for ngl in self._walk_ngls():
+                if not self._walk_needed(budget, ngl):
+                    continue
+                eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=c.walk_n_ctx,
+                         n_batch=c.n_batch, use_mmap=c.use_mmap)
+                if not tokens:
+                    tokens = self._prompt_tokens(eng, c.walk_n_ctx)
+                self._walk(eng, log, budget, tick, ngl, tokens)
+                self._prefills(eng, log, budget, tick, ngl, tokens)
+                eng.unload()
+
+    def _walk_needed(self, budget: _Budget, ngl: int) -> bool:
+        c, n = self.cfg, self.cfg.walk_n_ctx
+        return any(
+            budget.missing("decode_s_per_token", self._s_decode(ngl, n, d), c.decode_reps)
+            or budget.missing("kv_save_s", self._s_kv(ngl, n, d), c.kv_reps)
+            for d in self._walk_depths(ngl)) or any(
+            budget.missing("prefill_s", self._s_prefill(ngl, n, p), c.prefill_reps)
+            for p in self._prefill_lengths(ngl))
+
+    @staticmethod
+    def _prompt_tokens(eng: Engine, n: int) -> list[int]:
+        once = eng.tokenize(PROMPT_TEXT, add_bos=False)
+        bos = eng.tokenize("", add_bos=True)
+        toks = list(bos)
+        while len(toks) < n:
+            toks.extend(once)
+        return toks[:n]
+
+    def _walk(self, eng: Engine, log: MeasurementLog, budget: _Budget, tick: Progress, ngl: int,
+              tokens: list[int]) -> None:
+        c, n_ctx = self.cfg, self.cfg.walk_n_ctx
+        depths = self._walk_depths(ngl)
+        todo = [d for d in depths
+                if budget.missing("decode_s_per_token", self._s_decode(ngl, n_ctx, d),
+                                  c.decode_reps)
+                or budget.missing("kv_save_s", self._s_kv(ngl, n_ctx, d), c.kv_reps)]
+        if not todo:
+            return
+        # warm-up after the load: first decodes touch fresh buffers and are slow
+        eng.reset()
+        eng.prefill(tokens[:64])
+        eng.decode(3 * c.decode_block)
+        eng.reset()
+        cached = 0
+        common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
+        for d in todo:
+            # bring the cache to depth d (rewinding over decoded tokens when past it)
+            if cached > d:
+                eng.truncate(d)
+                cached = d
+            if cached < d:
+                cached = eng.prefill(tokens[cached:d]).n_tokens
+            eng.decode(1)  # warm-up: first single-token step after a batch
+            eng.truncate(d)
+            sd = self._s_decode(ngl, n_ctx, d)
+            for _ in range(budget.missing("decode_s_per_token", sd, c.decode_reps)):
+                eng.truncate(d)
+                out = eng.decode(c.decode_block)
+                self._row(log, budget, "decode_s_per_token", sd,
+                          out.seconds / c.decode_block, "s",
+                          context=d + c.decode_block // 2, **common)
+                tick(1, f"decode ngl={ngl} context={d}")
+            eng.truncate(d)
+            cached = d
+            sk = self._s_kv(ngl, n_ctx, d)
+            if budget.missing("kv_save_s", sk, c.kv_reps):
+                # warm-up: the first copy of a new size touches fresh memory (page faults,
+                # and on VMs the hypervisor's first-touch), which later copies do not
+                eng.restore_state(eng.save_state())
+            for _ in range(budget.missing("kv_save_s", sk, c.kv_reps)):
+                st = eng.save_state()
+                self._row(log, budget, "kv_save_s", sk, st.wall_s, "s", context=d,
+                          nbytes=st.nbytes, **common)
+                self._row(log, budget, "kv_bytes", sk, st.nbytes, "bytes", context=d,
+                          nbytes=st.nbytes, **common)
+                r = eng.restore_state(st)
+                self._row(log, budget, "kv_restore_s", sk, r.wall_s, "s", context=d,
+                          nbytes=st.nbytes, **common)
+                tick(1, f"kv save/restore context={d}")
+
+    def _prefills(self, eng: Engine, log: MeasurementLog, budget: _Budget, tick: Progress,
+                  ngl: int, tokens: list[int]) -> None:
+        c, n_ctx = self.cfg, self.cfg.walk_n_ctx
+        lengths = self._prefill_lengths(ngl)
+        need = {p: budget.missing("prefill_s", self._s_prefill(ngl, n_ctx, p), c.prefill_reps)
+                for p in lengths}
+        if not any(need.values()):
+            return
+        eng.reset()
+        eng.prefill(tokens[:32])  # warm-up
+        for rep in range(max(need.values())):
+            for p in lengths:
+                if rep >= need[p]:
+                    continue
+                eng.reset()
+                r = eng.prefill(tokens[:p])
+                self._row(log, budget, "prefill_s", self._s_prefill(ngl, n_ctx, p), r.seconds,
+                          "s", prompt_tokens=p, context=0, n_gpu_layers=ngl, n_ctx=n_ctx)
+                tick(max(1.0, p / 64), f"prefill prompt={p}")
+
+    # ------------------------------------------------------------------ profile
+    def make_profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        c = self.cfg
+        cpu_only = self.device["kind"] == "cpu"
+        method = {
+            "timing": "time.perf_counter inside the engine worker process (one process per "
+                      "engine, multiprocessing spawn); kv_save_s and kv_restore_s are caller-"
+                      "side and include moving the state bytes through the pipe",
+            "decode": f"value = mean seconds per token over a block of {c.decode_block} greedy "
+                      "tokens (EOS ignored) starting at the setting's depth; the row's context "
+                      "is the block's middle; the cache is rewound to the depth between blocks",
+            "prefill": "prompt into an empty cache, repetitions interleaved across lengths",
+            "load": "load_s: warm load (file in the page cache); weights read into RAM "
+                    f"(use_mmap={c.use_mmap}); includes context creation and a one-token "
+                    "warm-up eval",
+            "cold_load": "cold_load_s: the file is evicted from the page cache before each load "
+                         "with fsync + os.posix_fadvise(POSIX_FADV_DONTNEED)"
+                         + ("" if self.cold_ok is not False else
+                            " -- EVICTION FAILED on this system, cold loads may be warm"),
+            "unload": "unload_s: freeing model and context inside the worker",
+            "kv": "state of sequence 0 via llama_state_seq_get_data / set_data; one "
+                  "unrecorded save/restore at each depth first (fresh-memory first touch)",
+            "memory": "host_bytes: RSS of the worker process after load (includes the Python "
+                      "interpreter and the llama.cpp library; an idle worker holds "
+                      f"{self.idle_rss if self.idle_rss is not None else 'n/a'} bytes); "
+                      "gpu_bytes: NVML per-process memory",
+            "n_gpu_layers": ("CPU build (no GPU offload): only n_gpu_layers=0 measured"
+                             if cpu_only and not self.build.gpu_offload else
+                             "GPU offload available but no NVIDIA GPU found: only "
+                             "n_gpu_layers=0 measured" if cpu_only else
+                             f"n_gpu_layers swept over {list(c.gpu_layers or ())}"),
+            "fits": "linear forms over physical features, fit with scikit-learn "
+                    "LinearRegression(positive=True) on setting medians weighted by "
+                    "1/median^2 (relative error); held-out MAPE is leave-one-setting-out",
+        }
+        settings = asdict(c)
+        settings["primary_n_gpu_layers"] = self.primary_ngl
+        return build_profile(
+            rows=rows, arch=self.arch, device=self.device, build=self.build.to_json(),
+            settings=settings, method=method,
+            source={"kind": "measured", "by": "planner profile", "host": self.host.hostname},
+            measurements_file=self.csv_path.name)
+
+
+@contextlib.contextmanager
+def rich_progress(description: str) -> Iterator[tuple[Progress, Callable[[float], None]]]:
+    """A rich progress bar with ETA; yields ``(tick, set_total)`` for :meth:`Sweep.run`."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
+                  transient=False) as bar:
+        task = bar.add_task(description, total=None, what="")
+
+        def tick(units: float, what: str) -> None:
+            bar.update(task, advance=units, what=what)
+
+        def set_total(total: float) -> None:
+            bar.update(task, total=max(total, 1e-9))
+
+        yield tick, set_total
+
+
+def run_sweep(model_path: Path, out_root: Path, config: SweepConfig,
+              show_progress: bool = True) -> SweepResult:
+    """Measure ``model_path`` on this machine and write its profile under ``out_root``."""
+    sweep = Sweep(model_path, out_root, config)
+    if not show_progress:
+        return sweep.run()
+    with rich_progress(f"profiling {sweep.arch.key}") as (tick, set_total):
+        return sweep.run(tick, set_total)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
