@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -281,7 +282,8 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
 @click.option("--device-map", "device_map", multiple=True, metavar="PLAN_DEVICE=host",
               help="Replay a device this machine does not have on its CPU (repeat).")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="llama.cpp threads per engine [default: all cores].")
+              help="llama.cpp threads per engine [default: the instance host's threads, "
+                   "at most this machine's cores].")
 def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
             device_map: tuple[str, ...], threads: int | None) -> None:
     """Replay PLAN on this machine's llama.cpp engines and measure every action.
@@ -307,6 +309,8 @@ def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")
     target = out or Path("reports") / f"{plan.stem}.json"
+    if threads is None:
+        threads = min([os.cpu_count() or 1, *(h.threads for h in inst.cluster.hosts)])
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total} actions"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("replaying", total=len(schedule.actions))

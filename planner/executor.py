@@ -69,6 +69,15 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
+def _read_through(path: Path) -> None:
+    """Read a file once so that it sits in the page cache (a missing one fails at its load)."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
 def dependencies(actions: list[Action]) -> list[set[int]]:
     """For each action (in plan order), the indices of the actions it must wait for."""
     last_lane: dict[tuple[str, str], int] = {}
@@ -143,9 +152,16 @@ def relative_errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 class MemorySampler(threading.Thread):
-    """Samples the resident memory of the engine workers (and saved states) every 50 ms."""
+    """Samples the resident memory of the engine workers (and saved states) every 50 ms.
 
-    def __init__(self, pids: Callable[[], list[int]], extra: Callable[[], int]) -> None:
+    A worker without a model loaded counts only what it holds above its idle
+    footprint (the Python interpreter and llama.cpp library), since a
+    deployment would not keep such a process around; a loaded one counts whole,
+    as the profiles' ``host_bytes`` do.
+    """
+
+    def __init__(self, pids: Callable[[], list[tuple[int, int]]],
+                 extra: Callable[[], int]) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.extra = extra
@@ -158,9 +174,9 @@ class MemorySampler(threading.Thread):
 
         while not self._halt.is_set():
             total = 0
-            for pid in self.pids():
+            for pid, baseline in self.pids():
                 try:
-                    total += psutil.Process(pid).memory_info().rss
+                    total += max(0, psutil.Process(pid).memory_info().rss - baseline)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             self.peak_host = max(self.peak_host, total + self.extra())
@@ -203,6 +219,7 @@ class Replay:
         self.states: dict[str, Any] = {}  # request -> SavedState held in host RAM
         self.generated: dict[str, list[int]] = {}
         self.vocab: dict[str, int] = {}
+        self.loaded: set[str] = set()
         self.t0 = 0.0
         self.status = "not started"
         self._lock = threading.Lock()
@@ -219,12 +236,14 @@ class Replay:
         eng = self.engines[a.engine]
         e = self.schedule.engine(a.engine)
         if a.kind == "load":
+            self.loaded.add(e.id)
             info = eng.load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
                 e.id, e.n_gpu_layers), n_ctx=e.n_ctx)
             self.vocab[e.id] = info.n_vocab
             return {"rss_bytes": info.rss_bytes}
         if a.kind == "unload":
             eng.unload()
+            self.loaded.discard(e.id)
             return {}
         assert a.request is not None
         req = self.inst.request(a.request)
@@ -279,9 +298,10 @@ class Replay:
         ids = {e.id for e in self.schedule.engines}
         for eid in sorted(ids):  # start every worker before the clock starts
             self.engines[eid] = self.engine_factory(self.threads)
-        self.sampler = MemorySampler(
-            lambda: [e.pid for e in self.engines.values() if getattr(e, "pid", 0)],
-            lambda: sum(s.nbytes for s in list(self.states.values())))
+        for path in set(self.model_paths.values()):
+            _read_through(path)  # loads are predicted warm (file in the page cache)
+        self.sampler = MemorySampler(self._worker_pids,
+                                     lambda: sum(s.nbytes for s in list(self.states.values())))
         self.sampler.start()
         self.t0 = time.perf_counter()
         self.status = "running"
@@ -328,6 +348,14 @@ class Replay:
                     eng.close()
             self.write()
         return self.report()
+
+    def _worker_pids(self) -> list[tuple[int, int]]:
+        out = []
+        for eid, eng in list(self.engines.items()):
+            pid = getattr(eng, "pid", 0)
+            if pid:
+                out.append((pid, 0 if eid in self.loaded else getattr(eng, "idle_rss_bytes", 0)))
+        return out
 
     def _progress(self, rec: ActionRecord) -> None:
         if self.on_action is not None:

@@ -122,10 +122,9 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
                 choice = cfg
                 break
         if choice is None:
-            raise BaselineError(
-                f"static: model {model} does not fit beside the models already placed "
-                f"(GPU free: {', '.join(f'{d} {b / 2**30:.1f} GiB' for d, b in gpu_free.items())}"
-                f"); use a swapping solver")
+            free = ", ".join(f"{d} {b / 2**30:.1f} GiB" for d, b in gpu_free.items())
+            raise BaselineError(f"static: model {model} does not fit beside the models already "
+                                f"placed (free memory: {free}); use a swapping solver")
         dev = choice.device
         if sim.devices[dev].device.kind == "gpu":
             gpu_free[dev] -= cost.gpu_bytes(choice)
