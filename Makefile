@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/planner solve instances/mixed.json --time-limit 60
-	$(BIN)/planner validate solutions/mixed.json --instance instances/mixed.json
+	$(BIN)/planner demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check planner profiler tests benchmarks

