@@ -83,6 +83,9 @@ def test_all_faults_reported_together(write_instance: Any) -> None:
 
 
 def test_shipped_instances_load() -> None:
+    from planner.demo import ensure_models
+
+    ensure_models()  # cpu-demo.json names the demo's GGUF files in the model cache
     for p in sorted((ROOT / "instances").glob("*.json")):
         inst = load_instance(p)
         assert inst.requests and inst.sha256
