@@ -208,10 +208,9 @@ def local_device_map(instance: Instance, schedule: Schedule,
     return overrides, warnings
 
 
-def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
-                   device_map: dict[str, str]) -> tuple[Instance, Schedule, dict[str, Path],
-                                                        dict[str, int], list[str]]:
-    """Read and check a plan for replay: instance, models on disk, devices here."""
+def plan_and_instance(plan_path: str | Path,
+                      instance_path: str | Path | None) -> tuple[Instance, Schedule]:
+    """A plan's schedule and its instance, checked against each other (SPEC rules 1-7)."""
     data, schedule = load_plan(plan_path)
     name = data["instance"]["name"]
     ipath = Path(instance_path) if instance_path else Path("instances") / f"{name}.json"
@@ -224,6 +223,15 @@ def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
     violations = check_plan(instance, schedule, data)
     if violations:
         raise InputError([f"{plan_path}: {v}" for v in violations[:10]])
+    return instance, schedule
+
+
+def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
+                   device_map: dict[str, str]) -> tuple[Instance, Schedule, dict[str, Path],
+                                                        dict[str, int], list[str]]:
+    """Read and check a plan for replay: instance, models on disk, devices here."""
+    instance, schedule = plan_and_instance(plan_path, instance_path)
+    ipath = instance_path or f"instances/{instance.name}.json"
     # load_instance has read every model's GGUF metadata: a missing or corrupt
     # file has already been reported, before anything runs
     used = {e.model for e in schedule.engines}

@@ -1,0 +1,199 @@
+"""Turn a plan into what users run: llama-server, llama-swap, Ollama, llama_cpp.server.
+
+Each exporter reads the plan's engines (model, device, ``n_gpu_layers``,
+``n_ctx``) and, where the target has such a notion, its residency: which models
+share a device at the same time (llama-swap groups) and how long an engine
+stays loaded after its last run before the plan unloads it (TTL, keep_alive).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planner.domain import Engine, Instance, Schedule
+
+TARGETS = ("llama-server", "llama-swap", "ollama", "llama-cpp-python")
+
+
+@dataclass(frozen=True)
+class EngineUse:
+    """One distinct engine configuration of the plan and how the plan uses it."""
+
+    model: str
+    device: str
+    n_gpu_layers: int
+    n_ctx: int
+    gguf: str
+    gpu_index: int | None  # index of the GPU on its host, None on a CPU
+    ttl_s: int  # seconds idle before the plan unloads it; 0: never unloaded
+    n_runs: int
+
+
+def _model_path(instance: Instance, model: str) -> str:
+    m = instance.model(model)
+    return m.gguf_path or f"/models/{m.reference or m.id}.gguf"
+
+
+def engine_uses(instance: Instance, schedule: Schedule) -> list[EngineUse]:
+    """Distinct (model, device, n_gpu_layers, n_ctx) with their idle-before-unload time."""
+    gpu_index = {g.id: i for h in instance.cluster.hosts for i, g in enumerate(h.gpus)}
+    by_engine: dict[str, list[Any]] = defaultdict(list)
+    for a in sorted(schedule.actions, key=lambda a: a.start_s):
+        by_engine[a.engine].append(a)
+    groups: dict[tuple[str, str, int, int], list[Engine]] = defaultdict(list)
+    for e in schedule.engines:
+        groups[(e.model, e.device, e.n_gpu_layers, e.n_ctx)].append(e)
+    out = []
+    for (model, device, ngl, ctx), engines in sorted(groups.items()):
+        ttl = 0.0
+        unloaded = False
+        runs = 0
+        for e in engines:
+            last_run: float | None = None
+            for a in by_engine[e.id]:
+                if a.kind == "run":
+                    last_run = a.end_s
+                    runs += 1
+                elif a.kind == "unload":
+                    unloaded = True
+                    if last_run is not None:
+                        ttl = max(ttl, a.start_s - last_run)
+                    last_run = None
+        out.append(EngineUse(model, device, ngl, ctx, _model_path(instance, model),
+                             gpu_index.get(device), max(1, math.ceil(ttl)) if unloaded else 0,
+                             runs))
+    return out
+
+
+def co_resident(schedule: Schedule) -> dict[str, set[frozenset[str]]]:
+    """Per device, the sets of models resident at the same time (from load start to unload end)."""
+    periods: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    engines = {e.id: e for e in schedule.engines}
+    open_at: dict[str, float] = {}
+    for a in sorted(schedule.actions, key=lambda a: a.start_s):
+        if a.kind == "load":
+            open_at[a.engine] = a.start_s
+        elif a.kind == "unload" and a.engine in open_at:
+            e = engines[a.engine]
+            periods[e.device].append((open_at.pop(a.engine), a.end_s, e.model))
+    for eid, t in open_at.items():
+        e = engines[eid]
+        periods[e.device].append((t, math.inf, e.model))
+    out: dict[str, set[frozenset[str]]] = defaultdict(set)
+    for dev, ps in periods.items():
+        for s, e, _model in ps:
+            together = {m2 for s2, e2, m2 in ps if s2 < e and s < e2}
+            out[dev].add(frozenset(together))
+    return out
+
+
+def _server_cmd(u: EngineUse, port: str, slot_dir: str | None) -> str:
+    """A llama-server command line; ``port`` is inserted verbatim (llama-swap's ${PORT})."""
+    args = ["llama-server", "-m", u.gguf, "-ngl", str(u.n_gpu_layers), "-c", str(u.n_ctx),
+            "--alias", u.model]
+    if slot_dir:
+        args += ["--slot-save-path", slot_dir]
+    return f"{shlex.join(args)} --port {port}"
+
+
+def llama_server(instance: Instance, schedule: Schedule, slot_dir: str = "/tmp/llama-slots") -> str:
+    lines = ["#!/usr/bin/env bash", f"# llama-server commands for plan of {instance.name!r}:",
+             "# one server per engine configuration; --slot-save-path is where KV states",
+             "# are saved and restored (POST /slots/0?action=save|restore).", ""]
+    for i, u in enumerate(engine_uses(instance, schedule)):
+        env = f"CUDA_VISIBLE_DEVICES={u.gpu_index} " if u.gpu_index is not None else ""
+        lines.append(f"# {u.model} on {u.device}: {u.n_runs} runs"
+                     + (f", unloaded after {u.ttl_s} s idle" if u.ttl_s else ", stays loaded"))
+        lines.append(env + _server_cmd(u, str(8080 + i), slot_dir))
+    return "\n".join(lines) + "\n"
+
+
+def llama_swap(instance: Instance, schedule: Schedule) -> str:
+    """A llama-swap config: one model entry per engine configuration, one group per device."""
+    uses = engine_uses(instance, schedule)
+    names: dict[EngineUse, str] = {}
+    for u in uses:
+        same = [v for v in uses if v.model == u.model]
+        names[u] = u.model if len(same) == 1 else f"{u.model}@{u.device}"
+    models: dict[str, Any] = {}
+    for u in uses:
+        entry: dict[str, Any] = {"cmd": _server_cmd(u, "${PORT}", None),
+                                 "ttl": u.ttl_s}
+        if u.gpu_index is not None:
+            entry["env"] = [f"CUDA_VISIBLE_DEVICES={u.gpu_index}"]
+        models[names[u]] = entry
+    together = co_resident(schedule)
+    groups: dict[str, Any] = {}
+    for dev in sorted({u.device for u in uses}):
+        members = [names[u] for u in uses if u.device == dev]
+        shares = any(len(s) > 1 for s in together.get(dev, set()))
+        groups[dev] = {"swap": not shares, "exclusive": False, "members": members}
+    doc = {"healthCheckTimeout": 120, "startPort": 10001, "models": models, "groups": groups}
+    header = (f"# llama-swap config for plan of {instance.name!r}: groups are devices; swap is\n"
+              "# false where the plan keeps several models resident together on the device;\n"
+              "# ttl is the longest idle time the plan leaves an engine loaded (0 = never\n"
+              "# unloaded).\n")
+    return header + yaml.safe_dump(doc, sort_keys=False)
+
+
+def ollama(instance: Instance, schedule: Schedule) -> dict[str, str]:
+    """One Modelfile per engine configuration, plus the keep_alive to request."""
+    out = {}
+    for u in engine_uses(instance, schedule):
+        keep = f"{u.ttl_s}s" if u.ttl_s else "-1"
+        name = u.model if u.gpu_index is None else f"{u.model}-gpu{u.gpu_index}"
+        out[f"{name}.Modelfile"] = (
+            f"# {u.model} on {u.device}; request it with keep_alive={keep}\n"
+            f"# (or OLLAMA_KEEP_ALIVE={keep}): the plan unloads it after that long idle.\n"
+            f"FROM {u.gguf}\nPARAMETER num_gpu {u.n_gpu_layers}\nPARAMETER num_ctx {u.n_ctx}\n")
+    return out
+
+
+def llama_cpp_python(instance: Instance, schedule: Schedule, host: str = "127.0.0.1",
+                     port: int = 8000, threads: int | None = None) -> dict[str, Any]:
+    """A ``python -m llama_cpp.server --config_file`` multi-model configuration."""
+    models = []
+    for u in engine_uses(instance, schedule):
+        m: dict[str, Any] = {"model": u.gguf, "model_alias": u.model,
+                             "n_gpu_layers": u.n_gpu_layers, "n_ctx": u.n_ctx}
+        if u.gpu_index is not None:
+            m["main_gpu"] = u.gpu_index
+        if threads:
+            m["n_threads"] = threads
+        models.append(m)
+    return {"host": host, "port": port, "models": models}
+
+
+def export(instance: Instance, schedule: Schedule, target: str, out: Path) -> list[Path]:
+    """Write ``target``'s files into the folder ``out``; returns the paths written."""
+    from planner.io import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if target == "llama-server":
+        p = out / "llama-server.sh"
+        p.write_text(llama_server(instance, schedule))
+        p.chmod(0o755)
+        written.append(p)
+    elif target == "llama-swap":
+        p = out / "llama-swap.yaml"
+        p.write_text(llama_swap(instance, schedule))
+        written.append(p)
+    elif target == "ollama":
+        for name, text in ollama(instance, schedule).items():
+            p = out / name
+            p.write_text(text)
+            written.append(p)
+    elif target == "llama-cpp-python":
+        written.append(write_json_atomic(out / "llama_cpp_server.json",
+                                         llama_cpp_python(instance, schedule)))
+    else:
+        raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    return written
