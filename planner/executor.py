@@ -220,6 +220,7 @@ class Replay:
         self.generated: dict[str, list[int]] = {}
         self.vocab: dict[str, int] = {}
         self.loaded: set[str] = set()
+        self._abort = threading.Event()
         self.t0 = 0.0
         self.status = "not started"
         self._lock = threading.Lock()
@@ -276,14 +277,14 @@ class Replay:
 
     def _execute(self, rec: ActionRecord) -> None:
         a = rec.action
-        if self.realtime:
-            delay = a.start_s - (time.perf_counter() - self.t0)
-            if delay > 0:
-                time.sleep(delay)
+        not_before = a.start_s if self.realtime else 0.0
         if a.kind == "run" and a.request is not None:
-            delay = self.inst.request(a.request).arrival_s - (time.perf_counter() - self.t0)
-            if delay > 0:
-                time.sleep(delay)
+            not_before = max(not_before, self.inst.request(a.request).arrival_s)
+        delay = not_before - (time.perf_counter() - self.t0)
+        if delay > 0 and self._abort.wait(delay):
+            rec.status = "not_run"
+            rec.error = "replay interrupted before it started"
+            return
         rec.measured_start_s = time.perf_counter() - self.t0
         try:
             rec.detail = self._do(rec)
@@ -308,45 +309,49 @@ class Replay:
         pending = {r.index for r in self.records}
         running: dict[Future[None], ActionRecord] = {}
         by_index = {r.index: r for r in self.records}
+        interrupted = False
+        pool = ThreadPoolExecutor(max_workers=max(1, len(ids) * 2))
         try:
-            with ThreadPoolExecutor(max_workers=max(1, len(ids) * 2)) as pool:
-                while pending or running:
-                    for i in sorted(pending):
-                        rec = by_index[i]
-                        dep_status = [by_index[d].status for d in rec.deps]
-                        if any(s in ("failed", "not_run") for s in dep_status):
-                            rec.status = "not_run"
-                            rec.error = "depends on an action that failed"
-                            pending.discard(i)
-                            self._progress(rec)
-                        elif all(s == "done" for s in dep_status):
-                            rec.status = "running"
-                            pending.discard(i)
-                            running[pool.submit(self._execute, rec)] = rec
-                    if not running:
-                        if pending:  # cannot happen with plan-order dependencies
-                            raise ExecuteError("replay deadlocked on its dependencies")
-                        break
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        self._progress(running.pop(f))
-            self.status = "complete" if all(r.status == "done" for r in self.records) \
-                else "partial"
+            while pending or running:
+                for i in sorted(pending):
+                    rec = by_index[i]
+                    dep_status = [by_index[d].status for d in rec.deps]
+                    if any(s in ("failed", "not_run") for s in dep_status):
+                        rec.status = "not_run"
+                        rec.error = "depends on an action that failed"
+                        pending.discard(i)
+                        self._progress(rec)
+                    elif all(s == "done" for s in dep_status):
+                        rec.status = "running"
+                        pending.discard(i)
+                        running[pool.submit(self._execute, rec)] = rec
+                if not running:
+                    if pending:  # cannot happen with plan-order dependencies
+                        raise ExecuteError("replay deadlocked on its dependencies")
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    self._progress(running.pop(f))
         except KeyboardInterrupt:
-            self.status = "interrupted"
-            for f, rec in running.items():
-                f.cancel()
-                if rec.status == "running" and rec.measured_end_s is None:
-                    rec.status = "interrupted"
+            interrupted = True
+            self._abort.set()  # actions still waiting for their time give up at once
             for i in pending:
                 by_index[i].status = "not_run"
-            raise
+                by_index[i].error = "replay interrupted"
         finally:
+            pool.shutdown(wait=True)  # actions already running finish (or fail)
             self.sampler.stop()
             for eng in self.engines.values():
                 with contextlib.suppress(Exception):  # a crashed worker is already gone
                     eng.close()
+            if interrupted:
+                self.status = "interrupted"
+            else:
+                self.status = "complete" if all(r.status == "done" for r in self.records) \
+                    else "partial"
             self.write()
+        if interrupted:
+            raise KeyboardInterrupt
         return self.report()
 
     def _worker_pids(self) -> list[tuple[int, int]]:

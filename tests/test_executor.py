@@ -149,3 +149,24 @@ def test_realtime_waits_for_predicted_starts(tmp_path: Path, realtime: bool) -> 
     r.run()
     starts = {x.action.request: x.measured_start_s for x in r.records if x.action.request}
     assert starts["a"] >= 0.3 and starts["c"] >= 2.0
+
+
+def test_interrupt_keeps_what_was_measured(tmp_path: Path) -> None:
+    """Ctrl-C during a replay: the report on disk holds the finished actions."""
+    calls = {"n": 0}
+
+    def on_action(rec: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
+               {"llama3-8b": Path("x"), "qwen14b": Path("y")}, tmp_path / "report.json",
+               engine_factory=FakeEngine, on_action=on_action)
+    with pytest.raises(KeyboardInterrupt):
+        r.run()
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["status"] == "interrupted"
+    done = [a for a in on_disk["actions"] if a["status"] == "done"]
+    assert len(done) >= 3 and all(a["measured_end_s"] is not None for a in done)
+    assert any(a["status"] == "not_run" for a in on_disk["actions"])
