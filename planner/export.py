@@ -88,8 +88,8 @@ def co_resident(schedule: Schedule) -> dict[str, set[frozenset[str]]]:
         periods[e.device].append((t, math.inf, e.model))
     out: dict[str, set[frozenset[str]]] = defaultdict(set)
     for dev, ps in periods.items():
-        for s, e, _model in ps:
-            together = {m2 for s2, e2, m2 in ps if s2 < e and s < e2}
+        for start, end, _model in ps:
+            together = {m2 for s2, e2, m2 in ps if s2 < end and start < e2}
             out[dev].add(frozenset(together))
     return out
 

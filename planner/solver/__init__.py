@@ -1,1 +1,5 @@
-"""CP-SAT planner (in progress)."""
+"""CP-SAT planner: engines, layer splits, loads, unloads and the request schedule."""
+
+from planner.solver.solve import solve_cpsat
+
+__all__ = ["solve_cpsat"]

@@ -1,0 +1,169 @@
+"""Solver input data: candidate engines, per-request options, integer durations, bounds.
+
+Everything the CP-SAT model needs is computed here, apart from model building
+(as in OR-Tools' samples): the time grid (``TICKS_PER_S`` ticks per second;
+every duration is rounded *up* so that a plan read back in seconds keeps the
+cost model's durations or longer), the candidate engine configurations per
+(model, device), the run time of every request on every candidate engine, and
+a valid lower bound on each request's response time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.baselines.sim import Simulator, context_sizes, serving_devices
+from planner.costmodel.base import CostModel
+from planner.domain import EngineConfig, Instance, Request, Schedule
+
+TICKS_PER_S = 1000  # 1 ms grid
+MIB = 1024**2
+WEIGHT_SCALE = 1000  # request weights become integers: round(weight * WEIGHT_SCALE)
+GPU_SHARES = (1.0, 0.5)  # candidate configs: most layers fitting this share of the GPU
+
+
+def ticks_up(seconds: float) -> int:
+    """Seconds to ticks, rounded up (durations and earliest starts)."""
+    return max(0, math.ceil(seconds * TICKS_PER_S - 1e-9))
+
+
+@dataclass(frozen=True)
+class CandidateEngine:
+    """One engine configuration the solver may load (any number of times)."""
+
+    key: int
+    cfg: EngineConfig
+    host: str
+    on_gpu: bool
+    gpu_bytes: int
+    host_bytes: int
+    gpu_mib: int  # rounded up, for the cumulative constraints
+    host_mib: int
+    load: int  # ticks
+    unload: int  # ticks
+    load_s: float  # the cost model's exact durations, written into the plan
+    unload_s: float
+
+
+@dataclass(frozen=True)
+class RequestData:
+    req: Request
+    arrival: int  # earliest start tick
+    weight: int  # scaled integer weight
+    deadline: int | None  # latest completion tick that meets the SLO
+    run: dict[int, int]  # candidate engine key -> run ticks (whole request, from token 0)
+    run_s: dict[int, float]  # the same in exact seconds
+    min_response_s: float  # valid lower bound on the response time, seconds
+
+
+@dataclass(frozen=True)
+class ProblemData:
+    instance: Instance
+    engines: tuple[CandidateEngine, ...]
+    requests: tuple[RequestData, ...]
+    gpu_mib: dict[str, int]  # GPU id -> capacity (rounded down)
+    host_mib: dict[str, int]  # host id -> capacity (rounded down)
+    devices: tuple[str, ...]  # serving devices
+    device_host: dict[str, str]
+
+    def engines_of(self, model: str) -> list[CandidateEngine]:
+        return [e for e in self.engines if e.cfg.model == model]
+
+
+def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
+    """The same problem over a subset of candidate engines (placement decided elsewhere).
+
+    Per-request lower bounds stay those of the full candidate set.
+    """
+    reqs = tuple(RequestData(rd.req, rd.arrival, rd.weight, rd.deadline,
+                             {k: v for k, v in rd.run.items() if k in keep},
+                             {k: v for k, v in rd.run_s.items() if k in keep},
+                             rd.min_response_s) for rd in data.requests)
+    return ProblemData(data.instance, tuple(e for e in data.engines if e.key in keep), reqs,
+                       data.gpu_mib, data.host_mib, data.devices, data.device_host)
+
+
+class InfeasibleInstance(Exception):
+    """No plan exists; the message names the model, device or request responsible."""
+
+
+def _candidate_configs(instance: Instance, cost: CostModel,
+                       baselines: dict[str, Schedule]) -> list[EngineConfig]:
+    sim = Simulator(instance, cost)
+    n_ctx = context_sizes(instance)
+    out: list[EngineConfig] = []
+    seen: set[tuple[str, str, int]] = set()
+
+    def add(cfg: EngineConfig | None) -> None:
+        if cfg is not None and (cfg.model, cfg.device, cfg.n_gpu_layers) not in seen:
+            seen.add((cfg.model, cfg.device, cfg.n_gpu_layers))
+            out.append(cfg)
+
+    for m in instance.models:
+        for d in serving_devices(instance):
+            if d.kind == "cpu":
+                add(sim.fit_config(m.id, d.id))
+                continue
+            for share in GPU_SHARES:
+                add(sim.fit_config(m.id, d.id, int(d.memory_bytes * share)))
+    # every configuration a baseline used, so that its plan can be given as a hint
+    for sched in baselines.values():
+        for e in sched.engines:
+            if e.n_ctx == n_ctx[e.model]:
+                add(EngineConfig(e.model, e.device, e.n_gpu_layers, e.n_ctx))
+    return out
+
+
+def build_data(instance: Instance, cost: CostModel,
+               baselines: dict[str, Schedule] | None = None) -> ProblemData:
+    """Candidate engines and request options; raises InfeasibleInstance with a reason."""
+    baselines = baselines or {}
+    devices = serving_devices(instance)
+    dev_host = {d.id: d.host for d in devices}
+    engines: list[CandidateEngine] = []
+    for i, cfg in enumerate(_candidate_configs(instance, cost, baselines)):
+        on_gpu = instance.cluster.device(cfg.device).kind == "gpu"
+        gb, hb = cost.gpu_bytes(cfg) if on_gpu else 0, cost.host_bytes(cfg)
+        engines.append(CandidateEngine(
+            i, cfg, dev_host[cfg.device], on_gpu, gb, hb, -(-gb // MIB), -(-hb // MIB),
+            max(1, ticks_up(cost.load_s(cfg))), max(1, ticks_up(cost.unload_s(cfg))),
+            cost.load_s(cfg), cost.unload_s(cfg)))
+    by_model: dict[str, list[CandidateEngine]] = {}
+    for e in engines:
+        by_model.setdefault(e.cfg.model, []).append(e)
+    for m in instance.models:
+        if m.id not in by_model and any(r.model == m.id for r in instance.requests):
+            raise InfeasibleInstance(
+                f"model {m.id} fits on no serving device "
+                f"({', '.join(d.id for d in devices)}) at any layer split")
+    requests = []
+    for r in instance.requests:
+        run: dict[int, int] = {}
+        run_s: dict[int, float] = {}
+        best = math.inf
+        first_load = math.inf
+        for e in by_model[r.model]:
+            if r.total_tokens > e.cfg.n_ctx:
+                continue
+            s = cost.run_s(e.cfg, r.prompt_tokens, 0, r.output_tokens)
+            run[e.key] = max(1, ticks_up(s))
+            run_s[e.key] = s
+            best = min(best, s)
+            first_load = min(first_load, cost.load_s(e.cfg) + s)
+        if not run:
+            raise InfeasibleInstance(
+                f"request {r.id}: prompt+output {r.total_tokens} tokens exceed the context "
+                f"of every engine of model {r.model}")
+        # every engine starts unloaded at t=0, so an engine loads before it can run
+        min_resp = max(best, first_load - r.arrival_s)
+        deadline = None
+        if r.slo_s is not None:
+            deadline = math.floor((r.arrival_s + r.slo_s) * TICKS_PER_S + 1e-6)
+        weight = max(1, round(r.weight * WEIGHT_SCALE))
+        requests.append(RequestData(r, ticks_up(r.arrival_s), weight,
+                                    deadline, run, run_s, min_resp))
+    gpu_mib = {d.id: d.memory_bytes // MIB for d in devices if d.kind == "gpu"}
+    host_mib = {h.id: h.memory_bytes // MIB for h in instance.cluster.hosts}
+    return ProblemData(instance, tuple(engines), tuple(requests), gpu_mib, host_mib,
+                       tuple(d.id for d in devices), dev_host)

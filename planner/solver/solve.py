@@ -1,0 +1,415 @@
+"""``solve_cpsat``: data, hint, CP-SAT windows, plan, bound, and the baseline fallback.
+
+Decomposition. An instance whose request options (requests x candidate engine
+periods) stay under ``MAX_OPTIONS`` is solved as one model (the monolithic
+formulation of :mod:`planner.solver.model`), warm-started from the best
+baseline's plan. Larger instances are solved as a rolling horizon: requests in
+arrival order are cut into windows; each window's model sees what earlier
+windows committed (lanes, memory, and the engines still resident, which it may
+keep using or unload) and commits its own decisions.
+
+Bound. The reported ``bound`` is valid for the instance itself, not just for
+the restricted model: every request needs at least its fastest run time on any
+candidate configuration, and, since every engine starts unloaded, at least
+``min(load + run) - arrival``. From these per-request lower bounds follow lower
+bounds on the weighted mean response, the makespan and the weighted tardiness,
+and an upper bound on SLO attainment. The CP-SAT bound of the monolithic model
+(which only bounds that model: its candidate configurations and number of
+periods) is quoted in ``notes``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from planner.costmodel.base import CostModel
+from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.metrics import compute_metrics, objective_key, objective_value
+from planner.solver.data import (
+    TICKS_PER_S,
+    InfeasibleInstance,
+    ProblemData,
+    RequestData,
+    build_data,
+    restrict,
+    ticks_up,
+)
+from planner.solver.model import CPModel, Frozen, Hint, OpenPeriod, SolveParams, WindowSolution
+
+MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
+MIN_WINDOW = 20  # fewest requests per rolling-horizon window
+PERIODS = 2  # optional load/unload periods per candidate engine (monolithic model)
+WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
+
+
+def _error(msg: str) -> Exception:
+    from planner.service import SolveError
+
+    return SolveError(msg)
+
+
+# --- hint from a baseline plan --------------------------------------------------------
+
+def hint_from_schedule(data: ProblemData, sched: Schedule) -> tuple[Hint, int] | None:
+    """Re-time a baseline plan on the tick grid; None if its engines are not candidates.
+
+    Baselines keep one timeline per device (no load beside a run), so replaying each
+    device's actions in order with durations rounded up keeps the plan valid.
+    """
+    key = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers, e.cfg.n_ctx): e for e in data.engines}
+    cand = {}
+    for be in sched.engines:
+        c = key.get((be.model, be.device, be.n_gpu_layers, be.n_ctx))
+        if c is None:
+            return None
+        cand[be.id] = c
+    reqs = {rd.req.id: rd for rd in data.requests}
+    by_dev: dict[str, list[Action]] = defaultdict(list)
+    for a in sched.actions:
+        by_dev[a.device].append(a)
+    periods: dict[str, list[list[int]]] = defaultdict(list)  # baseline engine -> [ls, us]
+    runs: dict[str, tuple[str, int]] = {}
+    end_all = 0
+    for _dev, acts in by_dev.items():
+        acts.sort(key=lambda a: (a.start_s, a.end_s))
+        t = 0
+        for a in acts:
+            c = cand[a.engine]
+            start = max(t, ticks_up(a.start_s))
+            if a.kind == "load":
+                periods[a.engine].append([start, -1])
+                t = start + c.load
+            elif a.kind == "unload":
+                periods[a.engine][-1][1] = start
+                t = start + c.unload
+            elif a.kind == "run" and a.request is not None:
+                if a.tokens_from != 0 or a.request not in reqs:
+                    return None
+                runs[a.request] = (a.engine, start)
+                t = start + reqs[a.request].run[c.key]
+            else:
+                return None
+        for eid in {a.engine for a in acts}:
+            for p in periods[eid]:
+                if p[1] < 0:  # still resident at the end: unload after everything
+                    p[1] = t
+                    t += cand[eid].unload
+        end_all = max(end_all, t)
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    where: dict[tuple[str, int], tuple[int, int]] = {}
+    flat = sorted((p[0], p[1], eid, i) for eid, ps in periods.items() for i, p in enumerate(ps))
+    for ls, us, eid, i in flat:
+        k = cand[eid].key
+        where[(eid, i)] = (k, len(out[k]))
+        out[k].append((ls, us))
+    hint_runs = {}
+    for rid, (eid, start) in runs.items():
+        i = max(j for j, q in enumerate(periods[eid]) if q[0] <= start)
+        k, pi = where[(eid, i)]
+        hint_runs[rid] = (k, pi, start)
+    return Hint(dict(out), hint_runs), end_all
+
+
+# --- plan assembly ---------------------------------------------------------------------
+
+class PlanBuilder:
+    """Accumulates committed windows; turns ticks into engines and actions."""
+
+    def __init__(self, data: ProblemData) -> None:
+        self.data = data
+        self.engine = {e.key: e for e in data.engines}
+        self.periods: dict[int, list[list[int | None]]] = defaultdict(list)
+        self.runs: dict[str, tuple[int, int, int]] = {}  # request -> engine, start, end
+        self.frozen = Frozen()
+
+    def commit(self, sol: WindowSolution, final: bool) -> None:
+        fz = self.frozen
+        open_now: dict[int, OpenPeriod] = {}
+        last_end: dict[tuple[int, int], int] = {}
+        for rid, (ek, p, s, e) in sol.runs.items():
+            self.runs[rid] = (ek, s, e)
+            dev = self.engine[ek].cfg.device
+            fz.compute.setdefault(dev, []).append((s, e))
+            last_end[(ek, p)] = max(last_end.get((ek, p), 0), e)
+        for ek, ps in sol.periods.items():
+            eng = self.engine[ek]
+            dev = eng.cfg.device
+            for p, (ls, le, us, ue, carried) in enumerate(ps):
+                if carried:
+                    rec = self.periods[ek][-1]
+                else:
+                    rec = [ls, le, None, None]
+                    self.periods[ek].append(rec)
+                    fz.transfer.setdefault(dev, []).append((ls, le))
+                if p == len(ps) - 1 and not final:
+                    ready = max(last_end.get((ek, p), le), fz.open[ek].ready if carried else 0)
+                    open_now[ek] = OpenPeriod(ls, le, ready)
+                    continue
+                rec[2], rec[3] = us, ue
+                fz.transfer.setdefault(dev, []).append((us, ue))
+                if eng.gpu_mib:
+                    fz.gpu_mem.setdefault(dev, []).append((ls, ue, eng.gpu_mib))
+                if eng.host_mib:
+                    fz.host_mem.setdefault(eng.host, []).append((ls, ue, eng.host_mib))
+        fz.open = open_now
+
+    def _period_of(self, ek: int, start: int) -> int:
+        ps = self.periods[ek]
+        return max(i for i, q in enumerate(ps) if q[1] is not None and q[1] <= start)
+
+    def schedule(self) -> Schedule:
+        """Engines and actions in seconds, left-shifted with the cost model's exact durations.
+
+        The tick solution fixes an order: per lane, load before runs before unload per
+        period, and every unload that ended before a load began on the same GPU or host.
+        Each action then starts at the latest end of those predecessors (and its
+        arrival): no time grows, every order (hence every lane, residency and memory
+        relation, by Helly's property of intervals) is kept.
+        """
+        used = {(ek, self._period_of(ek, s)) for ek, s, _e in self.runs.values()}
+        # a period that serves no request is dropped: removing intervals keeps every rule
+        self.periods = defaultdict(list, {
+            ek: [q for p, q in enumerate(ps) if (ek, p) in used]
+            for ek, ps in self.periods.items() if any((ek, p) in used for p in range(len(ps)))})
+        eids = {ek: f"e{i + 1}" for i, ek in enumerate(sorted(self.periods))}
+        engines = []
+        for ek in sorted(self.periods):
+            c = self.engine[ek]
+            engines.append(Engine(eids[ek], c.cfg.model, c.cfg.device, c.cfg.n_gpu_layers,
+                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes))
+        rds = {rd.req.id: rd for rd in self.data.requests}
+        # (tick start, tick end, kind, engine key, period, request or "", exact seconds)
+        items: list[tuple[int, int, str, int, int, str, float]] = []
+        for ek, ps in self.periods.items():
+            c = self.engine[ek]
+            for p, (ls, le, us, ue) in enumerate(ps):
+                assert ls is not None and le is not None
+                items.append((ls, le, "load", ek, p, "", c.load_s))
+                if us is not None and ue is not None:
+                    items.append((us, ue, "unload", ek, p, "", c.unload_s))
+        for rid, (ek, s, e) in self.runs.items():
+            p = self._period_of(ek, s)
+            items.append((s, e, "run", ek, p, rid, rds[rid].run_s[ek]))
+        items.sort(key=lambda x: (x[0], x[1]))
+        lane_end: dict[tuple[str, str], float] = {}
+        load_end: dict[tuple[int, int], float] = {}
+        runs_end: dict[tuple[int, int], float] = {}
+        unload_end: dict[tuple[int, int], float] = {}
+        freed: dict[str, list[tuple[int, float]]] = defaultdict(list)  # memory -> unloads
+        actions = []
+        for ts, _te, kind, ek, p, rid, dur in items:
+            c = self.engine[ek]
+            dev = c.cfg.device
+            lane = (dev, "compute" if kind == "run" else "transfer")
+            t = lane_end.get(lane, 0.0)
+            if kind == "run":
+                t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s)
+            elif kind == "unload":
+                t = max(t, load_end[(ek, p)], runs_end.get((ek, p), 0.0))
+            else:
+                if p > 0:
+                    t = max(t, unload_end[(ek, p - 1)])
+                for res in (dev, c.host):
+                    for ue_tick, end in freed[res]:
+                        if ue_tick <= ts:
+                            t = max(t, end)
+            end = t + dur
+            lane_end[lane] = end
+            eid = eids[ek]
+            if kind == "run":
+                runs_end[(ek, p)] = max(runs_end.get((ek, p), 0.0), end)
+                actions.append(Action("run", eid, dev, t, end, request=rid, tokens_from=0,
+                                      tokens_to=rds[rid].req.output_tokens))
+            elif kind == "load":
+                load_end[(ek, p)] = end
+                actions.append(Action("load", eid, dev, t, end))
+            else:
+                unload_end[(ek, p)] = end
+                freed[dev].append((_te, end))
+                freed[c.host].append((_te, end))
+                actions.append(Action("unload", eid, dev, t, end))
+        actions.sort(key=lambda a: (a.start_s, a.device, a.kind))
+        return Schedule(tuple(engines), tuple(actions))
+
+
+# --- bounds ----------------------------------------------------------------------------
+
+def lower_bound(data: ProblemData, objective: str) -> float:
+    """Valid bound on the objective from per-request minimal responses (module docstring)."""
+    rds = data.requests
+    if objective == "makespan":
+        return max(rd.req.arrival_s + rd.min_response_s for rd in rds)
+    if objective == "tardiness":
+        return sum(rd.req.weight * max(0.0, rd.min_response_s - rd.req.slo_s)
+                   for rd in rds if rd.req.slo_s is not None)
+    if objective == "slo_attainment":
+        with_slo = [rd for rd in rds if rd.req.slo_s is not None]
+        if not with_slo:
+            return 1.0
+        ok = sum(1 for rd in with_slo if rd.min_response_s <= rd.req.slo_s + 1e-6)  # type: ignore[operator,misc]
+        return ok / len(with_slo)
+    wsum = sum(rd.req.weight for rd in rds)
+    return sum(rd.req.weight * rd.min_response_s for rd in rds) / wsum
+
+
+def gap_of(obj: float, bound: float, objective: str) -> float:
+    if objective == "slo_attainment":  # maximised; bound is an upper bound
+        return max(0.0, (bound - obj) / bound) if bound > 0 else 0.0
+    return max(0.0, (obj - bound) / abs(obj)) if obj else 0.0
+
+
+def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) -> str:
+    """The monolithic model's own CP-SAT bound, in the objective's units, for the notes."""
+    if objective == "mean_response":
+        wsum = sum(rd.weight for rd in data.requests)
+        arr = sum(rd.weight * rd.req.arrival_s for rd in data.requests)
+        return f"{(sol.bound / TICKS_PER_S - arr) / wsum:.3f} s"
+    if objective == "makespan":
+        return f"{sol.bound / TICKS_PER_S:.3f} s"
+    return f"{sol.bound:.0f} (internal units)"
+
+
+# --- entry point -----------------------------------------------------------------------
+
+def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestData]]:
+    size = max(MIN_WINDOW, int(MAX_OPTIONS // max(1.0, per_request)))
+    if len(reqs) <= size:
+        return [reqs]
+    n = -(-len(reqs) // size)
+    size = -(-len(reqs) // n)
+    return [reqs[i:i + size] for i in range(0, len(reqs), size)]
+
+
+def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
+                baseline_schedules: dict[str, Schedule]) -> tuple[Schedule, SolverInfo]:
+    """CP-SAT plan for ``instance``; falls back to the best baseline when that is better."""
+    t0 = time.perf_counter()
+    limit = float(getattr(opts, "time_limit_s", 60.0))
+    workers = int(getattr(opts, "workers", 2))
+    params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
+                         bool(getattr(opts, "log", False)))
+    try:
+        data = build_data(instance, cost, baseline_schedules)
+    except InfeasibleInstance as exc:
+        raise _error(f"{instance.name}: {exc}") from None
+
+    base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
+    best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
+                    default=None)
+
+    def options(d: ProblemData) -> float:
+        return sum(len(rd.run) for rd in d.requests) * PERIODS / max(1, len(d.requests))
+
+    decomposition = ""
+    if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None:
+        # placement and layer split from the baselines (the best one's first), then
+        # CP-SAT decides loads, unloads, routing and order over those engines
+        keyed = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers): e.key for e in data.engines}
+        keep: set[int] = set()
+        names = [best_base] + [k for k in baseline_schedules if k != best_base]
+        for name in names:
+            more = keep | {keyed[(e.model, e.device, e.n_gpu_layers)]
+                           for e in baseline_schedules[name].engines
+                           if (e.model, e.device, e.n_gpu_layers) in keyed}
+            if keep and options(restrict(data, more)) * len(data.requests) > MAX_OPTIONS:
+                break
+            keep = more
+            decomposition += ("" if not decomposition else ", ") + name
+        data = restrict(data, keep)
+        decomposition = (f"two stages: engines (placement, n_gpu_layers) from the "
+                         f"{decomposition} plan{'s' if ',' in decomposition else ''}, then "
+                         f"CP-SAT over loads, unloads, routing and order")
+    reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
+    windows = _windows(reqs, options(data))
+
+    hint: Hint | None = None
+    hint_end = 0
+    if best_base is not None and len(windows) == 1:
+        got = hint_from_schedule(data, baseline_schedules[best_base])
+        if got is not None:
+            hint, hint_end = got
+    # horizon: past the hinted plan, or a serial schedule of everything after the last arrival
+    serial = max(rd.arrival for rd in reqs) + sum(
+        min(e.load for e in data.engines) + max(rd.run.values()) for rd in reqs)
+    unloads = sum(e.unload for e in data.engines) * (PERIODS + 1)
+    horizon = max(hint_end, serial) + unloads + 10 * TICKS_PER_S
+
+    builder = PlanBuilder(data)
+    statuses: list[str] = []
+    mono: WindowSolution | None = None
+    failed = None
+    for i, win in enumerate(windows):
+        final = i == len(windows) - 1
+        left = limit - (time.perf_counter() - t0)
+        share = left / (len(windows) - i)
+        if len(windows) == 1:
+            n_periods = {e.key: PERIODS for e in data.engines}
+            if hint is not None:
+                for ek, ps in hint.periods.items():
+                    n_periods[ek] = max(n_periods[ek], len(ps))
+        else:
+            models = {rd.req.model for rd in win}
+            n_periods = {e.key: WINDOW_PERIODS for e in data.engines if e.cfg.model in models}
+        tb = time.perf_counter()
+        cp = CPModel(data, win, objective, n_periods, builder.frozen, horizon)
+        if hint is not None:
+            cp.add_hint(hint)
+        build_s = time.perf_counter() - tb
+        sol = cp.solve(SolveParams(max(0.5, share - build_s), workers, params.seed, params.log))
+        if sol is None or sol.status == "INFEASIBLE":
+            failed = "INFEASIBLE" if sol is not None else "no solution in time"
+            failed += f" (window {i + 1}/{len(windows)})" if len(windows) > 1 else ""
+            break
+        statuses.append(sol.status)
+        if len(windows) == 1:
+            mono = sol
+        builder.commit(sol, final)
+
+    bound = lower_bound(data, objective)
+    wall = time.perf_counter() - t0
+    base_info: dict[str, Any] = {"time_limit_s": limit, "workers": workers}
+
+    def keep_baseline(status: str, notes: str) -> tuple[Schedule, SolverInfo]:
+        if best_base is None:
+            raise _error(f"{instance.name}: {status}; no baseline plan either "
+                         "(see the baselines' errors in `planner solve --solver fcfs-lru`)")
+        obj = objective_value(base_metrics[best_base], objective)
+        return baseline_schedules[best_base], SolverInfo(
+            "cp-sat", status, obj, bound, gap_of(obj, bound, objective), wall, **base_info,
+            notes=notes)
+
+    bound_note = ("bound: valid lower bound from per-request minimal service time "
+                  "(fastest candidate run, and load+run for the first use since engines "
+                  "start unloaded)")
+    if failed is not None:
+        return keep_baseline(f"UNKNOWN: no CP-SAT solution in time, best baseline "
+                             f"{best_base} written" if "INFEASIBLE" not in failed else
+                             f"INFEASIBLE restricted model ({failed}), best baseline "
+                             f"{best_base} written", bound_note)
+
+    sched = builder.schedule()
+    m = compute_metrics(instance, sched.actions)
+    obj = objective_value(m, objective)
+    if len(windows) == 1 and mono is not None:
+        status = mono.status
+        notes = (f"{decomposition or 'monolithic CP-SAT model'}, "
+                 f"{len(data.engines)} candidate engines, "
+                 f"{len(reqs)} requests; {bound_note}; CP-SAT bound of the restricted "
+                 f"model (its candidate configurations and periods only): "
+                 f"{cpsat_bound_seconds(data, mono, objective)}")
+        if hint is not None:
+            notes += f"; warm start from {best_base}"
+    else:
+        status = "FEASIBLE"
+        notes = (f"rolling horizon: {len(windows)} windows of about {len(windows[0])} "
+                 f"requests by arrival, each a CP-SAT model over what earlier windows "
+                 f"committed (window statuses: {', '.join(sorted(set(statuses)))}); "
+                 f"{bound_note}")
+    if best_base is not None and objective_key(base_metrics[best_base], objective) < \
+            objective_key(m, objective):
+        return keep_baseline(f"FEASIBLE (baseline {best_base} kept)",
+                             notes + f"; CP-SAT plan's objective was {obj:.3f}")
+    return sched, SolverInfo("cp-sat", status, obj, bound, gap_of(obj, bound, objective),
+                             wall, **base_info, notes=notes)
