@@ -16,9 +16,7 @@ from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
 from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
 from planner.io import InputError, load_instance, load_plan, plan_to_json, write_json_atomic
-from planner.metrics import Metrics, compute_metrics, objective_key, objective_value
-
-SOLVERS = ("cp-sat", *BASELINES)
+from planner.metrics import Metrics, compute_metrics, objective_value
 
 
 class SolveError(Exception):
@@ -119,14 +117,6 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
 
 
-def best_baseline(instance: Instance, baselines: dict[str, BaselineResult],
-                  objective: str) -> BaselineResult | None:
-    ok = [b for b in baselines.values() if b.metrics is not None]
-    if not ok:
-        return None
-    return min(ok, key=lambda b: objective_key(b.metrics, objective))  # type: ignore[arg-type]
-
-
 def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any]:
     """Check the plan, then write it atomically; an invalid plan is never written."""
     data = plan_to_json(plan, instance)
@@ -139,18 +129,16 @@ def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any
 
 
 def validate_file(path: str | Path, instance_path: str | Path | None) -> list[Violation]:
-    """Check an instance (no violations means valid) or a plan against its instance."""
+    """Check an instance (no violations means valid) or a plan against its instance.
+
+    A plan's instance defaults to ``instances/<its instance name>.json``.
+    """
     from planner.io import read_json
 
     data, _ = read_json(path)
     if isinstance(data, dict) and data.get("format") == "planner.plan/1":
-        if instance_path is None:
-            raise InputError([f"{path}: a plan needs its instance: --instance FILE"])
-        instance = load_instance(instance_path)
-        if data.get("instance", {}).get("sha256") not in (None, "", instance.sha256):
-            return [Violation(0, f"{path}: made for another version of {instance_path} "
-                                 "(sha256 differs)")]
-        _data, schedule = load_plan(path)
+        data, schedule = load_plan(path)
+        instance = _plan_instance(data, path, instance_path)
         return check_plan(instance, schedule, data)
     prepare(path)
     return []
@@ -158,7 +146,7 @@ def validate_file(path: str | Path, instance_path: str | Path | None) -> list[Vi
 
 # --- replay --------------------------------------------------------------------
 
-LOCAL_NAMES = ("local", "host", "cpu")
+MAP_TARGETS = ("host", "local")  # --device-map values meaning "this machine's CPU"
 
 
 def local_device_map(instance: Instance, schedule: Schedule,
@@ -180,7 +168,7 @@ def local_device_map(instance: Instance, schedule: Schedule,
         if k not in devices:
             raise InputError([f"--device-map: the plan has no device {k!r} "
                               f"(devices: {', '.join(devices)})"])
-        if v not in LOCAL_NAMES:
+        if v not in MAP_TARGETS:
             raise InputError([f"--device-map {k}={v}: only this machine's host ('host') "
                               "can be mapped to"])
     overrides: dict[str, int] = {}
@@ -208,10 +196,9 @@ def local_device_map(instance: Instance, schedule: Schedule,
     return overrides, warnings
 
 
-def plan_and_instance(plan_path: str | Path,
-                      instance_path: str | Path | None) -> tuple[Instance, Schedule]:
-    """A plan's schedule and its instance, checked against each other (SPEC rules 1-7)."""
-    data, schedule = load_plan(plan_path)
+def _plan_instance(data: dict[str, Any], plan_path: str | Path,
+                   instance_path: str | Path | None) -> Instance:
+    """The instance a plan was made for: given, or instances/<name>.json; same sha256."""
     name = data["instance"]["name"]
     ipath = Path(instance_path) if instance_path else Path("instances") / f"{name}.json"
     if not ipath.is_file():
@@ -220,6 +207,14 @@ def plan_and_instance(plan_path: str | Path,
     instance = load_instance(ipath)
     if data["instance"].get("sha256") not in (None, "", instance.sha256):
         raise InputError([f"{plan_path}: made for another version of {ipath} (sha256 differs)"])
+    return instance
+
+
+def plan_and_instance(plan_path: str | Path,
+                      instance_path: str | Path | None) -> tuple[Instance, Schedule]:
+    """A plan's schedule and its instance, checked against each other (SPEC rules 1-7)."""
+    data, schedule = load_plan(plan_path)
+    instance = _plan_instance(data, plan_path, instance_path)
     violations = check_plan(instance, schedule, data)
     if violations:
         raise InputError([f"{plan_path}: {v}" for v in violations[:10]])
