@@ -161,8 +161,9 @@ class MemorySampler(threading.Thread):
     """
 
     def __init__(self, pids: Callable[[], list[tuple[int, int]]],
-                 extra: Callable[[], int]) -> None:
+                 extra: Callable[[], int], gpu: bool = False) -> None:
         super().__init__(daemon=True)
+        self.gpu = gpu  # also sample NVML per-process GPU memory (all local GPUs together)
         self.pids = pids
         self.extra = extra
         self.peak_host = 0
@@ -180,6 +181,12 @@ class MemorySampler(threading.Thread):
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             self.peak_host = max(self.peak_host, total + self.extra())
+            if self.gpu:
+                from profiler.engine import gpu_bytes_of
+
+                used = [gpu_bytes_of(pid) for pid, _ in self.pids()]
+                if any(u is not None for u in used):
+                    self.peak_gpu = max(self.peak_gpu or 0, sum(u or 0 for u in used))
             self._halt.wait(0.05)
 
     def stop(self) -> None:
@@ -301,8 +308,11 @@ class Replay:
             self.engines[eid] = self.engine_factory(self.threads)
         for path in set(self.model_paths.values()):
             _read_through(path)  # loads are predicted warm (file in the page cache)
+        uses_gpu = any(self.gpu_layers.get(e.id, e.n_gpu_layers) > 0
+                       for e in self.schedule.engines)
         self.sampler = MemorySampler(self._worker_pids,
-                                     lambda: sum(s.nbytes for s in list(self.states.values())))
+                                     lambda: sum(s.nbytes for s in list(self.states.values())),
+                                     gpu=uses_gpu)
         self.sampler.start()
         self.t0 = time.perf_counter()
         self.status = "running"
@@ -403,6 +413,9 @@ class Replay:
                                      "predicted_peak_host_bytes": p.get("host_bytes")}
             if "host_bytes" in p and self.sampler is not None:
                 entry["measured_peak_host_bytes"] = self.sampler.peak_host
+            if "gpu_bytes" in p and self.sampler is not None:
+                # NVML per process, summed over this machine's GPUs (one GPU replays one device)
+                entry["measured_peak_gpu_bytes"] = self.sampler.peak_gpu
             devices.append(entry)
         measured = compute_metrics(self.inst, self.schedule.actions, measured_done).to_json() \
             if measured_done else None

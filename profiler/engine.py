@@ -115,7 +115,8 @@ class _WorkerState:
 # --------------------------------------------------------------------------- worker side
 
 
-def _gpu_bytes_of(pid: int) -> int | None:
+def gpu_bytes_of(pid: int) -> int | None:
+    """GPU memory NVML reports for process ``pid`` on all GPUs; None without NVML."""
     try:
         import pynvml
     except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
@@ -209,7 +210,7 @@ class _Worker:
         t2 = time.perf_counter()
         return {
             "seconds": t2 - t0, "warmup_seconds": t2 - t1, "rss_bytes": _rss(),
-            "gpu_bytes": _gpu_bytes_of(os.getpid()) if n_gpu_layers > 0 else 0,
+            "gpu_bytes": gpu_bytes_of(os.getpid()) if n_gpu_layers > 0 else 0,
             "n_layers": int(self.llama_cpp.llama_model_n_layer(llm.model)),
             "n_vocab": self.s.n_vocab, "n_ctx": int(llm.n_ctx()), "n_gpu_layers": n_gpu_layers,
         }
@@ -318,7 +319,7 @@ class _Worker:
         return out
 
     def memory(self) -> dict[str, Any]:
-        gpu = _gpu_bytes_of(os.getpid()) if self.s.llm is not None else 0
+        gpu = gpu_bytes_of(os.getpid()) if self.s.llm is not None else 0
         return {"rss_bytes": _rss(), "gpu_bytes": gpu}
 
     def unload(self) -> dict[str, Any]:
