@@ -274,10 +274,12 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
                           f"{100 * s['p90']:.1f}%")
     console.print(table)
     for d in report["devices"]:
-        if d.get("predicted_peak_host_bytes") is not None:
-            console.print(f"{d['id']}: host memory peak predicted "
-                          f"{d['predicted_peak_host_bytes'] / 2**20:.0f} MiB, measured "
-                          f"{(d.get('measured_peak_host_bytes') or 0) / 2**20:.0f} MiB")
+        for kind in ("host", "gpu"):
+            pred, meas = d.get(f"predicted_peak_{kind}_bytes"), d.get(f"measured_peak_{kind}_bytes")
+            if pred is not None:
+                shown = "not measured" if meas is None else f"{meas / 2**20:.0f} MiB"
+                console.print(f"{d['id']}: {kind} memory peak predicted {pred / 2**20:.0f} MiB, "
+                              f"measured {shown}")
     failed = [a for a in report["actions"] if a["status"] in ("failed", "not_run")]
     for a in failed[:10]:
         console.print(f"[red]{a['status']}[/]: {a['kind']} {a.get('request') or ''} on "
