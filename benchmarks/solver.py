@@ -76,6 +76,7 @@ def run_one(size: str, load: str, seed: int, time_limit: float, workers: int) ->
         "bound_s": round(info.bound or 0.0, 3), "gap": round(info.gap or 0.0, 3),
         "solve_s": round(wall, 1), "time_limit_s": time_limit,
         "valid": not check_plan(inst, sched), "loads": m.n_loads,
+        "kv_saves": m.n_kv_saves, "recomputes": m.n_recomputes,
     }
     for name, b in base.items():
         if b.metrics is None:

@@ -93,6 +93,7 @@ class SolveOptions:
     workers: int = 2
     seed: int = 0
     log: bool = False
+    preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
 
 
 def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:

@@ -92,6 +92,7 @@ class Opts:
     workers: int = 1
     seed: int = 0
     log: bool = False
+    preemption: bool = True
 
 
 def baselines(inst: Instance, cost: CostModel) -> dict[str, Schedule]:
@@ -295,3 +296,120 @@ def test_two_stage_plan_is_valid_and_no_worse(monkeypatch: pytest.MonkeyPatch) -
     assert check_plan(inst, sched) == []
     best = min(compute_metrics(inst, s.actions).weighted_mean_response_s for s in base.values())
     assert info.objective is not None and info.objective <= best + 1e-9
+
+
+# --- preemption -------------------------------------------------------------------------
+
+class PreemptCost(RoundCost):
+    """RoundCost with a prefill of 0.02 s per token and KV copies of 0.5 s each (or
+    ``kv_s``); model "B" has layers of 2 GiB instead of 1 GiB."""
+
+    def __init__(self, kv_s: float = 0.5) -> None:
+        self.kv_s = kv_s
+
+    def gpu_bytes(self, cfg: EngineConfig) -> int:
+        return cfg.n_gpu_layers * GIB * (2 if cfg.model == "B" else 1)
+
+    def host_bytes(self, cfg: EngineConfig) -> int:
+        return (self.LAYERS - cfg.n_gpu_layers) * GIB * (2 if cfg.model == "B" else 1)
+
+    def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
+        return 0.02 * prompt_tokens
+
+    def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return self.kv_s
+
+    def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return self.kv_s
+
+
+def weighted_instance(gpus_gib: list[float], host_gib: float,
+                      requests: list[tuple[str, str, float, int, float]]) -> Instance:
+    """Prompts of 50 tokens; requests are (id, model, arrival, output tokens, weight)."""
+    gpus = tuple(Gpu(f"g{i}", "test-gpu", int(g * GIB), "h") for i, g in enumerate(gpus_gib))
+    host = Host("h", "test-cpu", 8, int(host_gib * GIB), gpus)
+    models = tuple(Model(m, arch(m)) for m in sorted({r[1] for r in requests}))
+    reqs = tuple(Request(rid, m, t, 50, n, w, None) for rid, m, t, n, w in requests)
+    return Instance("t", Cluster((host,)), models, reqs, "mean_response")
+
+
+def solve_with(inst: Instance, cost: CostModel, limit: float = 5.0) -> tuple[Schedule, float]:
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=limit),
+                              baselines(inst, cost))
+    assert check_plan(inst, sched) == []
+    m = compute_metrics(inst, sched.actions)
+    assert info.objective == pytest.approx(m.weighted_mean_response_s, abs=1e-9)
+    assert f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes" in info.notes
+    return sched, m.weighted_mean_response_s
+
+
+# one 10 GiB GPU, model A (full config: 0.1 s/token); L: 100 tokens at t=0, weight 1;
+# S: 10 tokens at t=8, weight 2. A request's prefill of its 50-token prompt is 1 s.
+PREEMPT = [("L", "A", 0.0, 100, 1.0), ("S", "A", 8.0, 10, 2.0)]
+
+
+def test_preemption_with_kv_save_and_restore_beats_waiting() -> None:
+    """Load A [0,2]. Split point k = 50: part 1 of L is 1 + 5 = 6 s, part 2 is 5 s;
+    KV copies 0.5 + 0.5 = 1 s < recompute prefill of 50+50 tokens = 2 s, so KV.
+    - L whole first: L [2,13], S [13,15]: (13 + 2*7)/3 = 9.
+    - S first, L waits: S [8,10], L [10,21]: (21 + 2*2)/3 = 8.33.
+    - preempt: L [2,8], kv_save [8,8.5], S [8.5,10.5], kv_restore [10.5,11],
+      L [11,16]: (16 + 2*2.5)/3 = 7, the optimum (the restore cannot overlap S's
+      run on the one engine, and the half configuration is twice as slow).
+    """
+    inst = weighted_instance([10], 64, PREEMPT)
+    sched, obj = solve_with(inst, PreemptCost())
+    assert obj == pytest.approx(7.0, abs=3e-3)
+    runs = sorted((a for a in sched.actions if a.kind == "run" and a.request == "L"),
+                  key=lambda a: a.start_s)
+    assert [(a.tokens_from, a.tokens_to, a.recompute) for a in runs] == \
+        [(0, 50, False), (50, 100, False)]
+    save = next(a for a in sched.actions if a.kind == "kv_save")
+    restore = next(a for a in sched.actions if a.kind == "kv_restore")
+    s_run = next(a for a in sched.actions if a.kind == "run" and a.request == "S")
+    assert save.end_s <= s_run.start_s + 1e-9 and s_run.end_s <= restore.start_s + 1e-9
+    assert save.bytes == restore.bytes == (50 + 50) * 1024  # kv_bytes(prompt + k)
+
+
+def test_recompute_when_kv_copies_are_slower() -> None:
+    """As above with KV copies of 2 s each: 4 s > recompute prefill 2 s, so recompute.
+    L [2,8], S [8,10], L recomputes 100 tokens of context (2 s) then decodes 50:
+    [10,17]: (17 + 2*2)/3 = 7 < 8.33 (waiting) < 9 (no preemption)."""
+    inst = weighted_instance([10], 64, PREEMPT)
+    sched, obj = solve_with(inst, PreemptCost(kv_s=2.0))
+    assert obj == pytest.approx(7.0, abs=3e-3)
+    assert not any(a.kind in ("kv_save", "kv_restore") for a in sched.actions)
+    rec = [a for a in sched.actions if a.kind == "run" and a.recompute]
+    assert len(rec) == 1 and (rec[0].request, rec[0].tokens_from) == ("L", 50)
+
+
+def test_migration_to_another_gpu() -> None:
+    """g0 20 GiB, g1 10 GiB, host 8 GiB. B (2 GiB layers) fits only on g0 at all 10
+    layers (every partial offload needs >= 10 GiB of host), and not beside A there.
+    L and M (A, 100 tokens, t=0), Bq (B, 10 tokens, t=12, weight 10).
+    Migration: g0 load A [0,2], L [2,8], kv_save [8,8.5], unload A [8.5,9.5], load B
+    [9.5,11.5], Bq [12,14]; g1 load A [0,2], M [2,13], kv_restore L [13,13.5],
+    L [13.5,18.5]: (18.5 + 13 + 10*2)/12 = 51.5/12.
+    Without migration L either waits for M on g1 (ends 24: 57/12), or Bq waits for
+    L on g0 (Bq ends at 18: 86/12), or L resumes on g0 after reloading A (ends 22.5:
+    55.5/12)."""
+    inst = weighted_instance([20, 10], 8, [("L", "A", 0.0, 100, 1.0), ("M", "A", 0.0, 100, 1.0),
+                                           ("Bq", "B", 12.0, 10, 10.0)])
+    sched, obj = solve_with(inst, PreemptCost())
+    assert obj == pytest.approx(51.5 / 12, abs=3e-3)
+    save = next(a for a in sched.actions if a.kind == "kv_save")
+    restore = next(a for a in sched.actions if a.kind == "kv_restore")
+    assert (save.device, restore.device) == ("g0", "g1")
+    assert save.request == restore.request
+
+
+def test_preemption_off_keeps_whole_runs() -> None:
+    """With preemption off the best plan lets L wait for S: 25/3 (see above)."""
+    inst = weighted_instance([10], 64, PREEMPT)
+    cost = PreemptCost()
+    sched, info = solve_cpsat(inst, cost, "mean_response",
+                              Opts(time_limit_s=3.0, preemption=False), baselines(inst, cost))
+    assert check_plan(inst, sched) == []
+    assert info.objective == pytest.approx(25 / 3, abs=3e-3)
+    assert all(a.kind != "run" or a.tokens_from == 0 for a in sched.actions)
+    assert "preemption off" in info.notes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from planner.baselines.sim import Simulator, context_sizes, serving_devices
 from planner.costmodel.base import CostModel
@@ -21,6 +22,7 @@ TICKS_PER_S = 1000  # 1 ms grid
 MIB = 1024**2
 WEIGHT_SCALE = 1000  # request weights become integers: round(weight * WEIGHT_SCALE)
 GPU_SHARES = (1.0, 0.5)  # candidate configs: most layers fitting this share of the GPU
+SPLIT_MIN_TOKENS = 16  # requests with at least this many output tokens may be preempted
 
 
 def ticks_up(seconds: float) -> int:
@@ -47,6 +49,38 @@ class CandidateEngine:
 
 
 @dataclass(frozen=True)
+class SplitData:
+    """One candidate preemption point: part 1 generates ``[0, k)``, part 2 ``[k, out)``.
+
+    The hand-over is fixed per request to the cheaper of the two the cost model
+    offers (on the request's fastest candidate configuration): ``kv`` (kv_save
+    after part 1 on its engine, kv_restore before part 2 on its engine) or
+    ``recompute`` (part 2 prefills prompt + k tokens again).
+    """
+
+    k: int
+    mode: str  # "kv" | "recompute"
+    part1: dict[int, int]  # engine key -> ticks of the run [0, k)
+    part1_s: dict[int, float]
+    part2: dict[int, int]  # engine key -> ticks of the run [k, out), recompute included
+    part2_s: dict[int, float]
+    save: dict[int, int]  # engine key -> kv_save ticks (empty for recompute)
+    save_s: dict[int, float]
+    restore: dict[int, int]  # engine key -> kv_restore ticks (empty for recompute)
+    restore_s: dict[int, float]
+    kv_bytes: dict[int, int]  # saving engine key -> bytes of the saved state
+    kv_mib: int  # the largest of kv_bytes, in MiB rounded up (host cumulative)
+
+    def only(self, keep: set[int]) -> SplitData:
+        def f(d: dict[int, Any]) -> dict[int, Any]:
+            return {k: v for k, v in d.items() if k in keep}
+
+        return SplitData(self.k, self.mode, f(self.part1), f(self.part1_s), f(self.part2),
+                         f(self.part2_s), f(self.save), f(self.save_s), f(self.restore),
+                         f(self.restore_s), f(self.kv_bytes), self.kv_mib)
+
+
+@dataclass(frozen=True)
 class RequestData:
     req: Request
     arrival: int  # earliest start tick
@@ -55,6 +89,7 @@ class RequestData:
     run: dict[int, int]  # candidate engine key -> run ticks (whole request, from token 0)
     run_s: dict[int, float]  # the same in exact seconds
     min_response_s: float  # valid lower bound on the response time, seconds
+    split: SplitData | None = None  # a preemption candidate, when the request is long enough
 
 
 @dataclass(frozen=True)
@@ -79,7 +114,9 @@ def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
     reqs = tuple(RequestData(rd.req, rd.arrival, rd.weight, rd.deadline,
                              {k: v for k, v in rd.run.items() if k in keep},
                              {k: v for k, v in rd.run_s.items() if k in keep},
-                             rd.min_response_s) for rd in data.requests)
+                             rd.min_response_s,
+                             rd.split.only(keep) if rd.split is not None else None)
+                 for rd in data.requests)
     return ProblemData(data.instance, tuple(e for e in data.engines if e.key in keep), reqs,
                        data.gpu_mib, data.host_mib, data.devices, data.device_host)
 
@@ -155,6 +192,12 @@ def build_data(instance: Instance, cost: CostModel,
             raise InfeasibleInstance(
                 f"request {r.id}: prompt+output {r.total_tokens} tokens exceed the context "
                 f"of every engine of model {r.model}")
+        split = None
+        if r.output_tokens >= SPLIT_MIN_TOKENS:
+            engs = [e for e in by_model[r.model] if e.key in run]
+            split, s_best, s_first = _split(cost, r, engs, min(run, key=lambda k: run_s[k]))
+            # a split run on two configurations may beat every whole run: bound both
+            best, first_load = min(best, s_best), min(first_load, s_first)
         # every engine starts unloaded at t=0, so an engine loads before it can run
         min_resp = max(best, first_load - r.arrival_s)
         deadline = None
@@ -162,8 +205,41 @@ def build_data(instance: Instance, cost: CostModel,
             deadline = math.floor((r.arrival_s + r.slo_s) * TICKS_PER_S + 1e-6)
         weight = max(1, round(r.weight * WEIGHT_SCALE))
         requests.append(RequestData(r, ticks_up(r.arrival_s), weight,
-                                    deadline, run, run_s, min_resp))
+                                    deadline, run, run_s, min_resp, split))
     gpu_mib = {d.id: d.memory_bytes // MIB for d in devices if d.kind == "gpu"}
     host_mib = {h.id: h.memory_bytes // MIB for h in instance.cluster.hosts}
     return ProblemData(instance, tuple(engines), tuple(requests), gpu_mib, host_mib,
                        tuple(d.id for d in devices), dev_host)
+
+
+def _split(cost: CostModel, r: Request, engs: list[CandidateEngine],
+           fastest: int) -> tuple[SplitData, float, float]:
+    """The preemption candidate at k = output/2, and lower bounds on a split request's
+    service time and on load + service time (hand-over costs left out: they only add)."""
+    k = r.output_tokens // 2
+    ctx = r.prompt_tokens + k
+    p1 = {e.key: cost.run_s(e.cfg, r.prompt_tokens, 0, k) for e in engs}
+    p2 = {e.key: cost.run_s(e.cfg, r.prompt_tokens, k, r.output_tokens) for e in engs}
+    fast = next(e for e in engs if e.key == fastest)
+    kv_cost = cost.kv_save_s(fast.cfg, ctx) + cost.kv_restore_s(fast.cfg, ctx)
+    rec_cost = cost.run_s(fast.cfg, r.prompt_tokens, k, r.output_tokens, True) - p2[fastest]
+    s_best = min(p1.values()) + min(p2.values())
+    s_first = min(e.load_s + p1[e.key] for e in engs) + min(p2.values())
+    if kv_cost <= rec_cost:
+        save_s = {e.key: cost.kv_save_s(e.cfg, ctx) for e in engs}
+        restore_s = {e.key: cost.kv_restore_s(e.cfg, ctx) for e in engs}
+        kvb = {e.key: cost.kv_bytes(e.cfg, ctx) for e in engs}
+        mode, part2_s = "kv", p2
+    else:
+        save_s, restore_s, kvb = {}, {}, {}
+        mode = "recompute"
+        part2_s = {e.key: cost.run_s(e.cfg, r.prompt_tokens, k, r.output_tokens, True)
+                   for e in engs}
+
+    def ticks(d: dict[int, float]) -> dict[int, int]:
+        return {key: max(1, ticks_up(v)) for key, v in d.items()}
+
+    split = SplitData(k, mode, ticks(p1), p1, ticks(part2_s), part2_s, ticks(save_s), save_s,
+                      ticks(restore_s), restore_s, kvb,
+                      -(-max(kvb.values(), default=0) // MIB))
+    return split, s_best, s_first

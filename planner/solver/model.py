@@ -12,6 +12,15 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 - A request ``r`` picks one option ``x[r,e,p]`` among the periods of the
   engines of its model; it runs in ``[s_r, s_r + d_{r,e})`` with ``d`` the cost
   model's run time on ``e``'s configuration.
+- A request allowed to be preempted (``splits``) may instead run in two parts,
+  ``[0, k)`` and ``[k, out)`` (presence ``on_r``), each on an (engine, period) of
+  its model; part 2 may be on another device (a migration). With a KV hand-over,
+  part 1's compute-lane interval is the run *and* its kv_save (which also sits on
+  the transfer lane at the run's end), and part 2's is its kv_restore and the run
+  (the restore also on the transfer lane): nothing else can run on either device
+  between a run and its save or its restore, so the engine still holds the state.
+  The saved bytes occupy the saving host's memory from save start to restore end.
+  With recompute, part 2 is a longer run (it prefills prompt + k) after part 1.
 - Solver values are read in :meth:`CPModel.solution` only, into the
   solver-neutral :class:`WindowSolution`.
 """
@@ -57,13 +66,30 @@ class Hint:
     runs: dict[str, tuple[int, int, int]]
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One action of a request in ticks: a run, or a kv_save / kv_restore of its state."""
+
+    kind: str  # "run" | "kv_save" | "kv_restore"
+    engine: int
+    period: int  # index among the engine's present periods in this window's solution
+    start: int
+    end: int
+    seconds: float  # the cost model's exact duration
+    tokens_from: int = 0
+    tokens_to: int = 0
+    recompute: bool = False
+    bytes: int = 0  # kv_save / kv_restore: bytes of the saved state
+    hold_host: str = ""  # kv_save / kv_restore: the host whose memory holds the state
+
+
 @dataclass
 class WindowSolution:
     status: str
     objective: float
     bound: float
     periods: dict[int, list[tuple[int, int, int, int, bool]]]  # ls, le, us, ue, carried
-    runs: dict[str, tuple[int, int, int, int]]  # request -> engine, period, start, end
+    runs: dict[str, list[Piece]]  # request -> its actions in time order
 
 
 # --- variables -----------------------------------------------------------------------
@@ -91,17 +117,35 @@ class RunVar:
 
 
 @dataclass
+class SplitVar:
+    """A preemption at token k: part 1 from the request's start, part 2 from ``start2``
+    (its kv_restore's start for a KV hand-over, else its run's start)."""
+
+    on: cp_model.IntVar
+    start2: cp_model.IntVar
+    part1: list[RunVar]  # interval at the request's start: run [0,k) (+ kv_save)
+    part2: list[RunVar]  # interval at start2: (kv_restore +) run [k,out)
+    saves: list[cp_model.IntervalVar]  # transfer lane, one per part-1 option (KV only)
+    restores: list[cp_model.IntervalVar]  # transfer lane, one per part-2 option (KV only)
+    holds: list[tuple[str, cp_model.IntervalVar]]  # host -> saved state held (KV only)
+    aux: list[tuple[cp_model.IntVar, int]]  # variables to hint: (var, value when not split)
+
+
+@dataclass
 class RequestVar:
     data: RequestData
     start: cp_model.IntVar
     end: cp_model.IntVar
     options: list[RunVar]
+    split: SplitVar | None = None
 
 
 class Variables:
     def __init__(self, m: cp_model.CpModel, data: ProblemData, reqs: list[RequestData],
-                 n_periods: dict[int, int], frozen: Frozen, horizon: int) -> None:
+                 n_periods: dict[int, int], frozen: Frozen, horizon: int,
+                 splits: frozenset[str] = frozenset()) -> None:
         self.horizon = horizon
+        self.host_of = {e.key: e.host for e in data.engines}
         self.periods: dict[int, list[PeriodVar]] = {}
         for e in data.engines:
             ps: list[PeriodVar] = []
@@ -124,7 +168,54 @@ class Variables:
                     iv = m.new_optional_fixed_size_interval_var(start, dur, x,
                                                                 f"run[{r.id},{ek},{p}]")
                     options.append(RunVar(ek, p, x, iv, dur))
-            self.requests.append(RequestVar(rd, start, end, options))
+            rv = RequestVar(rd, start, end, options)
+            if rd.split is not None and r.id in splits:
+                rv.split = self._split(m, rv, horizon)
+            self.requests.append(rv)
+
+    def _split(self, m: cp_model.CpModel, rv: RequestVar, h: int) -> SplitVar:
+        sd = rv.data.split
+        assert sd is not None
+        rid = rv.data.req.id
+        kv = sd.mode == "kv"
+        on = m.new_bool_var(f"split[{rid}]")
+        start2 = m.new_int_var(rv.data.arrival, h, f"s2[{rid}]")
+        sv = SplitVar(on, start2, [], [], [], [], [], [(start2, -1)])
+        for ek, d1 in sd.part1.items():
+            for p in range(len(self.periods.get(ek, []))):
+                y = m.new_bool_var(f"y1[{rid},{ek},{p}]")
+                size = d1 + (sd.save[ek] if kv else 0)
+                iv = m.new_optional_fixed_size_interval_var(rv.start, size, y,
+                                                            f"part1[{rid},{ek},{p}]")
+                sv.part1.append(RunVar(ek, p, y, iv, size))
+                if kv:
+                    sv.saves.append(m.new_optional_fixed_size_interval_var(
+                        rv.start + d1, sd.save[ek], y, f"save[{rid},{ek},{p}]"))
+        for ek, d2 in sd.part2.items():
+            for p in range(len(self.periods.get(ek, []))):
+                y = m.new_bool_var(f"y2[{rid},{ek},{p}]")
+                size = d2 + (sd.restore[ek] if kv else 0)
+                iv = m.new_optional_fixed_size_interval_var(start2, size, y,
+                                                            f"part2[{rid},{ek},{p}]")
+                sv.part2.append(RunVar(ek, p, y, iv, size))
+                if kv:
+                    sv.restores.append(m.new_optional_fixed_size_interval_var(
+                        start2, sd.restore[ek], y, f"restore[{rid},{ek},{p}]"))
+        if kv:
+            # saved state held from save start (part 1's run end) to restore end
+            hold_s = m.new_int_var(0, h, f"hold_s[{rid}]")
+            hold_e = m.new_int_var(0, h, f"hold_e[{rid}]")
+            m.add(hold_s == rv.start + sum(sd.part1[o.engine] * o.chosen for o in sv.part1))
+            m.add(hold_e == start2 + sum(sd.restore[o.engine] * o.chosen for o in sv.part2))
+            held = m.new_int_var(0, h, f"hold_d[{rid}]")
+            sv.aux += [(hold_s, -1), (hold_e, -1), (held, 0)]
+            for host in sorted({self.host_of[o.engine] for o in sv.part1}):
+                ph = m.new_bool_var(f"hold[{rid},{host}]")
+                m.add(ph == sum(o.chosen for o in sv.part1 if self.host_of[o.engine] == host))
+                sv.holds.append((host, m.new_optional_interval_var(
+                    hold_s, held, hold_e, ph, f"held[{rid},{host}]")))
+                sv.aux.append((ph, 0))
+        return sv
 
     @staticmethod
     def _period(m: cp_model.CpModel, e: CandidateEngine, p: int, h: int) -> PeriodVar:
@@ -181,25 +272,48 @@ class Constraints:
                     self.m.add(nxt.load_start >= pv.unload_end).only_enforce_if(nxt.present)
 
     def _one_option_per_request(self) -> None:
-        """sum_{e,p} x[r,e,p] = 1;  c_r = s_r + sum_{e,p} d_{r,e} x[r,e,p]."""
+        """sum_{e,p} x[r,e,p] = 1;  c_r = s_r + sum_{e,p} d_{r,e} x[r,e,p].
+
+        A preemptible request: sum x + on_r = 1, sum y1 = sum y2 = on_r; if on_r then
+        s2_r >= s_r + sum d1 y1 (part 2 after part 1 and its save) and
+        c_r = s2_r + sum d2 y2, else s2_r = s_r.
+        """
         for rv in self.v.requests:
-            self.m.add_exactly_one(o.chosen for o in rv.options)
-            self.m.add(rv.end == rv.start + sum(o.duration * o.chosen for o in rv.options))
+            sv = rv.split
+            whole = rv.start + sum(o.duration * o.chosen for o in rv.options)
+            if sv is None:
+                self.m.add_exactly_one(o.chosen for o in rv.options)
+                self.m.add(rv.end == whole)
+                continue
+            self.m.add_exactly_one([o.chosen for o in rv.options] + [sv.on])
+            self.m.add(sum(o.chosen for o in sv.part1) == sv.on)
+            self.m.add(sum(o.chosen for o in sv.part2) == sv.on)
+            self.m.add(rv.end == whole).only_enforce_if(~sv.on)
+            self.m.add(sv.start2 == rv.start).only_enforce_if(~sv.on)
+            self.m.add(sv.start2 >= rv.start + sum(o.duration * o.chosen for o in sv.part1)
+                       ).only_enforce_if(sv.on)
+            self.m.add(rv.end == sv.start2 + sum(o.duration * o.chosen for o in sv.part2)
+                       ).only_enforce_if(sv.on)
 
     def _residency(self) -> None:
         """x[r,e,p] => z[e,p] and ls[e,p] + L_e <= s_r and s_r + d_{r,e} <= us[e,p]."""
         for rv in self.v.requests:
-            for o in rv.options:
+            opts = [(rv.start, o) for o in rv.options]
+            if rv.split is not None:
+                opts += [(rv.start, o) for o in rv.split.part1]
+                opts += [(rv.split.start2, o) for o in rv.split.part2]
+            for start, o in opts:
                 pv = self.v.periods[o.engine][o.period]
                 self.m.add_implication(o.chosen, pv.present)
-                self.m.add(rv.start >= pv.load_end).only_enforce_if(o.chosen)
-                self.m.add(rv.start + o.duration <= pv.unload_start).only_enforce_if(o.chosen)
+                self.m.add(start >= pv.load_end).only_enforce_if(o.chosen)
+                self.m.add(start + o.duration <= pv.unload_start).only_enforce_if(o.chosen)
 
     def _compute_lanes(self) -> None:
         """NoOverlap over the runs on each device (SPEC rule 2, compute lane)."""
         lanes: dict[str, list[cp_model.IntervalVar]] = {d: [] for d in self.data.devices}
         for rv in self.v.requests:
-            for o in rv.options:
+            opts = rv.options + (rv.split.part1 + rv.split.part2 if rv.split else [])
+            for o in opts:
                 lanes[self.engine[o.engine].cfg.device].append(o.interval)
         for d, ivs in lanes.items():
             ivs += [self._fixed(s, e, f"fixed-run[{d}]") for s, e in self.frozen.compute.get(d, [])]
@@ -215,6 +329,13 @@ class Constraints:
                 if pv.load is not None:
                     lanes[d].append(pv.load)
                 lanes[d].append(pv.unload)
+        for rv in self.v.requests:
+            sv = rv.split
+            if sv is not None:
+                for o, iv in zip(sv.part1, sv.saves, strict=False):
+                    lanes[self.engine[o.engine].cfg.device].append(iv)
+                for o, iv in zip(sv.part2, sv.restores, strict=False):
+                    lanes[self.engine[o.engine].cfg.device].append(iv)
         for d, ivs in lanes.items():
             ivs += [self._fixed(s, e, f"fixed-xfer[{d}]")
                     for s, e in self.frozen.transfer.get(d, [])]
@@ -237,7 +358,7 @@ class Constraints:
                 self.m.add_cumulative(ivs, dem, cap)
 
     def _host_memory(self) -> None:
-        """Cumulative(resident[e,p], host_mib_e) <= host memory, per host (SPEC rule 4)."""
+        """Cumulative(resident[e,p], host_mib_e; held_r, kv_mib_r) <= host memory (rule 4)."""
         for h, cap in self.data.host_mib.items():
             ivs, dem = [], []
             for ek, ps in self.v.periods.items():
@@ -245,6 +366,13 @@ class Constraints:
                 if e.host == h and e.host_mib > 0:
                     ivs += [pv.resident for pv in ps]
                     dem += [e.host_mib] * len(ps)
+            for rv in self.v.requests:
+                if rv.split is None or rv.data.split is None:
+                    continue
+                for host, iv in rv.split.holds:
+                    if host == h and rv.data.split.kv_mib > 0:
+                        ivs.append(iv)
+                        dem.append(rv.data.split.kv_mib)
             for s, t, b in self.frozen.host_mem.get(h, []):
                 ivs.append(self._fixed(s, t, f"fixed-host[{h}]"))
                 dem.append(b)
@@ -312,9 +440,11 @@ class CPModel:
     """Owns the CP-SAT model of one window: variables, constraints, objective, hint."""
 
     def __init__(self, data: ProblemData, reqs: list[RequestData], objective: str,
-                 n_periods: dict[int, int], frozen: Frozen, horizon: int) -> None:
+                 n_periods: dict[int, int], frozen: Frozen, horizon: int,
+                 splits: frozenset[str] = frozenset()) -> None:
         self.model = cp_model.CpModel()
-        self.vars = Variables(self.model, data, reqs, n_periods, frozen, horizon)
+        self.data = data
+        self.vars = Variables(self.model, data, reqs, n_periods, frozen, horizon, splits)
         Constraints(self.model, data, self.vars, frozen).apply()
         Objective(self.model, self.vars, objective).apply()
 
@@ -341,6 +471,12 @@ class CPModel:
             m.add_hint(rv.start, start)
             for o in rv.options:
                 m.add_hint(o.chosen, int(o.engine == ek and o.period == p))
+            if rv.split is not None:  # the hint runs every request whole
+                m.add_hint(rv.split.on, 0)
+                for o in rv.split.part1 + rv.split.part2:
+                    m.add_hint(o.chosen, 0)
+                for var, val in rv.split.aux:
+                    m.add_hint(var, start if val < 0 else val)
 
     def solve(self, params: SolveParams) -> WindowSolution | None:
         solver = cp_model.CpSolver()
@@ -366,11 +502,38 @@ class CPModel:
                     periods[ek].append((solver.value(pv.load_start), solver.value(pv.load_end),
                                         solver.value(pv.unload_start),
                                         solver.value(pv.unload_end), pv.carried))
-        runs: dict[str, tuple[int, int, int, int]] = {}
+        runs: dict[str, list[Piece]] = {}
+        host = self.vars.host_of
         for rv in self.vars.requests:
-            for o in rv.options:
-                if solver.boolean_value(o.chosen):
-                    runs[rv.data.req.id] = (o.engine, index[(o.engine, o.period)],
-                                            solver.value(rv.start), solver.value(rv.end))
+            rd, sv = rv.data, rv.split
+            start = solver.value(rv.start)
+            out = rd.req.output_tokens
+            if sv is None or not solver.boolean_value(sv.on):
+                o = next(o for o in rv.options if solver.boolean_value(o.chosen))
+                runs[rd.req.id] = [Piece("run", o.engine, index[(o.engine, o.period)], start,
+                                         solver.value(rv.end), rd.run_s[o.engine], 0, out)]
+                continue
+            sd = rd.split
+            assert sd is not None
+            o1 = next(o for o in sv.part1 if solver.boolean_value(o.chosen))
+            o2 = next(o for o in sv.part2 if solver.boolean_value(o.chosen))
+            p1, p2 = index[(o1.engine, o1.period)], index[(o2.engine, o2.period)]
+            e1, e2 = o1.engine, o2.engine
+            s2 = solver.value(sv.start2)
+            mid = start + sd.part1[e1]
+            pieces = [Piece("run", e1, p1, start, mid, sd.part1_s[e1], 0, sd.k)]
+            if sd.mode == "kv":
+                b, hh = sd.kv_bytes[e1], host[e1]
+                r_end = s2 + sd.restore[e2]
+                pieces += [Piece("kv_save", e1, p1, mid, mid + sd.save[e1], sd.save_s[e1],
+                                 bytes=b, hold_host=hh),
+                           Piece("kv_restore", e2, p2, s2, r_end, sd.restore_s[e2],
+                                 bytes=b, hold_host=hh),
+                           Piece("run", e2, p2, r_end, r_end + sd.part2[e2], sd.part2_s[e2],
+                                 sd.k, out)]
+            else:
+                pieces.append(Piece("run", e2, p2, s2, s2 + sd.part2[e2], sd.part2_s[e2],
+                                    sd.k, out, recompute=True))
+            runs[rd.req.id] = pieces
         return WindowSolution(solver.status_name(status), solver.objective_value,
                               solver.best_objective_bound, periods, runs)

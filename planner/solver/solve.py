@@ -28,6 +28,7 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.data import (
+    MIB,
     TICKS_PER_S,
     InfeasibleInstance,
     ProblemData,
@@ -36,12 +37,22 @@ from planner.solver.data import (
     restrict,
     ticks_up,
 )
-from planner.solver.model import CPModel, Frozen, Hint, OpenPeriod, SolveParams, WindowSolution
+from planner.solver.model import (
+    CPModel,
+    Frozen,
+    Hint,
+    OpenPeriod,
+    Piece,
+    SolveParams,
+    WindowSolution,
+)
 
 MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
 MIN_WINDOW = 20  # fewest requests per rolling-horizon window
 PERIODS = 2  # optional load/unload periods per candidate engine (monolithic model)
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
+MAX_SPLITS = 10  # preemption candidates per CP-SAT model (the longest requests)
+PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 
 
 def _error(msg: str) -> Exception:
@@ -121,18 +132,29 @@ class PlanBuilder:
         self.data = data
         self.engine = {e.key: e for e in data.engines}
         self.periods: dict[int, list[list[int | None]]] = defaultdict(list)
-        self.runs: dict[str, tuple[int, int, int]] = {}  # request -> engine, start, end
+        self.runs: dict[str, list[Piece]] = {}  # request -> its actions in ticks
         self.frozen = Frozen()
 
     def commit(self, sol: WindowSolution, final: bool) -> None:
         fz = self.frozen
         open_now: dict[int, OpenPeriod] = {}
         last_end: dict[tuple[int, int], int] = {}
-        for rid, (ek, p, s, e) in sol.runs.items():
-            self.runs[rid] = (ek, s, e)
-            dev = self.engine[ek].cfg.device
-            fz.compute.setdefault(dev, []).append((s, e))
-            last_end[(ek, p)] = max(last_end.get((ek, p), 0), e)
+        for rid, pieces in sol.runs.items():
+            self.runs[rid] = pieces
+            saved_at = 0
+            for pc in pieces:
+                dev = self.engine[pc.engine].cfg.device
+                # saves and restores also block their device's compute lane (glued)
+                fz.compute.setdefault(dev, []).append((pc.start, pc.end))
+                if pc.kind != "run":
+                    fz.transfer.setdefault(dev, []).append((pc.start, pc.end))
+                if pc.kind == "kv_save":
+                    saved_at = pc.start
+                elif pc.kind == "kv_restore":
+                    fz.host_mem.setdefault(pc.hold_host, []).append(
+                        (saved_at, pc.end, -(-pc.bytes // MIB)))
+                key = (pc.engine, pc.period)
+                last_end[key] = max(last_end.get(key, 0), pc.end)
         for ek, ps in sol.periods.items():
             eng = self.engine[ek]
             dev = eng.cfg.device
@@ -162,13 +184,18 @@ class PlanBuilder:
     def schedule(self) -> Schedule:
         """Engines and actions in seconds, left-shifted with the cost model's exact durations.
 
-        The tick solution fixes an order: per lane, load before runs before unload per
-        period, and every unload that ended before a load began on the same GPU or host.
-        Each action then starts at the latest end of those predecessors (and its
-        arrival): no time grows, every order (hence every lane, residency and memory
-        relation, by Helly's property of intervals) is kept.
+        The tick solution fixes an order: per lane, load before runs (and a request's
+        kv_save / kv_restore) before unload per period; a request's actions in their
+        order; a kv_save or kv_restore also keeps its device's compute lane (it is glued
+        to its run in the model, so no other run comes between them); and on each GPU
+        and host, every memory interval (a resident period, or a saved state from its
+        kv_save's start to its kv_restore's end) that ended before another began still
+        does. Each action then starts at the latest end of those predecessors (and its
+        arrival): no time grows, every order (hence every lane, residency, state and
+        memory relation, by Helly's property of intervals) is kept.
         """
-        used = {(ek, self._period_of(ek, s)) for ek, s, _e in self.runs.values()}
+        used = {(pc.engine, self._period_of(pc.engine, pc.start))
+                for pieces in self.runs.values() for pc in pieces}
         # a period that serves no request is dropped: removing intervals keeps every rule
         self.periods = defaultdict(list, {
             ek: [q for p, q in enumerate(ps) if (ek, p) in used]
@@ -180,34 +207,42 @@ class PlanBuilder:
             engines.append(Engine(eids[ek], c.cfg.model, c.cfg.device, c.cfg.n_gpu_layers,
                                   c.cfg.n_ctx, c.gpu_bytes, c.host_bytes))
         rds = {rd.req.id: rd for rd in self.data.requests}
-        # (tick start, tick end, kind, engine key, period, request or "", exact seconds)
-        items: list[tuple[int, int, str, int, int, str, float]] = []
+        # (tick start, tick end, order, kind, engine key, period, request or "", seconds, piece)
+        items: list[tuple[int, int, int, str, int, int, str, float, Piece | None]] = []
         for ek, ps in self.periods.items():
             c = self.engine[ek]
             for p, (ls, le, us, ue) in enumerate(ps):
                 assert ls is not None and le is not None
-                items.append((ls, le, "load", ek, p, "", c.load_s))
+                items.append((ls, le, 0, "load", ek, p, "", c.load_s, None))
                 if us is not None and ue is not None:
-                    items.append((us, ue, "unload", ek, p, "", c.unload_s))
-        for rid, (ek, s, e) in self.runs.items():
-            p = self._period_of(ek, s)
-            items.append((s, e, "run", ek, p, rid, rds[rid].run_s[ek]))
-        items.sort(key=lambda x: (x[0], x[1]))
+                    items.append((us, ue, 0, "unload", ek, p, "", c.unload_s, None))
+        for rid, pieces in self.runs.items():
+            for i, q in enumerate(pieces):
+                items.append((q.start, q.end, i, q.kind, q.engine,
+                              self._period_of(q.engine, q.start), rid, q.seconds, q))
+        items.sort(key=lambda x: (x[0], x[1], x[2]))
         lane_end: dict[tuple[str, str], float] = {}
         load_end: dict[tuple[int, int], float] = {}
         runs_end: dict[tuple[int, int], float] = {}
         unload_end: dict[tuple[int, int], float] = {}
-        freed: dict[str, list[tuple[int, float]]] = defaultdict(list)  # memory -> unloads
+        req_end: dict[str, float] = {}  # end of a request's latest action so far
+        freed: dict[str, list[tuple[int, float]]] = defaultdict(list)  # memory -> releases
         actions = []
-        for ts, _te, kind, ek, p, rid, dur in items:
+        for ts, te, _i, kind, ek, p, rid, dur, pc in items:
             c = self.engine[ek]
             dev = c.cfg.device
-            lane = (dev, "compute" if kind == "run" else "transfer")
+            compute, transfer = (dev, "compute"), (dev, "transfer")
+            lane = compute if kind == "run" else transfer
             t = lane_end.get(lane, 0.0)
             if kind == "run":
-                t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s)
+                t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s, req_end.get(rid, 0.0))
             elif kind == "unload":
                 t = max(t, load_end[(ek, p)], runs_end.get((ek, p), 0.0))
+            elif kind in ("kv_save", "kv_restore"):
+                assert pc is not None
+                t = max(t, lane_end.get(compute, 0.0), load_end[(ek, p)], req_end[rid])
+                if kind == "kv_save":  # the saved state starts to occupy its host
+                    t = max([t] + [end for tick, end in freed[pc.hold_host] if tick <= ts])
             else:
                 if p > 0:
                     t = max(t, unload_end[(ek, p - 1)])
@@ -218,17 +253,27 @@ class PlanBuilder:
             end = t + dur
             lane_end[lane] = end
             eid = eids[ek]
-            if kind == "run":
+            if pc is not None:
+                req_end[rid] = end
                 runs_end[(ek, p)] = max(runs_end.get((ek, p), 0.0), end)
-                actions.append(Action("run", eid, dev, t, end, request=rid, tokens_from=0,
-                                      tokens_to=rds[rid].req.output_tokens))
+            if kind == "run":
+                assert pc is not None
+                actions.append(Action("run", eid, dev, t, end, request=rid,
+                                      tokens_from=pc.tokens_from, tokens_to=pc.tokens_to,
+                                      recompute=pc.recompute))
+            elif kind in ("kv_save", "kv_restore"):
+                assert pc is not None
+                lane_end[compute] = max(lane_end.get(compute, 0.0), end)
+                if kind == "kv_restore":
+                    freed[pc.hold_host].append((te, end))
+                actions.append(Action(kind, eid, dev, t, end, request=rid, bytes=pc.bytes))
             elif kind == "load":
                 load_end[(ek, p)] = end
                 actions.append(Action("load", eid, dev, t, end))
             else:
                 unload_end[(ek, p)] = end
-                freed[dev].append((_te, end))
-                freed[c.host].append((_te, end))
+                freed[dev].append((te, end))
+                freed[c.host].append((te, end))
                 actions.append(Action("unload", eid, dev, t, end))
         actions.sort(key=lambda a: (a.start_s, a.device, a.kind))
         return Schedule(tuple(engines), tuple(actions))
@@ -282,6 +327,53 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
     return [reqs[i:i + size] for i in range(0, len(reqs), size)]
 
 
+def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
+    """The requests a window's model may preempt: the ``limit`` longest outputs."""
+    cands = sorted((rd for rd in win if rd.split is not None),
+                   key=lambda rd: (-rd.req.output_tokens, rd.req.id))
+    return frozenset(rd.req.id for rd in cands[:limit])
+
+
+def hint_from_solution(sol: WindowSolution) -> Hint:
+    """A complete hint (every request whole) from a monolithic model's solution."""
+    periods = {ek: [(ls, us) for ls, _le, us, _ue, _c in ps] for ek, ps in sol.periods.items()}
+    runs = {rid: (ps[0].engine, ps[0].period, ps[0].start) for rid, ps in sol.runs.items()
+            if len(ps) == 1}
+    return Hint(periods, runs)
+
+
+def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
+                n_periods: dict[int, int], frozen: Frozen, horizon: int,
+                splits: frozenset[str], hint: Hint | None, share: float,
+                params: SolveParams) -> WindowSolution | None:
+    """Without preemption for PHASE1_SHARE of the time, then with it, warm-started from
+    the first solution; the better of the two (the second model contains the first)."""
+    t0 = time.perf_counter()
+    cp1 = CPModel(data, win, objective, n_periods, frozen, horizon)
+    if hint is not None:
+        cp1.add_hint(hint)
+    left = share - (time.perf_counter() - t0)
+    sol1 = cp1.solve(SolveParams(max(0.5, left * PHASE1_SHARE), params.workers, params.seed,
+                                 params.log))
+    if sol1 is not None and sol1.status == "INFEASIBLE":
+        sol1 = None  # the second model may still be feasible
+    cp2 = CPModel(data, win, objective, n_periods, frozen, horizon, splits)
+    if sol1 is not None:
+        cp2.add_hint(hint_from_solution(sol1))
+    elif hint is not None:
+        cp2.add_hint(hint)
+    left = share - (time.perf_counter() - t0)
+    sol2 = cp2.solve(SolveParams(max(0.5, left), params.workers, params.seed, params.log))
+    if sol2 is None or (sol2.status == "INFEASIBLE" and sol1 is not None):
+        if sol1 is not None:  # its bound only bounds the model without preemption
+            sol1.status, sol1.bound = "FEASIBLE", 0.0
+        return sol1
+    if sol1 is not None and sol1.objective < sol2.objective:
+        sol1.status, sol1.bound = "FEASIBLE", sol2.bound
+        return sol1
+    return sol2
+
+
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 baseline_schedules: dict[str, Schedule]) -> tuple[Schedule, SolverInfo]:
     """CP-SAT plan for ``instance``; falls back to the best baseline when that is better."""
@@ -290,6 +382,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
+    max_splits = MAX_SPLITS if bool(getattr(opts, "preemption", True)) else 0
     try:
         data = build_data(instance, cost, baseline_schedules)
     except InfeasibleInstance as exc:
@@ -340,6 +433,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     statuses: list[str] = []
     mono: WindowSolution | None = None
     failed = None
+    n_splits = 0
     for i, win in enumerate(windows):
         final = i == len(windows) - 1
         left = limit - (time.perf_counter() - t0)
@@ -353,11 +447,18 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             models = {rd.req.model for rd in win}
             n_periods = {e.key: WINDOW_PERIODS for e in data.engines if e.cfg.model in models}
         tb = time.perf_counter()
-        cp = CPModel(data, win, objective, n_periods, builder.frozen, horizon)
-        if hint is not None:
-            cp.add_hint(hint)
-        build_s = time.perf_counter() - tb
-        sol = cp.solve(SolveParams(max(0.5, share - build_s), workers, params.seed, params.log))
+        splits = split_candidates(win, max_splits)
+        n_splits = max(n_splits, len(splits))
+        if len(windows) == 1 and splits:
+            sol = _two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
+                              hint, share, params)
+        else:
+            cp = CPModel(data, win, objective, n_periods, builder.frozen, horizon, splits)
+            if hint is not None:
+                cp.add_hint(hint)
+            build_s = time.perf_counter() - tb
+            sol = cp.solve(SolveParams(max(0.5, share - build_s), workers, params.seed,
+                                       params.log))
         if sol is None or sol.status == "INFEASIBLE":
             failed = "INFEASIBLE" if sol is not None else "no solution in time"
             failed += f" (window {i + 1}/{len(windows)})" if len(windows) > 1 else ""
@@ -392,6 +493,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     sched = builder.schedule()
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
+    bound_note += (f"; preemption: up to {n_splits} requests per CP-SAT model may be split once "
+                   f"at half their output (kv_save/kv_restore or recompute), "
+                   f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used"
+                   if n_splits else "; preemption off")
     if len(windows) == 1 and mono is not None:
         status = mono.status
         notes = (f"{decomposition or 'monolithic CP-SAT model'}, "
