@@ -55,12 +55,14 @@ class CpuSpec:
     known: bool
 
 
-def gpu_spec(gpu_type: str) -> GpuSpec | None:
+def gpu_spec(gpu_type: str, pcie_gen: int | None = None) -> GpuSpec | None:
+    """Reference figures of a GPU type; ``pcie_gen`` overrides its PCIe generation (what if)."""
     g = gpu_types().get(gpu_type)
     if g is None:
         return None
     t = transfers()
-    link = t["pcie_gbs_per_lane"][str(g["pcie_gen"])] * g["pcie_lanes"] * 1e9
+    gen = g["pcie_gen"] if pcie_gen is None else pcie_gen
+    link = t["pcie_gbs_per_lane"][str(gen)] * g["pcie_lanes"] * 1e9
     return GpuSpec(
         type=gpu_type,
         memory_bytes=int(g["memory_gib"] * 1024**3),

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from planner.io import InputError, read_json, write_json_atomic
-from planner.reference import gpu_types, transfers
+from planner.reference import gpu_types
 
 STUDY_FORMAT = "planner.study/1"
 
@@ -444,25 +444,9 @@ def instance_bytes(data: dict[str, Any]) -> bytes:
 
 
 def _cost_model(instance: Any, kind: str, pcie_gen: int | None) -> Any:
-    from planner.costmodel import AnalyticCostModel, cost_model_for
+    from planner.costmodel import cost_model_for
 
-    if pcie_gen is None:
-        return cost_model_for(instance, kind)
-    analytic = AnalyticCostModel.for_instance(instance)
-    t = transfers()
-    link_per_lane = t["pcie_gbs_per_lane"][str(pcie_gen)] * 1e9
-    eff = t["kv_copy_efficiency"]
-    lanes = {k: v["pcie_lanes"] for k, v in gpu_types().items()}
-    for dev_id, d in list(analytic.devices.items()):
-        if d.gpu is not None:
-            link = link_per_lane * lanes[d.gpu.type]
-            analytic.devices[dev_id] = replace(
-                d, gpu=replace(d.gpu, pcie_h2d=link * eff["h2d"], pcie_d2h=link * eff["d2h"]))
-    if kind == "analytic" or not instance.profiles:
-        return analytic
-    from planner.costmodel.profiled import profiled_for_instance
-
-    return profiled_for_instance(instance, fallback=analytic)
+    return cost_model_for(instance, kind, pcie_gen)
 
 
 def run_scenario(task: dict[str, Any]) -> dict[str, Any]:

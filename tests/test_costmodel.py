@@ -74,3 +74,16 @@ def test_reference_sizes_match_published_files(tmp_path: Path) -> None:
                           ("llama2-70b-q4_k_m", 41.4), ("qwen2.5-14b-f16", 29.5),
                           ("qwen3-8b-f16", 16.4), ("qwen2.5-3b-f16", 6.2)]:
         assert reference_arch(name).weight_bytes / 1e9 == pytest.approx(size_gb, rel=0.03)
+
+
+def test_pcie_generation_what_if_changes_transfers_only() -> None:
+    inst = load_instance(ROOT / "instances" / "mixed.json")
+    gen4, gen3 = AnalyticCostModel.for_instance(inst), AnalyticCostModel.for_instance(inst, 3)
+    cfg = EngineConfig("qwen3-8b-f16", "srv2-gpu0", 36, 4096)
+    # PCIe Gen3 has half Gen4's bandwidth per lane: the PCIe part of a KV copy doubles
+    # (both also pay the same fixed 5 ms)
+    pcie3 = gen3.kv_save_s(cfg, 2048) - gen3.kv_save_s(cfg, 0)
+    pcie4 = gen4.kv_save_s(cfg, 2048) - gen4.kv_save_s(cfg, 0)
+    assert pcie3 == pytest.approx(2 * pcie4, rel=0.02)
+    assert gen3.kv_save_s(cfg, 0) < 2 * gen4.kv_save_s(cfg, 0)  # an empty state stays cheap
+    assert gen3.decode_s_per_token(cfg, 512) == gen4.decode_s_per_token(cfg, 512)

@@ -9,13 +9,15 @@ from planner.domain import Instance
 COST_MODELS = ("auto", "analytic", "profiled")
 
 
-def cost_model_for(instance: Instance, kind: str = "auto") -> CostModel:
+def cost_model_for(instance: Instance, kind: str = "auto",
+                   pcie_gen: int | None = None) -> CostModel:
     """The cost model an instance is solved with.
 
     ``auto`` uses the profiles the instance lists where they cover a (model,
     device) pair and the analytic model elsewhere; ``analytic`` ignores profiles.
+    ``pcie_gen`` (what if) puts every GPU of the analytic model on that generation.
     """
-    analytic = AnalyticCostModel.for_instance(instance)
+    analytic = AnalyticCostModel.for_instance(instance, pcie_gen)
     if kind == "analytic" or (kind == "auto" and not instance.profiles):
         return analytic
     from planner.costmodel.profiled import profiled_for_instance

@@ -48,13 +48,14 @@ class AnalyticCostModel(CostModel):
         self._reload = t["reload"]
 
     @classmethod
-    def for_instance(cls, instance: Instance) -> AnalyticCostModel:
+    def for_instance(cls, instance: Instance, pcie_gen: int | None = None) -> AnalyticCostModel:
+        """The model for an instance's cluster; ``pcie_gen`` puts every GPU on that generation."""
         devices: dict[str, DeviceInfo] = {}
         for h in instance.cluster.hosts:
             cpu = cpu_spec(h.cpu)
             devices[h.id] = DeviceInfo("cpu", None, cpu, h.memory_bytes)
             for g in h.gpus:
-                spec = gpu_spec(g.type)
+                spec = gpu_spec(g.type, pcie_gen)
                 if spec is None:
                     raise CostModelError(
                         f"GPU type {g.type!r} of {g.id} has no reference data; "
