@@ -103,7 +103,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
     if opts.solver in BASELINES:
         res = baselines[opts.solver]
         if res.schedule is None or res.metrics is None:
-            raise SolveError(res.error or f"{opts.solver} found no plan")
+            raise SolveError(f"{opts.solver}: {res.error or 'found no plan'}")
         info = SolverInfo(opts.solver, "FEASIBLE", objective_value(res.metrics, objective),
                           None, None, res.wall_s)
         schedule = res.schedule

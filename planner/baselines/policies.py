@@ -96,7 +96,7 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
         if served is None:
             # nothing this device can take now: wait for the next event
             if not later:
-                raise BaselineError(f"grouped: no device can serve {oldest.model} "
+                raise BaselineError(f"no device can serve {oldest.model} "
                                     f"(request {oldest.id})")
             ds.free_at = min(later)
             continue
@@ -123,7 +123,7 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
                 break
         if choice is None:
             free = ", ".join(f"{d} {b / 2**30:.1f} GiB" for d, b in gpu_free.items())
-            raise BaselineError(f"static: model {model} does not fit beside the models already "
+            raise BaselineError(f"model {model} does not fit beside the models already "
                                 f"placed (free memory: {free}); use a swapping solver")
         dev = choice.device
         if sim.devices[dev].device.kind == "gpu":
