@@ -18,6 +18,7 @@ same sweep again skips settings that already have enough repetitions.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import time
@@ -255,6 +256,11 @@ class Sweep:
         total = self.planned_work(budget)
         if on_total is not None:
             on_total(total)
+        if total == 0 and self.json_path.is_file():
+            # nothing left to measure: the profile on disk already fits these rows
+            doc = json.loads(self.json_path.read_text(encoding="utf-8"))
+            return SweepResult(self.json_path, self.csv_path, 0, len(existing),
+                               time.perf_counter() - t0, doc)
         tick: Progress = progress or (lambda units, what: None)
         new_rows = 0
         if total > 0:
