@@ -24,6 +24,7 @@ from planner.metrics import compute_metrics, request_outcomes
 
 EPS = 1e-6
 INF = math.inf
+Intervals = dict[str, list[tuple[float, float, int]]]
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,13 @@ class _Check:
         return periods
 
     # rule 4 ---------------------------------------------------------------------
-    def memory(self, periods: dict[str, list[tuple[float, float, float, float]]],
-               saves: list[tuple[Action, Action | None]]) -> None:
+    def intervals(self, periods: dict[str, list[tuple[float, float, float, float]]],
+                  saves: list[tuple[Action, Action | None]]) -> tuple[Intervals, Intervals]:
+        """(start, end, bytes) held per GPU and per host: resident engines from load start
+        to unload end, saved states from kv_save start to the matching kv_restore end."""
         devices = {d.id: d for d in self.inst.cluster.devices}
-        gpu_iv: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
-        host_iv: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+        gpu_iv: Intervals = defaultdict(list)
+        host_iv: Intervals = defaultdict(list)
         for eid, ps in periods.items():
             e = self.engines[eid]
             dev = devices.get(e.device)
@@ -170,6 +173,10 @@ class _Check:
                 continue
             end = restore.end_s if restore is not None else INF
             host_iv[dev.host].append((save.start_s, end, save.bytes))
+        return gpu_iv, host_iv
+
+    def memory(self, gpu_iv: Intervals, host_iv: Intervals) -> None:
+        devices = {d.id: d for d in self.inst.cluster.devices}
         for gid, iv in gpu_iv.items():
             peak, at = peak_bytes(iv)
             if peak > devices[gid].memory_bytes:
@@ -312,7 +319,23 @@ def check_plan(instance: Instance, schedule: Schedule,
     c.lanes()
     periods = c.residency()
     saves = c.requests()
-    c.memory(periods, saves)
+    c.memory(*c.intervals(periods, saves))
     if plan_data is not None:
         c.metrics(plan_data)
     return c.out
+
+
+def memory_peaks(instance: Instance, schedule: Schedule) -> dict[str, dict[str, int]]:
+    """Peak bytes a plan holds: ``{gpu id: {"gpu_bytes": n}, host id: {"host_bytes": n}}``.
+
+    Derived as rule 4 derives it (the execution report sets it beside the measured peaks).
+    """
+    c = _Check(instance, schedule)
+    c.references()
+    gpu_iv, host_iv = c.intervals(c.residency(), c.requests())
+    out: dict[str, dict[str, int]] = {}
+    for d, iv in gpu_iv.items():
+        out.setdefault(d, {})["gpu_bytes"] = peak_bytes(iv)[0]
+    for h, iv in host_iv.items():
+        out.setdefault(h, {})["host_bytes"] = peak_bytes(iv)[0]
+    return out

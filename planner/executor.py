@@ -21,7 +21,6 @@ fail, and writes the report so far.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.checker import peak_bytes
+from planner.checker import memory_peaks
 from planner.domain import REPORT_FORMAT, Action, Instance, Schedule
 from planner.io import write_json_atomic
 from planner.metrics import compute_metrics
@@ -101,45 +100,6 @@ def dependencies(actions: list[Action]) -> list[set[int]]:
 def plan_order(schedule: Schedule) -> list[Action]:
     return sorted(schedule.actions,
                   key=lambda a: (a.start_s, a.end_s, 0 if a.kind == "unload" else 1))
-
-
-def predicted_peaks(instance: Instance, schedule: Schedule) -> dict[str, dict[str, int]]:
-    """Peak GPU bytes per GPU and host bytes per host that the plan predicts."""
-    engines = {e.id: e for e in schedule.engines}
-    devices = {d.id: d for d in instance.cluster.devices}
-    gpu: dict[str, list[tuple[float, float, int]]] = {}
-    host: dict[str, list[tuple[float, float, int]]] = {}
-    open_load: dict[str, float] = {}
-    saved: dict[str, tuple[float, int, str]] = {}
-    for a in plan_order(schedule):
-        e = engines[a.engine]
-        dev = devices[e.device]
-        if a.kind == "load":
-            open_load[e.id] = a.start_s
-        elif a.kind == "unload" and e.id in open_load:
-            s = open_load.pop(e.id)
-            host.setdefault(dev.host, []).append((s, a.end_s, e.host_bytes))
-            if dev.kind == "gpu":
-                gpu.setdefault(dev.id, []).append((s, a.end_s, e.gpu_bytes))
-        elif a.kind == "kv_save" and a.request:
-            saved[a.request] = (a.start_s, a.bytes or 0, dev.host)
-        elif a.kind == "kv_restore" and a.request in saved:
-            s, b, h = saved.pop(a.request)
-            host.setdefault(h, []).append((s, a.end_s, b))
-    for eid, s in open_load.items():
-        e = engines[eid]
-        dev = devices[e.device]
-        host.setdefault(dev.host, []).append((s, math.inf, e.host_bytes))
-        if dev.kind == "gpu":
-            gpu.setdefault(dev.id, []).append((s, math.inf, e.gpu_bytes))
-    for s, b, h in saved.values():
-        host.setdefault(h, []).append((s, math.inf, b))
-    out: dict[str, dict[str, int]] = {}
-    for d, iv in gpu.items():
-        out.setdefault(d, {})["gpu_bytes"] = peak_bytes(iv)[0]
-    for h, iv in host.items():
-        out.setdefault(h, {})["host_bytes"] = peak_bytes(iv)[0]
-    return out
 
 
 def relative_errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
@@ -406,7 +366,7 @@ class Replay:
             summary[kind] = relative_errors(pairs)
         summary["completion"] = relative_errors(
             [(predicted_completion[k], v) for k, v in measured_done.items()])
-        peaks = predicted_peaks(self.inst, self.schedule)
+        peaks = memory_peaks(self.inst, self.schedule)
         devices = []
         for dev_id, p in sorted(peaks.items()):
             entry: dict[str, Any] = {"id": dev_id, "predicted_peak_gpu_bytes": p.get("gpu_bytes"),
