@@ -20,9 +20,7 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -33,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.io import InputError, read_json, write_json_atomic
+from planner.io import InputError, read_json, write_atomic, write_json_atomic
 from planner.reference import gpu_types
 
 STUDY_FORMAT = "planner.study/1"
@@ -774,23 +772,10 @@ def summarize(rows: list[dict[str, Any]], spec: StudySpec, reused: int, solved: 
 # --- outputs --------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     import pandas as pd
 
-    return _atomic(path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    return write_atomic(path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
 
 
 def plot_pareto(rows: list[dict[str, Any]], spec: StudySpec, path: Path) -> Path:
@@ -843,7 +828,7 @@ def plot_pareto(rows: list[dict[str, Any]], spec: StudySpec, path: Path) -> Path
         fig.savefig(p, dpi=110, format="png")
 
     try:
-        return _atomic(path, save)
+        return write_atomic(path, save)
     finally:
         plt.close(fig)
 
