@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from profiler.models import SMOLLM2_FILE, cache_dir, fetch_smollm2
+from profiler.models import cache_dir, fetch_smollm2
 from profiler.synth import SynthShape, write_synthetic
 
 SYNTHETIC = {
@@ -32,5 +32,3 @@ def ensure_models() -> list[Path]:
         paths.append(p)
     return paths
 
-
-__all__ = ["SMOLLM2_FILE", "SYNTHETIC", "ensure_models"]

@@ -35,7 +35,6 @@ from planner.domain import (
     Plan,
     Request,
     Schedule,
-    SolverInfo,
 )
 from planner.gguf_arch import GgufError, read_gguf_arch
 from planner.reference import arch_from_fields, model_names, reference_arch
@@ -283,11 +282,3 @@ def load_plan(path: str | Path) -> tuple[dict[str, Any], Schedule]:
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise InputError([f"{path}: format: expected {PLAN_FORMAT!r}"])
     return data, parse_schedule(data, str(path))
-
-
-def plan_info(data: dict[str, Any]) -> SolverInfo:
-    s = data.get("solver", {})
-    return SolverInfo(name=s.get("name", "?"), status=s.get("status", "?"),
-                      objective=s.get("objective"), bound=s.get("bound"), gap=s.get("gap"),
-                      wall_s=s.get("wall_s", 0.0), time_limit_s=s.get("time_limit_s"),
-                      workers=s.get("workers"))
