@@ -282,6 +282,12 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
                 shown = "not measured" if meas is None else f"{meas / 2**20:.0f} MiB"
                 console.print(f"{d['id']}: {kind} memory peak predicted {pred / 2**20:.0f} MiB, "
                               f"measured {shown}")
+    for e in report.get("engines", []):
+        for fb in e.get("fallbacks", []):
+            console.print(f"[yellow]note:[/] engine {e['id']}: llama.cpp crashed during the first "
+                          f"{fb['during']} of {e['model']}; restarted with extra buffer types "
+                          f"off ({fb['restart_s']:.2f} s, counted in that action)",
+                          soft_wrap=True)
     failed = [a for a in report["actions"] if a["status"] in ("failed", "not_run")]
     for a in failed[:10]:
         console.print(f"[red]{a['status']}[/]: {a['kind']} {a.get('request') or ''} on "

@@ -51,6 +51,9 @@ class Host:
     threads: int
     memory_bytes: int
     gpus: tuple[Gpu, ...] = ()
+    #: llama.cpp's extra buffer types (CPU repack, AMX) on this host's engines;
+    #: None: decided where the engine runs (off on CPUs with AMX, on elsewhere)
+    extra_bufts: bool | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "host id must be non-empty")
@@ -238,6 +241,9 @@ class Engine:
     n_ctx: int
     gpu_bytes: int
     host_bytes: int
+    #: llama.cpp's extra buffer types (CPU repack, AMX) on or off; None: the default
+    #: where it runs (off on CPUs with AMX). From the instance's host, else the profile.
+    extra_bufts: bool | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "engine id must be non-empty")

@@ -387,6 +387,7 @@ class Replay:
             "realtime": self.realtime,
             "threads": self.threads or os.cpu_count(),
             "warnings": self.warnings,
+            "engines": self._engine_options(),
             "actions": [r.to_json() for r in recs],
             "requests": requests,
             "devices": devices,
@@ -394,6 +395,19 @@ class Replay:
             "metrics": {"predicted": compute_metrics(self.inst, self.schedule.actions).to_json(),
                         "measured": measured},
         }
+
+    def _engine_options(self) -> list[dict[str, Any]]:
+        """Per engine: the llama.cpp extra-buffer-types setting the plan recorded, the one
+        the replay used (this machine's rule or PLANNER_EXTRA_BUFTS) and any crash fallback."""
+        out = []
+        for e in self.schedule.engines:
+            opts = getattr(self.engines.get(e.id), "options", None)
+            entry: dict[str, Any] = {"id": e.id, "model": e.model, "planned_extra_bufts":
+                                     e.extra_bufts}
+            if isinstance(opts, dict):
+                entry.update(opts)
+            out.append(entry)
+        return out
 
     def write(self) -> None:
         with self._lock:

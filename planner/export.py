@@ -34,6 +34,8 @@ class EngineUse:
     gpu_index: int | None  # index of the GPU on its host, None on a CPU
     ttl_s: int  # seconds idle before the plan unloads it; 0: never unloaded
     n_runs: int
+    #: llama.cpp's extra buffer types (CPU repack, AMX); None: the default where it runs
+    extra_bufts: bool | None = None
 
 
 def _model_path(instance: Instance, model: str) -> str:
@@ -66,9 +68,11 @@ def engine_uses(instance: Instance, schedule: Schedule) -> list[EngineUse]:
                     if last_run is not None:
                         ttl = max(ttl, a.start_s - last_run)
                     last_run = None
+        settings = {e.extra_bufts for e in engines}
+        extra = False if False in settings else (True if settings == {True} else None)
         out.append(EngineUse(model, device, ngl, ctx, _model_path(instance, model),
                              gpu_index.get(device), max(1, math.ceil(ttl)) if unloaded else 0,
-                             runs))
+                             runs, extra))
     return out
 
 
@@ -98,15 +102,26 @@ def _server_cmd(u: EngineUse, port: str, slot_dir: str | None) -> str:
     """A llama-server command line; ``port`` is inserted verbatim (llama-swap's ${PORT})."""
     args = ["llama-server", "-m", u.gguf, "-ngl", str(u.n_gpu_layers), "-c", str(u.n_ctx),
             "--alias", u.model]
+    if u.extra_bufts is False:
+        args.append(NO_REPACK)
     if slot_dir:
         args += ["--slot-save-path", slot_dir]
     return f"{shlex.join(args)} --port {port}"
 
 
+#: llama-server's switch for llama.cpp's extra buffer types (CPU weight repacking and
+#: AMX); ``use_extra_bufts = false`` in the library
+NO_REPACK = "--no-repack"
+AMX_NOTE = ("on Intel Xeons with AMX (Sapphire Rapids and newer) llama.cpp's AMX path can "
+            "crash (llama.cpp issue 20824)")
+
+
 def llama_server(instance: Instance, schedule: Schedule, slot_dir: str = "/tmp/llama-slots") -> str:
     lines = ["#!/usr/bin/env bash", f"# llama-server commands for plan of {instance.name!r}:",
              "# one server per engine configuration; --slot-save-path is where KV states",
-             "# are saved and restored (POST /slots/0?action=save|restore).", ""]
+             "# are saved and restored (POST /slots/0?action=save|restore).",
+             f"# {NO_REPACK} turns off extra buffer types where the plan measured or set them",
+             f"# off; {AMX_NOTE}: add {NO_REPACK} there.", ""]
     for i, u in enumerate(engine_uses(instance, schedule)):
         env = f"CUDA_VISIBLE_DEVICES={u.gpu_index} " if u.gpu_index is not None else ""
         lines.append(f"# {u.model} on {u.device}: {u.n_runs} runs"
@@ -149,9 +164,14 @@ def ollama(instance: Instance, schedule: Schedule) -> dict[str, str]:
     for u in engine_uses(instance, schedule):
         keep = f"{u.ttl_s}s" if u.ttl_s else "-1"
         name = u.model if u.gpu_index is None else f"{u.model}-gpu{u.gpu_index}"
+        amx = ("# The plan runs it with llama.cpp's extra buffer types off: Ollama has no\n"
+               "# per-model switch; on Intel Xeons with AMX remove Ollama's AMX CPU backend\n"
+               "# (lib/ollama/libggml-cpu-sapphirerapids.*) so it loads a non-AMX variant.\n"
+               if u.extra_bufts is False else "")
         out[f"{name}.Modelfile"] = (
             f"# {u.model} on {u.device}; request it with keep_alive={keep}\n"
             f"# (or OLLAMA_KEEP_ALIVE={keep}): the plan unloads it after that long idle.\n"
+            + amx +
             f"FROM {u.gguf}\nPARAMETER num_gpu {u.n_gpu_layers}\nPARAMETER num_ctx {u.n_ctx}\n")
     return out
 
@@ -169,6 +189,22 @@ def llama_cpp_python(instance: Instance, schedule: Schedule, host: str = "127.0.
             m["n_threads"] = threads
         models.append(m)
     return {"host": host, "port": port, "models": models}
+
+
+def llama_cpp_python_launcher(instance: Instance, schedule: Schedule, config: str) -> str:
+    """How to start the config: llama_cpp.server has no switch for extra buffer types,
+    so ``python -m profiler.llama_server`` starts it with them set (off on AMX CPUs)."""
+    settings = {u.extra_bufts for u in engine_uses(instance, schedule)}
+    env = ("PLANNER_EXTRA_BUFTS=off " if settings == {False} else
+           "PLANNER_EXTRA_BUFTS=on " if settings == {True} else "")
+    return ("#!/usr/bin/env bash\n"
+            f"# llama_cpp.server for plan of {instance.name!r}. llama_cpp.server itself has no\n"
+            "# switch for llama.cpp's extra buffer types (CPU repack, AMX); this launcher sets\n"
+            "# them (PLANNER_EXTRA_BUFTS=on|off, default: off on CPUs with AMX) and then runs\n"
+            f"# it. Plain 'python -m llama_cpp.server --config_file {config}' works elsewhere;\n"
+            f"# {AMX_NOTE}.\n"
+            f'cd "$(dirname "$0")"\n'
+            f"{env}exec python -m profiler.llama_server --config_file {config} \"$@\"\n")
 
 
 def export(instance: Instance, schedule: Schedule, target: str, out: Path) -> list[Path]:
@@ -192,8 +228,13 @@ def export(instance: Instance, schedule: Schedule, target: str, out: Path) -> li
             p.write_text(text)
             written.append(p)
     elif target == "llama-cpp-python":
-        written.append(write_json_atomic(out / "llama_cpp_server.json",
-                                         llama_cpp_python(instance, schedule)))
+        cfg = write_json_atomic(out / "llama_cpp_server.json",
+                                llama_cpp_python(instance, schedule))
+        written.append(cfg)
+        p = out / "llama_cpp_server.sh"
+        p.write_text(llama_cpp_python_launcher(instance, schedule, cfg.name))
+        p.chmod(0o755)
+        written.append(p)
     else:
         raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     return written

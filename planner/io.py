@@ -136,7 +136,8 @@ def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str
     for h in data["cluster"]["hosts"]:
         gpus = tuple(Gpu(g["id"], g["type"], int(g["memory_gib"] * GIB), h["id"])
                      for g in h.get("gpus", []))
-        hosts.append(Host(h["id"], h["cpu"], h["threads"], int(h["memory_gib"] * GIB), gpus))
+        hosts.append(Host(h["id"], h["cpu"], h["threads"], int(h["memory_gib"] * GIB), gpus,
+                          h.get("extra_bufts")))
     dev_ids = [h["id"] for h in data["cluster"]["hosts"]]
     dev_ids += [g["id"] for h in data["cluster"]["hosts"] for g in h.get("gpus", [])]
     for d in _duplicates(dev_ids):
@@ -232,8 +233,11 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 # --- plans ----------------------------------------------------------------------
 
 def engine_to_json(e: Engine) -> dict[str, Any]:
-    return {"id": e.id, "model": e.model, "device": e.device, "n_gpu_layers": e.n_gpu_layers,
-            "n_ctx": e.n_ctx, "gpu_bytes": e.gpu_bytes, "host_bytes": e.host_bytes}
+    out = {"id": e.id, "model": e.model, "device": e.device, "n_gpu_layers": e.n_gpu_layers,
+           "n_ctx": e.n_ctx, "gpu_bytes": e.gpu_bytes, "host_bytes": e.host_bytes}
+    if e.extra_bufts is not None:
+        out["extra_bufts"] = e.extra_bufts
+    return out
 
 
 def plan_to_json(plan: Plan, instance: Instance) -> dict[str, Any]:
@@ -264,7 +268,8 @@ def parse_schedule(data: dict[str, Any], where: str) -> Schedule:
         raise InputError(faults)
     try:
         engines = tuple(Engine(e["id"], e["model"], e["device"], e["n_gpu_layers"], e["n_ctx"],
-                               e["gpu_bytes"], e["host_bytes"]) for e in data["engines"])
+                               e["gpu_bytes"], e["host_bytes"], e.get("extra_bufts"))
+                        for e in data["engines"])
         actions = tuple(
             Action(kind=a["kind"], engine=a["engine"], device=a["device"],
                    start_s=float(a["start_s"]), end_s=float(a["end_s"]),

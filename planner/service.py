@@ -6,7 +6,7 @@ Each CLI command parses its arguments, calls one function here, and writes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,22 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
         schedule, info = solve_cpsat(instance, cost, objective, opts,
                                      {k: v.schedule for k, v in ok.items()
                                       if v.schedule is not None})
+    schedule = with_engine_options(instance, cost, schedule)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
+
+
+def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
+    """Record each engine's llama.cpp extra-buffer-types setting: the host's, if the
+    instance sets one, else what the profile behind (model, device) was measured with,
+    else None (decided where it runs: off on CPUs with AMX)."""
+    engines = []
+    for e in schedule.engines:
+        host = instance.cluster.host(instance.cluster.device(e.device).host)
+        value = host.extra_bufts if host.extra_bufts is not None else \
+            cost.extra_bufts(e.model, e.device)
+        engines.append(replace(e, extra_bufts=value))
+    return replace(schedule, engines=tuple(engines))
 
 
 def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any]:

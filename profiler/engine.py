@@ -30,10 +30,12 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from profiler import cpuopts
 
 
 class EngineError(RuntimeError):
@@ -41,7 +43,29 @@ class EngineError(RuntimeError):
 
 
 class EngineCrashed(RuntimeError):
-    """The worker process died (crash, abort, killed); the engine is gone."""
+    """The worker process died (crash, abort, killed); the engine is gone.
+
+    ``exitcode`` is the worker's exit code (negative: the signal that ended it),
+    ``None`` when unknown (a time-out, a closed pipe).
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A worker that died from a signal on a model's first compute, restarted without
+    llama.cpp's extra buffer types (CPU repack, AMX)."""
+
+    model: str  #: the GGUF file
+    during: str  #: the call that crashed: load (its warm-up eval), prefill, decode...
+    exitcode: int | None  #: negative: the signal
+    restart_s: float  #: caller-side seconds to restart the worker and reload the model
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -149,13 +173,25 @@ def _rss() -> int:
 class _Worker:
     """Runs inside the worker process; one method per request kind."""
 
-    def __init__(self, threads: int | None) -> None:
+    def __init__(self, threads: int | None, extra_bufts: bool | None, ignore_env: bool) -> None:
         import llama_cpp
 
         self.llama_cpp = llama_cpp
         self.threads = threads or os.cpu_count() or 1
         self.s = _WorkerState()
         self.recv_buf: bytearray | None = None
+        self.proven: set[str] = set()  # model files with a completed prefill or decode
+        try:
+            self.system_info = llama_cpp.llama_print_system_info().decode(errors="replace")
+        except Exception:
+            self.system_info = ""
+        self.switchable = cpuopts.supports_switch(llama_cpp)
+        self.extra = cpuopts.resolve_extra_bufts(self.system_info, extra_bufts,
+                                                 {} if ignore_env else None)
+        if self.switchable:
+            cpuopts.hook_model_params(llama_cpp, self.extra.enabled)
+        elif not self.extra.enabled:  # an old build: llama.cpp's default (on) is all we have
+            self.extra = cpuopts.ExtraBufts(True, "build-has-no-switch")
 
     # -- helpers
     def _need(self) -> Any:
@@ -186,6 +222,9 @@ class _Worker:
             "version": getattr(self.llama_cpp, "__version__", "unknown"),
             "gpu_offload": bool(self.llama_cpp.llama_supports_gpu_offload()),
             "rss_bytes": _rss(),
+            "extra_bufts": self.extra.enabled,
+            "extra_bufts_reason": self.extra.reason,
+            "system_info": self.system_info,
         }
 
     def load(self, path: str, n_gpu_layers: int, n_ctx: int, n_batch: int, use_mmap: bool,
@@ -226,19 +265,30 @@ class _Worker:
         self.s.pending = None
         return {"seconds": time.perf_counter() - t0, "n_tokens": 0}
 
+    def _first_compute_fault(self) -> None:
+        """Test-only: die like a llama.cpp segfault on a model's first prefill or decode."""
+        path = str(self._need().model_path)
+        if path not in self.proven and cpuopts.take_injected_crash():
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSEGV)
+
     def prefill(self, tokens: list[int]) -> dict[str, Any]:
         if not tokens:
             raise EngineError("prefill needs at least one token")
+        self._first_compute_fault()
         t0 = time.perf_counter()
         self._eval(tokens)
         self.s.pending = None
         dt = time.perf_counter() - t0
+        self.proven.add(str(self._need().model_path))
         return {"seconds": dt, "n_tokens": int(self._need().n_tokens)}
 
     def decode(self, n: int) -> dict[str, Any]:
         llm = self._need()
         if llm.n_tokens == 0:
             raise EngineError("decode needs a prefilled prompt")
+        self._first_compute_fault()
         per: list[float] = []
         out: list[int] = []
         t_start = time.perf_counter()
@@ -251,6 +301,7 @@ class _Worker:
             self._eval([tok])
             per.append(time.perf_counter() - t0)
             out.append(tok)
+        self.proven.add(str(llm.model_path))
         return {"seconds": time.perf_counter() - t_start, "per_token_s": per, "tokens": out,
                 "n_tokens": int(llm.n_tokens)}
 
@@ -336,12 +387,13 @@ class _Worker:
         os._exit(3)
 
 
-def _worker_main(conn: Connection, threads: int | None) -> None:
+def _worker_main(conn: Connection, threads: int | None, extra_bufts: bool | None = None,
+                 ignore_env: bool = False) -> None:
     # Keep llama.cpp's C-level stderr chatter out of the caller's terminal.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        worker = _Worker(threads)
+        worker = _Worker(threads, extra_bufts, ignore_env)
     except BaseException as exc:  # llama_cpp missing or broken
         conn.send(("error", "EngineError", f"cannot start llama.cpp: {exc!r}"))
         return
@@ -388,22 +440,53 @@ class Engine:
         How long to wait for the worker to import llama.cpp.
     """
 
-    def __init__(self, threads: int | None = None, start_timeout_s: float = 120.0) -> None:
+    #: after a fallback anywhere in this process, new engines start with extra buffer types off
+    _process_fallback = False
+
+    def __init__(self, threads: int | None = None, start_timeout_s: float = 120.0,
+                 extra_bufts: bool | None = None) -> None:
+        try:
+            cpuopts.env_setting()
+        except cpuopts.CpuOptionError as exc:
+            raise EngineError(str(exc)) from None
+        self.threads = threads or os.cpu_count() or 1
+        self._threads_arg = threads
+        self._start_timeout_s = start_timeout_s
+        self._requested = False if Engine._process_fallback and extra_bufts is None \
+            else extra_bufts
+        self.fallbacks: list[Fallback] = []
+        self._loaded: dict[str, Any] | None = None  # kwargs of the current load
+        self._journal: list[tuple[str, dict[str, Any], bytes | None]] = []  # state calls since
+        self._proven: set[str] = set()  # model files with a completed prefill or decode
+        self._start(self._requested, ignore_env=False)
+        self.idle_rss_bytes: int = self._info["rss_bytes"]
+        self.n_layers = 0
+        self.n_ctx = 0
+
+    def _start(self, extra_bufts: bool | None, ignore_env: bool) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, threads), daemon=True)
+        self._proc = ctx.Process(target=_worker_main,
+                                 args=(child, self._threads_arg, extra_bufts, ignore_env),
+                                 daemon=True)
         t0 = time.perf_counter()
         self._proc.start()
         child.close()
-        self.threads = threads or os.cpu_count() or 1
         self._closed = False
-        info = self._receive(start_timeout_s, "start")
+        info = self._receive(self._start_timeout_s, "start")
         self.spawn_s = time.perf_counter() - t0
+        self._info = info
         self.version: str = info["version"]
         self.gpu_offload: bool = info["gpu_offload"]
-        self.idle_rss_bytes: int = info["rss_bytes"]
-        self.n_layers = 0
-        self.n_ctx = 0
+        self.extra_bufts: bool = bool(info.get("extra_bufts", True))
+        self.extra_bufts_reason: str = str(info.get("extra_bufts_reason", "default"))
+        self.system_info: str = str(info.get("system_info", ""))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The engine's CPU options as recorded in profiles and replay reports."""
+        return {"extra_bufts": self.extra_bufts, "extra_bufts_reason": self.extra_bufts_reason,
+                "fallbacks": [f.to_json() for f in self.fallbacks]}
 
     # -- plumbing
     @property
@@ -429,7 +512,7 @@ class Engine:
                     self._closed = True
                     raise EngineCrashed(
                         f"engine worker (pid {self._proc.pid}) died during {what}; "
-                        f"exit code {self._proc.exitcode}"
+                        f"exit code {self._proc.exitcode}", self._proc.exitcode
                     ) from None
                 if msg[0] == "ok":
                     if len(msg) > 2 and msg[2]:
@@ -444,7 +527,7 @@ class Engine:
                 self._closed = True
                 raise EngineCrashed(
                     f"engine worker (pid {self._proc.pid}) died during {what}; "
-                    f"exit code {self._proc.exitcode}"
+                    f"exit code {self._proc.exitcode}", self._proc.exitcode
                 )
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
@@ -465,13 +548,78 @@ class Engine:
             raise EngineCrashed(f"engine worker (pid {self._proc.pid}) is gone") from None
         return self._receive(timeout_s, name)
 
+    _FIRST_COMPUTE = ("load", "prefill", "decode", "restore_state")
+
+    def _guarded(self, name: str, data: bytes | None = None, **kwargs: Any) -> Any:
+        """:meth:`_call` with the crash fallback.
+
+        A worker that dies from a signal while a model has not yet completed a
+        prefill or decode in it (its load warm-up, its first prefill or decode)
+        is restarted once with llama.cpp's extra buffer types off; the model is
+        loaded again, the request state replayed, and the call repeated. A second
+        crash raises :class:`EngineCrashed` with what to try.
+        """
+        model = str(kwargs["path"]) if name == "load" else str((self._loaded or {}).get(
+            "path", "?"))
+        try:
+            result = self._call(name, data=data, **kwargs)
+        except EngineCrashed as exc:
+            first = name in self._FIRST_COMPUTE and model not in self._proven
+            signalled = exc.exitcode is not None and exc.exitcode < 0
+            if not (first and signalled):
+                raise
+            if not self.extra_bufts or self.fallbacks:
+                raise self._final_crash(exc, model, name) from None
+            t0 = time.perf_counter()
+            try:
+                self._start(False, ignore_env=True)
+                self.extra_bufts_reason = "fallback"
+                Engine._process_fallback = True
+                if name != "load" and self._loaded is not None:
+                    self._call("load", **self._loaded)
+                    for jname, jkw, jdata in self._journal:
+                        self._call(jname, data=jdata, **jkw)
+                self.fallbacks.append(Fallback(model, name, exc.exitcode,
+                                               time.perf_counter() - t0))
+                result = self._call(name, data=data, **kwargs)
+            except EngineCrashed as exc2:
+                if exc2.exitcode is not None and exc2.exitcode < 0:
+                    raise self._final_crash(exc2, model, name) from None
+                raise
+        if name == "load":
+            self._loaded = dict(kwargs)
+            self._journal = []
+        elif name in ("prefill", "decode"):
+            self._proven.add(model)
+            self._journal = []
+        elif name in ("reset", "truncate", "restore_state") and model not in self._proven:
+            self._journal.append((name, dict(kwargs), data))
+        return result
+
+    def _final_crash(self, exc: EngineCrashed, model: str, during: str) -> EngineCrashed:
+        """One line for a crash the fallback cannot help: model, CPU, build, what to try."""
+        from profiler.devices import cpu_model_name
+
+        sig = f"signal {-exc.exitcode}" if exc.exitcode is not None and exc.exitcode < 0 \
+            else f"exit code {exc.exitcode}"
+        features = ", ".join(f for f in ("AMX_INT8", "AVX512", "AVX2")
+                             if f"{f} = 1" in self.system_info) or "none reported"
+        tried = ("again after restarting it with extra buffer types off"
+                 if self.fallbacks else "with extra buffer types off")
+        return EngineCrashed(
+            f"llama.cpp crashed ({sig}) during {during} of {Path(model).name} {tried}; "
+            f"CPU: {cpu_model_name()}; llama.cpp: llama-cpp-python {self.version} "
+            f"(CPU features {features}). Try: fewer threads (--threads 1), or rebuild "
+            "llama-cpp-python without native CPU code: CMAKE_ARGS='-DGGML_NATIVE=OFF' pip "
+            "install --force-reinstall --no-cache-dir llama-cpp-python", exc.exitcode)
+
     # -- public API
     def load(self, path: str | Path, *, n_gpu_layers: int = 0, n_ctx: int = 2048,
              n_batch: int = 512, use_mmap: bool = False, warmup: bool = True) -> LoadInfo:
         """Load a GGUF file. ``use_mmap=False`` reads the weights into the worker's RAM."""
         t0 = time.perf_counter()
-        r = self._call("load", path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
-                       n_batch=n_batch, use_mmap=use_mmap, warmup=warmup)
+        r = self._guarded("load", path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
+                          n_batch=n_batch, use_mmap=use_mmap, warmup=warmup)
         self.n_layers, self.n_ctx = r["n_layers"], r["n_ctx"]
         return LoadInfo(wall_s=time.perf_counter() - t0, **r)
 
@@ -481,19 +629,19 @@ class Engine:
     def reset(self) -> StepInfo:
         """Forget the current request (empty the KV cache)."""
         t0 = time.perf_counter()
-        r = self._call("reset")
+        r = self._guarded("reset")
         return StepInfo(wall_s=time.perf_counter() - t0, **r)
 
     def prefill(self, tokens: Sequence[int]) -> StepInfo:
         """Evaluate ``tokens`` after what is already in the cache."""
         t0 = time.perf_counter()
-        r = self._call("prefill", tokens=[int(t) for t in tokens])
+        r = self._guarded("prefill", tokens=[int(t) for t in tokens])
         return StepInfo(wall_s=time.perf_counter() - t0, **r)
 
     def decode(self, n: int) -> DecodeInfo:
         """Generate exactly ``n`` tokens greedily, ignoring end-of-sequence."""
         t0 = time.perf_counter()
-        r = self._call("decode", n=int(n))
+        r = self._guarded("decode", n=int(n))
         return DecodeInfo(seconds=r["seconds"], per_token_s=tuple(r["per_token_s"]),
                           tokens=tuple(r["tokens"]), n_tokens=r["n_tokens"],
                           wall_s=time.perf_counter() - t0)
@@ -501,7 +649,7 @@ class Engine:
     def truncate(self, n_tokens: int) -> StepInfo:
         """Drop cached tokens after the first ``n_tokens`` (rewind the current request)."""
         t0 = time.perf_counter()
-        r = self._call("truncate", n_tokens=int(n_tokens))
+        r = self._guarded("truncate", n_tokens=int(n_tokens))
         return StepInfo(wall_s=time.perf_counter() - t0, **r)
 
     def save_state(self) -> SavedState:
@@ -514,7 +662,7 @@ class Engine:
     def restore_state(self, state: SavedState) -> StepInfo:
         """Replace the engine's request state with ``state`` (same model, any engine)."""
         t0 = time.perf_counter()
-        r = self._call("restore_state", data=state.data, tokens=list(state.tokens),
+        r = self._guarded("restore_state", data=state.data, tokens=list(state.tokens),
                        next_token=state.next_token)
         return StepInfo(wall_s=time.perf_counter() - t0, **r)
 
@@ -533,6 +681,8 @@ class Engine:
     def unload(self) -> float:
         """Free the model inside the worker; returns the seconds it took there."""
         r = self._call("unload")
+        self._loaded = None
+        self._journal = []
         self.n_layers = self.n_ctx = 0
         return float(r["seconds"])
 

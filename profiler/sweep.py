@@ -187,6 +187,7 @@ class Sweep:
         self.primary_ngl = max(cfg.gpu_layers or (0,))
         self.cold_ok: bool | None = None
         self.idle_rss: int | None = None
+        self.engine_options: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ planning
     def _load_settings(self) -> list[tuple[int, int]]:
@@ -285,41 +286,61 @@ class Sweep:
         c = self.cfg
         with Engine(threads=c.threads) as eng:
             self.idle_rss = eng.idle_rss_bytes
-            # ---- phase 1: loads, memory, unloads
-            for ngl, n_ctx in self._load_settings():
-                s = self._s_load(ngl, n_ctx)
-                cold = budget.missing("cold_load_s", s, c.cold_reps)
-                warm = budget.missing("load_s", s, c.warm_reps)
-                for i in range(max(cold, warm)):
-                    for kind in ("cold_load_s", "load_s"):
-                        if (kind == "cold_load_s" and i >= cold) or (kind == "load_s"
-                                                                     and i >= warm):
-                            continue
-                        if kind == "cold_load_s":
-                            self.cold_ok = evict_from_page_cache(self.model_path)
-                        info = eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=n_ctx,
-                                        n_batch=c.n_batch, use_mmap=c.use_mmap)
-                        common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
-                        self._row(log, budget, kind, s, info.seconds, "s", **common)
-                        self._row(log, budget, "host_bytes", s, info.rss_bytes, "bytes",
+            try:
+                self._probe(eng)
+            finally:
+                self.engine_options = eng.options
+            self._measure_with(eng, log, budget, tick)
+            self.engine_options = eng.options
+
+    def _probe(self, eng: Engine) -> None:
+        """A short load, prefill and decode before any measurement, so a crash of this
+        CPU's llama.cpp kernels (and the engine's fallback without extra buffer types)
+        happens before anything is measured: every row then has the same engine options."""
+        eng.load(self.model_path, n_gpu_layers=self.primary_ngl, n_ctx=256,
+                 n_batch=self.cfg.n_batch, use_mmap=self.cfg.use_mmap)
+        eng.prefill(self._prompt_tokens(eng, 32))
+        eng.decode(2)
+        eng.unload()
+
+    def _measure_with(self, eng: Engine, log: MeasurementLog, budget: _Budget,
+                      tick: Progress) -> None:
+        c = self.cfg
+        # ---- phase 1: loads, memory, unloads
+        for ngl, n_ctx in self._load_settings():
+            s = self._s_load(ngl, n_ctx)
+            cold = budget.missing("cold_load_s", s, c.cold_reps)
+            warm = budget.missing("load_s", s, c.warm_reps)
+            for i in range(max(cold, warm)):
+                for kind in ("cold_load_s", "load_s"):
+                    if (kind == "cold_load_s" and i >= cold) or (kind == "load_s"
+                                                                 and i >= warm):
+                        continue
+                    if kind == "cold_load_s":
+                        self.cold_ok = evict_from_page_cache(self.model_path)
+                    info = eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=n_ctx,
+                                    n_batch=c.n_batch, use_mmap=c.use_mmap)
+                    common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
+                    self._row(log, budget, kind, s, info.seconds, "s", **common)
+                    self._row(log, budget, "host_bytes", s, info.rss_bytes, "bytes",
+                              **common)
+                    if ngl > 0 and info.gpu_bytes is not None:
+                        self._row(log, budget, "gpu_bytes", s, info.gpu_bytes, "bytes",
                                   **common)
-                        if ngl > 0 and info.gpu_bytes is not None:
-                            self._row(log, budget, "gpu_bytes", s, info.gpu_bytes, "bytes",
-                                      **common)
-                        self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
-                        tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
-            # ---- phases 2 and 3 per n_gpu_layers
-            tokens: list[int] = []
-            for ngl in self._walk_ngls():
-                if not self._walk_needed(budget, ngl):
-                    continue
-                eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=c.walk_n_ctx,
-                         n_batch=c.n_batch, use_mmap=c.use_mmap)
-                if not tokens:
-                    tokens = self._prompt_tokens(eng, c.walk_n_ctx)
-                self._walk(eng, log, budget, tick, ngl, tokens)
-                self._prefills(eng, log, budget, tick, ngl, tokens)
-                eng.unload()
+                    self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
+                    tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
+        # ---- phases 2 and 3 per n_gpu_layers
+        tokens: list[int] = []
+        for ngl in self._walk_ngls():
+            if not self._walk_needed(budget, ngl):
+                continue
+            eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=c.walk_n_ctx,
+                     n_batch=c.n_batch, use_mmap=c.use_mmap)
+            if not tokens:
+                tokens = self._prompt_tokens(eng, c.walk_n_ctx)
+            self._walk(eng, log, budget, tick, ngl, tokens)
+            self._prefills(eng, log, budget, tick, ngl, tokens)
+            eng.unload()
 
     def _walk_needed(self, budget: _Budget, ngl: int) -> bool:
         c, n = self.cfg, self.cfg.walk_n_ctx
@@ -448,8 +469,10 @@ class Sweep:
         }
         settings = asdict(c)
         settings["primary_n_gpu_layers"] = self.primary_ngl
+        build = self.build.to_json()
+        build["engine_options"] = self.engine_options  # extra buffer types, fallbacks
         return build_profile(
-            rows=rows, arch=self.arch, device=self.device, build=self.build.to_json(),
+            rows=rows, arch=self.arch, device=self.device, build=build,
             settings=settings, method=method,
             source={"kind": "measured", "by": "planner profile", "host": self.host.hostname},
             measurements_file=self.csv_path.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -87,9 +88,14 @@ def test_llama_cpp_server_config_serves_a_completion(tmp_path: Path) -> None:
     port = _free_port()
     cfg["port"] = port
     Path("out/llama_cpp_server.json").write_text(json.dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
+    launcher = Path("out/llama_cpp_server.sh").read_text()
+    assert "python -m profiler.llama_server --config_file llama_cpp_server.json" in launcher
+    # what the launcher runs (with this interpreter): llama_cpp.server with the engine CPU
+    # options applied, so it serves on CPUs whose AMX path crashes too
+    proc = subprocess.Popen([sys.executable, "-m", "profiler.llama_server", "--config_file",
                              "out/llama_cpp_server.json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90

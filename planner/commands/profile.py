@@ -8,6 +8,12 @@ from pathlib import Path
 import click
 
 
+class EngineFailure(click.ClickException):
+    """llama.cpp failed on this machine: one line, exit code 2, measurements kept."""
+
+    exit_code = 2
+
+
 def _console():
     from rich.console import Console
 
@@ -61,17 +67,24 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
             "interrupted; the measurements taken so far are kept - run the same command "
             "again to resume") from None
     except (EngineCrashed, EngineError, ModelSourceError) as exc:
-        raise click.ClickException(f"{exc} (measurements so far are kept; rerun to resume)"
-                                   ) from None
+        raise EngineFailure(f"{exc} (measurements so far are kept; rerun to resume)"
+                            ) from None
     if as_json:
         fits = result.profile["fits"]
         click.echo(json.dumps({
             "profile": str(result.profile_path), "measurements": str(result.measurements_path),
             "new_rows": result.new_rows, "wall_s": round(result.wall_s, 2),
+            "engine_options": result.profile.get("build", {}).get("engine_options"),
             "cv_mape": {k: f["cv"].get("mape") for k, f in fits.items()}}, indent=1))
         return
     con = _console()
     con.print(fits_table(load_profile(result.profile_path)))
+    opts = result.profile.get("build", {}).get("engine_options") or {}
+    for fb in opts.get("fallbacks", []):
+        con.print(f"[yellow]note:[/] llama.cpp crashed (exit code {fb['exitcode']}) during the "
+                  f"first {fb['during']} of {Path(fb['model']).name}; the engine was restarted "
+                  "with extra buffer types (CPU repack, AMX) off and measured that way",
+                  soft_wrap=True)
     con.print(f"wrote {result.profile_path} ({result.new_rows} new measurements, "
               f"{result.reused_rows} reused) in {result.wall_s:.1f} s")
 

@@ -89,6 +89,11 @@ class CostModel(ABC):
             prefill = self.prefill_s(cfg, prompt_tokens + tokens_from)
         return prefill + self.decode_s(cfg, prompt_tokens + tokens_from, tokens_to - tokens_from)
 
+    def extra_bufts(self, model: str, device: str) -> bool | None:
+        """Whether the engine measurements behind (model, device) used llama.cpp's extra
+        buffer types (CPU repack, AMX); None where nothing was measured."""
+        return None
+
     def fits(self, cfg: EngineConfig, gpu_memory: int | None, host_memory: int) -> bool:
         """Whether the engine alone fits in the given device and host memory."""
         if gpu_memory is not None and self.gpu_bytes(cfg) > gpu_memory:

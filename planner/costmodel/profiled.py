@@ -116,6 +116,14 @@ class ProfiledCostModel(CostModel):
             return f"fallback ({self.fallback.name})"
         return "none"
 
+    def extra_bufts(self, model: str, device: str) -> bool | None:
+        e = self._pairs.get((model, device))
+        if e is None:
+            return self.fallback.extra_bufts(model, device) if self.fallback else None
+        opts = e.profile.doc.get("build", {}).get("engine_options") or {}
+        value = opts.get("extra_bufts")
+        return bool(value) if value is not None else None
+
     def _entry(self, cfg: EngineConfig) -> _Entry | None:
         e = self._pairs.get((cfg.model, cfg.device))
         if e is None and self.fallback is None:
