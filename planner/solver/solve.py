@@ -26,6 +26,7 @@ from typing import Any
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.errors import SolveError
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.data import (
     MIB,
@@ -56,8 +57,6 @@ PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemp
 
 
 def _error(msg: str) -> Exception:
-    from planner.service import SolveError
-
     return SolveError(msg)
 
 
