@@ -14,7 +14,10 @@ A cancel sets the worker's event; the search stops and keeps its best plan.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -60,9 +63,18 @@ def run_job(job_id: str, body: bytes, options: dict[str, Any], results: Any, sto
         results.put(("failed", job_id, f"internal error: {type(exc).__name__}: {exc}"))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose server died (even by SIGKILL) ends too, within a second."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def worker_main(tasks: Any, results: Any, stop: Any) -> None:
     """Entry point of a worker process; ends on ``None``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import planner.service
     import planner.solver  # noqa: F401  (imported once, before the first job)
 
