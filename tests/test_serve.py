@@ -198,7 +198,7 @@ def test_killed_server_marks_running_job_interrupted(tmp_path: Path) -> None:
     try:
         _, job = srv.request("GET", f"/v1/jobs/{job_id}")
         assert job["status"] == "interrupted" and job["has_plan"]
-        status, plan = srv.request("GET", f"/v1/jobs/{job_id}/plan")
+        _, plan = srv.request("GET", f"/v1/jobs/{job_id}/plan")
         assert_valid_plan(plan, json.loads(mixed))
     finally:
         srv.stop()
