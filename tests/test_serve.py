@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -240,8 +241,11 @@ def test_bad_input_is_4xx_with_one_line_per_fault(tmp_path: Path) -> None:
         assert srv.request("GET", "/v1/jobs?limit=0")[0] == 422
         status, listing = srv.request("GET", "/v1/jobs")
         assert status == 200 and listing["jobs"] == []  # nothing bad was queued
-        status, docs = srv.request("GET", "/openapi.json")
-        assert status == 200 and "/v1/jobs/{job_id}/events" in docs["paths"]
+        status, spec = srv.request("GET", "/openapi.json")
+        assert status == 200 and "/v1/jobs/{job_id}/events" in spec["paths"]
+        status, docs = srv.request("GET", "/docs")  # served offline: no CDN
+        assert status == 200 and "/v1/jobs/{job_id}/plan" in docs
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs)
     finally:
         srv.stop()
     text = log.read_text()

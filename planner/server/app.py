@@ -135,7 +135,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             await run_in_threadpool(state["jobs"].close)
             store.close()
 
-    app = FastAPI(title="planner", lifespan=lifespan, version="1",
+    app = FastAPI(title="planner", lifespan=lifespan, version="1", docs_url=None,
+                  redoc_url=None,
                   description="Submit an instance (SPEC section 1) as a job; follow the "
                   "solver's improving plans as server-sent events; fetch the plan (SPEC "
                   "section 2) or its page. Options go in query parameters, or in an "
@@ -292,6 +293,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         job = await run_in_threadpool(get_job, job_id)
         html = await run_in_threadpool(_render_job_page, store(), job)
         return HTMLResponse(html)
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    async def docs() -> HTMLResponse:
+        from planner.server.apidocs import render
+
+        return HTMLResponse(render(app.openapi()))
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
