@@ -397,12 +397,15 @@ def show(report: Path, out: Path | None, html_out: Path | None,
 @click.option("--llama-swap-form", "swap_form", type=click.Choice(["matrix", "groups"]),
               default="matrix", show_default=True,
               help="llama-swap's matrix router (per host), or the legacy groups.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="A replay report of PLAN: its measured load times set llama-swap's "
+                   "evict_costs (else the plan's predicted ones).")
 @click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
               help="The plan's instance [default: instances/<plan's instance name>.json].")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write into [default: exports/<plan stem>/].")
-def export_cmd(plan: Path, target: str, swap_form: str, instance: Path | None,
-               out: Path | None) -> None:
+def export_cmd(plan: Path, target: str, swap_form: str, report: Path | None,
+               instance: Path | None, out: Path | None) -> None:
     """Write the configuration that deploys PLAN with llama.cpp-based servers.
 
     \b
@@ -426,8 +429,16 @@ def export_cmd(plan: Path, target: str, swap_form: str, instance: Path | None,
 
     with user_errors():
         inst, schedule = plan_and_instance(plan, instance)
+        replay = None
+        if report is not None:
+            replay, _ = read_json(report)
+            if not isinstance(replay, dict) or replay.get("format") != "planner.report/1":
+                raise InputError([f"{report}: format: expected 'planner.report/1'"])
+            if replay.get("instance", {}).get("name") != inst.name:
+                raise InputError([f"{report}: a replay of another instance "
+                                  f"({replay.get('instance', {}).get('name')!r})"])
         written = export(inst, schedule, target, out or Path("exports") / plan.stem,
-                         swap_form)
+                         swap_form, replay)
     for p in written:
         click.echo(f"{p}: written")
 

@@ -243,7 +243,19 @@ class HostResidency:
     load_s: dict[EngineUse, float]  # mean load time the plan predicts
 
 
-def host_residency(instance: Instance, schedule: Schedule) -> list[HostResidency]:
+def measured_loads(report: dict[str, Any]) -> dict[str, list[float]]:
+    """Per engine id, the load durations a replay report measured (done loads only)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for a in report.get("actions", []):
+        if a.get("kind") == "load" and a.get("status") == "done" and \
+                a.get("measured_start_s") is not None and a.get("measured_end_s") is not None:
+            out[a["engine"]].append(float(a["measured_end_s"]) - float(a["measured_start_s"]))
+    return out
+
+
+def host_residency(instance: Instance, schedule: Schedule,
+                   measured: dict[str, list[float]] | None = None) -> list[HostResidency]:
+    """``measured``: load seconds per engine id from a replay (they replace the plan's)."""
     uses = engine_uses(instance, schedule)
     by_key = {(u.model, u.device, u.n_gpu_layers, u.n_ctx): u for u in uses}
     use_of = {e.id: by_key[(e.model, e.device, e.n_gpu_layers, e.n_ctx)]
@@ -257,7 +269,8 @@ def host_residency(instance: Instance, schedule: Schedule) -> list[HostResidency
     for a in sorted(schedule.actions, key=lambda a: (a.start_s, a.end_s)):
         if a.kind == "load":
             open_at[a.engine] = a.start_s
-            loads[use_of[a.engine]].append(a.end_s - a.start_s)
+            if not (measured and measured.get(a.engine)):
+                loads[use_of[a.engine]].append(a.end_s - a.start_s)
             first_load.setdefault(use_of[a.engine], a.start_s)
         elif a.kind == "unload" and a.engine in open_at:
             first_unload.setdefault(host_of[a.device], a.start_s)
@@ -266,6 +279,9 @@ def host_residency(instance: Instance, schedule: Schedule) -> list[HostResidency
     for eid, t in open_at.items():
         u = use_of[eid]
         periods[host_of[u.device]].append((t, math.inf, u))
+    for eid, secs in (measured or {}).items():
+        if eid in use_of:
+            loads[use_of[eid]] += secs
     out = []
     for host in sorted({host_of[u.device] for u in uses}):
         ps = periods.get(host, [])
@@ -331,11 +347,13 @@ def evict_cost(load_s: float) -> int:
     return max(1, round(10 * load_s))
 
 
-def llama_swap_matrix(instance: Instance, schedule: Schedule) -> dict[str, str]:
+def llama_swap_matrix(instance: Instance, schedule: Schedule,
+                      measured: dict[str, list[float]] | None = None) -> dict[str, str]:
     """llama-swap's ``matrix`` router, per host: ``vars`` (a short name per engine
     configuration), ``sets`` (the combinations the plan keeps resident together) and
-    ``evict_costs`` (proportional to each one's predicted reload time)."""
-    hosts = host_residency(instance, schedule)
+    ``evict_costs`` (proportional to each one's reload time: measured in a replay where
+    ``measured`` has it, else the plan's prediction)."""
+    hosts = host_residency(instance, schedule, measured)
     files = {}
     for hr in hosts:
         uses = list(hr.uses)
@@ -355,8 +373,9 @@ def llama_swap_matrix(instance: Instance, schedule: Schedule) -> dict[str, str]:
                "routing": {"router": {"use": "matrix", "settings": {"matrix": matrix}}}}
         header = (f"# llama-swap config for plan of {instance.name!r}, host {hr.host}: the "
                   "matrix router\n# (llama-swap v218 or newer) lets the sets below run "
-                  "together, as the plan does;\n# evict_costs are the predicted reload "
-                  "times in tenths of a second, so the\n# slowest to reload stay loaded; "
+                  "together, as the plan does;\n# evict_costs are the reload times in "
+                  f"tenths of a second ({'measured' if measured else 'predicted'}), so the"
+                  "\n# slowest to reload stay loaded; "
                   "ttl is the longest idle time the plan leaves\n# an engine loaded "
                   "(0 = never unloaded).\n")
         name = "llama-swap.yaml" if len(hosts) == 1 else f"llama-swap-{hr.host}.yaml"
@@ -365,9 +384,10 @@ def llama_swap_matrix(instance: Instance, schedule: Schedule) -> dict[str, str]:
 
 
 def export(instance: Instance, schedule: Schedule, target: str, out: Path,
-           swap_form: str = "matrix") -> list[Path]:
+           swap_form: str = "matrix", report: dict[str, Any] | None = None) -> list[Path]:
     """Write ``target``'s files into the folder ``out``; returns the paths written.
-    ``swap_form`` is llama-swap's: ``matrix`` (per host) or the legacy ``groups``."""
+    ``swap_form`` is llama-swap's: ``matrix`` (per host) or the legacy ``groups``;
+    ``report``, a replay of the plan, gives measured reload times for evict costs."""
     from planner.io import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +405,8 @@ def export(instance: Instance, schedule: Schedule, target: str, out: Path,
                 p.chmod(0o755)
             written.append(p)
     elif target == "llama-swap" and swap_form == "matrix":
-        for name, text in llama_swap_matrix(instance, schedule).items():
+        measured = measured_loads(report) if report else None
+        for name, text in llama_swap_matrix(instance, schedule, measured).items():
             p = out / name
             p.write_text(text)
             written.append(p)

@@ -16,7 +16,12 @@ from click.testing import CliRunner
 
 from planner.cli import cli
 from planner.domain import Action, Engine, Schedule
-from planner.export import host_residency, llama_server_router, llama_swap_matrix
+from planner.export import (
+    host_residency,
+    llama_server_router,
+    llama_swap_matrix,
+    measured_loads,
+)
 from planner.io import load_instance
 from tests.conftest import ROOT, tiny_dict
 
@@ -108,6 +113,17 @@ def test_swap_matrix_hand_worked(tmp_path: Path) -> None:
     assert cost == {"llama3-8b": 10, "qwen14b": 20, "llama3-8b-b": 5}  # tenths of a second
     sets = {frozenset(model_of[t.strip()] for t in dsl.split("&")) for dsl in m["sets"].values()}
     assert sets == {frozenset({"llama3-8b", "qwen14b"}), frozenset({"llama3-8b", "llama3-8b-b"})}
+    # a replay's measured loads replace the predicted ones (done loads only)
+    report = {"actions": [
+        {"kind": "load", "engine": "eB", "status": "done", "measured_start_s": 1.0,
+         "measured_end_s": 5.0},
+        {"kind": "load", "engine": "eA", "status": "failed", "measured_start_s": 0.0,
+         "measured_end_s": 9.0}]}
+    doc = yaml.safe_load(llama_swap_matrix(inst, sched, measured_loads(report))
+                         ["llama-swap.yaml"])
+    m = doc["routing"]["router"]["settings"]["matrix"]
+    cost = {m["vars"][k]: c for k, c in m["evict_costs"].items()}
+    assert cost == {"llama3-8b": 10, "qwen14b": 40, "llama3-8b-b": 5}
 
 
 def test_router_and_matrix_from_cli(tmp_path: Path) -> None:
