@@ -97,6 +97,13 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
     """Solve with the chosen solver; baselines are always computed for comparison."""
     objective = opts.objective or instance.objective
     baselines = run_baselines(instance, cost)
+    if not instance.requests:  # nothing to serve: the empty plan, optimal by definition
+        empty = Schedule((), ())
+        value = objective_value(compute_metrics(instance, ()), objective)
+        info = SolverInfo(opts.solver, "OPTIMAL", value, value, 0.0, 0.0,
+                          notes="no requests: the empty plan (no engines, no actions)")
+        return Plan(instance.name, instance.sha256, info, empty,
+                    {k: v.to_json(objective) for k, v in baselines.items()}, objective)
     if opts.solver in BASELINES:
         res = baselines[opts.solver]
         if res.schedule is None or res.metrics is None:

@@ -9,9 +9,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from planner.commands.common import console, fmt
+from planner.commands.common import FiniteFloat, console, fmt
 from planner.costmodel import COST_MODELS
-from planner.domain import OBJECTIVES
+from planner.domain import MAX_TIME_S, OBJECTIVES
 
 
 def print_summary(data: dict[str, Any], out: Path) -> None:
@@ -53,7 +53,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               default="cp-sat", show_default=True, help="CP-SAT or one of the baselines.")
 @click.option("--objective", type=click.Choice(OBJECTIVES),
               help="Override the instance's objective.")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=60.0,
+              show_default=True,
               help="CP-SAT wall-clock limit in seconds.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="CP-SAT search workers.")
