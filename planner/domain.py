@@ -220,6 +220,7 @@ class Instance:
     objective: str = "mean_response"
     profiles: tuple[str, ...] = ()
     sha256: str = ""
+    path: str = ""  #: the file it was read from (absolute), "" when built in memory
 
     def __post_init__(self) -> None:
         mids = [m.id for m in self.models]

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -233,8 +234,9 @@ def load_instance(path: str | Path) -> Instance:
     if data.get("format") not in (None, INSTANCE_FORMAT) and isinstance(data.get("format"), str):
         raise InputError([f"{path}: format: expected {INSTANCE_FORMAT!r}, got {data['format']!r}"
                           " (is this a plan? use --instance)"])
-    return parse_instance(data, str(path), Path(path).resolve().parent,
-                          hashlib.sha256(raw).hexdigest())
+    instance = parse_instance(data, str(path), Path(path).resolve().parent,
+                              hashlib.sha256(raw).hexdigest())
+    return replace(instance, path=str(Path(path).resolve()))
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:

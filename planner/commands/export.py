@@ -13,10 +13,14 @@ import click
                                                    "llama-cpp-python"]), required=True,
               help="What to write.")
 @click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="The plan's instance [default: instances/<plan's instance name>.json].")
+              help="The plan's instance [default: the path the plan records, then "
+                   "<name>.json beside the plan, then instances/<name>.json].")
+@click.option("--force", is_flag=True,
+              help="Use the instance even if it changed since the plan was made (sha256).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write into [default: exports/<plan stem>/].")
-def export_cmd(plan: Path, target: str, instance: Path | None, out: Path | None) -> None:
+def export_cmd(plan: Path, target: str, instance: Path | None, out: Path | None,
+               force: bool) -> None:
     """Write the configuration that deploys PLAN with llama.cpp-based servers.
 
     \b
@@ -34,7 +38,10 @@ def export_cmd(plan: Path, target: str, instance: Path | None, out: Path | None)
     from planner.export import export
     from planner.service import plan_and_instance
 
-    inst, schedule = plan_and_instance(plan, instance)
+    warnings: list[str] = []
+    inst, schedule = plan_and_instance(plan, instance, force=force, warnings=warnings)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     written = export(inst, schedule, target, out or Path("exports") / plan.stem)
     for p in written:
         click.echo(f"{p}: written")
