@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,13 @@ class SolveOptions:
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
 
 
-def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
-    """Solve with the chosen solver; baselines are always computed for comparison."""
+def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
+          progress: Callable[[str], None] | None = None) -> Plan:
+    """Solve with the chosen solver; baselines are always computed for comparison.
+
+    ``progress`` hears what starts (``'cp-sat'`` when the search begins). A stop
+    request (:mod:`planner.interrupt`) ends CP-SAT's search early with its best plan.
+    """
     objective = opts.objective or instance.objective
     baselines = run_baselines(instance, cost)
     if not instance.requests:  # nothing to serve: the empty plan, optimal by definition
@@ -115,6 +121,8 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
     else:
         from planner.solver import solve_cpsat
 
+        if progress is not None:
+            progress("cp-sat")
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
         schedule, info = solve_cpsat(instance, cost, objective, opts,
                                      {k: v.schedule for k, v in ok.items()
@@ -122,6 +130,14 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
     schedule = with_engine_options(instance, cost, schedule)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
+
+
+def mark_interrupted(plan: Plan, reason: str) -> Plan:
+    """The plan a stopped search returned, with the stop in its notes (its status is
+    the solver's: FEASIBLE, or the baseline it kept)."""
+    note = f"interrupted ({reason}) after {plan.solver.wall_s:.1f} s: the best plan found by then"
+    notes = f"{note}; {plan.solver.notes}" if plan.solver.notes else note
+    return replace(plan, solver=replace(plan.solver, notes=notes))
 
 
 def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:

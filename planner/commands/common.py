@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 console = Console(stderr=False)
+err = Console(stderr=True)  # notes that must not mix with --json output
 
 
 def fmt(v: Any, unit: str = "") -> str:

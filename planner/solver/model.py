@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from ortools.sat.python import cp_model
 
+from planner.interrupt import stoppable
 from planner.solver.data import CandidateEngine, ProblemData, RequestData
 
 Interval = tuple[int, int]
@@ -484,7 +485,9 @@ class CPModel:
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
-        status = solver.solve(self.model)
+        solver.parameters.catch_sigint_signal = False  # planner.interrupt stops the search
+        with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
+            status = solver.solve(self.model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})
