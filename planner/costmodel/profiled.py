@@ -217,6 +217,18 @@ class ProfiledCostModel(CostModel):
             return self._fb().load_s(cfg)
         return max(0.0, self._p(e, "load_s", cfg))
 
+    def _load_variant(self, quantity: str, cfg: EngineConfig) -> float:
+        e = self._entry(cfg)
+        if e is None or not e.profile.has(quantity):
+            return self.load_s(cfg)
+        return max(0.0, self._p(e, quantity, cfg))
+
+    def first_load_s(self, cfg: EngineConfig) -> float:
+        return self._load_variant("first_load_s", cfg)
+
+    def busy_load_s(self, cfg: EngineConfig) -> float:
+        return self._load_variant("busy_load_s", cfg)
+
     def unload_s(self, cfg: EngineConfig) -> float:
         e = self._entry(cfg)
         if e is None:
