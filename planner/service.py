@@ -270,4 +270,7 @@ def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
         raise InputError(faults)
     paths = {m.id: Path(m.gguf_path) for m in instance.models if m.gguf_path}
     overrides, warnings = local_device_map(instance, schedule, device_map)
+    from planner.machine import profile_warnings
+
+    warnings += profile_warnings(instance)
     return instance, schedule, paths, overrides, warnings

@@ -114,7 +114,7 @@ def identity(threads: int) -> dict[str, Any]:
     }
 
 
-def membw_probe(size_bytes: int = 256 << 20, reps: int = 5) -> float:
+def membw_probe(size_bytes: int = 128 << 20, reps: int = 5) -> float:
     """Single-threaded copy bandwidth in GB/s (bytes read + written; best of ``reps``)."""
     import numpy as np
 

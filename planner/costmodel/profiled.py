@@ -105,6 +105,10 @@ class ProfiledCostModel(CostModel):
                         break
 
     # -- coverage
+    def pairs(self) -> dict[tuple[str, str], _Entry]:
+        """(instance model, device) -> the profile entry that covers it."""
+        return dict(self._pairs)
+
     def covered(self, model_id: str, device_id: str) -> bool:
         return (model_id, device_id) in self._pairs
 
