@@ -28,7 +28,7 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, Instance, Schedule
 from planner.executor import dependencies, plan_order
 
-ROUNDS = 6
+ROUNDS = 12
 
 
 def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
@@ -75,16 +75,20 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         for i, a in enumerate(actions):
             if a.kind != "load" or factor[i] == 1.0 or idle[i] <= 0:
                 continue
-            # idle work done at rate 1 outside runs and 1/factor beside them
-            spans = runs.get(host_of[a.device], [])
-            busy = _overlap(start[i], start[i] + idle[i] * factor[i], spans)
-            share = min(1.0, busy / (idle[i] * factor[i]))
-            new = idle[i] * (1.0 + share * (factor[i] - 1.0))
+            # the load's work goes at rate 1 alone and 1/factor beside a run: over a span
+            # t of which o lies beside runs, t = idle + o * (1 - 1/factor)
+            o = _overlap(start[i], end[i], runs.get(host_of[a.device], []))
+            new = idle[i] + o * (1.0 - 1.0 / factor[i])
             if abs(new - dur[i]) > 1e-6:
                 changed = True
             dur[i] = new
         if not changed:
             break
+    for i, a in enumerate(actions):  # the final durations, placed once more
+        s = max((end[d] for d in deps[i]), default=0.0)
+        if a.kind == "run" and a.request is not None:
+            s = max(s, arrival[a.request])
+        start[i], end[i] = s, s + dur[i]
     out: list[Action] = [replace(a, start_s=round(start[i], 6), end_s=round(end[i], 6))
                          for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))
