@@ -433,13 +433,14 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     Example:
       planner demo --time-limit 30
     """
-    from planner.demo import ensure_models, ensure_profiles
+    from planner.demo import check_profiles, ensure_models, ensure_profiles
 
     ctx.invoke(solve, instance=Path("instances/mixed.json"), time_limit=time_limit)
     if skip_replay:
         return
     console.print("[bold]CPU demo[/]: models")
     ensure_profiles(ensure_models(), lambda m: console.print(m, soft_wrap=True))
+    check_profiles(Path("instances/cpu-demo.json"), lambda m: console.print(m, soft_wrap=True))
     ctx.invoke(solve, instance=Path("instances/cpu-demo.json"), time_limit=time_limit)
     ctx.invoke(execute, plan=Path("solutions/cpu-demo.json"))
     ctx.invoke(show, report=Path("reports/cpu-demo.json"), out=Path("reports/cpu-demo.png"))

@@ -112,3 +112,14 @@ def predicted_probe_s(prof: Any) -> float:
     ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
     return float(prof.predict("decode_s_per_token", n_gpu_layers=ngl, n_ctx=256,
                               context=PROBE_PROMPT + PROBE_TOKENS // 2))
+
+
+def check_profiles(instance_path: Path, say: Callable[[str], None]) -> None:
+    """`planner profile check` on the demo instance: one line per profile (and the check is
+    cached for this boot, so that solve, execute and the replay report reuse it)."""
+    from planner.io import load_instance
+    from planner.machine import check_instance
+
+    for c in check_instance(load_instance(instance_path)):
+        verdict = "matches this machine" if c.matches else "[yellow]does not match[/]"
+        say(f"{c.path}: {verdict} ({c.distance.describe()})")
