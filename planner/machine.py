@@ -17,6 +17,7 @@ from typing import Any
 
 from planner.domain import Instance
 from profiler.fingerprint import (
+    BANDWIDTH_LIMIT,
     DRIFT_LIMIT,
     PROBE_PROMPT,
     PROBE_TOKENS,
@@ -209,9 +210,10 @@ def profile_warnings(instance: Instance, summary: list[dict[str, Any]] | None = 
                        "machine; run `planner profile check` on the instance")
         elif not d["same_machine"]:
             out.append(f"{what} was measured on another machine: {s['description']}")
-        if d["max_drift"] is not None and d["max_drift"] > DRIFT_LIMIT:
+        limit = DRIFT_LIMIT if "decode" in d["drift"] else BANDWIDTH_LIMIT
+        if d["max_drift"] is not None and d["max_drift"] > limit:
             out.append(f"{what} drifts by {100 * d['max_drift']:.0f}% on this machine "
-                       f"(limit {100 * DRIFT_LIMIT:.0f}%): {s['description']}; re-profile with "
+                       f"(limit {100 * limit:.0f}%): {s['description']}; re-profile with "
                        f"planner profile --model FILE --threads {s['threads']} "
                        "--out profiles/local")
         if s["threads"] not in hosts:

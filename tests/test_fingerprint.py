@@ -48,7 +48,9 @@ def test_decode_decides_over_bandwidth_and_no_fingerprint_never_matches() -> Non
     there = copy.deepcopy(HERE)
     there["probes"]["membw_gbps"] = 40.0  # bandwidth halved, decode unchanged
     assert compare(there, HERE, (0.01, 0.01)).matches
-    assert not compare(there, HERE).matches  # bandwidth alone decides without decode
+    assert not compare(there, HERE).matches  # bandwidth alone decides without decode (-50%)
+    there["probes"]["membw_gbps"] = 23.0
+    assert compare(there, HERE).matches  # -13%: within bandwidth's wider limit (25%)
     d = compare(None, HERE, (0.01, 0.01))
     assert d.same_machine is None and not d.matches
     assert "no fingerprint" in d.describe()
