@@ -107,6 +107,49 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def kv_check(instance: Path, contexts: tuple[int, ...] = (100, 450, 900), reps: int = 3
+             ) -> list[dict[str, Any]]:
+    """KV save/restore through /dev/shm files at contexts no sweep measured, against what
+    the instance's profiles predict (as the executor does them: caller-side time)."""
+    import statistics
+
+    from planner.costmodel import cost_model_for
+    from planner.domain import EngineConfig
+    from planner.io import load_instance
+    from profiler.engine import Engine, state_dir
+
+    inst = load_instance(instance)
+    cost = cost_model_for(inst)
+    dev = inst.cluster.devices[0].id
+    out = []
+    with Engine(threads=inst.cluster.hosts[0].threads) as eng:
+        for m in inst.models:
+            if not m.gguf_path:
+                continue
+            eng.load(m.gguf_path, n_ctx=1024)
+            cfg = EngineConfig(m.id, dev, 0, 1024)
+            prompt = [10 + (7 * i) % 300 for i in range(max(contexts))]
+            for ctx in contexts:
+                eng.reset()
+                eng.prefill(prompt[:ctx])
+                path = state_dir() / "bench.kv"
+                eng.restore_state_file(eng.save_state_file(path))  # warm-up, as the sweep
+                saves, restores = [], []
+                for _ in range(reps):
+                    st = eng.save_state_file(path)
+                    saves.append(st.wall_s)
+                    restores.append(eng.restore_state_file(st).wall_s)
+                    path.unlink()
+                for kind, vals, pred in (("kv_save", saves, cost.kv_save_s(cfg, ctx)),
+                                         ("kv_restore", restores, cost.kv_restore_s(cfg, ctx))):
+                    meas = statistics.median(vals)
+                    out.append({"model": m.id, "context": ctx, "kind": kind,
+                                "predicted_s": pred, "measured_s": meas,
+                                "error": abs(meas - pred) / meas})
+            eng.unload()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[9001, 9002, 9003])
@@ -140,10 +183,18 @@ def main() -> int:
         rows.append(row(name, json.loads(rep.read_text())))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     table = markdown(rows)
+    kv = kv_check(Path("instances/cpu-demo.json"))
+    errs = {k: [x["error"] for x in kv if x["kind"] == k] for k in ("kv_save", "kv_restore")}
+    kv_line = ("KV copies at contexts no sweep measured (100, 450, 900 tokens; 3 models; "
+               "/dev/shm files, caller-side): " + ", ".join(
+                   f"{k} error median {pct(float(np.median(v)))}, max {pct(max(v))}"
+                   for k, v in errs.items()))
+    table += "\n\n" + kv_line
     print(table)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".md").write_text(table + "\n")
-    args.results.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.results.with_suffix(".json").write_text(json.dumps({"replays": rows, "kv_check": kv},
+                                                            indent=1) + "\n")
     return 0
 
 

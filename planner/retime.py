@@ -21,6 +21,7 @@ it was.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 
 from planner.checker import check_plan
@@ -32,7 +33,15 @@ ROUNDS = 12
 
 
 def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
-    return sum(max(0.0, min(e, b) - max(s, a)) for a, b in spans)
+    """Seconds of [s, e] covered by ``spans`` (sorted by start; they do not overlap each
+    other: runs of one device share its compute lane)."""
+    i = max(0, bisect.bisect_left(spans, (s, s)) - 1)
+    total = 0.0
+    while i < len(spans) and spans[i][0] < e:
+        a, b = spans[i]
+        total += max(0.0, min(e, b) - max(s, a))
+        i += 1
+    return total
 
 
 def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
@@ -71,6 +80,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         for i, a in enumerate(actions):
             if a.kind == "run":
                 runs.setdefault(host_of[a.device], []).append((start[i], end[i]))
+        for spans in runs.values():
+            spans.sort()
         changed = False
         for i, a in enumerate(actions):
             if a.kind != "load" or factor[i] == 1.0 or idle[i] <= 0:
