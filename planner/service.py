@@ -21,6 +21,7 @@ from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, So
 from planner.errors import BaselineError, InputError, SolveError
 from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_value
+from planner.retime import retime
 
 
 def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
@@ -156,6 +157,11 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
                                      {k: v.schedule for k, v in ok.items()
                                       if v.schedule is not None})
     schedule = with_engine_options(instance, cost, schedule)
+    schedule, info = _as_executed(instance, cost, schedule, info, objective)
+    for res in baselines.values():  # compared on the same footing
+        if res.schedule is not None:
+            timed = retime(instance, cost, res.schedule)
+            res.metrics = compute_metrics(instance, timed.actions)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
 
@@ -196,6 +202,19 @@ def mark_interrupted(plan: Plan, reason: str) -> Plan:
     note = f"interrupted ({reason}) after {plan.solver.wall_s:.1f} s: the best plan found by then"
     notes = f"{note}; {plan.solver.notes}" if plan.solver.notes else note
     return replace(plan, solver=replace(plan.solver, notes=notes))
+
+
+def _as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
+                 objective: str) -> tuple[Schedule, SolverInfo]:
+    """Times re-predicted as the executor dispatches the plan (planner.retime)."""
+    timed = retime(instance, cost, schedule)
+    if timed is schedule:
+        return schedule, info
+    value = objective_value(compute_metrics(instance, timed.actions), objective)
+    note = (f"times as `planner execute` dispatches them (first and busy loads): objective "
+            f"{info.objective:.3f} on the solver's grid" if info.objective is not None else "")
+    return timed, replace(info, objective=value,
+                          notes="; ".join(n for n in (info.notes, note) if n))
 
 
 def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
@@ -383,4 +402,8 @@ def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
         raise InputError(faults)
     paths = {m.id: Path(m.gguf_path) for m in instance.models if m.gguf_path}
     overrides, warnings = local_device_map(instance, schedule, device_map)
-    return instance, schedule, paths, overrides, early + warnings
+    warnings = early + warnings
+    from planner.machine import profile_warnings
+
+    warnings += profile_warnings(instance)
+    return instance, schedule, paths, overrides, warnings

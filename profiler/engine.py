@@ -123,6 +123,28 @@ class SavedState:
 
 
 @dataclass(frozen=True)
+class SavedStateFile:
+    """One request's state saved to a file (in /dev/shm: host RAM, no pipe)."""
+
+    path: str
+    nbytes: int  #: bytes llama.cpp wrote (state plus its token list)
+    n_tokens: int
+    next_token: int  #: greedy next token from the last logits (logits are not saved)
+    seconds: float  #: time inside the worker
+    wall_s: float  #: caller-side time of the whole call
+
+
+def state_dir() -> Path:
+    """Where saved states go: a private folder in /dev/shm (RAM), else the temp folder."""
+    import tempfile
+
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    d = base / f"planner-kv-{os.getpid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
 class MemoryInfo:
     rss_bytes: int
     gpu_bytes: int | None
@@ -162,6 +184,17 @@ def gpu_bytes_of(pid: int) -> int | None:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the OS (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(Exception):
+        name = ctypes.util.find_library("c")
+        if name:
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def _rss() -> int:
@@ -334,6 +367,42 @@ class _Worker:
         tokens = [int(t) for t in llm.input_ids[: llm.n_tokens]]
         return {"data": data, "tokens": tokens, "next_token": nxt, "seconds": dt}
 
+    def save_state_file(self, path: str) -> dict[str, Any]:
+        """Write sequence 0's state to ``path`` (llama-server's --slot-save-path way)."""
+        llm = self._need()
+        t0 = time.perf_counter()
+        n = int(llm.n_tokens)
+        toks = (self.llama_cpp.llama_token * max(1, n))(*llm.input_ids[:n])
+        written = int(self.llama_cpp.llama_state_seq_save_file(
+            llm._ctx.ctx, path.encode(), 0, toks, n))
+        if written == 0:
+            raise EngineError(f"llama_state_seq_save_file failed for {path}")
+        nxt = self.s.pending if self.s.pending is not None else self._argmax_last()
+        return {"seconds": time.perf_counter() - t0, "nbytes": written, "n_tokens": n,
+                "next_token": nxt}
+
+    def restore_state_file(self, path: str, next_token: int) -> dict[str, Any]:
+        """Replace the request state with the one saved in ``path``."""
+        import ctypes
+
+        llm = self._need()
+        t0 = time.perf_counter()
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        cap = int(llm.n_ctx())
+        toks = (self.llama_cpp.llama_token * cap)()
+        n_out = ctypes.c_size_t(0)
+        read = int(self.llama_cpp.llama_state_seq_load_file(
+            llm._ctx.ctx, path.encode(), 0, toks, cap, ctypes.byref(n_out)))
+        if read == 0:
+            raise EngineError(f"llama_state_seq_load_file failed for {path} (state of "
+                              "another model, or larger than n_ctx?)")
+        n = int(n_out.value)
+        llm.input_ids[:n] = toks[:n]
+        llm.n_tokens = n
+        self.s.pending = next_token
+        return {"seconds": time.perf_counter() - t0, "n_tokens": n}
+
     def receive_buffer(self, n: int) -> memoryview:
         """A reusable (grow-only) buffer for incoming states: no page faults on reuse."""
         buf = self.recv_buf
@@ -381,6 +450,7 @@ class _Worker:
             self.s.llm.close()
         self.s = _WorkerState()
         gc.collect()
+        _malloc_trim()  # give freed heap back to the OS, as a server process's exit would
         return {"seconds": time.perf_counter() - t0, "rss_bytes": _rss()}
 
     def crash(self) -> None:  # for tests: simulate a llama.cpp abort
@@ -548,7 +618,7 @@ class Engine:
             raise EngineCrashed(f"engine worker (pid {self._proc.pid}) is gone") from None
         return self._receive(timeout_s, name)
 
-    _FIRST_COMPUTE = ("load", "prefill", "decode", "restore_state")
+    _FIRST_COMPUTE = ("load", "prefill", "decode", "restore_state", "restore_state_file")
 
     def _guarded(self, name: str, data: bytes | None = None, **kwargs: Any) -> Any:
         """:meth:`_call` with the crash fallback.
@@ -592,7 +662,8 @@ class Engine:
         elif name in ("prefill", "decode"):
             self._proven.add(model)
             self._journal = []
-        elif name in ("reset", "truncate", "restore_state") and model not in self._proven:
+        elif name in ("reset", "truncate", "restore_state", "restore_state_file") \
+                and model not in self._proven:
             self._journal.append((name, dict(kwargs), data))
         return result
 
@@ -664,6 +735,20 @@ class Engine:
         t0 = time.perf_counter()
         r = self._guarded("restore_state", data=state.data, tokens=list(state.tokens),
                        next_token=state.next_token)
+        return StepInfo(wall_s=time.perf_counter() - t0, **r)
+
+    def save_state_file(self, path: str | Path) -> SavedStateFile:
+        """Write the current request's state to ``path`` (llama_state_seq_save_file)."""
+        t0 = time.perf_counter()
+        r = self._call("save_state_file", path=str(path))
+        return SavedStateFile(path=str(path), nbytes=r["nbytes"], n_tokens=r["n_tokens"],
+                              next_token=r["next_token"], seconds=r["seconds"],
+                              wall_s=time.perf_counter() - t0)
+
+    def restore_state_file(self, state: SavedStateFile) -> StepInfo:
+        """Replace the engine's request state with the one in ``state.path``."""
+        t0 = time.perf_counter()
+        r = self._guarded("restore_state_file", path=state.path, next_token=state.next_token)
         return StepInfo(wall_s=time.perf_counter() - t0, **r)
 
     def llama_perf(self, reset: bool = False) -> dict[str, float]:

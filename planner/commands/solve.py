@@ -86,6 +86,11 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
     from planner.service import solve as do_solve
 
     inst, cost = prepare(instance, cost_model)
+    if cost_model != "analytic":
+        from planner.machine import profile_warnings
+
+        for w in profile_warnings(inst):
+            click.echo(f"warning: {w}", err=True)
     opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption)
     target = out or Path("solutions") / f"{instance.stem}.json"
 

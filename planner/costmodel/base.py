@@ -50,6 +50,16 @@ class CostModel(ABC):
     def load_s(self, cfg: EngineConfig) -> float:
         """Seconds to load (or reload) the engine: file read plus upload to the GPU."""
 
+    def first_load_s(self, cfg: EngineConfig) -> float:
+        """Seconds of the engine's first load in a replay (a freshly started worker, the
+        file in the page cache). Without a measurement: :meth:`load_s`."""
+        return self.load_s(cfg)
+
+    def busy_load_s(self, cfg: EngineConfig) -> float:
+        """Seconds of a load that overlaps a run on the same host (they compete for memory
+        bandwidth and caches). Without a measurement: :meth:`load_s`."""
+        return self.load_s(cfg)
+
     @abstractmethod
     def unload_s(self, cfg: EngineConfig) -> float:
         """Seconds to unload the engine and free its memory."""

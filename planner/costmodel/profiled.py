@@ -105,6 +105,10 @@ class ProfiledCostModel(CostModel):
                         break
 
     # -- coverage
+    def pairs(self) -> dict[tuple[str, str], _Entry]:
+        """(instance model, device) -> the profile entry that covers it."""
+        return dict(self._pairs)
+
     def covered(self, model_id: str, device_id: str) -> bool:
         return (model_id, device_id) in self._pairs
 
@@ -216,6 +220,18 @@ class ProfiledCostModel(CostModel):
         if e is None or not e.profile.has("load_s"):
             return self._fb().load_s(cfg)
         return max(0.0, self._p(e, "load_s", cfg))
+
+    def _load_variant(self, quantity: str, cfg: EngineConfig) -> float:
+        e = self._entry(cfg)
+        if e is None or not e.profile.has(quantity):
+            return self.load_s(cfg)
+        return max(0.0, self._p(e, quantity, cfg))
+
+    def first_load_s(self, cfg: EngineConfig) -> float:
+        return self._load_variant("first_load_s", cfg)
+
+    def busy_load_s(self, cfg: EngineConfig) -> float:
+        return self._load_variant("busy_load_s", cfg)
 
     def unload_s(self, cfg: EngineConfig) -> float:
         e = self._entry(cfg)

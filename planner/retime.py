@@ -1,0 +1,118 @@
+"""Predicted times as ``planner execute`` will run a plan.
+
+Schedulers place actions on a grid with the cost model's idle durations. The
+executor dispatches each action as soon as the previous action in its lane, on
+its engine and of its request is done (and, for a run, its request has
+arrived), and on a real machine two kinds of load differ from an idle,
+repeated one:
+
+- an engine's **first load** in a replay happens in a freshly started worker
+  (``CostModel.first_load_s``);
+- a load that **overlaps a run on the same host** competes with it for memory
+  bandwidth and caches (``CostModel.busy_load_s``); the part of the load that
+  overlaps runs is stretched by ``busy_load_s / load_s``.
+
+:func:`retime` recomputes every action's start and end with exactly the
+executor's dependencies and these durations (a fixed point over the overlaps),
+keeping each action's place in its lane, on its engine and in its request. The
+result is checked by the plan checker; a plan it would make invalid is kept as
+it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import replace
+
+from planner.checker import check_plan
+from planner.costmodel.base import CostModel
+from planner.domain import Action, Instance, Schedule
+from planner.executor import dependencies, plan_order
+
+ROUNDS = 12
+
+
+def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
+    """Seconds of [s, e] covered by ``spans`` (sorted by start; they do not overlap each
+    other: runs of one device share its compute lane)."""
+    i = max(0, bisect.bisect_left(spans, (s, s)) - 1)
+    total = 0.0
+    while i < len(spans) and spans[i][0] < e:
+        a, b = spans[i]
+        total += max(0.0, min(e, b) - max(s, a))
+        i += 1
+    return total
+
+
+def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
+    """``schedule`` with the times the executor will give its actions (see module doc)."""
+    actions = plan_order(schedule)
+    if not actions:
+        return schedule
+    deps = dependencies(actions)
+    engines = {e.id: e for e in schedule.engines}
+    host_of = {d.id: d.host for d in instance.cluster.devices}
+    arrival = {r.id: r.arrival_s for r in instance.requests}
+    idle: list[float] = []
+    factor: list[float] = []
+    seen: set[str] = set()
+    for a in actions:
+        if a.kind == "load":
+            cfg = engines[a.engine].config
+            warm = cost.load_s(cfg)
+            first = a.engine not in seen
+            seen.add(a.engine)
+            idle.append(cost.first_load_s(cfg) if first else warm)
+            factor.append(cost.busy_load_s(cfg) / warm if warm > 0 else 1.0)
+        else:
+            idle.append(a.end_s - a.start_s)
+            factor.append(1.0)
+    dur = list(idle)
+    start = [0.0] * len(actions)
+    end = [0.0] * len(actions)
+    for _ in range(ROUNDS):
+        for i, a in enumerate(actions):
+            s = max((end[d] for d in deps[i]), default=0.0)
+            if a.kind == "run" and a.request is not None:
+                s = max(s, arrival[a.request])
+            start[i], end[i] = s, s + dur[i]
+        runs: dict[str, list[tuple[float, float]]] = {}
+        for i, a in enumerate(actions):
+            if a.kind == "run":
+                runs.setdefault(host_of[a.device], []).append((start[i], end[i]))
+        for spans in runs.values():
+            spans.sort()
+        changed = False
+        for i, a in enumerate(actions):
+            if a.kind != "load" or factor[i] == 1.0 or idle[i] <= 0:
+                continue
+            # the load's work goes at rate 1 alone and 1/factor beside a run: over a span
+            # t of which o lies beside runs, t = idle + o * (1 - 1/factor)
+            o = _overlap(start[i], end[i], runs.get(host_of[a.device], []))
+            new = idle[i] + o * (1.0 - 1.0 / factor[i])
+            if abs(new - dur[i]) > 1e-6:
+                changed = True
+            dur[i] = new
+        if not changed:
+            break
+    for i, a in enumerate(actions):  # the final durations, placed once more
+        s = max((end[d] for d in deps[i]), default=0.0)
+        if a.kind == "run" and a.request is not None:
+            s = max(s, arrival[a.request])
+        start[i], end[i] = s, s + dur[i]
+    out: list[Action] = [replace(a, start_s=round(start[i], 6), end_s=round(end[i], 6))
+                         for i, a in enumerate(actions)]
+    timed = replace(schedule, actions=tuple(out))
+    if not _same_dependencies(out, deps, timed) or check_plan(instance, timed):
+        return schedule  # the executor would order it otherwise, or a rule would break
+    return timed
+
+
+def _same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule) -> bool:
+    """Whether the executor, reading the retimed plan, waits for the same actions."""
+    pos = {a: i for i, a in enumerate(out)}
+    if len(pos) != len(out):
+        return False
+    order = plan_order(timed)
+    new = dependencies(order)
+    return all({pos[order[d]] for d in new[j]} == deps[pos[a]] for j, a in enumerate(order))

@@ -1,0 +1,101 @@
+"""Machine fingerprints: identity, probes, distance; `planner profile check` on real engines."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from planner.cli import cli
+from profiler.fingerprint import Distance, backend_of, compare, fingerprint, membw_probe
+
+HERE: dict[str, Any] = {
+    "cpu_model": "AMD EPYC", "cores": 2, "threads": 1, "memory_bytes": 25 * 2**30,
+    "machine": "x86_64", "hostname": "vm", "machine_id": "aaaa", "cpu_flags_hash": "ff",
+    "build": {"engine": "llama-cpp-python", "version": "0.3.36", "backend": "cpu",
+              "system_info_hash": "11"},
+    "gpus": [], "probes": {"membw_gbps": 20.0},
+}
+
+
+def test_same_machine_within_the_limit_matches() -> None:
+    there = copy.deepcopy(HERE)
+    there["probes"]["membw_gbps"] = 21.0
+    d = compare(there, HERE, (0.0100, 0.0105))  # profile says 10 ms/token, here 10.5 ms
+    assert d.same_machine and d.differences == []
+    assert d.drift["decode"] == pytest.approx(0.010 / 0.0105 - 1)  # -4.8%: slower here
+    assert d.matches and not d.drifts
+
+
+def test_another_machine_and_drift_are_told() -> None:
+    there = copy.deepcopy(HERE)
+    there.update(machine_id="bbbb", memory_bytes=16 * 2**30)
+    there["build"]["version"] = "0.3.30"
+    d = compare(there, HERE, (0.0065, 0.0090))  # 28% slower here
+    assert d.same_machine is False
+    assert any("machine_id" in x for x in d.differences)
+    assert any("memory_bytes" in x for x in d.differences)
+    assert any("0.3.30 -> 0.3.36" in x for x in d.differences)
+    assert d.drifts and not d.matches
+    assert "decode -27.8%" in d.describe()
+
+
+def test_decode_decides_over_bandwidth_and_no_fingerprint_never_matches() -> None:
+    there = copy.deepcopy(HERE)
+    there["probes"]["membw_gbps"] = 40.0  # bandwidth halved, decode unchanged
+    assert compare(there, HERE, (0.01, 0.01)).matches
+    assert not compare(there, HERE).matches  # bandwidth alone decides without decode (-50%)
+    there["probes"]["membw_gbps"] = 23.0
+    assert compare(there, HERE).matches  # -13%: within bandwidth's wider limit (25%)
+    d = compare(None, HERE, (0.01, 0.01))
+    assert d.same_machine is None and not d.matches
+    assert "no fingerprint" in d.describe()
+    assert not Distance(True).matches  # nothing probed: no claim of a match
+
+
+def test_backend_and_this_machine() -> None:
+    assert backend_of("CPU : SSE3 = 1 | AVX2 = 1 |", False) == "cpu"
+    assert backend_of("CUDA : ARCHS = 890 | CPU : AVX2 = 1", True) == "cuda"
+    assert membw_probe(16 << 20, reps=2) > 0.1  # GB/s
+    fp = fingerprint(1)
+    assert fp["threads"] == 1 and fp["cores"] >= 1 and fp["memory_bytes"] > 0
+    assert fp["build"]["engine"] == "llama-cpp-python" and fp["probes"]["membw_gbps"] > 0
+
+
+@pytest.mark.engine
+def test_profile_check_cli_on_a_fresh_profile(tmp_path: Path) -> None:
+    """A profile made here a moment ago matches; the committed reference has no fingerprint."""
+    from profiler.models import fetch_smollm2
+    from profiler.sweep import SweepConfig, run_sweep
+
+    gguf = fetch_smollm2()
+    cfg = SweepConfig(mode="quick", threads=1, load_n_ctx=(256,), warm_reps=1, cold_reps=1,
+                      first_reps=1, busy_reps=1, walk_n_ctx=256, depths=(16, 128),
+                      decode_block=8, decode_reps=3, kv_reps=1, prompt_lengths=(16, 64, 128),
+                      prefill_reps=1)
+    res = run_sweep(gguf, tmp_path / "prof", cfg, show_progress=False)
+    fp = res.profile["fingerprint"]
+    assert fp["threads"] == 1 and fp["probes"]["decode_s_per_token"] > 0
+    for q in ("first_load_s", "busy_load_s", "kv_save_s", "kv_restore_s", "host_bytes"):
+        assert q in res.profile["fits"], q
+    inst = {"format": "planner.instance/1", "name": "chk",
+            "cluster": {"hosts": [{"id": "here", "cpu": "local", "threads": 1,
+                                   "memory_gib": 2}]},
+            "models": [{"id": "smol", "gguf": str(gguf)}],
+            "profiles": [str(tmp_path / "prof")],
+            "requests": [{"id": "a", "model": "smol", "arrival_s": 0, "prompt_tokens": 8,
+                          "output_tokens": 4}]}
+    (tmp_path / "chk.json").write_text(json.dumps(inst))
+    out = CliRunner().invoke(cli, ["profile", "check", str(tmp_path / "chk.json"), "--json"],
+                             catch_exceptions=False)
+    checks = json.loads(out.output)
+    assert len(checks) == 1 and checks[0]["models"] == ["smol"]
+    c = checks[0]
+    assert c["distance"]["same_machine"] is True
+    assert c["decode_measured_s"] > 0 and "decode" in c["distance"]["drift"]
+    # exit code 0 when it matches (within 10%), 1 otherwise: consistent with the JSON
+    assert out.exit_code == (0 if c["matches"] else 1)

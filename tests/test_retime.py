@@ -1,0 +1,82 @@
+"""Plan times as the executor runs them: first loads, loads beside runs, dispatch order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from planner.checker import check_plan
+from planner.costmodel.analytic import AnalyticCostModel
+from planner.domain import Action, EngineConfig, Schedule
+from planner.retime import retime
+from tests.test_checker import E1, E2, instance
+
+
+class Loads(AnalyticCostModel):
+    """The analytic model with round load figures: warm 1 s, first 2 s, beside a run 1.5 s."""
+
+    def load_s(self, cfg: EngineConfig) -> float:
+        return 1.0
+
+    def first_load_s(self, cfg: EngineConfig) -> float:
+        return 2.0
+
+    def busy_load_s(self, cfg: EngineConfig) -> float:
+        return 1.5
+
+
+def two_requests() -> object:
+    inst = instance()
+    return dataclasses.replace(inst, requests=tuple(q for q in inst.requests
+                                                    if q.id in ("a", "b")))
+
+
+def test_first_and_busy_loads_by_hand() -> None:
+    inst = two_requests()
+    cost = Loads.for_instance(inst)  # type: ignore[arg-type]
+    acts = (Action("load", "e1", "box-gpu0", 0, 1),
+            Action("run", "e1", "box-gpu0", 1, 5, request="a", tokens_from=0, tokens_to=64),
+            Action("load", "e2", "box-gpu0", 1, 2),
+            Action("run", "e2", "box-gpu0", 5, 7, request="b", tokens_from=0, tokens_to=32))
+    sched = Schedule((E1, E2), acts)
+    assert check_plan(inst, sched) == []  # type: ignore[arg-type]
+    out = {(a.kind, a.engine): a for a in retime(inst, cost, sched).actions}  # type: ignore[arg-type]
+    # load e1: first load, nothing runs beside it: 2 s -> [0, 2]
+    assert (out[("load", "e1")].start_s, out[("load", "e1")].end_s) == (0, 2)
+    # run a: 4 s as planned, after its engine's load -> [2, 6]
+    assert (out[("run", "e1")].start_s, out[("run", "e1")].end_s) == (2, 6)
+    # load e2: first load (2 s idle) wholly beside run a, stretched by 1.5/1 -> [2, 5]
+    assert out[("load", "e2")].start_s == 2
+    assert out[("load", "e2")].end_s == pytest.approx(5)
+    # run b: after run a (compute lane) and its load -> [6, 8]
+    assert (out[("run", "e2")].start_s, out[("run", "e2")].end_s) == (6, 8)
+
+
+def test_a_later_load_is_warm_and_an_idle_one_not_stretched() -> None:
+    inst = two_requests()
+    cost = Loads.for_instance(inst)  # type: ignore[arg-type]
+    acts = (Action("load", "e1", "box-gpu0", 0, 1),
+            Action("run", "e1", "box-gpu0", 1, 2, request="a", tokens_from=0, tokens_to=64),
+            Action("unload", "e1", "box-gpu0", 2, 2.5),
+            Action("load", "e1", "box-gpu0", 2.5, 3.5),
+            Action("run", "e1", "box-gpu0", 3.5, 4.5, request="c", tokens_from=0,
+                   tokens_to=128))
+    inst2 = dataclasses.replace(instance(), requests=tuple(
+        q for q in instance().requests if q.id in ("a", "c")))
+    out = retime(inst2, cost, Schedule((E1, E2), acts)).actions  # type: ignore[arg-type]
+    loads = [a for a in out if a.kind == "load"]
+    assert loads[0].end_s - loads[0].start_s == pytest.approx(2.0)  # first
+    assert loads[1].end_s - loads[1].start_s == pytest.approx(1.0)  # warm, nothing beside it
+    run_c = next(a for a in out if a.request == "c")
+    assert run_c.start_s == pytest.approx(loads[1].end_s)  # as soon as its engine is loaded
+
+
+def test_an_invalid_plan_is_returned_untouched() -> None:
+    inst = two_requests()
+    cost = Loads.for_instance(inst)  # type: ignore[arg-type]
+    # request b is never served (rule 5): the checker rejects the retimed plan too
+    bad = Schedule((E1,), (Action("load", "e1", "box-gpu0", 0, 1),
+                           Action("run", "e1", "box-gpu0", 1, 5, request="a", tokens_from=0,
+                                  tokens_to=64)))
+    assert retime(inst, cost, bad) is bad  # type: ignore[arg-type]
