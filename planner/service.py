@@ -192,6 +192,10 @@ class _Observe:
     def progress(self, schedule: Schedule, info: SolverInfo) -> None:
         if self._on_plan is not None:
             schedule = with_engine_options(self._instance, self._cost, schedule)
+            # the times the final plan will carry (as the executor dispatches), so a
+            # streamed plan and the final one are compared on the same footing
+            schedule, info = _as_executed(self._instance, self._cost, schedule, info,
+                                          self._objective)
             self._on_plan(Plan(self._instance.name, self._instance.sha256, info, schedule,
                                self._baselines, self._objective))
 
