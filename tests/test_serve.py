@@ -264,3 +264,32 @@ def test_token_is_required_when_set(tmp_path: Path) -> None:
         assert srv.request("GET", "/docs")[0] == 200
     finally:
         srv.stop()
+
+
+def test_shutdown_with_an_open_event_stream(tmp_path: Path) -> None:
+    """SIGTERM while a client follows a running job: the stream ends, the server exits
+    (it does not wait for the job), and the job is interrupted with its plan kept."""
+    data_dir = tmp_path / "data"
+    log = tmp_path / "server.log"
+    srv = Server(data_dir, log)
+    mixed = (ROOT / "instances" / "mixed.json").read_bytes()
+    try:
+        job_id = srv.submit(mixed, "?time_limit_s=120")
+        stream = srv.events(job_id)
+        kinds = []
+        for kind, _ in stream:
+            kinds.append(kind)
+            if kind == "solution":
+                srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=60)
+        assert "solution" in kinds and "done" not in kinds
+    finally:
+        srv.stop()
+    text = log.read_text()
+    assert "Traceback" not in text and "leaked" not in text
+    srv = Server(data_dir, log)
+    try:
+        _, job = srv.request("GET", f"/v1/jobs/{job_id}")
+        assert job["status"] == "interrupted" and job["has_plan"]
+    finally:
+        srv.stop()

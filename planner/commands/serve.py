@@ -6,6 +6,7 @@ import logging
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,7 +71,15 @@ def serve(host: str, port: int, data_dir: Path, workers: int, token: str | None,
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(ServerConfig(data_dir, workers, token, max_body, cancel_grace))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.closing.set()  # open event streams end, so shutdown need not wait
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        Server(config).run()
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port} ({exc})") from None

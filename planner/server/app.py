@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -141,6 +142,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                   "solver's improving plans as server-sent events; fetch the plan (SPEC "
                   "section 2) or its page. Options go in query parameters, or in an "
                   "envelope body `{\"instance\": {...}, \"options\": {...}}`.")
+    #: set when the server begins to shut down: event streams end so it need not wait
+    app.state.closing = threading.Event()
 
     def store() -> Store:
         return state["store"]
@@ -278,7 +281,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                         quiet = time.monotonic()
                         if ev["kind"] in TERMINAL:
                             return
-                if await request.is_disconnected():
+                if app.state.closing.is_set() or await request.is_disconnected():
                     return
                 if time.monotonic() - quiet > 15:
                     yield b": keep-alive\n\n"
