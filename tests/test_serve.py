@@ -293,3 +293,22 @@ def test_shutdown_with_an_open_event_stream(tmp_path: Path) -> None:
         assert job["status"] == "interrupted" and job["has_plan"]
     finally:
         srv.stop()
+
+
+def test_serve_errors_are_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "planner.db").write_text("not a database")
+    res = CliRunner().invoke(cli, ["serve", "--data", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "not a usable SQLite database" in res.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(cli, ["serve", "--port", str(port), "--data",
+                                       str(tmp_path / "data")])
+    assert res.exit_code == 2 and "cannot listen on" in res.output
+    assert "Traceback" not in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ def serve(host: str, port: int, data_dir: Path, workers: int, token: str | None,
         Store(data_dir).close()  # a bad data folder is one line here, not a trace later
     except (StoreError, OSError) as exc:
         raise ServeError(str(exc)) from None
+    if port:
+        try:  # a busy port is one line and exit code 2, before anything starts
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(ServerConfig(data_dir, workers, token, max_body, cancel_grace))
