@@ -163,6 +163,7 @@ def test_jobs_events_cancel_restart(tmp_path: Path) -> None:
         assert_valid_plan(plan3, mixed)
         status, page = srv.request("GET", f"/jobs/{j3}")
         assert status == 200 and "<svg" in page and "srv1-gpu0" in page
+        assert "Baseline fcfs-lru" in page and "GPU memory" in page
     finally:
         srv.stop()
 

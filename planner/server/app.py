@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -319,5 +320,29 @@ def _render_job_page(store: Store, job: dict[str, Any]) -> str:
     from planner.page import render_job_page
 
     plan = store.plan(job["id"])
-    body = store.instance(job["id"])
-    return render_job_page(job, plan, json.loads(body) if body else None)
+    return render_job_page(job, plan, _job_context(store, job["id"]) if plan else None)
+
+
+_contexts: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_contexts_lock = threading.Lock()
+
+
+def _job_context(store: Store, job_id: str) -> Any:
+    """A job's instance and baseline schedules for its page, computed once (a job's
+    instance never changes; a running job's page refreshes every 2 s)."""
+    from planner.page import job_context
+
+    key = (str(store.path), job_id)
+    with _contexts_lock:
+        if key in _contexts:
+            _contexts.move_to_end(key)
+            return _contexts[key]
+    body = store.instance(job_id)
+    job = store.job(job_id)
+    ctx = job_context(json.loads(body) if body else None,
+                      job["options"].get("cost_model", "auto") if job else "auto")
+    with _contexts_lock:
+        _contexts[key] = ctx
+        while len(_contexts) > 32:
+            _contexts.popitem(last=False)
+    return ctx
