@@ -89,7 +89,7 @@ def test_router_preset_hand_worked(tmp_path: Path) -> None:
     files = llama_server_router(inst, sched)
     top, sections = parse_ini(files["models.ini"])
     assert top == {"version": "1"}
-    assert set(sections) == {"*", "llama3-8b", "qwen14b", "llama3-8b-b"}
+    assert set(sections) == {"llama3-8b", "qwen14b", "llama3-8b-b"}  # no [*]: no KV saves
     for name, sec in sections.items():
         assert set(sec) <= PRESET_KEYS, name
     assert sections["qwen14b"]["n-gpu-layers"] == "49"
