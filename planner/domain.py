@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from planner.errors import DomainError
+
 INSTANCE_FORMAT = "planner.instance/1"
 PLAN_FORMAT = "planner.plan/1"
 REPORT_FORMAT = "planner.report/1"
@@ -23,8 +25,6 @@ TRANSFER_KINDS: frozenset[str] = frozenset({"load", "unload", "kv_save", "kv_res
 OBJECTIVES: tuple[str, ...] = ("mean_response", "makespan", "slo_attainment", "tardiness")
 
 
-class DomainError(ValueError):
-    """A value that breaks the domain's rules; the message names the field."""
 
 
 def _require(cond: bool, message: str) -> None:

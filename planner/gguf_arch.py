@@ -9,10 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.domain import ModelArch
-
-
-class GgufError(ValueError):
-    """The file is missing, unreadable or lacks the metadata we need."""
+from planner.errors import GgufError
 
 
 def read_gguf_arch(path: str | Path) -> ModelArch:

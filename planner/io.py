@@ -26,7 +26,6 @@ from planner.domain import (
     PLAN_FORMAT,
     Action,
     Cluster,
-    DomainError,
     Engine,
     Gpu,
     Host,
@@ -36,16 +35,9 @@ from planner.domain import (
     Request,
     Schedule,
 )
-from planner.gguf_arch import GgufError, read_gguf_arch
+from planner.errors import DomainError, GgufError, InputError
+from planner.gguf_arch import read_gguf_arch
 from planner.reference import arch_from_fields, model_names, reference_arch
-
-
-class InputError(Exception):
-    """One or more faults in an input file, each a line naming the file and the field."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self.lines = list(lines)
-        super().__init__("\n".join(self.lines))
 
 
 @cache

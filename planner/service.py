@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from planner.baselines.policies import BASELINES
-from planner.baselines.sim import BaselineError, context_sizes
+from planner.baselines.sim import context_sizes
 from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
 from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
-from planner.io import InputError, load_instance, load_plan, plan_to_json, write_json_atomic
+from planner.errors import BaselineError, InputError, SolveError
+from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_value
-
-
-class SolveError(Exception):
-    """The instance cannot be solved; the message says which model, device or request."""
 
 
 def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:

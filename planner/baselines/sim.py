@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Device, Engine, EngineConfig, Instance, Request, Schedule
+from planner.errors import BaselineError as BaselineError  # re-exported
 
 CTX_ROUND = 256
-
-
-class BaselineError(Exception):
-    """The policy cannot serve this instance (a model fits nowhere, say)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.errors import SolveError
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.data import (
     MIB,
@@ -58,8 +59,6 @@ PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress obse
 
 
 def _error(msg: str) -> Exception:
-    from planner.service import SolveError
-
     return SolveError(msg)
 
 
