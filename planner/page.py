@@ -388,7 +388,8 @@ def baseline_schedules(instance: Instance, cost: Any,
 def write_page(path: Path, data: Any, out: Path, instance_path: Path | None) -> Path:
     """``planner show FILE --html OUT``: a plan's page, or a replay report's."""
     from planner.costmodel import cost_model_for
-    from planner.io import InputError, write_atomic
+    from planner.errors import InputError
+    from planner.io import write_atomic
     from planner.service import plan_and_instance
 
     fmt = data.get("format") if isinstance(data, dict) else None

@@ -88,8 +88,7 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
 def validate_instance(body: bytes,
                       opts: JobOptions) -> tuple[str, int, str, bytes, dict[str, Any]]:
     """Parse and check an instance as ``planner validate`` would; raises ApiError(422)."""
-    from planner.costmodel.base import CostModelError
-    from planner.io import InputError
+    from planner.errors import PlannerError
     from planner.service import prepare_data
 
     try:
@@ -115,8 +114,8 @@ def validate_instance(body: bytes,
         data = data["instance"]
     try:
         instance, _ = prepare_data(data, body, "instance", opts.cost_model)
-    except (InputError, CostModelError) as exc:
-        raise ApiError(422, str(exc).splitlines()) from None
+    except PlannerError as exc:  # the lines `planner validate` prints
+        raise ApiError(422, [line for m in exc.lines for line in m.splitlines()]) from None
     return (instance.name, len(instance.requests), opts.objective or instance.objective, body,
             opts.model_dump())
 
