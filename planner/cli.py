@@ -28,6 +28,8 @@ from planner.commands.study import study
 from planner.commands.validate import validate
 from planner.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PlannerError
 
+MAX_LINES = 20  # fault lines printed; the rest are counted
+
 
 class ReportedError(click.ClickException):
     """A :class:`PlannerError` (or a bug) as click prints it: its lines, then its hint."""
@@ -38,8 +40,10 @@ class ReportedError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click's is a class default
 
     def show(self, file: IO[Any] | None = None) -> None:
-        for line in self.lines:
+        for line in self.lines[:MAX_LINES]:
             click.echo(f"Error: {line}", err=True)
+        if len(self.lines) > MAX_LINES:
+            click.echo(f"Error: ... and {len(self.lines) - MAX_LINES} more", err=True)
         if self.hint:
             click.echo(f"hint: {self.hint}", err=True)
 

@@ -34,6 +34,8 @@ CLUSTERS: dict[str, dict[str, Any]] = {
     ]},
 }
 
+MAX_GENERATED = 200_000  # requests one `planner instance generate` writes at most
+
 MIXED_MODELS = ["llama3-8b-q4_k_m", "qwen3-32b-q4_k_m", "llama2-70b-q4_k_m",
                 "qwen2.5-3b-f16", "qwen3-8b-f16", "qwen2.5-14b-f16"]
 
@@ -146,10 +148,17 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
         model_entries = [{"id": m.strip(), "reference": m.strip()}
                          for m in models.split(",") if m.strip()]
     rate_map = parse_rates(rates, [m["id"] for m in model_entries])
+    expected = sum(rate_map.values()) * spec.duration_s
+    if expected > MAX_GENERATED:
+        raise InputError([f"--rate, --duration: about {expected:,.0f} requests; at most "
+                          f"{MAX_GENERATED:,} are generated (lower the rates or the duration)"])
     spec = replace(spec, rates=rate_map)
     data = build_instance(name or out.stem, cluster, model_entries, spec,
                           objective or "mean_response",
                           f"generated: rates {rate_map}, seed {spec.seed}")
     if profiles:
         data["profiles"] = profiles
+    from planner.io import parse_instance
+
+    parse_instance(data, str(out), out.parent.resolve(), "")  # never write what cannot be read
     return data

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import click
 
-from planner.commands.common import console
+from planner.commands.common import FiniteFloat, console
 from planner.commands.execute import execute
 from planner.commands.show import show
 from planner.commands.solve import solve
+from planner.domain import MAX_TIME_S
 
 
 @click.command()
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=60.0,
+              show_default=True,
               help="CP-SAT limit for each solve.")
 @click.option("--skip-replay", is_flag=True, help="Plan only; do not run the CPU demo.")
 @click.pass_context

@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from planner.commands.common import console
+from planner.domain import Instance, Schedule
 from planner.errors import InputError, Interrupted
 
 
@@ -21,6 +22,17 @@ def parse_device_map(items: tuple[str, ...]) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def print_dry_run(plan: Path, inst: Instance, schedule: Schedule, paths: dict[str, Path]) -> None:
+    used = sorted({e.model for e in schedule.engines})
+    devices = sorted({e.device for e in schedule.engines})
+    console.print(f"{plan}: ready to replay on this machine (instance {inst.path or inst.name}):"
+                  f" {len(schedule.engines)} engines on {', '.join(devices) or 'no device'}, "
+                  f"{len(schedule.actions)} actions; nothing was run", soft_wrap=True)
+    for m in used:
+        p = paths[m]
+        console.print(f"  {m}: {p} ({p.stat().st_size / 2**20:.0f} MiB)", soft_wrap=True)
 
 
 def print_report_summary(report: dict[str, Any], out: Path) -> None:
@@ -56,7 +68,13 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
 @click.command()
 @click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="The plan's instance [default: instances/<plan's instance name>.json].")
+              help="The plan's instance [default: the path the plan records, then "
+                   "<name>.json beside the plan, then instances/<name>.json].")
+@click.option("--force", is_flag=True,
+              help="Use the instance even if it changed since the plan was made (sha256).")
+@click.option("--dry-run", is_flag=True,
+              help="Check the plan for replay here (instance, checker, model files, devices) "
+                   "and stop: no engine runs, no report is written.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Report file [default: reports/<plan stem>.json].")
 @click.option("--realtime", is_flag=True,
@@ -66,8 +84,8 @@ def print_report_summary(report: dict[str, Any], out: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="llama.cpp threads per engine [default: the instance host's threads, "
                    "at most this machine's cores].")
-def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
-            device_map: tuple[str, ...], threads: int | None) -> None:
+def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: Path | None,
+            realtime: bool, device_map: tuple[str, ...], threads: int | None) -> None:
     """Replay PLAN on this machine's llama.cpp engines and measure every action.
 
     Each action starts as soon as what it depends on is done (its lane, its
@@ -77,6 +95,7 @@ def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
     \b
     Examples:
       planner execute solutions/cpu-demo.json
+      planner execute solutions/cpu-demo.json --dry-run
       planner execute solutions/x.json --device-map srv1-gpu0=host --threads 2
       planner show reports/cpu-demo.json -o gantt.png
     """
@@ -86,9 +105,12 @@ def execute(plan: Path, instance: Path | None, out: Path | None, realtime: bool,
     from planner.service import prepare_replay
 
     inst, schedule, paths, overrides, warnings = prepare_replay(
-        plan, instance, parse_device_map(device_map))
+        plan, instance, parse_device_map(device_map), force=force)
     for w in warnings:
         console.print(f"[yellow]warning[/]: {w}")
+    if dry_run:
+        print_dry_run(plan, inst, schedule, paths)
+        return
     target = out or Path("reports") / f"{plan.stem}.json"
     if threads is None:
         threads = min([os.cpu_count() or 1, *(h.threads for h in inst.cluster.hosts)])

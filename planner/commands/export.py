@@ -22,11 +22,14 @@ from planner.errors import InputError
               help="A replay report of PLAN: its measured load times set llama-swap's "
                    "evict_costs (else the plan's predicted ones).")
 @click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="The plan's instance [default: instances/<plan's instance name>.json].")
+              help="The plan's instance [default: the path the plan records, then "
+                   "<name>.json beside the plan, then instances/<name>.json].")
+@click.option("--force", is_flag=True,
+              help="Use the instance even if it changed since the plan was made (sha256).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write into [default: exports/<plan stem>/].")
 def export_cmd(plan: Path, target: str, swap_form: str, report: Path | None,
-               instance: Path | None, out: Path | None) -> None:
+               instance: Path | None, out: Path | None, force: bool) -> None:
     """Write the configuration that deploys PLAN with llama.cpp-based servers.
 
     \b
@@ -49,7 +52,10 @@ def export_cmd(plan: Path, target: str, swap_form: str, report: Path | None,
     from planner.io import read_json
     from planner.service import plan_and_instance
 
-    inst, schedule = plan_and_instance(plan, instance)
+    warnings: list[str] = []
+    inst, schedule = plan_and_instance(plan, instance, force=force, warnings=warnings)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     replay = None
     if report is not None:
         replay, _ = read_json(report)

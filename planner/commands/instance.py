@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from planner.domain import OBJECTIVES
+from planner.commands.common import FiniteFloat
+from planner.domain import MAX_TIME_S, OBJECTIVES
 from planner.generate import MIXED_MODELS
 
 
@@ -26,7 +27,8 @@ def instance() -> None:
               show_default=True, help="Reference model names, comma-separated.")
 @click.option("--rate", "rates", multiple=True,
               help="Arrivals per second: one number for every model, or MODEL=RATE (repeat).")
-@click.option("--duration", type=click.FloatRange(min=1), default=600.0, show_default=True,
+@click.option("--duration", type=FiniteFloat(min=1, max=MAX_TIME_S), default=600.0,
+              show_default=True,
               help="Seconds over which requests arrive.")
 @click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--output-median", type=click.IntRange(min=1), default=192, show_default=True)

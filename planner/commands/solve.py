@@ -9,9 +9,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from planner.commands.common import console, fmt
+from planner.commands.common import FiniteFloat, console, err, fmt
 from planner.costmodel import COST_MODELS
-from planner.domain import OBJECTIVES
+from planner.domain import MAX_TIME_S, OBJECTIVES
+from planner.errors import Interrupted
 
 
 def print_summary(data: dict[str, Any], out: Path) -> None:
@@ -41,8 +42,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
                        ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes")]:
         table.add_row(label, *[fmt(m.get(key)) for m in plans.values()])
     console.print(table)
-    for name, err in errors.items():
-        console.print(f"[yellow]{name}[/]: {err}")
+    for name, error in errors.items():
+        console.print(f"[yellow]{name}[/]: {error}")
 
 
 @click.command()
@@ -53,7 +54,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               default="cp-sat", show_default=True, help="CP-SAT or one of the baselines.")
 @click.option("--objective", type=click.Choice(OBJECTIVES),
               help="Override the instance's objective.")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=60.0,
+              show_default=True,
               help="CP-SAT wall-clock limit in seconds.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="CP-SAT search workers.")
@@ -79,17 +81,39 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
       planner solve instances/mixed.json --solver fcfs-lru -o /tmp/lru.json
       planner solve instances/mixed.json --objective makespan --time-limit 30
     """
-    from planner.service import SolveOptions, prepare, write_plan
+    from planner import interrupt
+    from planner.service import SolveOptions, mark_interrupted, prepare, write_plan
     from planner.service import solve as do_solve
 
     inst, cost = prepare(instance, cost_model)
     opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption)
-    plan = do_solve(inst, cost, opts)
     target = out or Path("solutions") / f"{instance.stem}.json"
-    data = write_plan(plan, inst, target)
+
+    def started(what: str) -> None:
+        err.print(f"{what}: searching for up to {time_limit:g} s (Ctrl-C stops the search and "
+                  "keeps the best plan found so far)", soft_wrap=True)
+
+    def stopping(signame: str) -> None:
+        err.print(f"{signame}: stopping; the best plan found so far will be checked and "
+                  f"written to {target} (a second signal quits at once, writing nothing)",
+                  soft_wrap=True)
+
+    interrupt.reset()
+    plan = interrupt.run_stoppable(lambda: do_solve(inst, cost, opts, progress=started),
+                                   on_stop=stopping)
+    reason = interrupt.stop_reason()
+    if reason is not None:
+        plan = mark_interrupted(plan, reason)
+    with interrupt.signals_raise():
+        data = write_plan(plan, inst, target)
     if as_json:
         click.echo(json.dumps({"plan": str(target), "solver": data["solver"],
                                "metrics": data["metrics"], "baselines": data["baselines"]},
                               indent=1))
     else:
         print_summary(data, target)
+    if reason is not None:
+        stopped = Interrupted(f"interrupted ({reason}): the best plan found so far "
+                              f"({data['solver']['status']}) was checked and written to {target}")
+        stopped.exit_code = interrupt.exit_code(reason)
+        raise stopped

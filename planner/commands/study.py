@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from planner.commands.common import console
+from planner.commands.common import FiniteFloat, console
 from planner.costmodel import COST_MODELS
-from planner.domain import OBJECTIVES
+from planner.domain import MAX_TIME_S, OBJECTIVES
 
 
 @click.command()
@@ -24,7 +24,8 @@ from planner.domain import OBJECTIVES
 @click.option("--scales", default="1", show_default=True,
               help="Load scales, comma-separated: 2 compresses arrival times by 2 (twice the "
                    "load).")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=20.0,
+              show_default=True,
               help="Solver limit per scenario, seconds.")
 @click.option("--solver", type=click.Choice(["cp-sat", "fcfs-lru", "grouped", "static"]),
               default="cp-sat", show_default=True)
@@ -36,7 +37,7 @@ from planner.domain import OBJECTIVES
                    "(start Ray here with --jobs CPUs).")
 @click.option("--gpus-per-host", type=click.IntRange(min=1), default=2, show_default=True,
               help="GPUs filled onto each host (hosts copy the instance's first host).")
-@click.option("--host-ram", type=click.FloatRange(min=1), metavar="GIB",
+@click.option("--host-ram", type=FiniteFloat(min=1, max=2**20), metavar="GIB",
               help="What if: host RAM in GiB [default: the template host's].")
 @click.option("--pcie-gen", type=click.Choice(["3", "4", "5"]),
               help="What if: every GPU on this PCIe generation (cost model's transfers).")

@@ -34,6 +34,7 @@ from typing import Any, cast
 
 from ortools.sat.python import cp_model
 
+from planner.interrupt import stoppable
 from planner.solver.data import CandidateEngine, ProblemData, RequestData
 
 Interval = tuple[int, int]
@@ -515,11 +516,13 @@ class CPModel:
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
+        solver.parameters.catch_sigint_signal = False  # planner.interrupt stops the search
         hooks = params.hooks
         if hooks is not None and hooks.stop is not None and hooks.stop.is_set():
             return None  # stopped: no search, as if the time ran out without a solution
-        status = solver.solve(self.model) if hooks is None else \
-            self._solve_observed(solver, hooks)
+        with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
+            status = solver.solve(self.model) if hooks is None else \
+                self._solve_observed(solver, hooks)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})
