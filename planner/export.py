@@ -321,9 +321,9 @@ def llama_server_router(instance: Instance, schedule: Schedule,
                  "; a section per engine configuration (the name clients send as \"model\");",
                  "; load-on-startup: the plan keeps it loaded from start to end.",
                  "; device: llama.cpp's device name (CUDA<i> with CUDA builds; Vulkan<i>, "
-                 "ROCm<i> elsewhere).", "version = 1", "", "[*]", "parallel = 1"]
-        if kv:
-            lines.append(f"slot-save-path = {slot_dir}")
+                 "ROCm<i> elsewhere).", "version = 1"]
+        if kv:  # where KV states are saved and restored (POST /slots/0?action=save|restore)
+            lines += ["", "[*]", f"slot-save-path = {slot_dir}"]
         for u in hr.uses:
             lines += ["", f"[{names[u]}]", f"model = {u.gguf}",
                       f"n-gpu-layers = {u.n_gpu_layers}", f"ctx-size = {u.n_ctx}",

@@ -339,7 +339,7 @@ def render_report_page(report: dict[str, Any], plan: dict[str, Any] | None = Non
 
 
 def render_job_page(job: dict[str, Any], plan: dict[str, Any] | None,
-                    instance_data: Any) -> str:
+                    context: JobContext | None) -> str:
     """The server's page for a job: its best plan so far (refreshing while it runs)."""
     running = job["status"] in ("queued", "running")
     status = f"; job {job['id']} {job['status']}" + \
@@ -350,32 +350,36 @@ def render_job_page(job: dict[str, Any], plan: dict[str, Any] | None,
                          '<meta http-equiv="refresh" content="2">' if running else "",
                          f"<h1>Job {_e(job['id'])}: {_e(job['instance_name'])}</h1>"
                          f"<p>{_e(job['status'])}: {msg}</p>")
-    instance, baselines = _instance_and_baselines(instance_data, plan)
-    return render_plan_page(plan, instance, baselines, status_line=status,
+    instance, baselines = context if context is not None else (None, {})
+    others = {k: v for k, v in baselines.items() if k != plan["solver"]["name"]}
+    return render_plan_page(plan, instance, others, status_line=status,
                             refresh_s=2 if running else None)
 
 
-def _instance_and_baselines(data: Any, plan: dict[str, Any]) -> tuple[
-        Instance | None, dict[str, dict[str, Any]] | None]:
-    """The parsed instance and the baselines' schedules (re-simulated: cheap), or None."""
+JobContext = tuple[Instance | None, dict[str, dict[str, Any]]]
+
+
+def job_context(data: Any, cost_kind: str = "auto") -> JobContext:
+    """A job's parsed instance and its baselines' schedules (re-simulated once), or none
+    where the instance no longer reads (the page then shows the plan alone)."""
     try:
         from planner.service import prepare_data
 
-        raw = json.dumps(data).encode()
-        instance, cost = prepare_data(data, raw, "instance")
-        return instance, baseline_schedules(instance, cost, plan)
+        instance, cost = prepare_data(data, json.dumps(data).encode(), "instance", cost_kind)
+        return instance, baseline_schedules(instance, cost)
     except Exception:  # the page still shows the plan, without the baselines' schedules
-        return None, None
+        return None, {}
 
 
 def baseline_schedules(instance: Instance, cost: Any,
-                       plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                       plan: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The baselines' schedules as JSON, but for the plan's own solver."""
     from planner.io import engine_to_json
     from planner.service import run_baselines
 
     out = {}
     for name, res in run_baselines(instance, cost).items():
-        if res.schedule is not None and name != plan["solver"]["name"]:
+        if res.schedule is not None and (plan is None or name != plan["solver"]["name"]):
             out[name] = {"engines": [engine_to_json(e) for e in res.schedule.engines],
                          "actions": [a.to_json() for a in res.schedule.actions]}
     return out
@@ -384,7 +388,8 @@ def baseline_schedules(instance: Instance, cost: Any,
 def write_page(path: Path, data: Any, out: Path, instance_path: Path | None) -> Path:
     """``planner show FILE --html OUT``: a plan's page, or a replay report's."""
     from planner.costmodel import cost_model_for
-    from planner.io import InputError, write_atomic
+    from planner.errors import InputError
+    from planner.io import write_atomic
     from planner.service import plan_and_instance
 
     fmt = data.get("format") if isinstance(data, dict) else None

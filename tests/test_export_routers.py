@@ -89,7 +89,7 @@ def test_router_preset_hand_worked(tmp_path: Path) -> None:
     files = llama_server_router(inst, sched)
     top, sections = parse_ini(files["models.ini"])
     assert top == {"version": "1"}
-    assert set(sections) == {"*", "llama3-8b", "qwen14b", "llama3-8b-b"}
+    assert set(sections) == {"llama3-8b", "qwen14b", "llama3-8b-b"}  # no [*]: no KV saves
     for name, sec in sections.items():
         assert set(sec) <= PRESET_KEYS, name
     assert sections["qwen14b"]["n-gpu-layers"] == "49"
@@ -153,3 +153,13 @@ def test_router_and_matrix_from_cli(tmp_path: Path) -> None:
     assert seen == engines
     script = Path("out/llama-server-router.sh").read_text()
     assert script.count("--models-max 3") == 2
+
+
+def test_router_preset_names_the_slot_folder_when_the_plan_saves_kv(tmp_path: Path) -> None:
+    inst, sched = hand_plan(tmp_path)
+    dev = "box-gpu0"
+    with_kv = Schedule(sched.engines, (*sched.actions,
+                                       Action("kv_save", "eA", dev, 1.0, 1.1, request="a",
+                                              bytes=2**20)))
+    _top, sections = parse_ini(llama_server_router(inst, with_kv)["models.ini"])
+    assert sections["*"] == {"slot-save-path": "/tmp/llama-slots"}

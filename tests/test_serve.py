@@ -163,6 +163,7 @@ def test_jobs_events_cancel_restart(tmp_path: Path) -> None:
         assert_valid_plan(plan3, mixed)
         status, page = srv.request("GET", f"/jobs/{j3}")
         assert status == 200 and "<svg" in page and "srv1-gpu0" in page
+        assert "Baseline fcfs-lru" in page and "GPU memory" in page
     finally:
         srv.stop()
 
@@ -264,3 +265,51 @@ def test_token_is_required_when_set(tmp_path: Path) -> None:
         assert srv.request("GET", "/docs")[0] == 200
     finally:
         srv.stop()
+
+
+def test_shutdown_with_an_open_event_stream(tmp_path: Path) -> None:
+    """SIGTERM while a client follows a running job: the stream ends, the server exits
+    (it does not wait for the job), and the job is interrupted with its plan kept."""
+    data_dir = tmp_path / "data"
+    log = tmp_path / "server.log"
+    srv = Server(data_dir, log)
+    mixed = (ROOT / "instances" / "mixed.json").read_bytes()
+    try:
+        job_id = srv.submit(mixed, "?time_limit_s=120")
+        stream = srv.events(job_id)
+        kinds = []
+        for kind, _ in stream:
+            kinds.append(kind)
+            if kind == "solution":
+                srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=60)
+        assert "solution" in kinds and "done" not in kinds
+    finally:
+        srv.stop()
+    text = log.read_text()
+    assert "Traceback" not in text and "leaked" not in text
+    srv = Server(data_dir, log)
+    try:
+        _, job = srv.request("GET", f"/v1/jobs/{job_id}")
+        assert job["status"] == "interrupted" and job["has_plan"]
+    finally:
+        srv.stop()
+
+
+def test_serve_errors_are_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "planner.db").write_text("not a database")
+    res = CliRunner().invoke(cli, ["serve", "--data", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "not a usable SQLite database" in res.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(cli, ["serve", "--port", str(port), "--data",
+                                       str(tmp_path / "data")])
+    assert res.exit_code == 2 and "cannot listen on" in res.output
+    assert "Traceback" not in res.output

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-
-class ServeError(click.ClickException):
-    exit_code = 2
+from planner.errors import InputError
 
 
 @click.command(name="serve")
@@ -58,19 +58,34 @@ def serve(host: str, port: int, data_dir: Path, workers: int, token: str | None,
         from planner.server.app import ServerConfig, create_app
         from planner.server.store import Store, StoreError
     except ImportError as exc:
-        raise ServeError(f"planner serve needs the engine extra (FastAPI, uvicorn): "
-                         f"pip install -e '.[engine]' ({exc})") from None
+        raise InputError([f"planner serve needs FastAPI and uvicorn ({exc})"],
+                         hint="pip install -e '.[engine]'") from None
     if token == "random":
         token = secrets.token_urlsafe(24)
         click.echo(f"token: {token}")
     try:
         Store(data_dir).close()  # a bad data folder is one line here, not a trace later
     except (StoreError, OSError) as exc:
-        raise ServeError(str(exc)) from None
+        raise InputError([str(exc)]) from None
+    if port:
+        try:  # a busy port is one line and exit code 2, before anything starts
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            raise InputError([f"cannot listen on {host}:{port} ({exc.strerror})"],
+                             hint="another --port, or stop what listens there") from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(ServerConfig(data_dir, workers, token, max_body, cancel_grace))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.closing.set()  # open event streams end, so shutdown need not wait
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        Server(config).run()
     except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port} ({exc})") from None
+        raise InputError([f"cannot listen on {host}:{port} ({exc})"]) from None

@@ -11,8 +11,10 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -86,8 +88,7 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
 def validate_instance(body: bytes,
                       opts: JobOptions) -> tuple[str, int, str, bytes, dict[str, Any]]:
     """Parse and check an instance as ``planner validate`` would; raises ApiError(422)."""
-    from planner.costmodel.base import CostModelError
-    from planner.io import InputError
+    from planner.errors import PlannerError
     from planner.service import prepare_data
 
     try:
@@ -113,8 +114,8 @@ def validate_instance(body: bytes,
         data = data["instance"]
     try:
         instance, _ = prepare_data(data, body, "instance", opts.cost_model)
-    except (InputError, CostModelError) as exc:
-        raise ApiError(422, str(exc).splitlines()) from None
+    except PlannerError as exc:  # the lines `planner validate` prints
+        raise ApiError(422, [line for m in exc.lines for line in m.splitlines()]) from None
     return (instance.name, len(instance.requests), opts.objective or instance.objective, body,
             opts.model_dump())
 
@@ -141,6 +142,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                   "solver's improving plans as server-sent events; fetch the plan (SPEC "
                   "section 2) or its page. Options go in query parameters, or in an "
                   "envelope body `{\"instance\": {...}, \"options\": {...}}`.")
+    #: set when the server begins to shut down: event streams end so it need not wait
+    app.state.closing = threading.Event()
 
     def store() -> Store:
         return state["store"]
@@ -278,7 +281,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                         quiet = time.monotonic()
                         if ev["kind"] in TERMINAL:
                             return
-                if await request.is_disconnected():
+                if app.state.closing.is_set() or await request.is_disconnected():
                     return
                 if time.monotonic() - quiet > 15:
                     yield b": keep-alive\n\n"
@@ -316,5 +319,29 @@ def _render_job_page(store: Store, job: dict[str, Any]) -> str:
     from planner.page import render_job_page
 
     plan = store.plan(job["id"])
-    body = store.instance(job["id"])
-    return render_job_page(job, plan, json.loads(body) if body else None)
+    return render_job_page(job, plan, _job_context(store, job["id"]) if plan else None)
+
+
+_contexts: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_contexts_lock = threading.Lock()
+
+
+def _job_context(store: Store, job_id: str) -> Any:
+    """A job's instance and baseline schedules for its page, computed once (a job's
+    instance never changes; a running job's page refreshes every 2 s)."""
+    from planner.page import job_context
+
+    key = (str(store.path), job_id)
+    with _contexts_lock:
+        if key in _contexts:
+            _contexts.move_to_end(key)
+            return _contexts[key]
+    body = store.instance(job_id)
+    job = store.job(job_id)
+    ctx = job_context(json.loads(body) if body else None,
+                      job["options"].get("cost_model", "auto") if job else "auto")
+    with _contexts_lock:
+        _contexts[key] = ctx
+        while len(_contexts) > 32:
+            _contexts.popitem(last=False)
+    return ctx

@@ -144,6 +144,7 @@ class JobManager:
             s.tasks.join_thread()
         self._results.close()
         self._slots.clear()
+        self._results = None
         gc.collect()
 
     # --- threads -----------------------------------------------------------------

@@ -34,10 +34,9 @@ def solve_options(options: dict[str, Any], stop: Any, on_plan: Any) -> Any:
 
 
 def run_job(job_id: str, body: bytes, options: dict[str, Any], results: Any, stop: Any) -> None:
-    from planner.baselines.sim import BaselineError
-    from planner.costmodel.base import CostModelError
-    from planner.io import InputError, plan_to_json
-    from planner.service import SolveError, prepare_data, solve
+    from planner.errors import PlannerError
+    from planner.io import plan_to_json
+    from planner.service import prepare_data, solve
 
     try:
         instance, cost = prepare_data(json.loads(body), body, "instance",
@@ -56,7 +55,7 @@ def run_job(job_id: str, body: bytes, options: dict[str, Any], results: Any, sto
                          + "; ".join(str(v) for v in violations[:5])))
             return
         results.put(("done", job_id, data, stop.is_set()))
-    except (InputError, SolveError, BaselineError, CostModelError) as exc:
+    except PlannerError as exc:  # the one-line messages the CLI prints
         results.put(("failed", job_id, " / ".join(str(exc).splitlines())))
     except Exception as exc:  # an internal error: one line to the job, the trace to stderr
         traceback.print_exc()
