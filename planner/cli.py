@@ -18,7 +18,7 @@ from planner.commands.profile import profile
 from planner.costmodel import COST_MODELS
 from planner.costmodel.base import CostModelError
 from planner.domain import OBJECTIVES
-from planner.generate import MIXED_MODELS
+from planner.generate import ARRIVALS, LENGTHS, MIXED_MODELS
 from planner.io import InputError, read_json, write_json_atomic
 
 console = Console(stderr=False)
@@ -201,18 +201,31 @@ def instance() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Instance name [default: the output file's stem].")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None)
+@click.option("--arrivals", type=click.Choice(ARRIVALS), default="poisson", show_default=True,
+              help="bursty: in each period a few models are hot (their rate boosted).")
+@click.option("--hot-models", type=click.IntRange(min=1), default=2, show_default=True,
+              help="bursty: models hot in each period.")
+@click.option("--burst-period", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="bursty: seconds per period.")
+@click.option("--lengths", type=click.Choice(LENGTHS), default="lognormal", show_default=True,
+              help="pareto: heavy-tailed prompt and output lengths (same medians).")
+@click.option("--tail-alpha", type=click.FloatRange(min=1.01), default=1.5, show_default=True,
+              help="pareto: tail shape (smaller is heavier).")
 def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                  rates: tuple[str, ...], duration: float, prompt_median: int,
                  output_median: int, max_prompt: int, max_output: int, seed: int,
                  name: str | None,
-                 objective: str | None) -> None:
-    """Write an instance with Poisson arrivals and log-normal lengths.
+                 objective: str | None, arrivals: str = "poisson", hot_models: int = 2,
+                 burst_period: float = 60.0, lengths: str = "lognormal",
+                 tail_alpha: float = 1.5) -> None:
+    """Write an instance: Poisson or bursty arrivals, log-normal or heavy-tailed lengths.
 
     \b
     Examples:
       planner instance generate -o instances/busy.json --rate 0.1 --seed 3
       planner instance generate --like instances/mixed.json --rate 0.05 -o /tmp/x.json
       planner instance generate -o x.json --models llama3-8b-q4_k_m --rate llama3-8b-q4_k_m=0.5
+      planner instance generate -o b.json --arrivals bursty --hot-models 2 --lengths pareto
     """
     from planner.generate import CLUSTERS, WorkloadSpec, build_instance
 
@@ -245,10 +258,13 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                 rate_map = {m: float(r) for m in ids}
         spec = WorkloadSpec(rates=rate_map, duration_s=duration, prompt_median=prompt_median,
                             output_median=output_median, max_prompt=max_prompt,
-                            max_output=max_output, seed=seed)
+                            max_output=max_output, seed=seed, arrivals=arrivals,
+                            burst_period_s=burst_period, hot_models=hot_models,
+                            lengths=lengths, tail_alpha=tail_alpha)
         data = build_instance(name or out.stem, cluster, model_entries, spec,
                               objective or "mean_response",
-                              f"generated: rates {rate_map}, seed {seed}")
+                              f"generated: rates {rate_map}, {arrivals} arrivals, "
+                              f"{lengths} lengths, seed {seed}")
         if profiles:
             data["profiles"] = profiles
         write_json_atomic(out, data)

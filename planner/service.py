@@ -94,6 +94,7 @@ class SolveOptions:
     seed: int = 0
     log: bool = False
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
+    cpu_engines: bool = True  # CP-SAT may place engines on host CPUs beside the GPUs
 
 
 def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:

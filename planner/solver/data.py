@@ -11,17 +11,16 @@ a valid lower bound on each request's response time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from planner.baselines.sim import Simulator, context_sizes, serving_devices
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Request, Schedule
+from planner.solver.candidates import curves, solver_devices, working_set
 
 TICKS_PER_S = 1000  # 1 ms grid
 MIB = 1024**2
 WEIGHT_SCALE = 1000  # request weights become integers: round(weight * WEIGHT_SCALE)
-GPU_SHARES = (1.0, 0.5)  # candidate configs: most layers fitting this share of the GPU
 SPLIT_MIN_TOKENS = 16  # requests with at least this many output tokens may be preempted
 
 
@@ -101,6 +100,7 @@ class ProblemData:
     host_mib: dict[str, int]  # host id -> capacity (rounded down)
     devices: tuple[str, ...]  # serving devices
     device_host: dict[str, str]
+    pool: dict[tuple[str, str], list[EngineConfig]] = field(default_factory=dict)  # all splits
 
     def engines_of(self, model: str) -> list[CandidateEngine]:
         return [e for e in self.engines if e.cfg.model == model]
@@ -118,48 +118,32 @@ def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
                              rd.split.only(keep) if rd.split is not None else None)
                  for rd in data.requests)
     return ProblemData(data.instance, tuple(e for e in data.engines if e.key in keep), reqs,
-                       data.gpu_mib, data.host_mib, data.devices, data.device_host)
+                       data.gpu_mib, data.host_mib, data.devices, data.device_host, data.pool)
 
 
 class InfeasibleInstance(Exception):
     """No plan exists; the message names the model, device or request responsible."""
 
 
-def _candidate_configs(instance: Instance, cost: CostModel,
-                       baselines: dict[str, Schedule]) -> list[EngineConfig]:
-    sim = Simulator(instance, cost)
-    n_ctx = context_sizes(instance)
-    out: list[EngineConfig] = []
-    seen: set[tuple[str, str, int]] = set()
-
-    def add(cfg: EngineConfig | None) -> None:
-        if cfg is not None and (cfg.model, cfg.device, cfg.n_gpu_layers) not in seen:
-            seen.add((cfg.model, cfg.device, cfg.n_gpu_layers))
-            out.append(cfg)
-
-    for m in instance.models:
-        for d in serving_devices(instance):
-            if d.kind == "cpu":
-                add(sim.fit_config(m.id, d.id))
-                continue
-            for share in GPU_SHARES:
-                add(sim.fit_config(m.id, d.id, int(d.memory_bytes * share)))
-    # every configuration a baseline used, so that its plan can be given as a hint
-    for sched in baselines.values():
-        for e in sched.engines:
-            if e.n_ctx == n_ctx[e.model]:
-                add(EngineConfig(e.model, e.device, e.n_gpu_layers, e.n_ctx))
-    return out
-
-
 def build_data(instance: Instance, cost: CostModel,
-               baselines: dict[str, Schedule] | None = None) -> ProblemData:
-    """Candidate engines and request options; raises InfeasibleInstance with a reason."""
+               baselines: dict[str, Schedule] | None = None, max_options: float = math.inf,
+               periods: int = 2, cpu_engines: bool = True,
+               n_ctx: dict[str, int] | None = None,
+               configs: list[EngineConfig] | None = None) -> ProblemData:
+    """Candidate engines and request options; raises InfeasibleInstance with a reason.
+
+    The candidates are the split pool's working set for ``max_options`` request
+    options at ``periods`` periods per engine (:mod:`planner.solver.candidates`),
+    or ``configs`` when given.
+    """
     baselines = baselines or {}
-    devices = serving_devices(instance)
+    devices = solver_devices(instance, cpu_engines)
     dev_host = {d.id: d.host for d in devices}
+    pool = curves(instance, cost, devices, n_ctx)
+    if configs is None:
+        configs = working_set(instance, pool, baselines, max_options, periods, n_ctx)
     engines: list[CandidateEngine] = []
-    for i, cfg in enumerate(_candidate_configs(instance, cost, baselines)):
+    for i, cfg in enumerate(configs):
         on_gpu = instance.cluster.device(cfg.device).kind == "gpu"
         gb, hb = cost.gpu_bytes(cfg) if on_gpu else 0, cost.host_bytes(cfg)
         engines.append(CandidateEngine(
@@ -209,7 +193,7 @@ def build_data(instance: Instance, cost: CostModel,
     gpu_mib = {d.id: d.memory_bytes // MIB for d in devices if d.kind == "gpu"}
     host_mib = {h.id: h.memory_bytes // MIB for h in instance.cluster.hosts}
     return ProblemData(instance, tuple(engines), tuple(requests), gpu_mib, host_mib,
-                       tuple(d.id for d in devices), dev_host)
+                       tuple(d.id for d in devices), dev_host, pool)
 
 
 def _split(cost: CostModel, r: Request, engs: list[CandidateEngine],

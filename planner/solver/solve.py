@@ -21,33 +21,33 @@ periods) is quoted in ``notes``.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Any
 
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.metrics import compute_metrics, objective_key, objective_value
+from planner.solver.bound import lower_bound
 from planner.solver.data import (
-    MIB,
     TICKS_PER_S,
     InfeasibleInstance,
     ProblemData,
     RequestData,
     build_data,
     restrict,
-    ticks_up,
 )
+from planner.solver.lns import refine_splits
 from planner.solver.model import (
     CPModel,
     Frozen,
     Hint,
-    OpenPeriod,
-    Piece,
     SolveParams,
     WindowSolution,
 )
+from planner.solver.plan import PlanBuilder, hint_from_schedule, hint_from_solution
 
 MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
+CANDIDATE_OPTIONS = 600  # option budget that thins the split pool into the first working set
+FIRST_SHARE = 0.5  # monolithic model: share of the time before the split search (lns.py)
 MIN_WINDOW = 20  # fewest requests per rolling-horizon window
 PERIODS = 2  # optional load/unload periods per candidate engine (monolithic model)
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
@@ -61,243 +61,7 @@ def _error(msg: str) -> Exception:
     return SolveError(msg)
 
 
-# --- hint from a baseline plan --------------------------------------------------------
-
-def hint_from_schedule(data: ProblemData, sched: Schedule) -> tuple[Hint, int] | None:
-    """Re-time a baseline plan on the tick grid; None if its engines are not candidates.
-
-    Baselines keep one timeline per device (no load beside a run), so replaying each
-    device's actions in order with durations rounded up keeps the plan valid.
-    """
-    key = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers, e.cfg.n_ctx): e for e in data.engines}
-    cand = {}
-    for be in sched.engines:
-        c = key.get((be.model, be.device, be.n_gpu_layers, be.n_ctx))
-        if c is None:
-            return None
-        cand[be.id] = c
-    reqs = {rd.req.id: rd for rd in data.requests}
-    by_dev: dict[str, list[Action]] = defaultdict(list)
-    for a in sched.actions:
-        by_dev[a.device].append(a)
-    periods: dict[str, list[list[int]]] = defaultdict(list)  # baseline engine -> [ls, us]
-    runs: dict[str, tuple[str, int]] = {}
-    end_all = 0
-    for _dev, acts in by_dev.items():
-        acts.sort(key=lambda a: (a.start_s, a.end_s))
-        t = 0
-        for a in acts:
-            c = cand[a.engine]
-            start = max(t, ticks_up(a.start_s))
-            if a.kind == "load":
-                periods[a.engine].append([start, -1])
-                t = start + c.load
-            elif a.kind == "unload":
-                periods[a.engine][-1][1] = start
-                t = start + c.unload
-            elif a.kind == "run" and a.request is not None:
-                if a.tokens_from != 0 or a.request not in reqs:
-                    return None
-                runs[a.request] = (a.engine, start)
-                t = start + reqs[a.request].run[c.key]
-            else:
-                return None
-        for eid in {a.engine for a in acts}:
-            for p in periods[eid]:
-                if p[1] < 0:  # still resident at the end: unload after everything
-                    p[1] = t
-                    t += cand[eid].unload
-        end_all = max(end_all, t)
-    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    where: dict[tuple[str, int], tuple[int, int]] = {}
-    flat = sorted((p[0], p[1], eid, i) for eid, ps in periods.items() for i, p in enumerate(ps))
-    for ls, us, eid, i in flat:
-        k = cand[eid].key
-        where[(eid, i)] = (k, len(out[k]))
-        out[k].append((ls, us))
-    hint_runs = {}
-    for rid, (eid, start) in runs.items():
-        i = max(j for j, q in enumerate(periods[eid]) if q[0] <= start)
-        k, pi = where[(eid, i)]
-        hint_runs[rid] = (k, pi, start)
-    return Hint(dict(out), hint_runs), end_all
-
-
-# --- plan assembly ---------------------------------------------------------------------
-
-class PlanBuilder:
-    """Accumulates committed windows; turns ticks into engines and actions."""
-
-    def __init__(self, data: ProblemData) -> None:
-        self.data = data
-        self.engine = {e.key: e for e in data.engines}
-        self.periods: dict[int, list[list[int | None]]] = defaultdict(list)
-        self.runs: dict[str, list[Piece]] = {}  # request -> its actions in ticks
-        self.frozen = Frozen()
-
-    def commit(self, sol: WindowSolution, final: bool) -> None:
-        fz = self.frozen
-        open_now: dict[int, OpenPeriod] = {}
-        last_end: dict[tuple[int, int], int] = {}
-        for rid, pieces in sol.runs.items():
-            self.runs[rid] = pieces
-            saved_at = 0
-            for pc in pieces:
-                dev = self.engine[pc.engine].cfg.device
-                # saves and restores also block their device's compute lane (glued)
-                fz.compute.setdefault(dev, []).append((pc.start, pc.end))
-                if pc.kind != "run":
-                    fz.transfer.setdefault(dev, []).append((pc.start, pc.end))
-                if pc.kind == "kv_save":
-                    saved_at = pc.start
-                elif pc.kind == "kv_restore":
-                    fz.host_mem.setdefault(pc.hold_host, []).append(
-                        (saved_at, pc.end, -(-pc.bytes // MIB)))
-                key = (pc.engine, pc.period)
-                last_end[key] = max(last_end.get(key, 0), pc.end)
-        for ek, ps in sol.periods.items():
-            eng = self.engine[ek]
-            dev = eng.cfg.device
-            for p, (ls, le, us, ue, carried) in enumerate(ps):
-                if carried:
-                    rec = self.periods[ek][-1]
-                else:
-                    rec = [ls, le, None, None]
-                    self.periods[ek].append(rec)
-                    fz.transfer.setdefault(dev, []).append((ls, le))
-                if p == len(ps) - 1 and not final:
-                    ready = max(last_end.get((ek, p), le), fz.open[ek].ready if carried else 0)
-                    open_now[ek] = OpenPeriod(ls, le, ready)
-                    continue
-                rec[2], rec[3] = us, ue
-                fz.transfer.setdefault(dev, []).append((us, ue))
-                if eng.gpu_mib:
-                    fz.gpu_mem.setdefault(dev, []).append((ls, ue, eng.gpu_mib))
-                if eng.host_mib:
-                    fz.host_mem.setdefault(eng.host, []).append((ls, ue, eng.host_mib))
-        fz.open = open_now
-
-    def _period_of(self, ek: int, start: int) -> int:
-        ps = self.periods[ek]
-        return max(i for i, q in enumerate(ps) if q[1] is not None and q[1] <= start)
-
-    def schedule(self) -> Schedule:
-        """Engines and actions in seconds, left-shifted with the cost model's exact durations.
-
-        The tick solution fixes an order: per lane, load before runs (and a request's
-        kv_save / kv_restore) before unload per period; a request's actions in their
-        order; a kv_save or kv_restore also keeps its device's compute lane (it is glued
-        to its run in the model, so no other run comes between them); and on each GPU
-        and host, every memory interval (a resident period, or a saved state from its
-        kv_save's start to its kv_restore's end) that ended before another began still
-        does. Each action then starts at the latest end of those predecessors (and its
-        arrival): no time grows, every order (hence every lane, residency, state and
-        memory relation, by Helly's property of intervals) is kept.
-        """
-        used = {(pc.engine, self._period_of(pc.engine, pc.start))
-                for pieces in self.runs.values() for pc in pieces}
-        # a period that serves no request is dropped: removing intervals keeps every rule
-        self.periods = defaultdict(list, {
-            ek: [q for p, q in enumerate(ps) if (ek, p) in used]
-            for ek, ps in self.periods.items() if any((ek, p) in used for p in range(len(ps)))})
-        eids = {ek: f"e{i + 1}" for i, ek in enumerate(sorted(self.periods))}
-        engines = []
-        for ek in sorted(self.periods):
-            c = self.engine[ek]
-            engines.append(Engine(eids[ek], c.cfg.model, c.cfg.device, c.cfg.n_gpu_layers,
-                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes))
-        rds = {rd.req.id: rd for rd in self.data.requests}
-        # (tick start, tick end, order, kind, engine key, period, request or "", seconds, piece)
-        items: list[tuple[int, int, int, str, int, int, str, float, Piece | None]] = []
-        for ek, ps in self.periods.items():
-            c = self.engine[ek]
-            for p, (ls, le, us, ue) in enumerate(ps):
-                assert ls is not None and le is not None
-                items.append((ls, le, 0, "load", ek, p, "", c.load_s, None))
-                if us is not None and ue is not None:
-                    items.append((us, ue, 0, "unload", ek, p, "", c.unload_s, None))
-        for rid, pieces in self.runs.items():
-            for i, q in enumerate(pieces):
-                items.append((q.start, q.end, i, q.kind, q.engine,
-                              self._period_of(q.engine, q.start), rid, q.seconds, q))
-        items.sort(key=lambda x: (x[0], x[1], x[2]))
-        lane_end: dict[tuple[str, str], float] = {}
-        load_end: dict[tuple[int, int], float] = {}
-        runs_end: dict[tuple[int, int], float] = {}
-        unload_end: dict[tuple[int, int], float] = {}
-        req_end: dict[str, float] = {}  # end of a request's latest action so far
-        freed: dict[str, list[tuple[int, float]]] = defaultdict(list)  # memory -> releases
-        actions = []
-        for ts, te, _i, kind, ek, p, rid, dur, pc in items:
-            c = self.engine[ek]
-            dev = c.cfg.device
-            compute, transfer = (dev, "compute"), (dev, "transfer")
-            lane = compute if kind == "run" else transfer
-            t = lane_end.get(lane, 0.0)
-            if kind == "run":
-                t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s, req_end.get(rid, 0.0))
-            elif kind == "unload":
-                t = max(t, load_end[(ek, p)], runs_end.get((ek, p), 0.0))
-            elif kind in ("kv_save", "kv_restore"):
-                assert pc is not None
-                t = max(t, lane_end.get(compute, 0.0), load_end[(ek, p)], req_end[rid])
-                if kind == "kv_save":  # the saved state starts to occupy its host
-                    t = max([t] + [end for tick, end in freed[pc.hold_host] if tick <= ts])
-            else:
-                if p > 0:
-                    t = max(t, unload_end[(ek, p - 1)])
-                for res in (dev, c.host):
-                    for ue_tick, end in freed[res]:
-                        if ue_tick <= ts:
-                            t = max(t, end)
-            end = t + dur
-            lane_end[lane] = end
-            eid = eids[ek]
-            if pc is not None:
-                req_end[rid] = end
-                runs_end[(ek, p)] = max(runs_end.get((ek, p), 0.0), end)
-            if kind == "run":
-                assert pc is not None
-                actions.append(Action("run", eid, dev, t, end, request=rid,
-                                      tokens_from=pc.tokens_from, tokens_to=pc.tokens_to,
-                                      recompute=pc.recompute))
-            elif kind in ("kv_save", "kv_restore"):
-                assert pc is not None
-                lane_end[compute] = max(lane_end.get(compute, 0.0), end)
-                if kind == "kv_restore":
-                    freed[pc.hold_host].append((te, end))
-                actions.append(Action(kind, eid, dev, t, end, request=rid, bytes=pc.bytes))
-            elif kind == "load":
-                load_end[(ek, p)] = end
-                actions.append(Action("load", eid, dev, t, end))
-            else:
-                unload_end[(ek, p)] = end
-                freed[dev].append((te, end))
-                freed[c.host].append((te, end))
-                actions.append(Action("unload", eid, dev, t, end))
-        actions.sort(key=lambda a: (a.start_s, a.device, a.kind))
-        return Schedule(tuple(engines), tuple(actions))
-
-
 # --- bounds ----------------------------------------------------------------------------
-
-def lower_bound(data: ProblemData, objective: str) -> float:
-    """Valid bound on the objective from per-request minimal responses (module docstring)."""
-    rds = data.requests
-    if objective == "makespan":
-        return max(rd.req.arrival_s + rd.min_response_s for rd in rds)
-    if objective == "tardiness":
-        return sum(rd.req.weight * max(0.0, rd.min_response_s - rd.req.slo_s)
-                   for rd in rds if rd.req.slo_s is not None)
-    if objective == "slo_attainment":
-        with_slo = [rd for rd in rds if rd.req.slo_s is not None]
-        if not with_slo:
-            return 1.0
-        ok = sum(1 for rd in with_slo if rd.min_response_s <= rd.req.slo_s + 1e-6)  # type: ignore[operator,misc]
-        return ok / len(with_slo)
-    wsum = sum(rd.req.weight for rd in rds)
-    return sum(rd.req.weight * rd.min_response_s for rd in rds) / wsum
-
 
 def gap_of(obj: float, bound: float, objective: str) -> float:
     if objective == "slo_attainment":  # maximised; bound is an upper bound
@@ -334,14 +98,6 @@ def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
     return frozenset(rd.req.id for rd in cands[:limit])
 
 
-def hint_from_solution(sol: WindowSolution) -> Hint:
-    """A complete hint (every request whole) from a monolithic model's solution."""
-    periods = {ek: [(ls, us) for ls, _le, us, _ue, _c in ps] for ek, ps in sol.periods.items()}
-    runs = {rid: (ps[0].engine, ps[0].period, ps[0].start) for rid, ps in sol.runs.items()
-            if len(ps) == 1}
-    return Hint(periods, runs)
-
-
 def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
                 n_periods: dict[int, int], frozen: Frozen, horizon: int,
                 splits: frozenset[str], hint: Hint | None, share: float,
@@ -375,8 +131,13 @@ def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
 
 
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
-                baseline_schedules: dict[str, Schedule]) -> tuple[Schedule, SolverInfo]:
-    """CP-SAT plan for ``instance``; falls back to the best baseline when that is better."""
+                baseline_schedules: dict[str, Schedule],
+                n_ctx: dict[str, int] | None = None) -> tuple[Schedule, SolverInfo]:
+    """CP-SAT plan for ``instance``; falls back to the best baseline when that is better.
+
+    ``n_ctx`` overrides the engines' context sizes (a part of a larger instance keeps
+    the whole instance's, so that its baseline's engines stay candidates).
+    """
     t0 = time.perf_counter()
     limit = float(getattr(opts, "time_limit_s", 60.0))
     workers = int(getattr(opts, "workers", 2))
@@ -384,7 +145,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          bool(getattr(opts, "log", False)))
     max_splits = MAX_SPLITS if bool(getattr(opts, "preemption", True)) else 0
     try:
-        data = build_data(instance, cost, baseline_schedules)
+        cpu = bool(getattr(opts, "cpu_engines", True))
+        data = build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
+                          cpu, n_ctx)
     except InfeasibleInstance as exc:
         raise _error(f"{instance.name}: {exc}") from None
 
@@ -394,6 +157,13 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
 
     def options(d: ProblemData) -> float:
         return sum(len(rd.run) for rd in d.requests) * PERIODS / max(1, len(d.requests))
+
+    if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None and \
+            len(instance.cluster.hosts) > 1:
+        from planner.solver.decompose import solve_by_hosts
+
+        return solve_by_hosts(instance, cost, objective, opts, baseline_schedules[best_base],
+                              best_base, data, t0)
 
     decomposition = ""
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None:
@@ -449,6 +219,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         tb = time.perf_counter()
         splits = split_candidates(win, max_splits)
         n_splits = max(n_splits, len(splits))
+        pool_size = sum(len(c) for c in data.pool.values())
+        search = len(windows) == 1 and not decomposition and pool_size > len(data.engines)
+        if search:
+            share *= FIRST_SHARE
         if len(windows) == 1 and splits:
             sol = _two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
                               hint, share, params)
@@ -463,12 +237,24 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             failed = "INFEASIBLE" if sol is not None else "no solution in time"
             failed += f" (window {i + 1}/{len(windows)})" if len(windows) > 1 else ""
             break
+        if search:
+            def build(cfgs: list[EngineConfig]) -> ProblemData:
+                return build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
+                                  cpu, n_ctx, cfgs)
+
+            data, sol, rounds, better = refine_splits(
+                data, sol, objective, PERIODS, horizon, build,
+                lambda d: split_candidates(list(d.requests), max_splits), params,
+                t0 + limit - 0.3)
+            decomposition = (f"monolithic CP-SAT model with a search over layer splits "
+                             f"({rounds} rounds, {better} improving)")
+            builder = PlanBuilder(data)
         statuses.append(sol.status)
         if len(windows) == 1:
             mono = sol
         builder.commit(sol, final)
 
-    bound = lower_bound(data, objective)
+    bound, bound_name = lower_bound(instance, cost, data, objective)
     wall = time.perf_counter() - t0
     base_info: dict[str, Any] = {"time_limit_s": limit, "workers": workers}
 
@@ -481,9 +267,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             "cp-sat", status, obj, bound, gap_of(obj, bound, objective), wall, **base_info,
             notes=notes)
 
-    bound_note = ("bound: valid lower bound from per-request minimal service time "
-                  "(fastest candidate run, and load+run for the first use since engines "
-                  "start unloaded)")
+    bound_note = f"bound: {bound_name}"
     if failed is not None:
         return keep_baseline(f"UNKNOWN: no CP-SAT solution in time, best baseline "
                              f"{best_base} written" if "INFEASIBLE" not in failed else
