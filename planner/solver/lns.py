@@ -87,10 +87,12 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     while deadline - time.perf_counter() > MIN_ROUND_S:
         ri %= len(RADII)
         configs = neighbourhood(data, sol, RADII[ri])
-        if {_key(c) for c in configs} <= {_key(e.cfg) for e in data.engines} and ri + 1 < len(
-                RADII):
-            ri += 1
-            continue
+        if {_key(c) for c in configs} <= {_key(e.cfg) for e in data.engines}:
+            if ri + 1 < len(RADII):
+                ri += 1
+                continue
+            if sol.status == "OPTIMAL":  # nothing new to try, and this model is solved
+                break
         new = build(configs)
         hint = remap_hint(sol, data, new)
         n_periods = {e.key: periods for e in new.engines}
