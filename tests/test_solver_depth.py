@@ -33,10 +33,12 @@ def test_optimum_uses_an_intermediate_split() -> None:
     21.6]: responses 3.3, 4.1, 9.6, 12.6, 15.6, 18.6, mean 63.8/6 = 10.633.
     With only the old candidates (most that fit: 10; half the GPU: 8) the best is
     B at 10 first, then swap to A: 2.5, 2.5, 11, 14, 17, 20, mean 67/6 = 11.167
-    (both at 8 co-resident is slower: 0.14 s per token)."""
+    (both at 8 co-resident is slower: 0.14 s per token). Preemption off: the case is
+    about splits (preemption cannot beat 10.633 here, it only enlarges the model)."""
     inst = instance(16, INTERLEAVED)
     cost = RoundCost()
-    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=8), {})
+    sched, info = solve_cpsat(inst, cost, "mean_response",
+                              Opts(time_limit_s=8, preemption=False), {})
     assert check_plan(inst, sched) == []
     assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
     layers = {e.model: e.n_gpu_layers for e in sched.engines}
@@ -54,7 +56,8 @@ def test_old_candidates_only_are_worse(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(data_mod, "curves", old)
     inst = instance(16, INTERLEAVED)
-    _s, info = solve_cpsat(inst, RoundCost(), "mean_response", Opts(time_limit_s=8), {})
+    _s, info = solve_cpsat(inst, RoundCost(), "mean_response",
+                           Opts(time_limit_s=8, preemption=False), {})
     assert info.objective == pytest.approx(67 / 6, abs=3e-3)
 
 
@@ -159,3 +162,43 @@ def test_pareto_lengths_have_a_heavier_tail() -> None:
     med = sorted(par)[len(par) // 2]
     assert 150 < med < 250  # same median (192)
     assert max(par) > 3 * max(logn)
+
+
+# --- preemption where it pays ---------------------------------------------------------
+
+# One 10 GiB GPU, model A at 10 layers (0.1 s per token, prefill 0.02 s per prompt
+# token: 1 s for the 50-token prompts), KV save and restore 0.5 s each; a 1 GiB host
+# leaves only splits 9 and 10, so no second engine of A fits beside the first.
+LONG_LIGHT = [("L", "A", 0.0, 1000, 1.0), ("S1", "A", 5.0, 10, 1.0),
+              ("S2", "A", 45.0, 10, 1.0), ("S3", "A", 85.0, 10, 1.0)]
+
+
+def test_preemption_pays_for_a_long_light_request_ahead_of_short_heavy_ones() -> None:
+    """L (1000 tokens, 101 s) arrives first; S1-S3 (2 s each, 50x L's weight per second
+    of service) arrive at 5, 45 and 85 s, while L would run.
+
+    Without preemption (hand-worked): load A [0,2]; the best is L last: S1 [5,7],
+    S2 [45,47], S3 [85,87], L [87,188]: (2+2+2+188)/4 = 48.5. (L first: 289/4;
+    L after S1: 202/4; after S2: 217/4.)
+    Preempting L three times at the S arrivals (20, 390, 760 tokens): L [2,5],
+    kv_save [5,5.5], S1 [5.5,7.5], kv_restore [7.5,8], L [8,45], save, S2 [45.5,47.5],
+    restore, L [48,85], save, S3 [85.5,87.5], restore, L [88,112]:
+    (2.5+2.5+2.5+112)/4 = 29.875, 0.616 of 48.5 (KV copies, 1 s, beat recomputing
+    the 70-410-token context, 1.4-15.2 s)."""
+    from tests.test_solver import PreemptCost, weighted_instance
+
+    inst = weighted_instance([10], 1, LONG_LIGHT)
+    cost = PreemptCost()
+    base = baselines(inst, cost)
+    off, info_off = solve_cpsat(inst, cost, "mean_response",
+                                Opts(time_limit_s=5, preemption=False), base)
+    on, info_on = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=10), base)
+    assert check_plan(inst, off) == [] and check_plan(inst, on) == []
+    assert info_off.objective == pytest.approx(48.5, abs=3e-3)
+    assert info_on.objective is not None
+    assert info_on.objective <= 0.7 * 48.5
+    assert info_on.objective == pytest.approx(29.875, abs=0.05)
+    saves = [a for a in on.actions if a.kind == "kv_save" and a.request == "L"]
+    assert len(saves) == 3  # preempted three times
+    runs = [a for a in on.actions if a.kind == "run" and a.request == "L"]
+    assert len(runs) == 4

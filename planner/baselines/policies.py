@@ -134,13 +134,13 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
     n_ctx = context_sizes(instance)
     host_cap = {h.id: h.memory_bytes for h in instance.cluster.hosts}
     curves: dict[tuple[str, str], list[Split]] = {}
-    for m in instance.models:
+    for mod in instance.models:
         for dev, ds in sim.devices.items():
             d = ds.device
-            curve = split_curve(cost, m.id, dev, n_ctx[m.id], d.kind == "gpu",
+            curve = split_curve(cost, mod.id, dev, n_ctx[mod.id], d.kind == "gpu",
                                 d.memory_bytes if d.kind == "gpu" else None, host_cap[d.host])
             if curve:  # slowest (least GPU memory) first
-                curves[(m.id, dev)] = sorted(curve, key=lambda s: (s.gpu_bytes, -s.decode_s))
+                curves[(mod.id, dev)] = sorted(curve, key=lambda s: (s.gpu_bytes, -s.decode_s))
     weight = {m.id: m.arch.weight_bytes for m in instance.models}
     room = {d: (s.device.memory_bytes if s.device.kind == "gpu" else 0)
             for d, s in sim.devices.items()}
@@ -149,9 +149,9 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
         devs = [d for d in sim.devices if (model, d) in curves]
         if not devs:
             raise BaselineError(f"model {model} fits on no device at any layer split")
-        best = max(devs, key=lambda d: (room[d], d))
-        device[model] = best
-        room[best] -= curves[(model, best)][-1].gpu_bytes
+        pick = max(devs, key=lambda d: (room[d], d))
+        device[model] = pick
+        room[pick] -= curves[(model, pick)][-1].gpu_bytes
     level = {m: len(curves[(m, device[m])]) - 1 for m in device}  # fastest splits
     load = _decode_tokens(instance)
 

@@ -83,10 +83,10 @@ def request_bounds(instance: Instance, cost: CostModel) -> tuple[
     pd: dict[str, dict[str, float]] = {}
     for r in instance.requests:
         row = {}
-        for d in devices:
-            cs = probes.get((r.model, d.id))
+        for dv in devices:
+            cs = probes.get((r.model, dv.id))
             if cs:
-                row[d.id] = min(cost.run_s(c, r.prompt_tokens, 0, r.output_tokens) for c in cs
+                row[dv.id] = min(cost.run_s(c, r.prompt_tokens, 0, r.output_tokens) for c in cs
                                 if r.total_tokens <= c.n_ctx)
         pd[r.id] = row
         p[r.id] = min(row.values()) if row else math.inf
@@ -156,7 +156,7 @@ def lower_bound(instance: Instance, cost: CostModel, data: ProblemData | None,
         with_slo = [r for r in reqs if r.slo_s is not None]
         if not with_slo:
             return 1.0, per_request
-        ok = sum(1 for r in with_slo if min_resp[r.id] <= r.slo_s + 1e-6)  # type: ignore[operator]
+        ok = sum(1 for r in with_slo if r.slo_s is not None and min_resp[r.id] <= r.slo_s + 1e-6)
         return ok / len(with_slo), per_request
     # pooled machine
     speed: dict[str, float] = {}

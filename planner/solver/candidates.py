@@ -63,8 +63,9 @@ def spread(curve: list[EngineConfig], k: int) -> list[EngineConfig]:
 
 def working_set(instance: Instance, pool: dict[tuple[str, str], list[EngineConfig]],
                 baselines: dict[str, Schedule], budget: float, periods: int,
-                n_ctx: dict[str, int] | None = None) -> list[EngineConfig]:
-    """The candidates the CP-SAT model holds: at most ``budget`` request options."""
+                n_ctx: dict[str, int] | None = None, k_max: int = 3) -> list[EngineConfig]:
+    """The first candidates the CP-SAT model holds: at most ``k_max`` per (model, device)
+    and ``budget`` request options (the split search, lns.py, moves from there)."""
     n_ctx = n_ctx or context_sizes(instance)
     per_model: dict[str, int] = {}
     for r in instance.requests:
@@ -75,7 +76,7 @@ def working_set(instance: Instance, pool: dict[tuple[str, str], list[EngineConfi
 
     longest = max((len(c) for c in pool.values()), default=1)
     k = 1
-    while k < longest and options(k + 1) <= budget:
+    while k < min(longest, k_max) and options(k + 1) <= budget:
         k += 1
     out: list[EngineConfig] = []
     seen: set[tuple[str, str, int]] = set()

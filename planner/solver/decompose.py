@@ -69,9 +69,9 @@ def solve_by_hosts(instance: Instance, cost: CostModel, objective: str, opts: An
     host_of = _host_of(instance)
     # host -> its current sub-plan (engines and actions on its devices)
     parts: dict[str, Schedule] = {}
-    for h in instance.cluster.hosts:
-        _sub, s = _part(instance, base, [h.id])
-        parts[h.id] = s
+    for host in instance.cluster.hosts:
+        _sub, s = _part(instance, base, [host.id])
+        parts[host.id] = s
     statuses: list[str] = []
 
     def weight_of(hosts: list[str]) -> int:
@@ -99,7 +99,7 @@ def solve_by_hosts(instance: Instance, cost: CostModel, objective: str, opts: An
             parts[h] = Schedule(engs, tuple(by_host[h]))
         return True
 
-    hosts = [h.id for h in instance.cluster.hosts if parts[h.id].actions]
+    hosts = [x.id for x in instance.cluster.hosts if parts[x.id].actions]
     total = sum(weight_of([h]) for h in hosts)
     first_pass = 0.75 * (limit - (time.perf_counter() - t0))
     budget = first_pass

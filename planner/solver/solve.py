@@ -51,7 +51,7 @@ FIRST_SHARE = 0.5  # monolithic model: share of the time before the split search
 MIN_WINDOW = 20  # fewest requests per rolling-horizon window
 PERIODS = 2  # optional load/unload periods per candidate engine (monolithic model)
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
-MAX_SPLITS = 10  # preemption candidates per CP-SAT model (the longest requests)
+MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 
 
@@ -92,10 +92,10 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
 
 
 def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
-    """The requests a window's model may preempt: the ``limit`` longest outputs."""
-    cands = sorted((rd for rd in win if rd.split is not None),
-                   key=lambda rd: (-rd.req.output_tokens, rd.req.id))
-    return frozenset(rd.req.id for rd in cands[:limit])
+    """The requests a window's model may preempt: those given alternatives (build_data
+    picks where preemption can pay most), at most ``limit``."""
+    cands = [rd for rd in win if rd.splits][:limit]
+    return frozenset(rd.req.id for rd in cands)
 
 
 def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
@@ -147,7 +147,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
         data = build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
-                          cpu, n_ctx)
+                          cpu, n_ctx, max_splits=max_splits)
     except InfeasibleInstance as exc:
         raise _error(f"{instance.name}: {exc}") from None
 
@@ -240,7 +240,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         if search:
             def build(cfgs: list[EngineConfig]) -> ProblemData:
                 return build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
-                                  cpu, n_ctx, cfgs)
+                                  cpu, n_ctx, cfgs, max_splits)
 
             data, sol, rounds, better = refine_splits(
                 data, sol, objective, PERIODS, horizon, build,
@@ -277,8 +277,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     sched = builder.schedule()
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
-    bound_note += (f"; preemption: up to {n_splits} requests per CP-SAT model may be split once "
-                   f"at half their output (kv_save/kv_restore or recompute), "
+    bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
+                   f"twice, where a heavier request arrives or at quarter points; kv_save/"
+                   f"kv_restore, recompute or a same-engine pause), "
                    f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used"
                    if n_splits else "; preemption off")
     if len(windows) == 1 and mono is not None:
