@@ -215,7 +215,29 @@ CASES = [
 
 
 @pytest.mark.parametrize(("gib", "reqs"), CASES)
-def test_matches_exhaustive_search(gib: float, reqs: list[tuple[str, str, float, int]]) -> None:
+def test_matches_exhaustive_search(gib: float, reqs: list[tuple[str, str, float, int]],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a fixed candidate set: the split pool cut to the most layers that fit the
+    GPU and half of it (plus the baselines' configurations), no greedy start plan."""
+    import planner.solver.data as data_mod
+    import planner.solver.solve as solve_mod
+
+    orig = data_mod.curves
+
+    def two(*a: object, **k: object) -> dict[tuple[str, str], list[EngineConfig]]:
+        out = {}
+        for pair, cs in orig(*a, **k).items():  # type: ignore[arg-type]
+            cap = gib * GIB
+            out[pair] = [c for c in cs if c.n_gpu_layers in (
+                max(x.n_gpu_layers for x in cs if x.n_gpu_layers * GIB <= cap),
+                max(x.n_gpu_layers for x in cs if x.n_gpu_layers * GIB <= cap / 2))]
+        return out
+
+    def no_start(*a: object) -> Schedule:
+        raise RuntimeError("off")
+
+    monkeypatch.setattr(data_mod, "curves", two)
+    monkeypatch.setattr(solve_mod, "smith_with_loads", no_start)
     inst = instance(gib, reqs)
     cost = RoundCost()
     base = baselines(inst, cost)

@@ -34,11 +34,13 @@ def test_optimum_uses_an_intermediate_split() -> None:
     With only the old candidates (most that fit: 10; half the GPU: 8) the best is
     B at 10 first, then swap to A: 2.5, 2.5, 11, 14, 17, 20, mean 67/6 = 11.167
     (both at 8 co-resident is slower: 0.14 s per token). Preemption off: the case is
-    about splits (preemption cannot beat 10.633 here, it only enlarges the model)."""
+    about splits (preemption cannot beat 10.633 here, it only enlarges the model).
+    As ``planner solve`` does, the baselines' plans are given: the static baseline's
+    split search proposes A 10 + B 6 (in arrival order, 11.733); CP-SAT orders it."""
     inst = instance(16, INTERLEAVED)
     cost = RoundCost()
     sched, info = solve_cpsat(inst, cost, "mean_response",
-                              Opts(time_limit_s=8, preemption=False), {})
+                              Opts(time_limit_s=8, preemption=False), baselines(inst, cost))
     assert check_plan(inst, sched) == []
     assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
     layers = {e.model: e.n_gpu_layers for e in sched.engines}

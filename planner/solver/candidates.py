@@ -9,10 +9,9 @@ at a time on it), its engines' bytes count in the host's RAM. Plus every
 configuration a baseline used, so its plan can be a hint.
 
 Working set. The CP-SAT model holds one option per (request, candidate, period),
-so the pool is thinned to stay under an option budget: per (model, device) the
-``k`` candidates spread evenly along the curve (fastest and least memory always
-among them), with ``k`` the largest that fits the budget. Small instances keep
-the whole pool.
+and its search degrades with many candidates, so it starts from a few per
+(model, device) (``working_set``) and the split search (:mod:`planner.solver.lns`)
+moves along the pool's curves from there.
 """
 
 from __future__ import annotations
@@ -61,23 +60,41 @@ def spread(curve: list[EngineConfig], k: int) -> list[EngineConfig]:
     return [curve[i] for i in idx]
 
 
+def memory_picks(curve: list[EngineConfig], cost: CostModel, capacity: int | None,
+                 shares: tuple[float, ...]) -> list[EngineConfig]:
+    """Per share of the device's memory, the fastest split whose GPU bytes fit in it."""
+    if capacity is None:
+        return curve[:1]
+    out: list[EngineConfig] = []
+    for share in shares:
+        pick = next((c for c in curve if cost.gpu_bytes(c) <= share * capacity), None)
+        if pick is not None and pick not in out:
+            out.append(pick)
+    return out
+
+
 def working_set(instance: Instance, pool: dict[tuple[str, str], list[EngineConfig]],
-                baselines: dict[str, Schedule], budget: float, periods: int,
-                n_ctx: dict[str, int] | None = None, k_max: int = 3) -> list[EngineConfig]:
-    """The first candidates the CP-SAT model holds: at most ``k_max`` per (model, device)
-    and ``budget`` request options (the split search, lns.py, moves from there)."""
+                baselines: dict[str, Schedule], budget: float, periods: int, cost: CostModel,
+                n_ctx: dict[str, int] | None = None) -> list[EngineConfig]:
+    """The first candidates the CP-SAT model holds (the split search, lns.py, moves from
+    there): per (model, GPU) the fastest split fitting the whole GPU and the fastest
+    fitting half of it, per (model, host CPU) its one configuration, and every
+    configuration a baseline used; the half-GPU splits, then the CPU ones, are left
+    out while the request options exceed ``budget``."""
     n_ctx = n_ctx or context_sizes(instance)
     per_model: dict[str, int] = {}
     for r in instance.requests:
         per_model[r.model] = per_model.get(r.model, 0) + 1
-
-    def options(k: int) -> int:
-        return sum(per_model.get(m, 0) * min(k, len(c)) * periods for (m, _d), c in pool.items())
-
-    longest = max((len(c) for c in pool.values()), default=1)
-    k = 1
-    while k < min(longest, k_max) and options(k + 1) <= budget:
-        k += 1
+    cap = {d.id: (d.memory_bytes if d.kind == "gpu" else None)
+           for d in instance.cluster.devices}
+    levels = [((1.0, 0.5), True), ((1.0,), True), ((1.0,), False)]
+    picks: dict[tuple[str, str], list[EngineConfig]] = {}
+    for shares, with_cpu in levels:
+        picks = {(m, d): memory_picks(c, cost, cap[d], shares) for (m, d), c in pool.items()
+                 if with_cpu or cap[d] is not None}
+        n = sum(per_model.get(m, 0) * len(c) * periods for (m, _d), c in picks.items())
+        if n <= budget:
+            break
     out: list[EngineConfig] = []
     seen: set[tuple[str, str, int]] = set()
 
@@ -86,8 +103,8 @@ def working_set(instance: Instance, pool: dict[tuple[str, str], list[EngineConfi
             seen.add((cfg.model, cfg.device, cfg.n_gpu_layers))
             out.append(cfg)
 
-    for c in pool.values():
-        for cfg in spread(c, k):
+    for c in picks.values():
+        for cfg in c:
             add(cfg)
     for sched in baselines.values():
         for e in sched.engines:

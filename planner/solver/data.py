@@ -110,7 +110,7 @@ def build_data(instance: Instance, cost: CostModel,
     dev_host = {d.id: d.host for d in devices}
     pool = curves(instance, cost, devices, n_ctx)
     if configs is None:
-        configs = working_set(instance, pool, baselines, max_options, periods, n_ctx)
+        configs = working_set(instance, pool, baselines, max_options, periods, cost, n_ctx)
     engines: list[CandidateEngine] = []
     for i, cfg in enumerate(configs):
         on_gpu = instance.cluster.device(cfg.device).kind == "gpu"

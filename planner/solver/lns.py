@@ -6,10 +6,9 @@ once: search degrades with the number of candidate engines. So the model starts
 from a thinned working set, and each round rebuilds it around the current
 solution: every configuration the solution uses, its neighbours on the pool's
 curve at distance 1, 2, 4, ... (so intermediate splits are reached in a few
-rounds), and the fastest and the least-memory split of every (model, device)
-(placement stays open). The new model is warm-started from the current
-solution (matched by configuration) and its solution replaces the current one
-when better. The radius grows when a round does not improve.
+rounds), and the first working set (placement stays open). The new model is
+warm-started from the current solution (matched by configuration) and its
+solution replaces the current one when better. The radius grows when a round does not improve.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from planner.domain import EngineConfig
-from planner.solver.candidates import spread
 from planner.solver.data import ProblemData
 from planner.solver.model import CPModel, Frozen, Hint, SolveParams, WindowSolution
 
@@ -39,8 +37,9 @@ def used_configs(data: ProblemData, sol: WindowSolution) -> list[EngineConfig]:
     return [eng[k].cfg for k in sorted(keys)]
 
 
-def neighbourhood(data: ProblemData, sol: WindowSolution, radius: int) -> list[EngineConfig]:
-    out: dict[Key, EngineConfig] = {}
+def neighbourhood(data: ProblemData, sol: WindowSolution, radius: int,
+                  start: list[EngineConfig]) -> list[EngineConfig]:
+    out: dict[Key, EngineConfig] = {_key(c): c for c in start}
     for cfg in used_configs(data, sol):
         out[_key(cfg)] = cfg
         curve = data.pool.get((cfg.model, cfg.device), [])
@@ -53,9 +52,6 @@ def neighbourhood(data: ProblemData, sol: WindowSolution, radius: int) -> list[E
             for j in (idx - r, idx + r):
                 if 0 <= j < len(curve):
                     out[_key(curve[j])] = curve[j]
-    for curve in data.pool.values():
-        for cfg in spread(curve, 2):
-            out.setdefault(_key(cfg), cfg)
     return list(out.values())
 
 
@@ -84,9 +80,10 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     """Rounds until ``deadline`` (perf_counter); returns (data, solution, rounds, better)."""
     rounds = better = 0
     ri = 0
+    start = [e.cfg for e in data.engines]
     while deadline - time.perf_counter() > MIN_ROUND_S:
         ri %= len(RADII)
-        configs = neighbourhood(data, sol, RADII[ri])
+        configs = neighbourhood(data, sol, RADII[ri], start)
         if {_key(c) for c in configs} <= {_key(e.cfg) for e in data.engines}:
             if ri + 1 < len(RADII):
                 ri += 1

@@ -27,6 +27,7 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -367,6 +368,16 @@ class Objective:
 
 # --- the model ------------------------------------------------------------------------
 
+#: (perf_counter, objective) of every solution CP-SAT reports, in the model's units; the
+#: caller clears it and reads when a solution first beat its baseline (benchmarks).
+PROGRESS: list[tuple[float, float]] = []
+
+
+class _Progress(cp_model.CpSolverSolutionCallback):
+    def on_solution_callback(self) -> None:
+        PROGRESS.append((time.perf_counter(), self.objective_value))
+
+
 @dataclass
 class SolveParams:
     time_limit_s: float
@@ -419,7 +430,7 @@ class CPModel:
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
-        status = solver.solve(self.model)
+        status = solver.solve(self.model, _Progress())
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})

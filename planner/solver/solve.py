@@ -20,12 +20,14 @@ periods) is quoted in ``notes``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
+from planner.baselines.sim import BaselineError
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
-from planner.metrics import compute_metrics, objective_key, objective_value
+from planner.metrics import completions, compute_metrics, objective_key, objective_value
 from planner.solver.bound import lower_bound
 from planner.solver.data import (
     TICKS_PER_S,
@@ -34,9 +36,12 @@ from planner.solver.data import (
     RequestData,
     build_data,
     restrict,
+    ticks_up,
 )
+from planner.solver.greedy import smith_with_loads
 from planner.solver.lns import refine_splits
 from planner.solver.model import (
+    PROGRESS,
     CPModel,
     Frozen,
     Hint,
@@ -46,11 +51,12 @@ from planner.solver.model import (
 from planner.solver.plan import PlanBuilder, hint_from_schedule, hint_from_solution
 
 MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
-CANDIDATE_OPTIONS = 600  # option budget that thins the split pool into the first working set
+CANDIDATE_OPTIONS = 6000  # option budget of the first working set (candidates.working_set)
 FIRST_SHARE = 0.5  # monolithic model: share of the time before the split search (lns.py)
 MIN_WINDOW = 20  # fewest requests per rolling-horizon window
 PERIODS = 2  # optional load/unload periods per candidate engine (monolithic model)
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
+SMITH = "smith-with-loads"  # the start plan of greedy.py, beside the baselines'
 MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 
@@ -131,7 +137,7 @@ def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
 
 
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
-                baseline_schedules: dict[str, Schedule],
+                baselines: dict[str, Schedule],
                 n_ctx: dict[str, int] | None = None) -> tuple[Schedule, SolverInfo]:
     """CP-SAT plan for ``instance``; falls back to the best baseline when that is better.
 
@@ -144,6 +150,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
     max_splits = MAX_SPLITS if bool(getattr(opts, "preemption", True)) else 0
+    # start plans: the baselines', and Smith's rule with model loads (greedy.py)
+    baseline_schedules = dict(baselines)
+    with contextlib.suppress(RuntimeError, BaselineError):
+        baseline_schedules[SMITH] = smith_with_loads(instance, cost)
+    t_start = time.perf_counter() - t0
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
         data = build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
@@ -158,12 +169,17 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     def options(d: ProblemData) -> float:
         return sum(len(rd.run) for rd in d.requests) * PERIODS / max(1, len(d.requests))
 
+    n_gpus = sum(len(h.gpus) for h in instance.cluster.hosts)
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None and \
-            len(instance.cluster.hosts) > 1:
-        from planner.solver.decompose import solve_by_hosts
+            (len(instance.cluster.hosts) > 1 or n_gpus > 1) and \
+            bool(getattr(opts, "decompose", True)):
+        from planner.solver.decompose import solve_by_parts
 
-        return solve_by_hosts(instance, cost, objective, opts, baseline_schedules[best_base],
-                              best_base, data, t0)
+        reported = min((k for k in base_metrics if k != SMITH),
+                       key=lambda k: objective_key(base_metrics[k], objective), default=None)
+        start_better = best_base == SMITH and reported is not None
+        return solve_by_parts(instance, cost, objective, opts, baseline_schedules[best_base],
+                              best_base, data, t0, t_start if start_better else None)
 
     decomposition = ""
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None:
@@ -301,5 +317,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             objective_key(m, objective):
         return keep_baseline(f"FEASIBLE (baseline {best_base} kept)",
                              notes + f"; CP-SAT plan's objective was {obj:.3f}")
+    first = None
+    reported = min((k for k in base_metrics if k != SMITH),
+                   key=lambda k: objective_key(base_metrics[k], objective), default=None)
+    if reported is not None and objective == "mean_response" and len(windows) == 1:
+        done = completions(baseline_schedules[reported].actions)
+        base_units = sum(rd.weight * ticks_up(done[rd.req.id]) for rd in data.requests)
+        first = next((t - t0 for t, v in PROGRESS if t >= t0 and v < base_units - 0.5), None)
     return sched, SolverInfo("cp-sat", status, obj, bound, gap_of(obj, bound, objective),
-                             wall, **base_info, notes=notes)
+                             wall, **base_info, notes=notes, first_improvement_s=first)
