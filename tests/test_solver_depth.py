@@ -17,6 +17,7 @@ from planner.checker import check_plan
 from planner.costmodel import AnalyticCostModel
 from planner.domain import Cluster, Gpu, Host, Instance, Model, Request
 from planner.generate import WorkloadSpec, generate_requests
+from planner.metrics import compute_metrics
 from planner.reference import reference_arch
 from planner.solver import solve_cpsat
 from planner.solver.bound import fluid_wspt, lower_bound
@@ -204,3 +205,26 @@ def test_preemption_pays_for_a_long_light_request_ahead_of_short_heavy_ones() ->
     assert len(saves) == 3  # preempted three times
     runs = [a for a in on.actions if a.kind == "run" and a.request == "L"]
     assert len(runs) == 4
+
+
+# --- decomposition ------------------------------------------------------------------------
+
+def test_parts_decomposition_is_valid_and_no_worse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too large for one model (forced): one part per GPU with host RAM budgets, solved
+    apart from the best start plan, then re-solved in pairs; valid and no worse."""
+    from planner.solver import solve as solve_mod
+    from tests.test_solver import PreemptCost, weighted_instance
+
+    monkeypatch.setattr(solve_mod, "MAX_OPTIONS", 10)
+    reqs = [(f"r{i}", "AB"[i % 2], float(i), 10 + 5 * (i % 3), 1.0 + (i % 2))
+            for i in range(10)]
+    inst = weighted_instance([10, 10], 24, reqs)
+    cost = PreemptCost()
+    base = baselines(inst, cost)
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=6), base)
+    assert "decomposition" in info.notes and "2 parts" in info.notes
+    assert check_plan(inst, sched) == []
+    best = min(compute_metrics(inst, s.actions).weighted_mean_response_s for s in base.values())
+    assert info.objective is not None and info.objective <= best + 1e-9
+    assert info.bound is not None and info.bound <= info.objective
+
