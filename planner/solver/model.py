@@ -12,15 +12,12 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 - A request ``r`` picks one option ``x[r,e,p]`` among the periods of the
   engines of its model; it runs in ``[s_r, s_r + d_{r,e})`` with ``d`` the cost
   model's run time on ``e``'s configuration.
-- A request allowed to be preempted (``splits``) may instead run in two parts,
-  ``[0, k)`` and ``[k, out)`` (presence ``on_r``), each on an (engine, period) of
-  its model; part 2 may be on another device (a migration). With a KV hand-over,
-  part 1's compute-lane interval is the run *and* its kv_save (which also sits on
-  the transfer lane at the run's end), and part 2's is its kv_restore and the run
-  (the restore also on the transfer lane): nothing else can run on either device
-  between a run and its save or its restore, so the engine still holds the state.
-  The saved bytes occupy the saving host's memory from save start to restore end.
-  With recompute, part 2 is a longer run (it prefills prompt + k) after part 1.
+- A request allowed to be preempted (``splits``) may instead take one of its
+  split alternatives (:mod:`planner.solver.preempt`): parts ``[0,k_1), ...,
+  [k_n,out)``, each on an (engine, period) of its model (a later part on
+  another device is a migration), handed over by kv_save/kv_restore (glued to
+  their runs, on the transfer lane, the state held in host RAM), recompute, or a
+  pause on the same engine (a per-engine NoOverlap keeps its other runs out).
 - Solver values are read in :meth:`CPModel.solution` only, into the
   solver-neutral :class:`WindowSolution`.
 """

@@ -1,21 +1,19 @@
 """``solve_cpsat``: data, hint, CP-SAT windows, plan, bound, and the baseline fallback.
 
-Decomposition. An instance whose request options (requests x candidate engine
-periods) stay under ``MAX_OPTIONS`` is solved as one model (the monolithic
-formulation of :mod:`planner.solver.model`), warm-started from the best
-baseline's plan. Larger instances are solved as a rolling horizon: requests in
-arrival order are cut into windows; each window's model sees what earlier
-windows committed (lanes, memory, and the engines still resident, which it may
-keep using or unload) and commits its own decisions.
+Pipeline. Start plans: the baselines' and Smith's rule with model loads
+(:mod:`planner.solver.greedy`); the best is the warm start and the fallback.
+An instance whose request options (requests x candidate engine periods) stay
+under ``MAX_OPTIONS`` is solved as one model (:mod:`planner.solver.model`): first
+over a small working set of layer splits, then the split search of
+:mod:`planner.solver.lns`. Larger instances are solved in parts, one per GPU,
+then re-solved in pairs (:mod:`planner.solver.decompose`); a part still too large
+is solved in two stages (engines from its start plan, then CP-SAT over loads,
+routing and order), and an instance without a start plan as a rolling horizon
+(windows in arrival order, each over what earlier windows committed).
 
-Bound. The reported ``bound`` is valid for the instance itself, not just for
-the restricted model: every request needs at least its fastest run time on any
-candidate configuration, and, since every engine starts unloaded, at least
-``min(load + run) - arrival``. From these per-request lower bounds follow lower
-bounds on the weighted mean response, the makespan and the weighted tardiness,
-and an upper bound on SLO attainment. The CP-SAT bound of the monolithic model
-(which only bounds that model: its candidate configurations and number of
-periods) is quoted in ``notes``.
+Bound: :mod:`planner.solver.bound` (valid for the instance, queueing-aware). The
+CP-SAT bound of the last monolithic model (which only bounds that model: its
+candidate configurations and number of periods) is quoted in ``notes``.
 """
 
 from __future__ import annotations
@@ -80,7 +78,7 @@ def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) 
     if objective == "mean_response":
         wsum = sum(rd.weight for rd in data.requests)
         arr = sum(rd.weight * rd.req.arrival_s for rd in data.requests)
-        return f"{(sol.bound / TICKS_PER_S - arr) / wsum:.3f} s"
+        return f"{max(0.0, (sol.bound / TICKS_PER_S - arr) / wsum):.3f} s"
     if objective == "makespan":
         return f"{sol.bound / TICKS_PER_S:.3f} s"
     return f"{sol.bound:.0f} (internal units)"
