@@ -7,6 +7,7 @@ unloads 1 s, free prefill).
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -228,3 +229,31 @@ def test_parts_decomposition_is_valid_and_no_worse(monkeypatch: pytest.MonkeyPat
     assert info.objective is not None and info.objective <= best + 1e-9
     assert info.bound is not None and info.bound <= info.objective
 
+
+
+# --- the split curve ------------------------------------------------------------------------
+
+def test_split_curve_every_layer_small_models_and_3pct_steps_large_ones() -> None:
+    from planner.costmodel.splits import DECODE_STEP, split_curve
+
+    gpu = Gpu("g", "rtx-4090", 24 * 2**30, "h")
+    host = Host("h", "desktop-dual-channel", 16, 64 * 2**30, (gpu,))
+    models = (Model("big", reference_arch("llama2-70b-q4_k_m")),
+              Model("small", reference_arch("llama3-8b-q4_k_m")))
+    inst = Instance("c", Cluster((host,)), models, (Request("a", "big", 0, 256, 64),),
+                    "mean_response")
+    cost = AnalyticCostModel.for_instance(inst)
+    small = split_curve(cost, "small", "g", 512, True, 24 * 2**30, 64 * 2**30)
+    assert sorted(s.cfg.n_gpu_layers for s in small) == list(range(33))  # every split
+    big = split_curve(cost, "big", "g", 512, True, 24 * 2**30, 64 * 2**30)
+    layers = [s.cfg.n_gpu_layers for s in big]
+    fits = [g for g in range(81) if cost.gpu_bytes(replace(big[0].cfg, n_gpu_layers=g))
+            <= 24 * 2**30]
+    assert 0 in layers and max(fits) in layers and len(layers) < len(fits)
+    times = [s.decode_s for s in big]  # fastest first
+    assert times == sorted(times)
+    assert all(b <= a * (1 + DECODE_STEP) + 1e-12 or j == len(times) - 1
+               for j, (a, b) in enumerate(itertools.pairwise(times), start=1))
+    # a host with room for nothing but the GPU-resident layers leaves only large splits
+    tight = split_curve(cost, "small", "g", 512, True, 24 * 2**30, 2**30)
+    assert tight and min(s.cfg.n_gpu_layers for s in tight) > 20
