@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.baselines.sim import BaselineError, LoadOption, Resident, Simulator, context_sizes
+from planner.baselines.sim import LoadOption, Resident, Simulator, context_sizes
 from planner.costmodel.base import CostModel
 from planner.costmodel.splits import Split, split_curve
 from planner.domain import Instance, Request, Schedule
+from planner.errors import BaselineError
 
 STARVATION_S = 30.0
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from planner.domain import EngineConfig
-
-
-class CostModelError(ValueError):
-    """The cost model cannot answer for this configuration (unknown model or device)."""
+from planner.errors import CostModelError as CostModelError  # re-exported
 
 
 class CostModel(ABC):

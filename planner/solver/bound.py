@@ -198,3 +198,9 @@ def lower_bound(instance: Instance, cost: CostModel, data: ProblemData | None,
                 "over models: each model's requests on the speed of the devices it fits, "
                 "preemptive WSPT with release times, C_j >= M_j + p_j/2)"))
     return best if best[0] > simple else (simple, per_request)
+
+
+def gap_of(obj: float, bound: float, objective: str) -> float:
+    if objective == "slo_attainment":  # maximised; bound is an upper bound
+        return max(0.0, (bound - obj) / bound) if bound > 0 else 0.0
+    return max(0.0, (obj - bound) / abs(obj)) if obj else 0.0

@@ -21,6 +21,7 @@ the same host, so that requests may move between their GPUs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +29,9 @@ from planner.baselines.sim import context_sizes
 from planner.checker import memory_peaks
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Cluster, Engine, Instance, Schedule, SolverInfo
+from planner.interrupt import stop_reason
 from planner.metrics import compute_metrics, objective_key, objective_value
+from planner.solver.bound import gap_of, lower_bound
 from planner.solver.data import ProblemData
 
 FIRST_PASS = 0.7  # share of the time for solving each part once
@@ -90,15 +93,13 @@ def make_parts(instance: Instance, base: Schedule) -> list[Part]:
     return out
 
 
-def solve_by_parts(instance: Instance, cost: CostModel, objective: str, opts: Any,
+def solve_by_parts(solve_cpsat: Callable[..., tuple[Schedule, SolverInfo]], instance: Instance,
+                   cost: CostModel, objective: str, opts: Any,
                    base: Schedule, base_name: str, data: ProblemData, t0: float,
                    start_better: float | None = None) -> tuple[Schedule, SolverInfo]:
     """``start_better``: when the start plan, already better than every baseline, was
     ready (the first improvement over the baselines); else the first improvement is
     the first part CP-SAT improves."""
-    from planner.solver.bound import lower_bound
-    from planner.solver.solve import gap_of, solve_cpsat
-
     limit = float(getattr(opts, "time_limit_s", 60.0))
     n_ctx = context_sizes(instance)
     parts = make_parts(instance, base)
@@ -136,16 +137,23 @@ def solve_by_parts(instance: Instance, cost: CostModel, objective: str, opts: An
                                        tuple(a for a in sched.actions if a.device in devs))
         return True
 
+    stop = getattr(opts, "stop", None)
+
+    def stopped() -> bool:
+        return (stop is not None and stop.is_set()) or stop_reason() is not None
+
     active = [p for p in parts if n_runs([p])]
     budget = FIRST_PASS * (limit - (time.perf_counter() - t0))
     for i, p in enumerate(active):
+        if stopped():
+            break
         share = budget * n_runs([p]) / max(1, n_runs(active[i:]))
         tb = time.perf_counter()
         resolve([p], share)
         budget -= time.perf_counter() - tb
     rounds = 0
     total = max(1, n_runs(active))
-    while limit - (time.perf_counter() - t0) > 2.0:
+    while limit - (time.perf_counter() - t0) > 2.0 and not stopped():
         load = {}
         for p in active:
             sub, s = _sub(instance, current[key[p]], [p])
@@ -188,6 +196,7 @@ class _Opts:
         self.time_limit_s = limit
         self.cpu_engines = cpu_engines
         self.decompose = False  # a part is solved as one model (or in two stages)
+        self.progress = None  # a part's plans are not plans of the instance
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._opts, name)

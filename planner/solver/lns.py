@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 
 from planner.domain import EngineConfig
+from planner.interrupt import stop_reason
 from planner.solver.data import ProblemData
-from planner.solver.model import CPModel, Frozen, Hint, SolveParams, WindowSolution
+from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams, WindowSolution
 
 RADII = (1, 2, 4, 8)
 MIN_ROUND_S = 1.0
@@ -81,7 +82,9 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     rounds = better = 0
     ri = 0
     start = [e.cfg for e in data.engines]
-    while deadline - time.perf_counter() > MIN_ROUND_S:
+    stop = params.hooks.stop if params.hooks is not None else None
+    while deadline - time.perf_counter() > MIN_ROUND_S and not (stop and stop.is_set()) \
+            and stop_reason() is None:
         ri %= len(RADII)
         configs = neighbourhood(data, sol, RADII[ri], start)
         if {_key(c) for c in configs} <= {_key(e.cfg) for e in data.engines}:
@@ -100,7 +103,10 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
         cp.add_hint(hint)
         left = deadline - time.perf_counter()
         share = min(left, max(MIN_ROUND_S, ROUND_SHARE * params.time_limit_s))
-        got = cp.solve(SolveParams(share, params.workers, params.seed + rounds + 1, params.log))
+        # a stop request is honoured; progress plans come from the first model only
+        hooks = SolveHooks(None, params.hooks.stop) if params.hooks is not None else None
+        got = cp.solve(SolveParams(share, params.workers, params.seed + rounds + 1, params.log,
+                                   hooks))
         rounds += 1
         if got is not None and got.status != "INFEASIBLE" and got.objective < sol.objective - 1e-9:
             data, sol = new, got

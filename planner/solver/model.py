@@ -24,14 +24,24 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ortools.sat.python import cp_model
 
+from planner.interrupt import stoppable
 from planner.solver.data import CandidateEngine, ProblemData, RequestData
-from planner.solver.preempt import PartOption, SplitVar, hint_off, make_split, split_pieces
+from planner.solver.preempt import (
+    PartOption,
+    Piece,
+    SplitVar,
+    hint_off,
+    make_split,
+    split_pieces,
+)
 
 Interval = tuple[int, int]
 
@@ -63,23 +73,6 @@ class Hint:
 
     periods: dict[int, list[tuple[int, int]]]
     runs: dict[str, tuple[int, int, int]]
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One action of a request in ticks: a run, or a kv_save / kv_restore of its state."""
-
-    kind: str  # "run" | "kv_save" | "kv_restore"
-    engine: int
-    period: int  # index among the engine's present periods in this window's solution
-    start: int
-    end: int
-    seconds: float  # the cost model's exact duration
-    tokens_from: int = 0
-    tokens_to: int = 0
-    recompute: bool = False
-    bytes: int = 0  # kv_save / kv_restore: bytes of the saved state
-    hold_host: str = ""  # kv_save / kv_restore: the host whose memory holds the state
 
 
 @dataclass
@@ -376,11 +369,41 @@ class _Progress(cp_model.CpSolverSolutionCallback):
 
 
 @dataclass
+class SolveHooks:
+    """Observers of a running search; they never change what the solver decides.
+
+    ``on_solution`` is called with each improving solution's objective (internal
+    units) and a function that reads that solution (reading costs time, so the
+    caller decides); ``stop``, once set, ends the search and keeps its best
+    solution so far (the same as reaching the time limit then).
+    """
+
+    on_solution: Callable[[float, Callable[[], WindowSolution]], None] | None = None
+    stop: threading.Event | None = None
+
+
+@dataclass
 class SolveParams:
     time_limit_s: float
     workers: int
     seed: int
     log: bool
+    hooks: SolveHooks | None = None
+
+
+class _Observer(cp_model.CpSolverSolutionCallback):
+    """Passes each improving solution to ``SolveHooks.on_solution``."""
+
+    def __init__(self, cp: CPModel, hooks: SolveHooks) -> None:
+        super().__init__()
+        self.cp, self.hooks = cp, hooks
+
+    def on_solution_callback(self) -> None:
+        PROGRESS.append((time.perf_counter(), self.objective_value))
+        if self.hooks.on_solution is not None:
+            self.hooks.on_solution(self.objective_value, lambda: self.cp.read_values(
+                self.boolean_value, self.value, "FEASIBLE", self.objective_value,
+                self.best_objective_bound))
 
 
 class CPModel:
@@ -427,36 +450,70 @@ class CPModel:
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
-        status = solver.solve(self.model, _Progress())
+        solver.parameters.catch_sigint_signal = False  # planner.interrupt stops the search
+        hooks = params.hooks
+        if hooks is not None and hooks.stop is not None and hooks.stop.is_set():
+            return None  # stopped: no search, as if the time ran out without a solution
+        with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
+            status = solver.solve(self.model, _Progress()) if hooks is None else \
+                self._solve_observed(solver, hooks)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})
             return None
         return self.solution(solver, status)
 
+    def _solve_observed(self, solver: cp_model.CpSolver, hooks: SolveHooks) -> Any:
+        """Solve with a solution callback and a watcher that stops the search on request."""
+        done = threading.Event()
+        stop = hooks.stop
+
+        def watch() -> None:
+            assert stop is not None
+            while not done.wait(0.05):
+                if stop.is_set():  # repeated: a stop before the search begins is forgotten
+                    solver.stop_search()
+
+        watcher = threading.Thread(target=watch, daemon=True) if stop is not None else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            if hooks.on_solution is not None:
+                return solver.solve(self.model, _Observer(self, hooks))
+            return solver.solve(self.model)
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+
     def solution(self, solver: cp_model.CpSolver, status: Any) -> WindowSolution:
-        """The one place solver values are read."""
+        """The solver's final values."""
+        return self.read_values(solver.boolean_value, solver.value, solver.status_name(status),
+                                solver.objective_value, solver.best_objective_bound)
+
+    def read_values(self, boolean_value: Callable[[Any], bool], value: Callable[[Any], int],
+                    status: str, objective: float, bound: float) -> WindowSolution:
+        """The one place solver values are read (from the solver, or a solution callback)."""
         periods: dict[int, list[tuple[int, int, int, int, bool]]] = {}
         index: dict[tuple[int, int], int] = {}
         for ek, ps in self.vars.periods.items():
             for p, pv in enumerate(ps):
-                if solver.boolean_value(pv.present):
+                if boolean_value(pv.present):
                     index[(ek, p)] = len(periods.setdefault(ek, []))
-                    periods[ek].append((solver.value(pv.load_start), solver.value(pv.load_end),
-                                        solver.value(pv.unload_start),
-                                        solver.value(pv.unload_end), pv.carried))
+                    periods[ek].append((value(pv.load_start), value(pv.load_end),
+                                        value(pv.unload_start),
+                                        value(pv.unload_end), pv.carried))
         runs: dict[str, list[Piece]] = {}
         host = self.vars.host_of
         for rv in self.vars.requests:
             rd = rv.data
-            start = solver.value(rv.start)
+            start = value(rv.start)
             out = rd.req.output_tokens
-            sv = next((a for a in rv.splits if solver.boolean_value(a.on)), None)
+            sv = next((a for a in rv.splits if boolean_value(a.on)), None)
             if sv is None:
-                o = next(o for o in rv.options if solver.boolean_value(o.chosen))
+                o = next(o for o in rv.options if boolean_value(o.chosen))
                 runs[rd.req.id] = [Piece("run", o.engine, index[(o.engine, o.period)], start,
-                                         solver.value(rv.end), rd.run_s[o.engine], 0, out)]
+                                         value(rv.end), rd.run_s[o.engine], 0, out)]
                 continue
-            runs[rd.req.id] = split_pieces(solver, sv, index, host, out)
-        return WindowSolution(solver.status_name(status), solver.objective_value,
-                              solver.best_objective_bound, periods, runs)
+            runs[rd.req.id] = split_pieces(boolean_value, value, sv, index, host, out)
+        return WindowSolution(status, objective, bound, periods, runs)

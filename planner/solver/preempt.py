@@ -27,6 +27,7 @@ The request runs whole, or exactly one alternative is taken.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,25 @@ def build_alternative(cost: CostModel, r: Request, engs: dict[int, Any], fastest
 
 # --- variables and constraints ---------------------------------------------------------
 
+@dataclass(frozen=True)
+class Piece:
+    """One action of a request in ticks: a run, or a kv_save / kv_restore of its state."""
+
+    kind: str  # "run" | "kv_save" | "kv_restore"
+    engine: int
+    period: int  # index among the engine's present periods in this window's solution
+    start: int
+    end: int
+    seconds: float  # the cost model's exact duration
+    tokens_from: int = 0
+    tokens_to: int = 0
+    recompute: bool = False
+    bytes: int = 0  # kv_save / kv_restore: bytes of the saved state
+    hold_host: str = ""  # kv_save / kv_restore: the host whose memory holds the state
+
+
+
+
 @dataclass
 class PartOption:
     engine: int
@@ -268,18 +288,17 @@ def hint_off(m: cp_model.CpModel, sv: SplitVar, start: int) -> None:
         m.add_hint(var, start if val < 0 else val)
 
 
-def split_pieces(solver: cp_model.CpSolver, sv: SplitVar, index: dict[tuple[int, int], int],
-                 host_of: dict[int, str], out: int) -> list[Any]:
-    """The request's actions (model.Piece) when alternative ``sv`` is taken."""
-    from planner.solver.model import Piece
-
+def split_pieces(boolean_value: Callable[[Any], bool], value: Callable[[Any], int],
+                 sv: SplitVar, index: dict[tuple[int, int], int], host_of: dict[int, str],
+                 out: int) -> list[Piece]:
+    """The request's actions when alternative ``sv`` is taken."""
     sd = sv.data
     pieces: list[Piece] = []
     prev: PartOption | None = None
     for i, part in enumerate(sv.parts):
-        o = next(o for o in part if solver.boolean_value(o.chosen))
+        o = next(o for o in part if boolean_value(o.chosen))
         p = index[(o.engine, o.period)]
-        t = solver.value(sv.starts[i])
+        t = value(sv.starts[i])
         lo, hi = sd.tokens(i, out)
         if i > 0 and sd.modes[i - 1] == "kv":
             assert prev is not None
