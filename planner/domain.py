@@ -336,6 +336,8 @@ class SolverInfo:
     time_limit_s: float | None = None
     workers: int | None = None
     notes: str = ""
+    #: seconds from the start until a plan better than the best baseline was found
+    first_improvement_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,13 @@
-"""Workload generator: Poisson arrivals per model, log-normal lengths, a seed.
+"""Workload generator: arrivals per model, request lengths, a seed.
+
+Arrivals: ``poisson`` (constant rate per model) or ``bursty``: time is cut into
+periods of ``burst_period_s``; in each period ``hot_models`` models, drawn at
+random (in proportion to their rates), get ``burst_boost`` times their rate and
+the others ``burst_cold`` times theirs, rescaled so that the period's total rate
+is the sum of the models' rates (the load stays, its mix moves: swaps come from
+bursts). Lengths: ``lognormal`` (median, ``sigma``) or ``pareto``, a
+heavy tail of shape ``tail_alpha`` with the same median. Both clipped to the
+maxima.
 
 What is solved is always the explicit request list this writes (SPEC 1).
 """
@@ -56,27 +65,70 @@ class WorkloadSpec:
     slo_batch_s: float = 300.0
     seed: int = 0
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> instance entry
+    arrivals: str = "poisson"  # "poisson" | "bursty"
+    burst_period_s: float = 60.0
+    hot_models: int = 2
+    burst_boost: float = 8.0
+    burst_cold: float = 0.25
+    lengths: str = "lognormal"  # "lognormal" | "pareto"
+    tail_alpha: float = 1.5
+
+
+ARRIVALS = ("poisson", "bursty")
+LENGTHS = ("lognormal", "pareto")
+
+
+def rate_periods(spec: WorkloadSpec, rng: np.random.Generator) -> list[tuple[float, float,
+                                                                             dict[str, float]]]:
+    """(start, end, rate per model) periods covering ``[0, duration_s)``."""
+    active = {m: r for m, r in sorted(spec.rates.items()) if r > 0}
+    if spec.arrivals == "poisson" or not active:
+        return [(0.0, spec.duration_s, active)]
+    models = list(active)
+    total = sum(active.values())
+    probs = np.array([active[m] for m in models]) / total
+    out = []
+    t = 0.0
+    while t < spec.duration_s:
+        end = min(spec.duration_s, t + spec.burst_period_s)
+        hot = set(rng.choice(len(models), size=min(spec.hot_models, len(models)),
+                             replace=False, p=probs).tolist())
+        raw = {m: active[m] * (spec.burst_boost if i in hot else spec.burst_cold)
+               for i, m in enumerate(models)}
+        scale = total / sum(raw.values())
+        out.append((t, end, {m: v * scale for m, v in raw.items()}))
+        t = end
+    return out
+
+
+def _length(spec: WorkloadSpec, rng: np.random.Generator, median: int, lo: int,
+            hi: int) -> int:
+    if spec.lengths == "pareto":
+        xm = median / 2 ** (1 / spec.tail_alpha)
+        x = xm * (1.0 - rng.random()) ** (-1 / spec.tail_alpha)
+    else:
+        x = rng.lognormal(np.log(median), spec.sigma)
+    return int(np.clip(x, lo, hi))
 
 
 def generate_requests(spec: WorkloadSpec) -> list[dict[str, Any]]:
+    if spec.arrivals not in ARRIVALS or spec.lengths not in LENGTHS:
+        raise ValueError(f"arrivals must be one of {ARRIVALS}, lengths one of {LENGTHS}")
     rng = np.random.default_rng(spec.seed)
     reqs: list[dict[str, Any]] = []
-    for model in sorted(spec.rates):
-        rate = spec.rates[model]
-        if rate <= 0:
-            continue
-        t = rng.exponential(1.0 / rate)
-        while t < spec.duration_s:
-            prompt = int(np.clip(rng.lognormal(np.log(spec.prompt_median), spec.sigma), 16,
-                                 spec.max_prompt))
-            out = int(np.clip(rng.lognormal(np.log(spec.output_median), spec.sigma), 8,
-                              spec.max_output))
-            interactive = bool(rng.random() < spec.interactive_share)
-            reqs.append({"model": model, "arrival_s": round(float(t), 3),
-                         "prompt_tokens": prompt, "output_tokens": out,
-                         "weight": 2.0 if interactive else 1.0,
-                         "slo_s": spec.slo_interactive_s if interactive else spec.slo_batch_s})
-            t += rng.exponential(1.0 / rate)
+    for t0, t1, rates in rate_periods(spec, rng):
+        for model, rate in rates.items():
+            t = t0 + rng.exponential(1.0 / rate)
+            while t < t1:
+                prompt = _length(spec, rng, spec.prompt_median, 16, spec.max_prompt)
+                out = _length(spec, rng, spec.output_median, 8, spec.max_output)
+                interactive = bool(rng.random() < spec.interactive_share)
+                reqs.append({"model": model, "arrival_s": round(float(t), 3),
+                             "prompt_tokens": prompt, "output_tokens": out,
+                             "weight": 2.0 if interactive else 1.0,
+                             "slo_s": spec.slo_interactive_s if interactive
+                             else spec.slo_batch_s})
+                t += rng.exponential(1.0 / rate)
     reqs.sort(key=lambda r: (r["arrival_s"], r["model"]))
     for i, r in enumerate(reqs):
         r["id"] = f"r{i + 1:04d}"
@@ -155,7 +207,8 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
     spec = replace(spec, rates=rate_map)
     data = build_instance(name or out.stem, cluster, model_entries, spec,
                           objective or "mean_response",
-                          f"generated: rates {rate_map}, seed {spec.seed}")
+                          f"generated: rates {rate_map}, {spec.arrivals} arrivals, "
+                          f"{spec.lengths} lengths, seed {spec.seed}")
     if profiles:
         data["profiles"] = profiles
     from planner.io import parse_instance

@@ -121,6 +121,7 @@ class SolveOptions:
     on_plan: Callable[[Plan], None] | None = field(default=None, compare=False, repr=False)
     #: once set, the search ends and keeps its best plan so far
     stop: threading.Event | None = field(default=None, compare=False, repr=False)
+    cpu_engines: bool = True  # CP-SAT may place engines on host CPUs beside the GPUs
 
 
 def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
@@ -174,6 +175,7 @@ class _Observe:
                  baselines: dict[str, BaselineResult]) -> None:
         self.time_limit_s, self.workers, self.seed = opts.time_limit_s, opts.workers, opts.seed
         self.log, self.preemption, self.stop = opts.log, opts.preemption, opts.stop
+        self.cpu_engines = opts.cpu_engines
         self._on_plan = opts.on_plan
         self._instance, self._cost, self._objective = instance, cost, objective
         self._baselines = {k: v.to_json(objective) for k, v in baselines.items()}

@@ -95,6 +95,19 @@ def test_generate_is_reproducible_and_valid() -> None:
     assert res.exit_code == 2 and "unknown model 'gpt'" in res.output
 
 
+def test_generate_bursty_heavy_tailed() -> None:
+    args = ["instance", "generate", "--cluster", "one-gpu", "--models",
+            "llama3-8b-q4_k_m,qwen2.5-3b-f16,qwen3-8b-f16", "--rate", "0.1", "--duration",
+            "300", "--arrivals", "bursty", "--hot-models", "1", "--burst-period", "60",
+            "--lengths", "pareto", "--tail-alpha", "1.3", "--seed", "2"]
+    assert invoke(*args, "-o", "a.json").exit_code == 0
+    a = json.loads(Path("a.json").read_text())
+    assert "bursty arrivals" in a["description"] and len(a["requests"]) > 30
+    assert invoke("validate", "a.json").exit_code == 0
+    assert invoke(*args[:-2], "--seed", "2", "-o", "b.json").exit_code == 0
+    assert json.loads(Path("b.json").read_text())["requests"] == a["requests"]
+
+
 def test_help_has_examples() -> None:
     for cmd in ("solve", "validate"):
         res = invoke(cmd, "--help")

@@ -8,16 +8,20 @@
   that model's waiting requests before swapping, unless a request of another
   model has waited longer than the starvation bound. Never preempts.
 - ``static``: every model placed once at time zero (largest first, on the
-  device with most free memory, as many layers on the GPU as still fit); no
-  swapping. Fails with a clear message when the models cannot all be placed.
+  device with most GPU memory left), then layer splits searched along the cost
+  model's curve (:mod:`planner.costmodel.splits`): the model that gains most
+  decode time per extra GPU byte moves to its next faster split while
+  everything still fits. No swapping. Fails with a clear message only when the
+  models do not fit together even at their smallest splits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.baselines.sim import LoadOption, Resident, Simulator
+from planner.baselines.sim import LoadOption, Resident, Simulator, context_sizes
 from planner.costmodel.base import CostModel
+from planner.costmodel.splits import Split, split_curve
 from planner.domain import Instance, Request, Schedule
 from planner.errors import BaselineError
 
@@ -107,30 +111,114 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
     return sim.schedule()
 
 
+def _decode_tokens(instance: Instance) -> dict[str, float]:
+    """Weighted output tokens per model: decode seconds saved per token, times this, is
+    what a faster split of the model saves."""
+    out: dict[str, float] = {}
+    for r in instance.requests:
+        out[r.model] = out.get(r.model, 0.0) + r.weight * r.output_tokens
+    return out
+
+
 def static(instance: Instance, cost: CostModel) -> Schedule:
+    """Every model placed once, searching layer splits (module docstring).
+
+    Placement: largest model first on the device with most GPU memory left for the
+    model's fastest split. Splits: every model starts at its fastest split; while
+    GPU or host memory overflows, the one move (any model to any split of its curve)
+    that removes most overflow, losing least weighted decode time, is made; then,
+    while anything improves, the model whose faster split saves most decode time
+    per extra GPU byte (weighted by its requests' output tokens) moves up if
+    everything still fits. Fails when no move reduces the overflow.
+    """
     sim = Simulator(instance, cost)
-    gpu_free = {d: s.device.memory_bytes for d, s in sim.devices.items()}
-    host_free = {h.id: h.memory_bytes for h in instance.cluster.hosts}
+    n_ctx = context_sizes(instance)
+    host_cap = {h.id: h.memory_bytes for h in instance.cluster.hosts}
+    curves: dict[tuple[str, str], list[Split]] = {}
+    for mod in instance.models:
+        for dev, ds in sim.devices.items():
+            d = ds.device
+            curve = split_curve(cost, mod.id, dev, n_ctx[mod.id], d.kind == "gpu",
+                                d.memory_bytes if d.kind == "gpu" else None, host_cap[d.host])
+            if curve:  # slowest (least GPU memory) first
+                curves[(mod.id, dev)] = sorted(curve, key=lambda s: (s.gpu_bytes, -s.decode_s))
     weight = {m.id: m.arch.weight_bytes for m in instance.models}
-    placed: dict[str, Resident] = {}
+    room = {d: (s.device.memory_bytes if s.device.kind == "gpu" else 0)
+            for d, s in sim.devices.items()}
+    device: dict[str, str] = {}
     for model in sorted(weight, key=lambda m: -weight[m]):
-        choice = None
-        for dev in sorted(sim.devices, key=lambda d: -gpu_free[d]):
-            kind = sim.devices[dev].device.kind
-            cfg = sim.fit_config(model, dev, gpu_free[dev] if kind == "gpu" else None)
-            host = sim.devices[dev].device.host
-            if cfg is not None and cost.host_bytes(cfg) <= host_free[host]:
-                choice = cfg
-                break
-        if choice is None:
-            free = ", ".join(f"{d} {b / 2**30:.1f} GiB" for d, b in gpu_free.items())
-            raise BaselineError(f"model {model} does not fit beside the models already "
-                                f"placed (free memory: {free}); use a swapping solver")
-        dev = choice.device
-        if sim.devices[dev].device.kind == "gpu":
-            gpu_free[dev] -= cost.gpu_bytes(choice)
-        host_free[sim.devices[dev].device.host] -= cost.host_bytes(choice)
-        placed[model] = sim.apply_load(LoadOption(dev, choice, (), 0.0, 0.0))
+        devs = [d for d in sim.devices if (model, d) in curves]
+        if not devs:
+            raise BaselineError(f"model {model} fits on no device at any layer split")
+        pick = max(devs, key=lambda d: (room[d], d))
+        device[model] = pick
+        room[pick] -= curves[(model, pick)][-1].gpu_bytes
+    level = {m: len(curves[(m, device[m])]) - 1 for m in device}  # fastest splits
+    load = _decode_tokens(instance)
+
+    def used(pick: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        gpu: dict[str, int] = {}
+        host: dict[str, int] = {}
+        for m, i in pick.items():
+            s = curves[(m, device[m])][i]
+            gpu[device[m]] = gpu.get(device[m], 0) + s.gpu_bytes
+            h = sim.devices[device[m]].device.host
+            host[h] = host.get(h, 0) + s.host_bytes
+        return gpu, host
+
+    def overflow(pick: dict[str, int]) -> int:
+        gpu, host = used(pick)
+        return sum(max(0, b - sim.devices[d].device.memory_bytes) for d, b in gpu.items()
+                   if sim.devices[d].device.kind == "gpu") + \
+            sum(max(0, b - host_cap[h]) for h, b in host.items())
+
+    def fits(pick: dict[str, int]) -> bool:
+        return overflow(pick) == 0
+
+    def slower(m: str, i: int, j: int) -> float:
+        curve = curves[(m, device[m])]
+        return load.get(m, 0.0) * (curve[j].decode_s - curve[i].decode_s)
+
+    # descend: the move that removes most overflow (then loses least decode time)
+    while not fits(level):
+        now = overflow(level)
+        best: tuple[int, float, str, int] | None = None
+        for m, i in level.items():
+            for j in range(len(curves[(m, device[m])])):
+                if j == i:
+                    continue
+                trial = dict(level)
+                trial[m] = j
+                cand = (overflow(trial), slower(m, i, j), m, j)
+                if cand[0] < now and (best is None or cand[:2] < best[:2]):
+                    best = cand
+        if best is None:
+            gpu, _host = used(level)
+            free = ", ".join(f"{d} {(sim.devices[d].device.memory_bytes - b) / 2**30:.1f} GiB"
+                             for d, b in gpu.items())
+            raise BaselineError(f"the models do not fit together at any layer split the "
+                                f"search reached (free memory: {free}); use a swapping solver")
+        level[best[2]] = best[3]
+    while True:
+        best_gain, best_move = 0.0, None
+        for m, i in level.items():
+            curve = curves[(m, device[m])]
+            for j in range(i + 1, len(curve)):
+                trial = dict(level)
+                trial[m] = j
+                if not fits(trial):
+                    continue
+                extra = max(1, curve[j].gpu_bytes - curve[i].gpu_bytes)
+                gain = load.get(m, 0.0) * (curve[i].decode_s - curve[j].decode_s) / extra
+                if gain > best_gain:
+                    best_gain, best_move = gain, (m, j)
+        if best_move is None:
+            break
+        level[best_move[0]] = best_move[1]
+    placed: dict[str, Resident] = {}
+    for model in sorted(level, key=lambda m: -weight[m]):
+        cfg = curves[(model, device[model])][level[model]].cfg
+        placed[model] = sim.apply_load(LoadOption(cfg.device, cfg, (), 0.0, 0.0))
     for req in _by_arrival(instance):
         sim.run(placed[req.model], req, req.arrival_s)
     return sim.schedule()

@@ -8,7 +8,7 @@ import click
 
 from planner.commands.common import FiniteFloat
 from planner.domain import MAX_TIME_S, OBJECTIVES
-from planner.generate import MIXED_MODELS
+from planner.generate import ARRIVALS, LENGTHS, MIXED_MODELS
 
 
 @click.group()
@@ -37,25 +37,40 @@ def instance() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Instance name [default: the output file's stem].")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None)
+@click.option("--arrivals", type=click.Choice(ARRIVALS), default="poisson", show_default=True,
+              help="bursty: in each period a few models are hot (their rate boosted).")
+@click.option("--hot-models", type=click.IntRange(min=1), default=2, show_default=True,
+              help="bursty: models hot in each period.")
+@click.option("--burst-period", type=FiniteFloat(min=1, max=MAX_TIME_S), default=60.0,
+              show_default=True, help="bursty: seconds per period.")
+@click.option("--lengths", type=click.Choice(LENGTHS), default="lognormal", show_default=True,
+              help="pareto: heavy-tailed prompt and output lengths (same medians).")
+@click.option("--tail-alpha", type=FiniteFloat(min=1.01, max=100), default=1.5,
+              show_default=True, help="pareto: tail shape (smaller is heavier).")
 def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                  rates: tuple[str, ...], duration: float, prompt_median: int,
                  output_median: int, max_prompt: int, max_output: int, seed: int,
                  name: str | None,
-                 objective: str | None) -> None:
-    """Write an instance with Poisson arrivals and log-normal lengths.
+                 objective: str | None, arrivals: str = "poisson", hot_models: int = 2,
+                 burst_period: float = 60.0, lengths: str = "lognormal",
+                 tail_alpha: float = 1.5) -> None:
+    """Write an instance: Poisson or bursty arrivals, log-normal or heavy-tailed lengths.
 
     \b
     Examples:
       planner instance generate -o instances/busy.json --rate 0.1 --seed 3
       planner instance generate --like instances/mixed.json --rate 0.05 -o /tmp/x.json
       planner instance generate -o x.json --models llama3-8b-q4_k_m --rate llama3-8b-q4_k_m=0.5
+      planner instance generate -o b.json --arrivals bursty --hot-models 2 --lengths pareto
     """
     from planner.generate import WorkloadSpec, generate_instance
     from planner.io import write_json_atomic
 
     spec = WorkloadSpec(rates={}, duration_s=duration, prompt_median=prompt_median,
                         output_median=output_median, max_prompt=max_prompt,
-                        max_output=max_output, seed=seed)
+                        max_output=max_output, seed=seed, arrivals=arrivals,
+                        burst_period_s=burst_period, hot_models=hot_models, lengths=lengths,
+                        tail_alpha=tail_alpha)
     data = generate_instance(out, like, cluster_name, models, rates, spec, name, objective)
     write_json_atomic(out, data)
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")

@@ -61,6 +61,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               help="CP-SAT search workers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")
 @click.option("--log", is_flag=True, help="Print CP-SAT's search log.")
+@click.option("--cpu-engines/--no-cpu-engines", default=True, show_default=True,
+              help="Let CP-SAT place engines on host CPUs beside the GPUs.")
 @click.option("--preemption/--no-preemption", default=True, show_default=True,
               help="Let CP-SAT split long requests (kv_save/kv_restore or recompute).")
 @click.option("--cost-model", type=click.Choice(COST_MODELS), default="auto", show_default=True,
@@ -68,7 +70,7 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
 def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
           time_limit: float, workers: int, seed: int, log: bool, preemption: bool,
-          cost_model: str, as_json: bool) -> None:
+          cost_model: str, as_json: bool, cpu_engines: bool = True) -> None:
     """Plan placement, layer splits and a timed schedule for INSTANCE.
 
     Writes a plan (SPEC section 2) that the plan checker has passed, with the
@@ -91,7 +93,8 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
 
         for w in profile_warnings(inst):
             click.echo(f"warning: {w}", err=True)
-    opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption)
+    opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption,
+                        cpu_engines=cpu_engines)
     target = out or Path("solutions") / f"{instance.stem}.json"
 
     def started(what: str) -> None:

@@ -10,18 +10,18 @@ a valid lower bound on each request's response time.
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-from planner.baselines.sim import Simulator, context_sizes, serving_devices
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Request, Schedule
+from planner.solver.candidates import curves, solver_devices, working_set
+from planner.solver.preempt import SplitData, build_alternative, split_points
 
 TICKS_PER_S = 1000  # 1 ms grid
 MIB = 1024**2
 WEIGHT_SCALE = 1000  # request weights become integers: round(weight * WEIGHT_SCALE)
-GPU_SHARES = (1.0, 0.5)  # candidate configs: most layers fitting this share of the GPU
 SPLIT_MIN_TOKENS = 16  # requests with at least this many output tokens may be preempted
 
 
@@ -49,38 +49,6 @@ class CandidateEngine:
 
 
 @dataclass(frozen=True)
-class SplitData:
-    """One candidate preemption point: part 1 generates ``[0, k)``, part 2 ``[k, out)``.
-
-    The hand-over is fixed per request to the cheaper of the two the cost model
-    offers (on the request's fastest candidate configuration): ``kv`` (kv_save
-    after part 1 on its engine, kv_restore before part 2 on its engine) or
-    ``recompute`` (part 2 prefills prompt + k tokens again).
-    """
-
-    k: int
-    mode: str  # "kv" | "recompute"
-    part1: dict[int, int]  # engine key -> ticks of the run [0, k)
-    part1_s: dict[int, float]
-    part2: dict[int, int]  # engine key -> ticks of the run [k, out), recompute included
-    part2_s: dict[int, float]
-    save: dict[int, int]  # engine key -> kv_save ticks (empty for recompute)
-    save_s: dict[int, float]
-    restore: dict[int, int]  # engine key -> kv_restore ticks (empty for recompute)
-    restore_s: dict[int, float]
-    kv_bytes: dict[int, int]  # saving engine key -> bytes of the saved state
-    kv_mib: int  # the largest of kv_bytes, in MiB rounded up (host cumulative)
-
-    def only(self, keep: set[int]) -> SplitData:
-        def f(d: dict[int, Any]) -> dict[int, Any]:
-            return {k: v for k, v in d.items() if k in keep}
-
-        return SplitData(self.k, self.mode, f(self.part1), f(self.part1_s), f(self.part2),
-                         f(self.part2_s), f(self.save), f(self.save_s), f(self.restore),
-                         f(self.restore_s), f(self.kv_bytes), self.kv_mib)
-
-
-@dataclass(frozen=True)
 class RequestData:
     req: Request
     arrival: int  # earliest start tick
@@ -88,8 +56,8 @@ class RequestData:
     deadline: int | None  # latest completion tick that meets the SLO
     run: dict[int, int]  # candidate engine key -> run ticks (whole request, from token 0)
     run_s: dict[int, float]  # the same in exact seconds
-    min_response_s: float  # valid lower bound on the response time, seconds
-    split: SplitData | None = None  # a preemption candidate, when the request is long enough
+    min_response_s: float  # lower bound on the response time over these candidates, seconds
+    splits: tuple[SplitData, ...] = ()  # preemption alternatives (planner.solver.preempt)
 
 
 @dataclass(frozen=True)
@@ -101,6 +69,7 @@ class ProblemData:
     host_mib: dict[str, int]  # host id -> capacity (rounded down)
     devices: tuple[str, ...]  # serving devices
     device_host: dict[str, str]
+    pool: dict[tuple[str, str], list[EngineConfig]] = field(default_factory=dict)  # all splits
 
     def engines_of(self, model: str) -> list[CandidateEngine]:
         return [e for e in self.engines if e.cfg.model == model]
@@ -114,52 +83,36 @@ def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
     reqs = tuple(RequestData(rd.req, rd.arrival, rd.weight, rd.deadline,
                              {k: v for k, v in rd.run.items() if k in keep},
                              {k: v for k, v in rd.run_s.items() if k in keep},
-                             rd.min_response_s,
-                             rd.split.only(keep) if rd.split is not None else None)
+                             rd.min_response_s, tuple(sd.only(keep) for sd in rd.splits))
                  for rd in data.requests)
     return ProblemData(data.instance, tuple(e for e in data.engines if e.key in keep), reqs,
-                       data.gpu_mib, data.host_mib, data.devices, data.device_host)
+                       data.gpu_mib, data.host_mib, data.devices, data.device_host, data.pool)
 
 
 class InfeasibleInstance(Exception):
     """No plan exists; the message names the model, device or request responsible."""
 
 
-def _candidate_configs(instance: Instance, cost: CostModel,
-                       baselines: dict[str, Schedule]) -> list[EngineConfig]:
-    sim = Simulator(instance, cost)
-    n_ctx = context_sizes(instance)
-    out: list[EngineConfig] = []
-    seen: set[tuple[str, str, int]] = set()
-
-    def add(cfg: EngineConfig | None) -> None:
-        if cfg is not None and (cfg.model, cfg.device, cfg.n_gpu_layers) not in seen:
-            seen.add((cfg.model, cfg.device, cfg.n_gpu_layers))
-            out.append(cfg)
-
-    for m in instance.models:
-        for d in serving_devices(instance):
-            if d.kind == "cpu":
-                add(sim.fit_config(m.id, d.id))
-                continue
-            for share in GPU_SHARES:
-                add(sim.fit_config(m.id, d.id, int(d.memory_bytes * share)))
-    # every configuration a baseline used, so that its plan can be given as a hint
-    for sched in baselines.values():
-        for e in sched.engines:
-            if e.n_ctx == n_ctx[e.model]:
-                add(EngineConfig(e.model, e.device, e.n_gpu_layers, e.n_ctx))
-    return out
-
-
 def build_data(instance: Instance, cost: CostModel,
-               baselines: dict[str, Schedule] | None = None) -> ProblemData:
-    """Candidate engines and request options; raises InfeasibleInstance with a reason."""
+               baselines: dict[str, Schedule] | None = None, max_options: float = math.inf,
+               periods: int = 2, cpu_engines: bool = True,
+               n_ctx: dict[str, int] | None = None,
+               configs: list[EngineConfig] | None = None, max_splits: int = 0) -> ProblemData:
+    """Candidate engines and request options; raises InfeasibleInstance with a reason.
+
+    The candidates are the split pool's working set for ``max_options`` request
+    options at ``periods`` periods per engine (:mod:`planner.solver.candidates`),
+    or ``configs`` when given. At most ``max_splits`` requests get preemption
+    alternatives: those where preemption can pay most (``preemption_candidates``).
+    """
     baselines = baselines or {}
-    devices = serving_devices(instance)
+    devices = solver_devices(instance, cpu_engines)
     dev_host = {d.id: d.host for d in devices}
+    pool = curves(instance, cost, devices, n_ctx)
+    if configs is None:
+        configs = working_set(instance, pool, baselines, max_options, periods, cost, n_ctx)
     engines: list[CandidateEngine] = []
-    for i, cfg in enumerate(_candidate_configs(instance, cost, baselines)):
+    for i, cfg in enumerate(configs):
         on_gpu = instance.cluster.device(cfg.device).kind == "gpu"
         gb, hb = cost.gpu_bytes(cfg) if on_gpu else 0, cost.host_bytes(cfg)
         engines.append(CandidateEngine(
@@ -192,12 +145,6 @@ def build_data(instance: Instance, cost: CostModel,
             raise InfeasibleInstance(
                 f"request {r.id}: prompt+output {r.total_tokens} tokens exceed the context "
                 f"of every engine of model {r.model}")
-        split = None
-        if r.output_tokens >= SPLIT_MIN_TOKENS:
-            engs = [e for e in by_model[r.model] if e.key in run]
-            split, s_best, s_first = _split(cost, r, engs, min(run, key=lambda k: run_s[k]))
-            # a split run on two configurations may beat every whole run: bound both
-            best, first_load = min(best, s_best), min(first_load, s_first)
         # every engine starts unloaded at t=0, so an engine loads before it can run
         min_resp = max(best, first_load - r.arrival_s)
         deadline = None
@@ -205,41 +152,82 @@ def build_data(instance: Instance, cost: CostModel,
             deadline = math.floor((r.arrival_s + r.slo_s) * TICKS_PER_S + 1e-6)
         weight = max(1, round(r.weight * WEIGHT_SCALE))
         requests.append(RequestData(r, ticks_up(r.arrival_s), weight,
-                                    deadline, run, run_s, min_resp, split))
+                                    deadline, run, run_s, min_resp))
+    if max_splits > 0:
+        requests = _with_splits(cost, requests, by_model, baselines, max_splits)
     gpu_mib = {d.id: d.memory_bytes // MIB for d in devices if d.kind == "gpu"}
     host_mib = {h.id: h.memory_bytes // MIB for h in instance.cluster.hosts}
     return ProblemData(instance, tuple(engines), tuple(requests), gpu_mib, host_mib,
-                       tuple(d.id for d in devices), dev_host)
+                       tuple(d.id for d in devices), dev_host, pool)
 
 
-def _split(cost: CostModel, r: Request, engs: list[CandidateEngine],
-           fastest: int) -> tuple[SplitData, float, float]:
-    """The preemption candidate at k = output/2, and lower bounds on a split request's
-    service time and on load + service time (hand-over costs left out: they only add)."""
-    k = r.output_tokens // 2
-    ctx = r.prompt_tokens + k
-    p1 = {e.key: cost.run_s(e.cfg, r.prompt_tokens, 0, k) for e in engs}
-    p2 = {e.key: cost.run_s(e.cfg, r.prompt_tokens, k, r.output_tokens) for e in engs}
-    fast = next(e for e in engs if e.key == fastest)
-    kv_cost = cost.kv_save_s(fast.cfg, ctx) + cost.kv_restore_s(fast.cfg, ctx)
-    rec_cost = cost.run_s(fast.cfg, r.prompt_tokens, k, r.output_tokens, True) - p2[fastest]
-    s_best = min(p1.values()) + min(p2.values())
-    s_first = min(e.load_s + p1[e.key] for e in engs) + min(p2.values())
-    if kv_cost <= rec_cost:
-        save_s = {e.key: cost.kv_save_s(e.cfg, ctx) for e in engs}
-        restore_s = {e.key: cost.kv_restore_s(e.cfg, ctx) for e in engs}
-        kvb = {e.key: cost.kv_bytes(e.cfg, ctx) for e in engs}
-        mode, part2_s = "kv", p2
-    else:
-        save_s, restore_s, kvb = {}, {}, {}
-        mode = "recompute"
-        part2_s = {e.key: cost.run_s(e.cfg, r.prompt_tokens, k, r.output_tokens, True)
-                   for e in engs}
+def _windows(baselines: dict[str, Schedule], reqs: list[RequestData]) -> dict[
+        str, tuple[float, float]]:
+    """When each request runs in the best baseline plan (by weighted response)."""
+    best: dict[str, tuple[float, float]] = {}
+    score = math.inf
+    arrival = {rd.req.id: rd.req for rd in reqs}
+    for sched in baselines.values():
+        win: dict[str, tuple[float, float]] = {}
+        for a in sched.actions:
+            if a.kind == "run" and a.request in arrival:
+                s, e = win.get(a.request, (math.inf, 0.0))
+                win[a.request] = (min(s, a.start_s), max(e, a.end_s))
+        total = sum(arrival[k].weight * (e - arrival[k].arrival_s) for k, (_s, e) in win.items())
+        if len(win) == len(reqs) and total < score:
+            best, score = win, total
+    return best
 
-    def ticks(d: dict[int, float]) -> dict[int, int]:
-        return {key: max(1, ticks_up(v)) for key, v in d.items()}
 
-    split = SplitData(k, mode, ticks(p1), p1, ticks(part2_s), part2_s, ticks(save_s), save_s,
-                      ticks(restore_s), restore_s, kvb,
-                      -(-max(kvb.values(), default=0) // MIB))
-    return split, s_best, s_first
+def preemption_candidates(reqs: list[RequestData], baselines: dict[str, Schedule],
+                          limit: int) -> dict[str, tuple[tuple[float, float],
+                                                         list[tuple[float, bool, float]]]]:
+    """Requests where preemption can pay: a heavier request (higher weight per second of
+    its fastest run) arrives while it runs (in the best baseline's plan, else right
+    after its arrival). Scored by the weighted wait they would save; the ``limit`` best,
+    each with its window and the heavier arrivals (time, of another model)."""
+    win = _windows(baselines, reqs)
+    ratio = {rd.req.id: rd.req.weight / max(1e-9, min(rd.run_s.values())) for rd in reqs}
+    by_arrival = sorted(reqs, key=lambda rd: rd.req.arrival_s)
+    times = [rd.req.arrival_s for rd in by_arrival]
+    scored = []
+    for rd in reqs:
+        r = rd.req
+        if r.output_tokens < SPLIT_MIN_TOKENS:
+            continue
+        s, e = win.get(r.id, (r.arrival_s, r.arrival_s + min(rd.run_s.values())))
+        lo, hi = bisect.bisect_right(times, s), bisect.bisect_left(times, e)
+        heavier = [(j.req.arrival_s, j.req.model != r.model, min(j.run_s.values()))
+                   for j in by_arrival[lo:hi] if ratio[j.req.id] > ratio[r.id] and j.req.id != r.id]
+        gain = sum(w.req.weight * (e - w.req.arrival_s) for w in by_arrival[lo:hi]
+                   if ratio[w.req.id] > ratio[r.id] and w.req.id != r.id)
+        if heavier:
+            scored.append((-gain, r.id, (s, e), heavier))
+    scored.sort()
+    return {rid: (w, h) for _g, rid, w, h in scored[:limit]}
+
+
+def _with_splits(cost: CostModel, reqs: list[RequestData],
+                 by_model: dict[str, list[CandidateEngine]], baselines: dict[str, Schedule],
+                 limit: int) -> list[RequestData]:
+    cands = preemption_candidates(reqs, baselines, limit)
+    out = []
+    for rd in reqs:
+        got = cands.get(rd.req.id)
+        if got is None:
+            out.append(rd)
+            continue
+        r = rd.req
+        engs = {e.key: e.cfg for e in by_model[r.model] if e.key in rd.run}
+        fastest = min(rd.run, key=lambda k: rd.run_s[k])
+        cfg = engs[fastest]
+        prefill = cost.prefill_s(cfg, r.prompt_tokens)
+        per_token = (rd.run_s[fastest] - prefill) / r.output_tokens
+        mid = r.prompt_tokens + r.output_tokens // 2
+        handover = min(cost.kv_save_s(cfg, mid) + cost.kv_restore_s(cfg, mid),
+                       cost.prefill_s(cfg, mid))
+        alts = tuple(build_alternative(cost, r, engs, fastest, pts, stay, TICKS_PER_S)
+                     for pts, stay in split_points(r, got[0], got[1], prefill, per_token,
+                                                   handover))
+        out.append(replace(rd, splits=alts))
+    return out

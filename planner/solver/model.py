@@ -12,15 +12,12 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 - A request ``r`` picks one option ``x[r,e,p]`` among the periods of the
   engines of its model; it runs in ``[s_r, s_r + d_{r,e})`` with ``d`` the cost
   model's run time on ``e``'s configuration.
-- A request allowed to be preempted (``splits``) may instead run in two parts,
-  ``[0, k)`` and ``[k, out)`` (presence ``on_r``), each on an (engine, period) of
-  its model; part 2 may be on another device (a migration). With a KV hand-over,
-  part 1's compute-lane interval is the run *and* its kv_save (which also sits on
-  the transfer lane at the run's end), and part 2's is its kv_restore and the run
-  (the restore also on the transfer lane): nothing else can run on either device
-  between a run and its save or its restore, so the engine still holds the state.
-  The saved bytes occupy the saving host's memory from save start to restore end.
-  With recompute, part 2 is a longer run (it prefills prompt + k) after part 1.
+- A request allowed to be preempted (``splits``) may instead take one of its
+  split alternatives (:mod:`planner.solver.preempt`): parts ``[0,k_1), ...,
+  [k_n,out)``, each on an (engine, period) of its model (a later part on
+  another device is a migration), handed over by kv_save/kv_restore (glued to
+  their runs, on the transfer lane, the state held in host RAM), recompute, or a
+  pause on the same engine (a per-engine NoOverlap keeps its other runs out).
 - Solver values are read in :meth:`CPModel.solution` only, into the
   solver-neutral :class:`WindowSolution`.
 """
@@ -28,6 +25,7 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,6 +34,14 @@ from ortools.sat.python import cp_model
 
 from planner.interrupt import stoppable
 from planner.solver.data import CandidateEngine, ProblemData, RequestData
+from planner.solver.preempt import (
+    PartOption,
+    Piece,
+    SplitVar,
+    hint_off,
+    make_split,
+    split_pieces,
+)
 
 Interval = tuple[int, int]
 
@@ -67,23 +73,6 @@ class Hint:
 
     periods: dict[int, list[tuple[int, int]]]
     runs: dict[str, tuple[int, int, int]]
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One action of a request in ticks: a run, or a kv_save / kv_restore of its state."""
-
-    kind: str  # "run" | "kv_save" | "kv_restore"
-    engine: int
-    period: int  # index among the engine's present periods in this window's solution
-    start: int
-    end: int
-    seconds: float  # the cost model's exact duration
-    tokens_from: int = 0
-    tokens_to: int = 0
-    recompute: bool = False
-    bytes: int = 0  # kv_save / kv_restore: bytes of the saved state
-    hold_host: str = ""  # kv_save / kv_restore: the host whose memory holds the state
 
 
 @dataclass
@@ -120,27 +109,12 @@ class RunVar:
 
 
 @dataclass
-class SplitVar:
-    """A preemption at token k: part 1 from the request's start, part 2 from ``start2``
-    (its kv_restore's start for a KV hand-over, else its run's start)."""
-
-    on: cp_model.IntVar
-    start2: cp_model.IntVar
-    part1: list[RunVar]  # interval at the request's start: run [0,k) (+ kv_save)
-    part2: list[RunVar]  # interval at start2: (kv_restore +) run [k,out)
-    saves: list[cp_model.IntervalVar]  # transfer lane, one per part-1 option (KV only)
-    restores: list[cp_model.IntervalVar]  # transfer lane, one per part-2 option (KV only)
-    holds: list[tuple[str, cp_model.IntervalVar]]  # host -> saved state held (KV only)
-    aux: list[tuple[cp_model.IntVar, int]]  # variables to hint: (var, value when not split)
-
-
-@dataclass
 class RequestVar:
     data: RequestData
     start: cp_model.IntVar
     end: cp_model.IntVar
     options: list[RunVar]
-    split: SplitVar | None = None
+    splits: list[SplitVar] = field(default_factory=list)
 
 
 class Variables:
@@ -172,53 +146,12 @@ class Variables:
                                                                 f"run[{r.id},{ek},{p}]")
                     options.append(RunVar(ek, p, x, iv, dur))
             rv = RequestVar(rd, start, end, options)
-            if rd.split is not None and r.id in splits:
-                rv.split = self._split(m, rv, horizon)
+            if r.id in splits:
+                n_per = {ek: len(ps) for ek, ps in self.periods.items()}
+                rv.splits = [make_split(m, r.id, start, end, rd.arrival, sd, i, n_per,
+                                        self.host_of, horizon)
+                             for i, sd in enumerate(rd.splits)]
             self.requests.append(rv)
-
-    def _split(self, m: cp_model.CpModel, rv: RequestVar, h: int) -> SplitVar:
-        sd = rv.data.split
-        assert sd is not None
-        rid = rv.data.req.id
-        kv = sd.mode == "kv"
-        on = m.new_bool_var(f"split[{rid}]")
-        start2 = m.new_int_var(rv.data.arrival, h, f"s2[{rid}]")
-        sv = SplitVar(on, start2, [], [], [], [], [], [(start2, -1)])
-        for ek, d1 in sd.part1.items():
-            for p in range(len(self.periods.get(ek, []))):
-                y = m.new_bool_var(f"y1[{rid},{ek},{p}]")
-                size = d1 + (sd.save[ek] if kv else 0)
-                iv = m.new_optional_fixed_size_interval_var(rv.start, size, y,
-                                                            f"part1[{rid},{ek},{p}]")
-                sv.part1.append(RunVar(ek, p, y, iv, size))
-                if kv:
-                    sv.saves.append(m.new_optional_fixed_size_interval_var(
-                        rv.start + d1, sd.save[ek], y, f"save[{rid},{ek},{p}]"))
-        for ek, d2 in sd.part2.items():
-            for p in range(len(self.periods.get(ek, []))):
-                y = m.new_bool_var(f"y2[{rid},{ek},{p}]")
-                size = d2 + (sd.restore[ek] if kv else 0)
-                iv = m.new_optional_fixed_size_interval_var(start2, size, y,
-                                                            f"part2[{rid},{ek},{p}]")
-                sv.part2.append(RunVar(ek, p, y, iv, size))
-                if kv:
-                    sv.restores.append(m.new_optional_fixed_size_interval_var(
-                        start2, sd.restore[ek], y, f"restore[{rid},{ek},{p}]"))
-        if kv:
-            # saved state held from save start (part 1's run end) to restore end
-            hold_s = m.new_int_var(0, h, f"hold_s[{rid}]")
-            hold_e = m.new_int_var(0, h, f"hold_e[{rid}]")
-            m.add(hold_s == rv.start + sum(sd.part1[o.engine] * o.chosen for o in sv.part1))
-            m.add(hold_e == start2 + sum(sd.restore[o.engine] * o.chosen for o in sv.part2))
-            held = m.new_int_var(0, h, f"hold_d[{rid}]")
-            sv.aux += [(hold_s, -1), (hold_e, -1), (held, 0)]
-            for host in sorted({self.host_of[o.engine] for o in sv.part1}):
-                ph = m.new_bool_var(f"hold[{rid},{host}]")
-                m.add(ph == sum(o.chosen for o in sv.part1 if self.host_of[o.engine] == host))
-                sv.holds.append((host, m.new_optional_interval_var(
-                    hold_s, held, hold_e, ph, f"held[{rid},{host}]")))
-                sv.aux.append((ph, 0))
-        return sv
 
     @staticmethod
     def _period(m: cp_model.CpModel, e: CandidateEngine, p: int, h: int) -> PeriodVar:
@@ -275,49 +208,47 @@ class Constraints:
                     self.m.add(nxt.load_start >= pv.unload_end).only_enforce_if(nxt.present)
 
     def _one_option_per_request(self) -> None:
-        """sum_{e,p} x[r,e,p] = 1;  c_r = s_r + sum_{e,p} d_{r,e} x[r,e,p].
-
-        A preemptible request: sum x + on_r = 1, sum y1 = sum y2 = on_r; if on_r then
-        s2_r >= s_r + sum d1 y1 (part 2 after part 1 and its save) and
-        c_r = s2_r + sum d2 y2, else s2_r = s_r.
-        """
+        """sum_{e,p} x[r,e,p] + sum_a on[r,a] = 1;  c_r = s_r + sum d_{r,e} x[r,e,p] when
+        whole. Each split alternative a sets c_r itself when on (preempt.make_split)."""
         for rv in self.v.requests:
-            sv = rv.split
             whole = rv.start + sum(o.duration * o.chosen for o in rv.options)
-            if sv is None:
-                self.m.add_exactly_one(o.chosen for o in rv.options)
+            self.m.add_exactly_one([o.chosen for o in rv.options] + [a.on for a in rv.splits])
+            if not rv.splits:
                 self.m.add(rv.end == whole)
                 continue
-            self.m.add_exactly_one([o.chosen for o in rv.options] + [sv.on])
-            self.m.add(sum(o.chosen for o in sv.part1) == sv.on)
-            self.m.add(sum(o.chosen for o in sv.part2) == sv.on)
-            self.m.add(rv.end == whole).only_enforce_if(~sv.on)
-            self.m.add(sv.start2 == rv.start).only_enforce_if(~sv.on)
-            self.m.add(sv.start2 >= rv.start + sum(o.duration * o.chosen for o in sv.part1)
-                       ).only_enforce_if(sv.on)
-            self.m.add(rv.end == sv.start2 + sum(o.duration * o.chosen for o in sv.part2)
-                       ).only_enforce_if(sv.on)
+            self.m.add(rv.end == whole).only_enforce_if([~a.on for a in rv.splits])
 
     def _residency(self) -> None:
         """x[r,e,p] => z[e,p] and ls[e,p] + L_e <= s_r and s_r + d_{r,e} <= us[e,p]."""
         for rv in self.v.requests:
-            opts = [(rv.start, o) for o in rv.options]
-            if rv.split is not None:
-                opts += [(rv.start, o) for o in rv.split.part1]
-                opts += [(rv.split.start2, o) for o in rv.split.part2]
+            opts: list[tuple[Any, RunVar | PartOption]] = [(rv.start, o) for o in rv.options]
+            for sv in rv.splits:
+                for i, part in enumerate(sv.parts):
+                    opts += [(sv.starts[i], o) for o in part]
             for start, o in opts:
                 pv = self.v.periods[o.engine][o.period]
                 self.m.add_implication(o.chosen, pv.present)
                 self.m.add(start >= pv.load_end).only_enforce_if(o.chosen)
-                self.m.add(start + o.duration <= pv.unload_start).only_enforce_if(o.chosen)
+                size = o.duration if isinstance(o, RunVar) else o.size
+                self.m.add(start + size <= pv.unload_start).only_enforce_if(o.chosen)
 
     def _compute_lanes(self) -> None:
         """NoOverlap over the runs on each device (SPEC rule 2, compute lane)."""
         lanes: dict[str, list[cp_model.IntervalVar]] = {d: [] for d in self.data.devices}
+        engine_runs: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
+        pauses: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
         for rv in self.v.requests:
-            opts = rv.options + (rv.split.part1 + rv.split.part2 if rv.split else [])
+            opts: list[RunVar | PartOption] = list(rv.options)
+            for sv in rv.splits:
+                opts += [o for part in sv.parts for o in part]
+                for ek, p, iv in sv.pauses:
+                    pauses.setdefault((ek, p), []).append(iv)
             for o in opts:
                 lanes[self.engine[o.engine].cfg.device].append(o.interval)
+                engine_runs.setdefault((o.engine, o.period), []).append(o.interval)
+        # a same-device pause: no other run of that engine (period) while it lasts
+        for key, ivs in pauses.items():
+            self.m.add_no_overlap(ivs + engine_runs.get(key, []))
         for d, ivs in lanes.items():
             ivs += [self._fixed(s, e, f"fixed-run[{d}]") for s, e in self.frozen.compute.get(d, [])]
             if len(ivs) > 1:
@@ -333,12 +264,9 @@ class Constraints:
                     lanes[d].append(pv.load)
                 lanes[d].append(pv.unload)
         for rv in self.v.requests:
-            sv = rv.split
-            if sv is not None:
-                for o, iv in zip(sv.part1, sv.saves, strict=False):
-                    lanes[self.engine[o.engine].cfg.device].append(iv)
-                for o, iv in zip(sv.part2, sv.restores, strict=False):
-                    lanes[self.engine[o.engine].cfg.device].append(iv)
+            for sv in rv.splits:
+                for ek, iv in sv.transfers:
+                    lanes[self.engine[ek].cfg.device].append(iv)
         for d, ivs in lanes.items():
             ivs += [self._fixed(s, e, f"fixed-xfer[{d}]")
                     for s, e in self.frozen.transfer.get(d, [])]
@@ -370,12 +298,11 @@ class Constraints:
                     ivs += [pv.resident for pv in ps]
                     dem += [e.host_mib] * len(ps)
             for rv in self.v.requests:
-                if rv.split is None or rv.data.split is None:
-                    continue
-                for host, iv in rv.split.holds:
-                    if host == h and rv.data.split.kv_mib > 0:
-                        ivs.append(iv)
-                        dem.append(rv.data.split.kv_mib)
+                for sv in rv.splits:
+                    for host, mib, iv in sv.holds:
+                        if host == h and mib > 0:
+                            ivs.append(iv)
+                            dem.append(mib)
             for s, t, b in self.frozen.host_mem.get(h, []):
                 ivs.append(self._fixed(s, t, f"fixed-host[{h}]"))
                 dem.append(b)
@@ -431,6 +358,16 @@ class Objective:
 
 # --- the model ------------------------------------------------------------------------
 
+#: (perf_counter, objective) of every solution CP-SAT reports, in the model's units; the
+#: caller clears it and reads when a solution first beat its baseline (benchmarks).
+PROGRESS: list[tuple[float, float]] = []
+
+
+class _Progress(cp_model.CpSolverSolutionCallback):
+    def on_solution_callback(self) -> None:
+        PROGRESS.append((time.perf_counter(), self.objective_value))
+
+
 @dataclass
 class SolveHooks:
     """Observers of a running search; they never change what the solver decides.
@@ -462,6 +399,7 @@ class _Observer(cp_model.CpSolverSolutionCallback):
         self.cp, self.hooks = cp, hooks
 
     def on_solution_callback(self) -> None:
+        PROGRESS.append((time.perf_counter(), self.objective_value))
         if self.hooks.on_solution is not None:
             self.hooks.on_solution(self.objective_value, lambda: self.cp.read_values(
                 self.boolean_value, self.value, "FEASIBLE", self.objective_value,
@@ -503,12 +441,8 @@ class CPModel:
             m.add_hint(rv.start, start)
             for o in rv.options:
                 m.add_hint(o.chosen, int(o.engine == ek and o.period == p))
-            if rv.split is not None:  # the hint runs every request whole
-                m.add_hint(rv.split.on, 0)
-                for o in rv.split.part1 + rv.split.part2:
-                    m.add_hint(o.chosen, 0)
-                for var, val in rv.split.aux:
-                    m.add_hint(var, start if val < 0 else val)
+            for sv in rv.splits:  # the hint runs every request whole
+                hint_off(m, sv, start)
 
     def solve(self, params: SolveParams) -> WindowSolution | None:
         solver = cp_model.CpSolver()
@@ -521,7 +455,7 @@ class CPModel:
         if hooks is not None and hooks.stop is not None and hooks.stop.is_set():
             return None  # stopped: no search, as if the time ran out without a solution
         with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
-            status = solver.solve(self.model) if hooks is None else \
+            status = solver.solve(self.model, _Progress()) if hooks is None else \
                 self._solve_observed(solver, hooks)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
@@ -572,34 +506,14 @@ class CPModel:
         runs: dict[str, list[Piece]] = {}
         host = self.vars.host_of
         for rv in self.vars.requests:
-            rd, sv = rv.data, rv.split
+            rd = rv.data
             start = value(rv.start)
             out = rd.req.output_tokens
-            if sv is None or not boolean_value(sv.on):
+            sv = next((a for a in rv.splits if boolean_value(a.on)), None)
+            if sv is None:
                 o = next(o for o in rv.options if boolean_value(o.chosen))
                 runs[rd.req.id] = [Piece("run", o.engine, index[(o.engine, o.period)], start,
                                          value(rv.end), rd.run_s[o.engine], 0, out)]
                 continue
-            sd = rd.split
-            assert sd is not None
-            o1 = next(o for o in sv.part1 if boolean_value(o.chosen))
-            o2 = next(o for o in sv.part2 if boolean_value(o.chosen))
-            p1, p2 = index[(o1.engine, o1.period)], index[(o2.engine, o2.period)]
-            e1, e2 = o1.engine, o2.engine
-            s2 = value(sv.start2)
-            mid = start + sd.part1[e1]
-            pieces = [Piece("run", e1, p1, start, mid, sd.part1_s[e1], 0, sd.k)]
-            if sd.mode == "kv":
-                b, hh = sd.kv_bytes[e1], host[e1]
-                r_end = s2 + sd.restore[e2]
-                pieces += [Piece("kv_save", e1, p1, mid, mid + sd.save[e1], sd.save_s[e1],
-                                 bytes=b, hold_host=hh),
-                           Piece("kv_restore", e2, p2, s2, r_end, sd.restore_s[e2],
-                                 bytes=b, hold_host=hh),
-                           Piece("run", e2, p2, r_end, r_end + sd.part2[e2], sd.part2_s[e2],
-                                 sd.k, out)]
-            else:
-                pieces.append(Piece("run", e2, p2, s2, s2 + sd.part2[e2], sd.part2_s[e2],
-                                    sd.k, out, recompute=True))
-            runs[rd.req.id] = pieces
+            runs[rd.req.id] = split_pieces(boolean_value, value, sv, index, host, out)
         return WindowSolution(status, objective, bound, periods, runs)

@@ -1,0 +1,206 @@
+"""Lower bounds valid for the instance (any plan the SPEC allows), not only for the
+CP-SAT model's restricted candidates. Derivation in ``docs/solver.md``; in short:
+
+Per request ``j`` (model ``m``, arrival ``a_j``):
+- ``p_jd``: its fastest run on device ``d`` (over the split pool of (m, d));
+  ``p_j = min_d p_jd``. Preemption cannot make it faster: pieces add a
+  hand-over or a recompute, and one configuration is the fastest at every
+  context (checked at probe contexts, see ``fastest``).
+- ``L_md``: the least load time of ``m`` on ``d`` (any split that fits).
+  Engines start unloaded, so nothing of ``m`` runs on ``d`` before ``L_md``.
+- release ``r_j = max(a_j, min_d L_md)``.
+
+Pooled machine (queueing). Measure work in units of ``p_j`` (request ``j`` needs
+``p_j``); device ``d`` advances ``j`` at rate ``p_j / p_jd <= S_d = max_j p_j / p_jd``
+and only after ``min_m L_md``. Any plan therefore fits into one preemptive
+machine of time-varying speed ``S(t) = sum of S_d over devices already able to
+run`` with releases ``r_j`` and the *same* work profile over time, hence the same
+completion times and the same mean busy times ``M_j`` (the time-average of
+``j``'s processing, weighted by work). On that machine preemptive WSPT
+(highest ``w_j / p_j`` first) minimises ``sum w_j M_j`` (Goemans 1996: an
+exchange argument on the LP). In the real plan ``j`` runs at rate at most 1
+(one device at a time, at most its fastest speed), so ``C_j >= M_j + p_j / 2``.
+Hence ``sum w_j C_j >= sum w_j (M_j^WSPT + p_j / 2)``; we report the larger of
+this and the per-request bound ``sum w_j (a_j + max(p_j, min_d(L_md + p_jd) - a_j))``.
+
+Makespan: the machine's finishing time (work-conserving) or the latest
+per-request bound. Tardiness and SLO attainment use the per-request bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from planner.costmodel.base import CostModel
+from planner.domain import EngineConfig, Instance, Request
+from planner.solver.candidates import curves, solver_devices
+from planner.solver.data import ProblemData
+
+PROBES = 5  # contexts at which the fastest configuration of a pair is confirmed
+
+
+def _fastest(cost: CostModel, curve: list[EngineConfig], prompt: int, out: int) -> list[
+        EngineConfig]:
+    """Configurations that may be fastest for some request of this (model, device): the
+    curve's fastest, plus any that beat it at a probe context (kept conservative)."""
+    best = curve[0]
+    keep = [best]
+    for c in curve[1:]:
+        for i in range(PROBES):
+            ctx = prompt + (out * i) // max(1, PROBES - 1)
+            if cost.decode_s_per_token(c, ctx) < cost.decode_s_per_token(best, ctx) or \
+                    cost.prefill_s(c, prompt) < cost.prefill_s(best, prompt):
+                keep.append(c)
+                break
+    return keep
+
+
+def request_bounds(instance: Instance, cost: CostModel) -> tuple[
+        dict[str, float], dict[str, dict[str, float]], dict[tuple[str, str], float]]:
+    """(p_j, p_jd per device, L_md) as in the module docstring."""
+    devices = solver_devices(instance, True)
+    pool = curves(instance, cost, devices)
+    load: dict[tuple[str, str], float] = {}
+    for (m, d), c in pool.items():
+        load[(m, d)] = min(cost.load_s(cfg) for cfg in c)
+        dev = instance.cluster.device(d)
+        if dev.kind == "gpu":  # dominated splits too: any split that fits
+            host_cap = instance.cluster.host(dev.host).memory_bytes
+            for g in range(cost.n_layers(m) + 1):
+                cfg = EngineConfig(m, d, g, c[0].n_ctx)
+                if cost.fits(cfg, dev.memory_bytes, host_cap):
+                    load[(m, d)] = min(load[(m, d)], cost.load_s(cfg))
+    probes: dict[tuple[str, str], list[EngineConfig]] = {}
+    prompt_max: dict[str, int] = {}
+    out_max: dict[str, int] = {}
+    for r in instance.requests:
+        prompt_max[r.model] = max(prompt_max.get(r.model, 0), r.prompt_tokens)
+        out_max[r.model] = max(out_max.get(r.model, 0), r.output_tokens)
+    for (m, d), c in pool.items():
+        probes[(m, d)] = _fastest(cost, c, prompt_max[m], out_max[m])
+    p: dict[str, float] = {}
+    pd: dict[str, dict[str, float]] = {}
+    for r in instance.requests:
+        row = {}
+        for dv in devices:
+            cs = probes.get((r.model, dv.id))
+            if cs:
+                row[dv.id] = min(cost.run_s(c, r.prompt_tokens, 0, r.output_tokens) for c in cs
+                                if r.total_tokens <= c.n_ctx)
+        pd[r.id] = row
+        p[r.id] = min(row.values()) if row else math.inf
+    return p, pd, load
+
+
+def fluid_wspt(jobs: list[tuple[float, float, float]],
+               capacity: list[tuple[float, float]]) -> tuple[float, float]:
+    """Preemptive WSPT on one machine of piecewise-constant speed.
+
+    ``jobs``: (release, work, weight); ``capacity``: (from time, speed) steps, sorted.
+    Returns (sum of weight * mean busy time, finishing time of all work).
+    """
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i][0])
+    heap: list[tuple[float, int]] = []
+    left = [w for _r, w, _x in jobs]
+    total_wm = 0.0
+    t = 0.0
+    k = 0
+    ci = 0
+    speed = 0.0
+    while k < len(order) or heap:
+        while ci < len(capacity) and capacity[ci][0] <= t + 1e-12:
+            speed = capacity[ci][1]
+            ci += 1
+        while k < len(order) and jobs[order[k]][0] <= t + 1e-12:
+            i = order[k]
+            heapq.heappush(heap, (-jobs[i][2] / max(jobs[i][1], 1e-12), i))
+            k += 1
+        nxt = min(jobs[order[k]][0] if k < len(order) else math.inf,
+                  capacity[ci][0] if ci < len(capacity) else math.inf)
+        if not heap or speed <= 0:
+            if nxt == math.inf:
+                return total_wm, math.inf
+            t = nxt
+            continue
+        _ratio, i = heap[0]
+        done_at = t + left[i] / speed
+        end = min(done_at, nxt)
+        work = (end - t) * speed
+        # contribution to w_i * M_i = w_i / p_i * integral of t * rate dt
+        total_wm += jobs[i][2] / max(jobs[i][1], 1e-12) * speed * (end * end - t * t) / 2
+        left[i] -= work
+        t = end
+        if end >= done_at - 1e-12:
+            left[i] = 0.0
+            heapq.heappop(heap)
+    return total_wm, t
+
+
+def lower_bound(instance: Instance, cost: CostModel, data: ProblemData | None,
+                objective: str) -> tuple[float, str]:
+    """(bound, the bound's name) for ``objective``; see the module docstring."""
+    del data  # the bound needs the instance, not the restricted model
+    p, pd, load = request_bounds(instance, cost)
+    reqs = instance.requests
+    devices = solver_devices(instance, True)
+    first: dict[str, float] = {}  # per request: least (load + run) over devices
+    for r in reqs:
+        first[r.id] = min((load[(r.model, d)] + s for d, s in pd[r.id].items()), default=math.inf)
+    min_resp = {r.id: max(p[r.id], first[r.id] - r.arrival_s) for r in reqs}
+    per_request = "per-request bound (fastest run; first load + run, engines start unloaded)"
+    if objective == "tardiness":
+        return (sum(r.weight * max(0.0, min_resp[r.id] - r.slo_s) for r in reqs
+                    if r.slo_s is not None), per_request)
+    if objective == "slo_attainment":
+        with_slo = [r for r in reqs if r.slo_s is not None]
+        if not with_slo:
+            return 1.0, per_request
+        ok = sum(1 for r in with_slo if r.slo_s is not None and min_resp[r.id] <= r.slo_s + 1e-6)
+        return ok / len(with_slo), per_request
+    release = {r.id: max(r.arrival_s, min((load[(r.model, d)] for d in pd[r.id]),
+                                          default=r.arrival_s)) for r in reqs}
+
+    def pooled(group: list[Request], model: str | None) -> tuple[float, float]:
+        """sum w (M^WSPT + p/2) and the finishing time, for ``group`` on the machine of
+        the devices' pooled speed (for one model: its speeds and its load times)."""
+        steps = []
+        for d in devices:
+            rel = [p[r.id] / pd[r.id][d.id] for r in group
+                   if d.id in pd[r.id] and pd[r.id][d.id] > 0]
+            sp = min(1.0, max(rel, default=0.0))
+            at = min((v for (m, dd), v in load.items() if dd == d.id and model in (None, m)),
+                     default=math.inf)
+            if sp > 0 and at < math.inf:
+                steps.append((at, sp))
+        capacity: list[tuple[float, float]] = []
+        acc = 0.0
+        for t, sp in sorted(steps):
+            acc += sp
+            capacity.append((t, acc))
+        wm, fin = fluid_wspt([(release[r.id], p[r.id], r.weight) for r in group], capacity)
+        return wm + sum(r.weight * p[r.id] / 2 for r in group), fin
+
+    total, finish = pooled(list(reqs), None)
+    models = sorted({r.model for r in reqs})
+    per_model = sum(pooled([r for r in reqs if r.model == m], m)[0] for m in models)
+    if objective == "makespan":
+        per = max(r.arrival_s + min_resp[r.id] for r in reqs)
+        if finish > per:
+            return finish, "pooled-machine bound (all work on the devices' pooled speed)"
+        return per, per_request
+    wsum = sum(r.weight for r in reqs)
+    arr = sum(r.weight * r.arrival_s for r in reqs)
+    simple = sum(r.weight * min_resp[r.id] for r in reqs) / wsum
+    best = max(((total - arr) / wsum, "pooled-machine queueing bound (preemptive WSPT on "
+                "the devices' pooled speed with release times, C_j >= M_j + p_j/2)"),
+               ((per_model - arr) / wsum, "pooled-machine queueing bound per model (summed "
+                "over models: each model's requests on the speed of the devices it fits, "
+                "preemptive WSPT with release times, C_j >= M_j + p_j/2)"))
+    return best if best[0] > simple else (simple, per_request)
+
+
+def gap_of(obj: float, bound: float, objective: str) -> float:
+    if objective == "slo_attainment":  # maximised; bound is an upper bound
+        return max(0.0, (bound - obj) / bound) if bound > 0 else 0.0
+    return max(0.0, (obj - bound) / abs(obj)) if obj else 0.0
