@@ -13,7 +13,9 @@ Library code only calls :func:`stoppable` (around a search) and
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,10 +146,25 @@ def run_stoppable(work: Callable[[], T], on_stop: Callable[[str], None] | None =
             on_stop(name)
 
     thread = threading.Thread(target=target, name="planner-work", daemon=True)
-    with _handlers(handler):
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
+    try:
+        with _handlers(handler):
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.1)
+    except Interrupted as exc:
+        # The work may still be (or have just been) inside native code: CP-SAT's C++
+        # threads abort the process ("terminate called without an active exception")
+        # when the interpreter tears down around them. The work writes no file
+        # (commands write after it returns), so end the process here, at once.
+        _quit_now(str(exc), exc.exit_code)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
+
+
+def _quit_now(message: str, code: int) -> None:
+    """Print the error line as the CLI would and end the process without teardown."""
+    sys.stdout.flush()
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    os._exit(code)
