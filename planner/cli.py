@@ -21,6 +21,7 @@ from planner.commands.execute import execute
 from planner.commands.export import export_cmd
 from planner.commands.instance import instance
 from planner.commands.profile import profile
+from planner.commands.serve import serve
 from planner.commands.show import show
 from planner.commands.solve import solve
 from planner.commands.study import study
@@ -109,6 +110,7 @@ cli.add_command(show)
 cli.add_command(export_cmd)
 cli.add_command(demo)
 cli.add_command(study)
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ Each CLI command parses its arguments, calls one function here, and writes.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def prepare(instance_path: str | Path, cost_kind: str = "auto") -> tuple[Instanc
     return instance, cost
 
 
+def prepare_data(data: Any, raw: bytes, where: str,
+                 cost_kind: str = "auto") -> tuple[Instance, CostModel]:
+    """``prepare`` for an instance given as parsed JSON (its bytes hashed for the plan);
+    relative paths in it are relative to the current folder."""
+    import hashlib
+
+    from planner.io import INSTANCE_FORMAT, parse_instance
+
+    if not isinstance(data, dict):
+        raise InputError([f"{where}: (top level): wrong type, expected object"])
+    if data.get("format") not in (None, INSTANCE_FORMAT):
+        raise InputError([f"{where}: format: expected {INSTANCE_FORMAT!r}, "
+                          f"got {data.get('format')!r}"])
+    instance = parse_instance(data, where, Path.cwd(), hashlib.sha256(raw).hexdigest())
+    cost = cost_model_for(instance, cost_kind)
+    faults = sizing_faults(instance, cost, where)
+    if faults:
+        raise InputError(faults)
+    return instance, cost
+
+
 @dataclass
 class BaselineResult:
     name: str
@@ -93,6 +115,11 @@ class SolveOptions:
     seed: int = 0
     log: bool = False
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
+    #: called with each improving plan while solving (the best baseline first); the plans
+    #: are not yet checked. Observing never changes the result.
+    on_plan: Callable[[Plan], None] | None = field(default=None, compare=False, repr=False)
+    #: once set, the search ends and keeps its best plan so far
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
 
 
 def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
@@ -124,12 +151,43 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         if progress is not None:
             progress("cp-sat")
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
-        schedule, info = solve_cpsat(instance, cost, objective, opts,
+        observe = _Observe(opts, instance, cost, objective, baselines) if opts.on_plan else None
+        schedule, info = solve_cpsat(instance, cost, objective, observe or opts,
                                      {k: v.schedule for k, v in ok.items()
                                       if v.schedule is not None})
     schedule = with_engine_options(instance, cost, schedule)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
+
+
+class _Observe:
+    """The solver's view of SolveOptions with a progress observer that turns each improving
+    schedule into a Plan; the best baseline is passed on first, as the incumbent."""
+
+    def __init__(self, opts: SolveOptions, instance: Instance, cost: CostModel, objective: str,
+                 baselines: dict[str, BaselineResult]) -> None:
+        self.time_limit_s, self.workers, self.seed = opts.time_limit_s, opts.workers, opts.seed
+        self.log, self.preemption, self.stop = opts.log, opts.preemption, opts.stop
+        self._on_plan = opts.on_plan
+        self._instance, self._cost, self._objective = instance, cost, objective
+        self._baselines = {k: v.to_json(objective) for k, v in baselines.items()}
+        done = [b for b in baselines.values() if b.schedule is not None and b.metrics]
+        if done and self._on_plan is not None:
+            from planner.metrics import objective_key
+
+            best = min(done, key=lambda b: objective_key(b.metrics, objective))  # type: ignore[arg-type]
+            assert best.schedule is not None and best.metrics is not None
+            obj = objective_value(best.metrics, objective)
+            self.progress(best.schedule, SolverInfo(
+                "cp-sat", "RUNNING", obj, None, None, sum(b.wall_s for b in baselines.values()),
+                opts.time_limit_s, opts.workers,
+                notes=f"the best baseline ({best.name}) while CP-SAT searches"))
+
+    def progress(self, schedule: Schedule, info: SolverInfo) -> None:
+        if self._on_plan is not None:
+            schedule = with_engine_options(self._instance, self._cost, schedule)
+            self._on_plan(Plan(self._instance.name, self._instance.sha256, info, schedule,
+                               self._baselines, self._objective))
 
 
 def mark_interrupted(plan: Plan, reason: str) -> Plan:
