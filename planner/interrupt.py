@@ -151,3 +151,19 @@ def run_stoppable(work: Callable[[], T], on_stop: Callable[[str], None] | None =
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
+
+
+@contextmanager
+def keyboard_interrupt_on_signals() -> Iterator[list[str]]:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt (once; later ones are only
+    recorded, so the cleanup the first one started is not cut short). Yields the list
+    of signal names received."""
+    got: list[str] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        got.append(signal.Signals(signum).name)
+        if len(got) == 1:
+            raise KeyboardInterrupt
+
+    with _handlers(handler):
+        yield got
