@@ -128,9 +128,14 @@ def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: 
             try:
                 report = replay.run()
             except KeyboardInterrupt:
-                where = keep_report(replay, plan, target)
                 name = signals[0] if signals else "SIGINT"
-                stopped = Interrupted(f"interrupted ({name}); what was measured is in {where}")
+                if replay.status == "not started":  # still starting the engine workers
+                    for eng in replay.engines.values():
+                        eng.close()
+                    told = "before the replay started; no report written"
+                else:
+                    told = f"what was measured is in {keep_report(replay, plan, target)}"
+                stopped = Interrupted(f"interrupted ({name}); {told}")
                 stopped.exit_code = interrupt.exit_code(name)
                 raise stopped from None
     where = keep_report(replay, plan, target)
