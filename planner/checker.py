@@ -14,6 +14,7 @@ its ``load`` to the end of its ``unload`` (SPEC).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -291,7 +292,9 @@ class _Check:
                   "weighted_mean_response_s", "slo_attainment", "n_loads", "n_kv_saves",
                   "n_recomputes"):
             a, b = stored.get(k), m.get(k)
-            if a is None or b is None:
+            if a is not None and (isinstance(a, bool) or not isinstance(a, int | float)):
+                self.bad(7, f"metrics.{k}: file says {json.dumps(a)[:40]}, not a number")
+            elif a is None or b is None:
                 if a != b:
                     self.bad(7, f"metrics.{k}: file says {a}, actions give {b}")
             elif abs(float(a) - float(b)) > 1e-3 * max(1.0, abs(float(b))):

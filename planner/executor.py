@@ -46,6 +46,9 @@ class ActionRecord:
     action: Action
     deps: set[int]
     status: str = "pending"  # pending | running | done | failed | not_run
+    #: of ``deps``, those it waits for only because they share its lane: their failure
+    #: frees the lane and does not stop this action (another engine's, say)
+    lane_deps: set[int] = field(default_factory=set)
     measured_start_s: float | None = None
     measured_end_s: float | None = None
     error: str | None = None
@@ -73,6 +76,25 @@ def _read_through(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
+
+
+def lane_dependencies(actions: list[Action]) -> list[set[int]]:
+    """For each action, the dependencies it has only through its lane (not through its
+    engine or its request)."""
+    last_lane: dict[tuple[str, str], int] = {}
+    last_engine: dict[str, int] = {}
+    last_request: dict[str, int] = {}
+    out: list[set[int]] = []
+    for i, a in enumerate(actions):
+        lane = last_lane.get((a.device, a.lane))
+        hard = {last_engine.get(a.engine),
+                last_request.get(a.request) if a.request is not None else None}
+        out.append({lane} if lane is not None and lane not in hard else set())
+        last_lane[(a.device, a.lane)] = i
+        last_engine[a.engine] = i
+        if a.request is not None:
+            last_request[a.request] = i
+    return out
 
 
 def dependencies(actions: list[Action]) -> list[set[int]]:
@@ -178,8 +200,11 @@ class Replay:
                 return Engine(threads=t)
         self.engine_factory = engine_factory
         actions = plan_order(schedule)
-        self.records = [ActionRecord(i, a, d) for i, (a, d)
-                        in enumerate(zip(actions, dependencies(actions), strict=True))]
+        self.records = [ActionRecord(i, a, d, lane_deps=ld) for i, (a, d, ld)
+                        in enumerate(zip(actions, dependencies(actions),
+                                         lane_dependencies(actions), strict=True))]
+        #: why the last report write failed (disk full, folder gone...); None once one works
+        self.write_error: str | None = None
         self.engines: dict[str, Any] = {}
         self.states: dict[str, Any] = {}  # request -> SavedStateFile held in host RAM
         self.state_host: dict[str, str] = {}  # request -> host holding its saved state
@@ -312,12 +337,17 @@ class Replay:
                 for i in sorted(pending):
                     rec = by_index[i]
                     dep_status = [by_index[d].status for d in rec.deps]
-                    if any(s in ("failed", "not_run") for s in dep_status):
+                    blocking = [d for d in sorted(rec.deps - rec.lane_deps)
+                                if by_index[d].status in ("failed", "not_run")]
+                    if blocking:
+                        b = by_index[blocking[0]].action
                         rec.status = "not_run"
-                        rec.error = "depends on an action that failed"
+                        rec.error = (f"depends on action {blocking[0]} ({b.kind} "
+                                     f"{b.request or ''} on {b.engine}), which "
+                                     f"{by_index[blocking[0]].status.replace('_', ' ')}")
                         pending.discard(i)
                         self._progress(rec)
-                    elif all(s == "done" for s in dep_status):
+                    elif all(s in ("done", "failed", "not_run") for s in dep_status):
                         rec.status = "running"
                         pending.discard(i)
                         running[pool.submit(self._execute, rec)] = rec
@@ -488,5 +518,12 @@ class Replay:
         return out
 
     def write(self) -> None:
+        """Rewrite the report atomically. A write the disk refuses (full, read-only,
+        folder gone) does not stop the replay: the report stays whole in memory, the
+        last version on disk stays valid, and every later action tries again."""
         with self._lock:
-            write_json_atomic(self.report_path, self.report())
+            try:
+                write_json_atomic(self.report_path, self.report())
+                self.write_error = None
+            except OSError as exc:
+                self.write_error = f"{type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ The reading itself is the profiler's (``profiler.models.read_arch``, the
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from planner.domain import ModelArch
@@ -13,7 +14,21 @@ from planner.errors import GgufError
 
 
 def read_gguf_arch(path: str | Path) -> ModelArch:
-    """Architecture metadata and weight bytes (per block and outside the blocks)."""
+    """Architecture metadata and weight bytes (per block and outside the blocks).
+
+    Reading a GGUF's metadata parses its whole tokenizer (about a second for a
+    49k-token vocabulary), so results are kept per (file, size, modification time).
+    """
+    try:
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = (str(path), -1, -1)  # missing: read_arch reports it
+    return _read_cached(*key)
+
+
+@lru_cache(maxsize=64)
+def _read_cached(path: str, size: int, mtime_ns: int) -> ModelArch:
     from profiler.models import ModelSourceError, read_arch
 
     try:

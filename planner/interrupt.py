@@ -168,3 +168,19 @@ def _quit_now(message: str, code: int) -> None:
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
     os._exit(code)
+
+
+@contextmanager
+def keyboard_interrupt_on_signals() -> Iterator[list[str]]:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt (once; later ones are only
+    recorded, so the cleanup the first one started is not cut short). Yields the list
+    of signal names received."""
+    got: list[str] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        got.append(signal.Signals(signum).name)
+        if len(got) == 1:
+            raise KeyboardInterrupt
+
+    with _handlers(handler):
+        yield got

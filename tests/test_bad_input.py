@@ -215,3 +215,18 @@ def test_generate_refuses_non_finite_rates_and_absurd_counts(tmp_path: Path) -> 
         res = invoke("instance", "generate", "-o", "g.json", "--rate", rate)
         assert res.exit_code == 2 and expected in res.output, res.output
         assert not Path("g.json").exists()
+
+
+@pytest.mark.parametrize("value", ['"x"', "true", "[1]", "{}"])
+def test_plan_metric_of_the_wrong_type(tmp_path: Path, value: str) -> None:
+    # found by benchmarks/fuzz.py: a plan whose metrics.makespan_s was "x" reached float()
+    from tests.conftest import ROOT
+
+    inst = str(ROOT / "instances" / "tiny.json")
+    assert invoke("solve", inst, "--solver", "fcfs-lru", "-o", "p.json").exit_code == 0
+    data = json.loads(Path("p.json").read_text())
+    data["metrics"]["makespan_s"] = json.loads(value)
+    Path("bad.json").write_text(json.dumps(data))
+    res = invoke("validate", "bad.json", "--instance", inst)
+    assert res.exit_code == 2 and "metrics.makespan_s: file says" in res.output
+    assert "not a number" in res.output

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
+from planner import interrupt
 from planner.commands.common import console
 from planner.domain import Instance, Schedule
-from planner.errors import InputError, Interrupted
+from planner.errors import ExecuteError, InputError, Interrupted
+from planner.executor import Replay
+from planner.io import write_json_atomic
 
 
 def parse_device_map(items: tuple[str, ...]) -> dict[str, str]:
@@ -35,7 +40,7 @@ def print_dry_run(plan: Path, inst: Instance, schedule: Schedule, paths: dict[st
         console.print(f"  {m}: {p} ({p.stat().st_size / 2**20:.0f} MiB)", soft_wrap=True)
 
 
-def print_report_summary(report: dict[str, Any], out: Path) -> None:
+def print_report_summary(report: dict[str, Any], out: Path | str) -> None:
     table = Table(title=f"predicted against measured ({report['status']})")
     for c in ("what", "n", "median |err|", "p90 |err|"):
         table.add_column(c, justify="left" if c == "what" else "right")
@@ -103,7 +108,6 @@ def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: 
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from planner.executor import Replay
     from planner.service import prepare_replay
 
     inst, schedule, paths, overrides, warnings = prepare_replay(
@@ -122,8 +126,36 @@ def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: 
         replay = Replay(inst, schedule, paths, target, threads=threads, realtime=realtime,
                         gpu_layers=overrides, plan_path=str(plan), warnings=warnings,
                         on_action=lambda rec: progress.advance(task))
-        try:
-            report = replay.run()
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; what was measured is in {target}") from None
-    print_report_summary(report, target)
+        with interrupt.keyboard_interrupt_on_signals() as signals:
+            try:
+                report = replay.run()
+            except KeyboardInterrupt:
+                name = signals[0] if signals else "SIGINT"
+                if replay.status == "not started":  # still starting the engine workers
+                    for eng in replay.engines.values():
+                        eng.close()
+                    told = "before the replay started; no report written"
+                else:
+                    told = f"what was measured is in {keep_report(replay, plan, target)}"
+                stopped = Interrupted(f"interrupted ({name}); {told}")
+                stopped.exit_code = interrupt.exit_code(name)
+                raise stopped from None
+    where = keep_report(replay, plan, target)
+    print_report_summary(report, where)
+    if replay.write_error is not None:
+        raise ExecuteError([f"{target}: the report could not be written ({replay.write_error})",
+                            f"the whole report is in {where}"])
+
+
+def keep_report(replay: Replay, plan: Path, target: Path) -> str:
+    """Where the report is: ``target``, or, when the disk refused it there, a file in the
+    temporary folder, or (that refused too) standard output."""
+    if replay.write_error is None:
+        return str(target)
+    fallback = Path(tempfile.gettempdir()) / f"planner-report-{plan.stem}-{os.getpid()}.json"
+    try:
+        write_json_atomic(fallback, replay.report())
+        return str(fallback)
+    except OSError:
+        click.echo(json.dumps(replay.report(), indent=1))
+        return "standard output (above)"

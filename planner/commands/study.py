@@ -101,8 +101,9 @@ def study(instance: Path, gpus: str, prices: Path | None, target: str, scales: s
     scale_list = parse_scales(scales)
     price_table = load_prices(prices)
     data, _ = read_json(instance)
-    model_ids = [str(m.get("id")) for m in data.get("models", []) if isinstance(m, dict)] \
-        if isinstance(data, dict) else []
+    entries = data.get("models") if isinstance(data, dict) else None
+    model_ids = [str(m.get("id")) for m in entries if isinstance(m, dict)] \
+        if isinstance(entries, list) else []
     boost_map = parse_boosts(boosts, model_ids)
     spec = StudySpec(instance, ranges, spec_target, price_table, scale_list, time_limit,
                      solver, cost_model, gpus_per_host, host_ram,
