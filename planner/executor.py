@@ -16,6 +16,12 @@ on it is marked ``not_run``, and the rest goes on. The report (SPEC section 3)
 is rewritten atomically after every action, so an interrupted replay keeps
 what it measured; Ctrl-C stops dispatching, lets running actions finish or
 fail, and writes the report so far.
+
+Saved states are files in ``/dev/shm`` (``llama_state_seq_save_file``, as
+llama-server's ``--slot-save-path``), held until their restore ends. Before a
+``load`` or a ``kv_save`` starts, :mod:`planner.memguard` refuses it (the
+action fails with a one-line reason, its dependents are not run) when what it
+will hold plus what the host holds now would pass the host's memory budget.
 """
 
 from __future__ import annotations
