@@ -133,8 +133,8 @@ def test_worker_killed_mid_run(tmp_path: Path, models: tuple[Path, Path]) -> Non
     plan = solved(tmp_path, models)
     w = Watched(plan, tmp_path / "report.json")
     w.wait_until(lambda: done_runs(w) >= 3)  # both models have computed: no crash fallback
-    workers = [psutil.Process(p) for p in psutil.Process(w.proc.pid).children()
-               if "python" in psutil.Process(p).name().lower()]
+    workers = [p for p in psutil.Process(w.proc.pid).children()
+               if "python" in p.name().lower()]
     for p in workers:
         p.cpu_percent(None)
     time.sleep(0.3)
