@@ -7,8 +7,11 @@ instance's time zero, memory is bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from planner.errors import DomainError
 
 INSTANCE_FORMAT = "planner.instance/1"
 PLAN_FORMAT = "planner.plan/1"
@@ -26,9 +29,16 @@ ACTION_KINDS: tuple[str, ...] = ("load", "unload", "run", "kv_save", "kv_restore
 TRANSFER_KINDS: frozenset[str] = frozenset({"load", "unload", "kv_save", "kv_restore"})
 OBJECTIVES: tuple[str, ...] = ("mean_response", "makespan", "slo_attainment", "tardiness")
 
+# Upper limits of instance values. Past them a number is a slip of the keyboard, not a
+# workload, and the solver's integer arithmetic (1 ms ticks, weights times 1000) would
+# overflow 64 bits. An offline plan covers hours, not weeks.
+MAX_TIME_S = 1e6  # arrival_s and slo_s: about 11.6 days
+MAX_WEIGHT = 1e3  # request weight
+MAX_MEMORY_BYTES = 2**50  # a host's or a GPU's memory: 1 PiB
+MAX_THREADS = 2**16  # a host's threads
+MAX_TOKENS = 2**24  # prompt + output of a request whose model's trained context is unknown
 
-class DomainError(ValueError):
-    """A value that breaks the domain's rules; the message names the field."""
+
 
 
 def _require(cond: bool, message: str) -> None:
@@ -45,7 +55,10 @@ class Gpu:
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "gpu id must be non-empty")
-        _require(self.memory_bytes > 0, f"gpu {self.id}: memory must be positive")
+        _require(self.memory_bytes > 0, f"gpu {self.id}: memory must be positive "
+                 "(at least one byte)")
+        _require(self.memory_bytes <= MAX_MEMORY_BYTES,
+                 f"gpu {self.id}: memory must be at most {MAX_MEMORY_BYTES // 2**30} GiB")
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,12 @@ class Host:
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "host id must be non-empty")
-        _require(self.threads > 0, f"host {self.id}: threads must be positive")
-        _require(self.memory_bytes > 0, f"host {self.id}: memory must be positive")
+        _require(0 < self.threads <= MAX_THREADS,
+                 f"host {self.id}: threads must be in [1, {MAX_THREADS}]")
+        _require(self.memory_bytes > 0, f"host {self.id}: memory must be positive "
+                 "(at least one byte)")
+        _require(self.memory_bytes <= MAX_MEMORY_BYTES,
+                 f"host {self.id}: memory must be at most {MAX_MEMORY_BYTES // 2**30} GiB")
 
 
 @dataclass(frozen=True)
@@ -130,10 +147,15 @@ class ModelArch:
     params: int
     source: str = ""
     kv_bytes_per_elem: int = 2
+    #: the context length the model was trained for (GGUF ``context_length``, a
+    #: release's ``max_position_embeddings``); None where unknown
+    n_ctx_train: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim"):
             _require(getattr(self, name) > 0, f"model {self.name}: {name} must be positive")
+        _require(self.n_ctx_train is None or self.n_ctx_train > 0,
+                 f"model {self.name}: n_ctx_train must be positive")
         _require(self.layer_bytes > 0, f"model {self.name}: layer_bytes must be positive")
         _require(self.other_bytes >= 0, f"model {self.name}: other_bytes must be >= 0")
 
@@ -175,11 +197,18 @@ class Request:
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "request id must be non-empty")
-        _require(self.arrival_s >= 0, f"request {self.id}: arrival_s must be >= 0")
+        _require(math.isfinite(self.arrival_s) and 0 <= self.arrival_s <= MAX_TIME_S,
+                 f"request {self.id}: arrival_s must be in [0, {MAX_TIME_S:g}] seconds")
         _require(self.prompt_tokens > 0, f"request {self.id}: prompt_tokens must be > 0")
         _require(self.output_tokens > 0, f"request {self.id}: output_tokens must be > 0")
-        _require(self.weight > 0, f"request {self.id}: weight must be > 0")
-        _require(self.slo_s is None or self.slo_s > 0, f"request {self.id}: slo_s must be > 0")
+        _require(self.total_tokens <= MAX_TOKENS,
+                 f"request {self.id}: prompt_tokens + output_tokens must be at most "
+                 f"{MAX_TOKENS:,}")
+        _require(math.isfinite(self.weight) and 0 < self.weight <= MAX_WEIGHT,
+                 f"request {self.id}: weight must be > 0 and at most {MAX_WEIGHT:g}")
+        _require(self.slo_s is None or (math.isfinite(self.slo_s)
+                                        and 0 < self.slo_s <= MAX_TIME_S),
+                 f"request {self.id}: slo_s must be > 0 and at most {MAX_TIME_S:g} seconds")
 
     @property
     def total_tokens(self) -> int:
@@ -195,6 +224,7 @@ class Instance:
     objective: str = "mean_response"
     profiles: tuple[str, ...] = ()
     sha256: str = ""
+    path: str = ""  #: the file it was read from (absolute), "" when built in memory
 
     def __post_init__(self) -> None:
         mids = [m.id for m in self.models]

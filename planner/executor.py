@@ -34,12 +34,9 @@ import numpy as np
 
 from planner.checker import memory_peaks
 from planner.domain import REPORT_FORMAT, Action, Instance, Schedule
+from planner.errors import ExecuteError
 from planner.io import write_json_atomic
 from planner.metrics import compute_metrics
-
-
-class ExecuteError(Exception):
-    """The plan cannot be replayed here (missing model file, unknown device...)."""
 
 
 @dataclass

@@ -19,7 +19,8 @@ import yaml
 
 from planner.domain import Engine, Instance, Schedule
 
-TARGETS = ("llama-server", "llama-swap", "ollama", "llama-cpp-python")
+TARGETS = ("llama-server", "llama-server-router", "llama-swap", "ollama", "llama-cpp-python")
+SWAP_FORMS = ("matrix", "groups")
 
 
 @dataclass(frozen=True)
@@ -152,13 +153,22 @@ def llama_server(instance: Instance, schedule: Schedule, slot_dir: str = "/tmp/l
     return "\n".join(lines) + "\n"
 
 
-def llama_swap(instance: Instance, schedule: Schedule) -> str:
-    """A llama-swap config: one model entry per engine configuration, one group per device."""
-    uses = engine_uses(instance, schedule)
+def use_names(uses: list[EngineUse]) -> dict[EngineUse, str]:
+    """A unique, readable name per engine configuration: the model's id where it has one
+    configuration, else ``model@device`` (and its layers and context if still ambiguous)."""
     names: dict[EngineUse, str] = {}
     for u in uses:
         same = [v for v in uses if v.model == u.model]
-        names[u] = u.model if len(same) == 1 else f"{u.model}@{u.device}"
+        if len(same) == 1:
+            names[u] = u.model
+        elif len([v for v in same if v.device == u.device]) == 1:
+            names[u] = f"{u.model}@{u.device}"
+        else:
+            names[u] = f"{u.model}@{u.device}-ngl{u.n_gpu_layers}-c{u.n_ctx}"
+    return names
+
+
+def _swap_models(uses: list[EngineUse], names: dict[EngineUse, str]) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for u in uses:
         entry: dict[str, Any] = {"cmd": _server_cmd(u, "${PORT}", None),
@@ -168,6 +178,15 @@ def llama_swap(instance: Instance, schedule: Schedule) -> str:
         if u.n_parallel > 1:  # requests llama-swap lets through at once
             entry["concurrencyLimit"] = u.n_parallel
         models[names[u]] = entry
+    return models
+
+
+def llama_swap(instance: Instance, schedule: Schedule) -> str:
+    """The legacy llama-swap form: one model entry per engine configuration, one group per
+    device (top-level ``groups``, read by every llama-swap version)."""
+    uses = engine_uses(instance, schedule)
+    names = use_names(uses)
+    models = _swap_models(uses, names)
     together = co_resident(schedule)
     groups: dict[str, Any] = {}
     for dev in sorted({u.device for u in uses}):
@@ -244,8 +263,168 @@ def llama_cpp_python_launcher(instance: Instance, schedule: Schedule, config: st
             f"{env}exec python -m profiler.llama_server --config_file {config} \"$@\"\n")
 
 
-def export(instance: Instance, schedule: Schedule, target: str, out: Path) -> list[Path]:
-    """Write ``target``'s files into the folder ``out``; returns the paths written."""
+# --- residency per host: what today's routers need ------------------------------------
+
+@dataclass(frozen=True)
+class HostResidency:
+    """On one host: the plan's engine configurations, which stay loaded to the end of the
+    plan, the sets of them resident together, and their predicted reload seconds."""
+
+    host: str
+    uses: tuple[EngineUse, ...]
+    #: never unloaded by the plan, and loaded before any unload on the host: these can
+    #: all be loaded at start-up (the plan holds them together from then on)
+    resident: frozenset[EngineUse]
+    together: tuple[frozenset[EngineUse], ...]  # maximal sets resident at the same time
+    most: int  # most configurations resident at once
+    load_s: dict[EngineUse, float]  # mean load time the plan predicts
+
+
+def measured_loads(report: dict[str, Any]) -> dict[str, list[float]]:
+    """Per engine id, the load durations a replay report measured (done loads only)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for a in report.get("actions", []):
+        if a.get("kind") == "load" and a.get("status") == "done" and \
+                a.get("measured_start_s") is not None and a.get("measured_end_s") is not None:
+            out[a["engine"]].append(float(a["measured_end_s"]) - float(a["measured_start_s"]))
+    return out
+
+
+def host_residency(instance: Instance, schedule: Schedule,
+                   measured: dict[str, list[float]] | None = None) -> list[HostResidency]:
+    """``measured``: load seconds per engine id from a replay (they replace the plan's)."""
+    uses = engine_uses(instance, schedule)
+    by_key = {(u.model, u.device, u.n_gpu_layers, u.n_ctx): u for u in uses}
+    use_of = {e.id: by_key[(e.model, e.device, e.n_gpu_layers, e.n_ctx)]
+              for e in schedule.engines}
+    host_of = {d.id: d.host for d in instance.cluster.devices}
+    periods: dict[str, list[tuple[float, float, EngineUse]]] = defaultdict(list)
+    loads: dict[EngineUse, list[float]] = defaultdict(list)
+    open_at: dict[str, float] = {}
+    first_load: dict[EngineUse, float] = {}
+    first_unload: dict[str, float] = {}
+    for a in sorted(schedule.actions, key=lambda a: (a.start_s, a.end_s)):
+        if a.kind == "load":
+            open_at[a.engine] = a.start_s
+            if not (measured and measured.get(a.engine)):
+                loads[use_of[a.engine]].append(a.end_s - a.start_s)
+            first_load.setdefault(use_of[a.engine], a.start_s)
+        elif a.kind == "unload" and a.engine in open_at:
+            first_unload.setdefault(host_of[a.device], a.start_s)
+            u = use_of[a.engine]
+            periods[host_of[u.device]].append((open_at.pop(a.engine), a.end_s, u))
+    for eid, t in open_at.items():
+        u = use_of[eid]
+        periods[host_of[u.device]].append((t, math.inf, u))
+    for eid, secs in (measured or {}).items():
+        if eid in use_of:
+            loads[use_of[eid]] += secs
+    out = []
+    for host in sorted({host_of[u.device] for u in uses}):
+        ps = periods.get(host, [])
+        sets: set[frozenset[EngineUse]] = set()
+        for start, _end, _u in ps:
+            sets.add(frozenset(v for s2, e2, v in ps if s2 <= start < e2))
+        maximal = [x for x in sets if not any(x < y for y in sets)]
+        maximal.sort(key=lambda x: (-len(x), sorted(v.model for v in x)))
+        host_uses = tuple(u for u in uses if host_of[u.device] == host)
+        cut = first_unload.get(host, math.inf)
+        resident = frozenset(u for u in host_uses if u.ttl_s == 0 and u in first_load
+                             and first_load[u] < cut)
+        out.append(HostResidency(
+            host, host_uses, resident,
+            tuple(maximal), max((len(x) for x in sets), default=1),
+            {u: sum(loads[u]) / len(loads[u]) for u in host_uses if loads[u]}))
+    return out
+
+
+def llama_server_router(instance: Instance, schedule: Schedule,
+                        slot_dir: str = "/tmp/llama-slots") -> dict[str, str]:
+    """llama-server router mode: per host, a ``--models-preset`` INI file (a section per
+    engine configuration: ``model``, ``n-gpu-layers``, ``ctx-size``, ``parallel``,
+    ``device``, ``load-on-startup`` for those the plan keeps resident) and the command
+    line with ``--models-max`` = the most the plan keeps loaded at once there."""
+    kv = any(a.kind == "kv_save" for a in schedule.actions)
+    hosts = host_residency(instance, schedule)
+    files: dict[str, str] = {}
+    script = ["#!/usr/bin/env bash",
+              f"# llama-server in router mode for plan of {instance.name!r}: one router per",
+              "# host, models loaded on first request (the plan's resident ones at start-up),",
+              "# least recently used unloaded past --models-max.", ""]
+    for hr in hosts:
+        names = use_names(list(hr.uses))
+        ini = "models.ini" if len(hosts) == 1 else f"models-{hr.host}.ini"
+        lines = [f"; llama-server --models-preset for plan of {instance.name!r}, host {hr.host}",
+                 "; a section per engine configuration (the name clients send as \"model\");",
+                 "; load-on-startup: the plan keeps it loaded from start to end.",
+                 "; device: llama.cpp's device name (CUDA<i> with CUDA builds; Vulkan<i>, "
+                 "ROCm<i> elsewhere).", "version = 1", "", "[*]", "parallel = 1"]
+        if kv:
+            lines.append(f"slot-save-path = {slot_dir}")
+        for u in hr.uses:
+            lines += ["", f"[{names[u]}]", f"model = {u.gguf}",
+                      f"n-gpu-layers = {u.n_gpu_layers}", f"ctx-size = {u.n_ctx}",
+                      "parallel = 1",
+                      f"device = {'none' if u.gpu_index is None else f'CUDA{u.gpu_index}'}"]
+            if u.extra_bufts is False:
+                lines.append("LLAMA_ARG_REPACK = false")
+            if u in hr.resident:
+                lines.append("load-on-startup = true")
+        files[ini] = "\n".join(lines) + "\n"
+        script += [f"# host {hr.host}: {len(hr.uses)} configurations, at most {hr.most} "
+                   "loaded at once in the plan",
+                   f"llama-server --models-preset {ini} --models-max {hr.most} "
+                   "--host 127.0.0.1 --port 8080", ""]
+    files["llama-server-router.sh"] = "\n".join(script)
+    return files
+
+
+def evict_cost(load_s: float) -> int:
+    """llama-swap's evict cost (a positive integer): the reload time in tenths of a second."""
+    return max(1, round(10 * load_s))
+
+
+def llama_swap_matrix(instance: Instance, schedule: Schedule,
+                      measured: dict[str, list[float]] | None = None) -> dict[str, str]:
+    """llama-swap's ``matrix`` router, per host: ``vars`` (a short name per engine
+    configuration), ``sets`` (the combinations the plan keeps resident together) and
+    ``evict_costs`` (proportional to each one's reload time: measured in a replay where
+    ``measured`` has it, else the plan's prediction)."""
+    hosts = host_residency(instance, schedule, measured)
+    files = {}
+    for hr in hosts:
+        uses = list(hr.uses)
+        names = use_names(uses)
+        var = {u: f"m{i + 1}" for i, u in enumerate(uses)}
+        sets = {f"s{i + 1}": " & ".join(var[u] for u in sorted(x, key=uses.index))
+                for i, x in enumerate(hr.together)}
+        covered = {u for x in hr.together for u in x}
+        for u in uses:  # never loaded in the plan: may run on its own
+            if u not in covered:
+                sets[f"s{len(sets) + 1}"] = var[u]
+        matrix = {"vars": {var[u]: names[u] for u in uses},
+                  "evict_costs": {var[u]: evict_cost(hr.load_s.get(u, 0.0)) for u in uses},
+                  "sets": sets}
+        doc = {"healthCheckTimeout": 120, "startPort": 10001,
+               "models": _swap_models(uses, names),
+               "routing": {"router": {"use": "matrix", "settings": {"matrix": matrix}}}}
+        header = (f"# llama-swap config for plan of {instance.name!r}, host {hr.host}: the "
+                  "matrix router\n# (llama-swap v218 or newer) lets the sets below run "
+                  "together, as the plan does;\n# evict_costs are the reload times in "
+                  f"tenths of a second ({'measured' if measured else 'predicted'}), so the"
+                  "\n# slowest to reload stay loaded; "
+                  "ttl is the longest idle time the plan leaves\n# an engine loaded "
+                  "(0 = never unloaded).\n")
+        name = "llama-swap.yaml" if len(hosts) == 1 else f"llama-swap-{hr.host}.yaml"
+        files[name] = header + yaml.safe_dump(doc, sort_keys=False)
+    return files
+
+
+def export(instance: Instance, schedule: Schedule, target: str, out: Path,
+           swap_form: str = "matrix", report: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``target``'s files into the folder ``out``; returns the paths written.
+    ``swap_form`` is llama-swap's: ``matrix`` (per host) or the legacy ``groups``;
+    ``report``, a replay of the plan, gives measured reload times for evict costs."""
     from planner.io import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +434,19 @@ def export(instance: Instance, schedule: Schedule, target: str, out: Path) -> li
         p.write_text(llama_server(instance, schedule))
         p.chmod(0o755)
         written.append(p)
+    elif target == "llama-server-router":
+        for name, text in llama_server_router(instance, schedule).items():
+            p = out / name
+            p.write_text(text)
+            if name.endswith(".sh"):
+                p.chmod(0o755)
+            written.append(p)
+    elif target == "llama-swap" and swap_form == "matrix":
+        measured = measured_loads(report) if report else None
+        for name, text in llama_swap_matrix(instance, schedule, measured).items():
+            p = out / name
+            p.write_text(text)
+            written.append(p)
     elif target == "llama-swap":
         p = out / "llama-swap.yaml"
         p.write_text(llama_swap(instance, schedule))

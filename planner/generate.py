@@ -6,12 +6,17 @@ What is solved is always the explicit request list this writes (SPEC 1).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from planner.domain import INSTANCE_FORMAT
+from planner.errors import InputError
 
 CLUSTERS: dict[str, dict[str, Any]] = {
     # The study's testbed: 2x RTX 5000 Ada on one host, 2x RTX A6000 on another.
@@ -28,6 +33,8 @@ CLUSTERS: dict[str, dict[str, Any]] = {
          "gpus": [{"id": "box-gpu0", "type": "rtx-4090", "memory_gib": 24}]},
     ]},
 }
+
+MAX_GENERATED = 200_000  # requests one `planner instance generate` writes at most
 
 MIXED_MODELS = ["llama3-8b-q4_k_m", "qwen3-32b-q4_k_m", "llama2-70b-q4_k_m",
                 "qwen2.5-3b-f16", "qwen3-8b-f16", "qwen2.5-14b-f16"]
@@ -88,3 +95,70 @@ def build_instance(name: str, cluster: dict[str, Any], models: list[dict[str, An
         "requests": generate_requests(spec),
         "objective": objective,
     }
+
+
+def parse_rates(items: Iterable[str], ids: list[str], default: float = 0.02) -> dict[str, float]:
+    """``--rate`` values: one number for every model, or ``MODEL=RATE``; finite and >= 0."""
+    rate_map = {m: default for m in ids}
+    for item in items:
+        key, raw = item.split("=", 1) if "=" in item else (None, item)
+        if key is not None and key not in rate_map:
+            raise InputError([f"--rate: unknown model {key!r} (models: {', '.join(ids)})"])
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError([f"--rate {item!r}: {raw!r} is not a number"]) from None
+        if not math.isfinite(value) or value < 0:
+            raise InputError([f"--rate {item!r}: a rate is a finite number >= 0 (per second)"])
+        if key is None:
+            rate_map = dict.fromkeys(ids, value)
+        else:
+            rate_map[key] = value
+    return rate_map
+
+
+def template_from(like: Path, out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], str,
+                                                    list[str]]:
+    """Cluster, models, objective and profiles of an existing instance, with its relative
+    paths re-anchored from ``like``'s folder to ``out``'s."""
+    from planner.io import load_instance, read_json
+
+    load_instance(like)  # every fault in the template is reported before it is copied
+    base, _ = read_json(like)
+    models = copy.deepcopy(base["models"])
+    for m in models:
+        if "gguf" in m and not m["gguf"].startswith(("/", "~")):
+            m["gguf"] = os.path.relpath(like.parent / m["gguf"], out.parent)
+    profiles = [p if Path(p).is_absolute() else os.path.relpath(like.parent / p, out.parent)
+                for p in base.get("profiles", [])]
+    return base["cluster"], models, base.get("objective", "mean_response"), profiles
+
+
+def generate_instance(out: Path, like: Path | None, cluster_name: str, models: str,
+                      rates: Iterable[str], spec: WorkloadSpec, name: str | None,
+                      objective: str | None) -> dict[str, Any]:
+    """The instance ``planner instance generate`` writes: a built-in cluster and reference
+    models, or those of ``like``; ``spec.rates`` is replaced by the parsed ``rates``."""
+    profiles: list[str] = []
+    if like is not None:
+        cluster, model_entries, like_objective, profiles = template_from(like, out)
+        objective = objective or like_objective
+    else:
+        cluster = CLUSTERS[cluster_name]
+        model_entries = [{"id": m.strip(), "reference": m.strip()}
+                         for m in models.split(",") if m.strip()]
+    rate_map = parse_rates(rates, [m["id"] for m in model_entries])
+    expected = sum(rate_map.values()) * spec.duration_s
+    if expected > MAX_GENERATED:
+        raise InputError([f"--rate, --duration: about {expected:,.0f} requests; at most "
+                          f"{MAX_GENERATED:,} are generated (lower the rates or the duration)"])
+    spec = replace(spec, rates=rate_map)
+    data = build_instance(name or out.stem, cluster, model_entries, spec,
+                          objective or "mean_response",
+                          f"generated: rates {rate_map}, seed {spec.seed}")
+    if profiles:
+        data["profiles"] = profiles
+    from planner.io import parse_instance
+
+    parse_instance(data, str(out), out.parent.resolve(), "")  # never write what cannot be read
+    return data

@@ -9,10 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.domain import ModelArch
-
-
-class GgufError(ValueError):
-    """The file is missing, unreadable or lacks the metadata we need."""
+from planner.errors import GgufError
 
 
 def read_gguf_arch(path: str | Path) -> ModelArch:
@@ -31,4 +28,5 @@ def read_gguf_arch(path: str | Path) -> ModelArch:
         n_kv_heads=a.n_kv_heads, head_dim=a.head_dim, ffn_size=a.ffn_size or 4 * a.hidden_size,
         vocab_size=a.vocab_size, layer_bytes=max(1, a.layer_bytes), other_bytes=a.other_bytes,
         quantization=a.quantization, params=a.params, source=f"GGUF {a.file}{synthetic}",
+        n_ctx_train=a.context_length if a.context_length > 0 else None,
     )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -23,13 +25,13 @@ import jsonschema
 from planner.domain import (
     GIB,
     INSTANCE_FORMAT,
+    MAX_MEMORY_BYTES,
     PLAN_FORMAT,
     PLAN_FORMAT_1_1,
     PLAN_FORMATS,
     Action,
     Cluster,
     DeviceShare,
-    DomainError,
     Engine,
     Gpu,
     Host,
@@ -39,16 +41,9 @@ from planner.domain import (
     Request,
     Schedule,
 )
-from planner.gguf_arch import GgufError, read_gguf_arch
+from planner.errors import DomainError, GgufError, InputError
+from planner.gguf_arch import read_gguf_arch
 from planner.reference import arch_from_fields, model_names, reference_arch
-
-
-class InputError(Exception):
-    """One or more faults in an input file, each a line naming the file and the field."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self.lines = list(lines)
-        super().__init__("\n".join(self.lines))
 
 
 @cache
@@ -75,12 +70,36 @@ def read_json(path: str | Path) -> tuple[Any, bytes]:
     except OSError as exc:
         raise InputError([f"{p}: cannot read ({exc.strerror})"]) from None
     try:
-        return json.loads(raw), raw
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InputError([f"{p}: malformed JSON at line {exc.lineno} column {exc.colno}: "
                           f"{exc.msg}"]) from None
     except UnicodeDecodeError:
         raise InputError([f"{p}: not UTF-8 text"]) from None
+    except RecursionError:
+        raise InputError([f"{p}: nested too deeply to read"]) from None
+    faults = [f"{p}: {_path_str(path)}: {_JSON_NAME.get(str(value), value)} is not a number "
+              "JSON allows (give a finite number)" for path, value in non_finite(data)]
+    if faults:
+        raise InputError(faults)
+    return data, raw
+
+
+_JSON_NAME = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def non_finite(data: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], float]]:
+    """Where ``data`` holds NaN or an infinity (Python's json reads ``NaN``, ``Infinity``
+    and ``1e999``, which RFC 8259 JSON does not have); iterative, so depth is no limit."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [(path, data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            yield where, value
+        elif isinstance(value, dict):
+            stack.extend(((*where, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*where, i), v) for i, v in reversed(list(enumerate(value))))
 
 
 def schema_faults(data: Any, schema_name: str, where: str) -> list[str]:
@@ -136,11 +155,14 @@ def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str
     if faults:
         raise InputError(faults + _reference_faults(data, where))
     hosts = []
-    for h in data["cluster"]["hosts"]:
-        gpus = tuple(Gpu(g["id"], g["type"], int(g["memory_gib"] * GIB), h["id"])
-                     for g in h.get("gpus", []))
-        hosts.append(Host(h["id"], h["cpu"], h["threads"], int(h["memory_gib"] * GIB), gpus,
-                          h.get("extra_bufts")))
+    for i, h in enumerate(data["cluster"]["hosts"]):
+        try:
+            gpus = tuple(Gpu(g["id"], g["type"], _gib_bytes(g["memory_gib"], g["id"]), h["id"])
+                         for g in h.get("gpus", []))
+            hosts.append(Host(h["id"], h["cpu"], h["threads"],
+                              _gib_bytes(h["memory_gib"], h["id"]), gpus, h.get("extra_bufts")))
+        except DomainError as exc:
+            faults.append(f"{where}: cluster.hosts[{i}]: {exc}")
     dev_ids = [h["id"] for h in data["cluster"]["hosts"]]
     dev_ids += [g["id"] for h in data["cluster"]["hosts"] for g in h.get("gpus", [])]
     for d in _duplicates(dev_ids):
@@ -173,20 +195,38 @@ def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str
         except DomainError as exc:
             faults.append(f"{where}: {field}: {exc}")
     faults += _reference_faults(data, where)
+    requests = []
+    n_ctx_train = {m.id: m.arch.n_ctx_train for m in models}
+    for i, r in enumerate(data["requests"]):
+        try:
+            req = Request(r["id"], r["model"], float(r["arrival_s"]), int(r["prompt_tokens"]),
+                          int(r["output_tokens"]), float(r.get("weight", 1.0)), r.get("slo_s"))
+        except DomainError as exc:
+            faults.append(f"{where}: requests[{i}]: {exc}")
+            continue
+        limit = n_ctx_train.get(req.model)
+        if limit is not None and req.total_tokens > limit:
+            faults.append(f"{where}: requests[{i}]: request {req.id}: prompt_tokens + "
+                          f"output_tokens = {req.total_tokens:,} is longer than model "
+                          f"{req.model}'s trained context of {limit:,} tokens (n_ctx_train)")
+        requests.append(req)
     if faults:
         raise InputError(faults)
-    requests = tuple(
-        Request(r["id"], r["model"], float(r["arrival_s"]), int(r["prompt_tokens"]),
-                int(r["output_tokens"]), float(r.get("weight", 1.0)), r.get("slo_s"))
-        for r in data["requests"])
     profiles = tuple(str((base_dir / p).resolve()) if not Path(p).is_absolute() else p
                      for p in data.get("profiles", []))
     try:
         return Instance(name=data["name"], cluster=Cluster(tuple(hosts)), models=tuple(models),
-                        requests=requests, objective=data.get("objective", "mean_response"),
+                        requests=tuple(requests), objective=data.get("objective", "mean_response"),
                         profiles=profiles, sha256=sha256)
     except DomainError as exc:
         raise InputError([f"{where}: {exc}"]) from None
+
+
+def _gib_bytes(gib: float, device: str) -> int:
+    """``memory_gib`` as bytes; DomainError past the limits (inf and 1e308 included)."""
+    if not gib * GIB <= MAX_MEMORY_BYTES:
+        raise DomainError(f"{device}: memory_gib must be at most {MAX_MEMORY_BYTES // GIB}")
+    return int(gib * GIB)
 
 
 def load_instance(path: str | Path) -> Instance:
@@ -197,8 +237,9 @@ def load_instance(path: str | Path) -> Instance:
     if data.get("format") not in (None, INSTANCE_FORMAT) and isinstance(data.get("format"), str):
         raise InputError([f"{path}: format: expected {INSTANCE_FORMAT!r}, got {data['format']!r}"
                           " (is this a plan? use --instance)"])
-    return parse_instance(data, str(path), Path(path).resolve().parent,
-                          hashlib.sha256(raw).hexdigest())
+    instance = parse_instance(data, str(path), Path(path).resolve().parent,
+                              hashlib.sha256(raw).hexdigest())
+    return replace(instance, path=str(Path(path).resolve()))
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:

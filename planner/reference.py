@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from planner.domain import ModelArch
+from planner.errors import DomainError
 
 
 @cache
@@ -114,6 +115,7 @@ def reference_arch(name: str) -> ModelArch:
         quantization=m["quantization"],
         params=m["n_layers"] * layer_params + other_params,
         source=m["source"],
+        n_ctx_train=m.get("n_ctx_train"),
     )
 
 
@@ -124,6 +126,11 @@ def arch_from_fields(name: str, d: dict[str, Any]) -> ModelArch:
     missing = [f for f in fields if f not in d]
     if missing:
         raise KeyError(missing[0])
+    for f in (*fields, "params", "n_ctx_train"):
+        v = d.get(f)
+        if f in d and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**53):
+            raise DomainError(f"arch.{f}: must be a whole number in [0, 2**53) "
+                              f"(got {json.dumps(v)[:40]})")
     layer_params = _shape_only(d).layer_params
     return ModelArch(
         name=d.get("name", name),
@@ -134,4 +141,5 @@ def arch_from_fields(name: str, d: dict[str, Any]) -> ModelArch:
         other_bytes=int(d["other_bytes"]), quantization=str(d.get("quantization", "unknown")),
         params=int(d.get("params", d["n_layers"] * layer_params)),
         source="instance file",
+        n_ctx_train=d.get("n_ctx_train"),
     )

@@ -5,22 +5,22 @@ Each CLI command parses its arguments, calls one function here, and writes.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from planner.baselines.policies import BASELINES
-from planner.baselines.sim import BaselineError, context_sizes
+from planner.baselines.sim import context_sizes
 from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
 from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
-from planner.io import InputError, load_instance, load_plan, plan_to_json, write_json_atomic
+from planner.errors import BaselineError, InputError, SolveError
+from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_value
-
-
-class SolveError(Exception):
-    """The instance cannot be solved; the message says which model, device or request."""
 
 
 def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
@@ -52,6 +52,27 @@ def prepare(instance_path: str | Path, cost_kind: str = "auto") -> tuple[Instanc
     instance = load_instance(instance_path)
     cost = cost_model_for(instance, cost_kind)
     faults = sizing_faults(instance, cost, str(instance_path))
+    if faults:
+        raise InputError(faults)
+    return instance, cost
+
+
+def prepare_data(data: Any, raw: bytes, where: str,
+                 cost_kind: str = "auto") -> tuple[Instance, CostModel]:
+    """``prepare`` for an instance given as parsed JSON (its bytes hashed for the plan);
+    relative paths in it are relative to the current folder."""
+    import hashlib
+
+    from planner.io import INSTANCE_FORMAT, parse_instance
+
+    if not isinstance(data, dict):
+        raise InputError([f"{where}: (top level): wrong type, expected object"])
+    if data.get("format") not in (None, INSTANCE_FORMAT):
+        raise InputError([f"{where}: format: expected {INSTANCE_FORMAT!r}, "
+                          f"got {data.get('format')!r}"])
+    instance = parse_instance(data, where, Path.cwd(), hashlib.sha256(raw).hexdigest())
+    cost = cost_model_for(instance, cost_kind)
+    faults = sizing_faults(instance, cost, where)
     if faults:
         raise InputError(faults)
     return instance, cost
@@ -94,12 +115,29 @@ class SolveOptions:
     seed: int = 0
     log: bool = False
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
+    #: called with each improving plan while solving (the best baseline first); the plans
+    #: are not yet checked. Observing never changes the result.
+    on_plan: Callable[[Plan], None] | None = field(default=None, compare=False, repr=False)
+    #: once set, the search ends and keeps its best plan so far
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
 
 
-def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
-    """Solve with the chosen solver; baselines are always computed for comparison."""
+def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
+          progress: Callable[[str], None] | None = None) -> Plan:
+    """Solve with the chosen solver; baselines are always computed for comparison.
+
+    ``progress`` hears what starts (``'cp-sat'`` when the search begins). A stop
+    request (:mod:`planner.interrupt`) ends CP-SAT's search early with its best plan.
+    """
     objective = opts.objective or instance.objective
     baselines = run_baselines(instance, cost)
+    if not instance.requests:  # nothing to serve: the empty plan, optimal by definition
+        empty = Schedule((), ())
+        value = objective_value(compute_metrics(instance, ()), objective)
+        info = SolverInfo(opts.solver, "OPTIMAL", value, value, 0.0, 0.0,
+                          notes="no requests: the empty plan (no engines, no actions)")
+        return Plan(instance.name, instance.sha256, info, empty,
+                    {k: v.to_json(objective) for k, v in baselines.items()}, objective)
     if opts.solver in BASELINES:
         res = baselines[opts.solver]
         if res.schedule is None or res.metrics is None:
@@ -110,13 +148,54 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions) -> Plan:
     else:
         from planner.solver import solve_cpsat
 
+        if progress is not None:
+            progress("cp-sat")
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
-        schedule, info = solve_cpsat(instance, cost, objective, opts,
+        observe = _Observe(opts, instance, cost, objective, baselines) if opts.on_plan else None
+        schedule, info = solve_cpsat(instance, cost, objective, observe or opts,
                                      {k: v.schedule for k, v in ok.items()
                                       if v.schedule is not None})
     schedule = with_engine_options(instance, cost, schedule)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
+
+
+class _Observe:
+    """The solver's view of SolveOptions with a progress observer that turns each improving
+    schedule into a Plan; the best baseline is passed on first, as the incumbent."""
+
+    def __init__(self, opts: SolveOptions, instance: Instance, cost: CostModel, objective: str,
+                 baselines: dict[str, BaselineResult]) -> None:
+        self.time_limit_s, self.workers, self.seed = opts.time_limit_s, opts.workers, opts.seed
+        self.log, self.preemption, self.stop = opts.log, opts.preemption, opts.stop
+        self._on_plan = opts.on_plan
+        self._instance, self._cost, self._objective = instance, cost, objective
+        self._baselines = {k: v.to_json(objective) for k, v in baselines.items()}
+        done = [b for b in baselines.values() if b.schedule is not None and b.metrics]
+        if done and self._on_plan is not None:
+            from planner.metrics import objective_key
+
+            best = min(done, key=lambda b: objective_key(b.metrics, objective))  # type: ignore[arg-type]
+            assert best.schedule is not None and best.metrics is not None
+            obj = objective_value(best.metrics, objective)
+            self.progress(best.schedule, SolverInfo(
+                "cp-sat", "RUNNING", obj, None, None, sum(b.wall_s for b in baselines.values()),
+                opts.time_limit_s, opts.workers,
+                notes=f"the best baseline ({best.name}) while CP-SAT searches"))
+
+    def progress(self, schedule: Schedule, info: SolverInfo) -> None:
+        if self._on_plan is not None:
+            schedule = with_engine_options(self._instance, self._cost, schedule)
+            self._on_plan(Plan(self._instance.name, self._instance.sha256, info, schedule,
+                               self._baselines, self._objective))
+
+
+def mark_interrupted(plan: Plan, reason: str) -> Plan:
+    """The plan a stopped search returned, with the stop in its notes (its status is
+    the solver's: FEASIBLE, or the baseline it kept)."""
+    note = f"interrupted ({reason}) after {plan.solver.wall_s:.1f} s: the best plan found by then"
+    notes = f"{note}; {plan.solver.notes}" if plan.solver.notes else note
+    return replace(plan, solver=replace(plan.solver, notes=notes))
 
 
 def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
@@ -133,8 +212,15 @@ def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule)
 
 
 def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any]:
-    """Check the plan, then write it atomically; an invalid plan is never written."""
+    """Check the plan, then write it atomically; an invalid plan is never written.
+
+    The plan records its instance's path relative to the plan's folder (beside the
+    name and sha256), so ``execute``, ``validate`` and ``export`` find it wherever both
+    files live, as long as they keep their relative places.
+    """
     data = plan_to_json(plan, instance)
+    if instance.path:
+        data["instance"]["path"] = instance_ref(instance.path, out)
     violations = check_plan(instance, plan.schedule, data)
     if violations:
         raise SolveError("the plan failed the checker (a bug; nothing written):\n"
@@ -143,17 +229,22 @@ def write_plan(plan: Plan, instance: Instance, out: str | Path) -> dict[str, Any
     return data
 
 
-def validate_file(path: str | Path, instance_path: str | Path | None) -> list[Violation]:
-    """Check an instance (no violations means valid) or a plan against its instance.
+def instance_ref(instance_path: str | Path, plan_path: str | Path) -> str:
+    """The instance's path as a plan records it: relative to the plan's folder."""
+    return os.path.relpath(Path(instance_path).resolve(), Path(plan_path).resolve().parent)
 
-    A plan's instance defaults to ``instances/<its instance name>.json``.
-    """
+
+def validate_file(path: str | Path, instance_path: str | Path | None, *, force: bool = False,
+                  warnings: list[str] | None = None) -> list[Violation]:
+    """Check an instance (no violations means valid) or a plan against its instance
+    (found as :func:`find_plan_instance` says)."""
     from planner.io import read_json
 
     data, _ = read_json(path)
     if isinstance(data, dict) and data.get("format") == "planner.plan/1":
         data, schedule = load_plan(path)
-        instance = _plan_instance(data, path, instance_path)
+        instance = find_plan_instance(data, path, instance_path, force=force,
+                                      warnings=warnings)
         return check_plan(instance, schedule, data)
     prepare(path)
     return []
@@ -211,25 +302,64 @@ def local_device_map(instance: Instance, schedule: Schedule,
     return overrides, warnings
 
 
-def _plan_instance(data: dict[str, Any], plan_path: str | Path,
-                   instance_path: str | Path | None) -> Instance:
-    """The instance a plan was made for: given, or instances/<name>.json; same sha256."""
-    name = data["instance"]["name"]
-    ipath = Path(instance_path) if instance_path else Path("instances") / f"{name}.json"
-    if not ipath.is_file():
-        raise InputError([f"{plan_path}: its instance {ipath} was not found; "
-                          "give it with --instance FILE"])
+def instance_candidates(data: dict[str, Any], plan_path: str | Path) -> list[Path]:
+    """Where a plan's instance may be, in the order they are tried: the path the plan
+    records (relative to the plan's folder), ``<name>.json`` beside the plan, then
+    ``instances/<name>.json`` under the current folder."""
+    ref, name = data["instance"].get("path"), data["instance"]["name"]
+    folder = Path(plan_path).parent
+    out = [folder / ref] if isinstance(ref, str) and ref else []
+    out += [folder / f"{name}.json", Path("instances") / f"{name}.json"]
+    unique: list[Path] = []
+    for p in out:
+        if all(not _same_file(p, q) for q in unique):
+            unique.append(p)
+    return unique
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def find_plan_instance(data: dict[str, Any], plan_path: str | Path,
+                       instance_path: str | Path | None, *, force: bool = False,
+                       warnings: list[str] | None = None) -> Instance:
+    """The instance a plan was made for: ``instance_path`` if given, else the first of
+    :func:`instance_candidates` that exists. Its sha256 must be the one the plan records:
+    a changed instance is refused, unless ``force`` (then a warning is appended)."""
+    if instance_path is not None:
+        ipath = Path(instance_path)
+        if not ipath.is_file():
+            raise InputError([f"--instance {ipath}: no such file"])
+    else:
+        tried = instance_candidates(data, plan_path)
+        found = [p for p in tried if p.is_file()]
+        if not found:
+            raise InputError([f"{plan_path}: its instance {data['instance']['name']!r} was not "
+                              f"found (tried {', '.join(map(str, tried))})"],
+                             hint="give it with --instance FILE")
+        ipath = found[0]
     instance = load_instance(ipath)
-    if data["instance"].get("sha256") not in (None, "", instance.sha256):
-        raise InputError([f"{plan_path}: made for another version of {ipath} (sha256 differs)"])
+    want = data["instance"].get("sha256")
+    if want not in (None, "", instance.sha256):
+        if not force:
+            raise InputError([f"{plan_path}: made for another version of {ipath} (its sha256 "
+                              f"is {instance.sha256[:12]}..., the plan's {str(want)[:12]}...)"],
+                             hint="solve it again, or pass --force to use this version "
+                                  "anyway (the plan is still checked against it)")
+        if warnings is not None:
+            warnings.append(f"{ipath} changed since the plan was made (sha256 differs); "
+                            "used anyway (--force)")
     return instance
 
 
-def plan_and_instance(plan_path: str | Path,
-                      instance_path: str | Path | None) -> tuple[Instance, Schedule]:
+def plan_and_instance(plan_path: str | Path, instance_path: str | Path | None, *,
+                      force: bool = False, warnings: list[str] | None = None
+                      ) -> tuple[Instance, Schedule]:
     """A plan's schedule and its instance, checked against each other (SPEC rules 1-7)."""
     data, schedule = load_plan(plan_path)
-    instance = _plan_instance(data, plan_path, instance_path)
+    instance = find_plan_instance(data, plan_path, instance_path, force=force,
+                                  warnings=warnings)
     violations = check_plan(instance, schedule, data)
     if violations:
         raise InputError([f"{plan_path}: {v}" for v in violations[:10]])
@@ -237,11 +367,13 @@ def plan_and_instance(plan_path: str | Path,
 
 
 def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
-                   device_map: dict[str, str]) -> tuple[Instance, Schedule, dict[str, Path],
-                                                        dict[str, int], list[str]]:
+                   device_map: dict[str, str], *, force: bool = False
+                   ) -> tuple[Instance, Schedule, dict[str, Path], dict[str, int], list[str]]:
     """Read and check a plan for replay: instance, models on disk, devices here."""
-    instance, schedule = plan_and_instance(plan_path, instance_path)
-    ipath = instance_path or f"instances/{instance.name}.json"
+    early: list[str] = []
+    instance, schedule = plan_and_instance(plan_path, instance_path, force=force,
+                                           warnings=early)
+    ipath = instance.path or instance_path
     # load_instance has read every model's GGUF metadata: a missing or corrupt
     # file has already been reported, before anything runs
     used = {e.model for e in schedule.engines}
@@ -251,4 +383,4 @@ def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
         raise InputError(faults)
     paths = {m.id: Path(m.gguf_path) for m in instance.models if m.gguf_path}
     overrides, warnings = local_device_map(instance, schedule, device_map)
-    return instance, schedule, paths, overrides, warnings
+    return instance, schedule, paths, overrides, early + warnings

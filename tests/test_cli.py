@@ -73,8 +73,11 @@ def test_validate_rejects_tampered_plan(tmp_path: Path) -> None:
 
 
 def test_plan_needs_its_instance(tmp_path: Path) -> None:
-    inst = str(ROOT / "instances" / "tiny.json")
-    invoke("solve", inst, "--solver", "fcfs-lru", "-o", "p.json")
+    inst = tmp_path / "elsewhere" / "mine.json"
+    inst.parent.mkdir()
+    inst.write_text((ROOT / "instances" / "tiny.json").read_text())
+    invoke("solve", str(inst), "--solver", "fcfs-lru", "-o", "p.json")
+    inst.unlink()  # the plan's instance is gone from every place it is looked for
     res = invoke("validate", "p.json")
     assert res.exit_code == 2 and "--instance" in res.output
 

@@ -35,7 +35,8 @@ def test_llama_swap_config_has_documented_keys(tmp_path: Path) -> None:
     inst = ROOT / "instances" / "mixed.json"
     _solve(inst, "plan.json")
     res = CliRunner().invoke(cli, ["export", "plan.json", "--instance", str(inst), "--to",
-                                   "llama-swap", "-o", "out"], catch_exceptions=False)
+                                   "llama-swap", "--llama-swap-form", "groups", "-o", "out"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     doc = yaml.safe_load(Path("out/llama-swap.yaml").read_text())
     assert set(doc) <= SWAP_TOP

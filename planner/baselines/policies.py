@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.baselines.sim import BaselineError, LoadOption, Resident, Simulator
+from planner.baselines.sim import LoadOption, Resident, Simulator
 from planner.costmodel.base import CostModel
 from planner.domain import Instance, Request, Schedule
+from planner.errors import BaselineError
 
 STARVATION_S = 30.0
 

@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Device, Engine, EngineConfig, Instance, Request, Schedule
+from planner.errors import BaselineError as BaselineError  # re-exported
 
 CTX_ROUND = 256
-
-
-class BaselineError(Exception):
-    """The policy cannot serve this instance (a model fits nowhere, say)."""
 
 
 @dataclass
@@ -49,13 +46,18 @@ class LoadOption:
 
 
 def context_sizes(instance: Instance) -> dict[str, int]:
-    """n_ctx per model: its longest request, rounded up to a multiple of 256."""
+    """n_ctx per model: its longest request, rounded up to a multiple of 256, and at most
+    the model's trained context (requests longer than that are refused when read)."""
     out: dict[str, int] = {}
     for r in instance.requests:
         need = math.ceil(r.total_tokens / CTX_ROUND) * CTX_ROUND
         out[r.model] = max(out.get(r.model, CTX_ROUND), need)
     for m in instance.models:
         out.setdefault(m.id, CTX_ROUND)
+        if m.arch.n_ctx_train is not None:
+            longest = max((r.total_tokens for r in instance.requests if r.model == m.id),
+                          default=1)
+            out[m.id] = max(longest, min(out[m.id], m.arch.n_ctx_train))
     return out
 
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from planner.domain import EngineConfig
+from planner.errors import CostModelError as CostModelError  # re-exported
 
 #: fixed GPU memory of an engine beyond weights and KV cache (CUDA context, compute
 #: buffer), llama.cpp's typical figure; every GPU of a split engine holds one
 GPU_RUNTIME_BYTES = 300 * 1024**2
-
-
-class CostModelError(ValueError):
-    """The cost model cannot answer for this configuration (unknown model or device)."""
 
 
 class CostModel(ABC):

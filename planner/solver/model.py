@@ -27,11 +27,14 @@ it is too large, see :mod:`planner.solver.solve`). Time is integer ticks.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ortools.sat.python import cp_model
 
+from planner.interrupt import stoppable
 from planner.solver.data import CandidateEngine, ProblemData, RequestData
 
 Interval = tuple[int, int]
@@ -429,11 +432,40 @@ class Objective:
 # --- the model ------------------------------------------------------------------------
 
 @dataclass
+class SolveHooks:
+    """Observers of a running search; they never change what the solver decides.
+
+    ``on_solution`` is called with each improving solution's objective (internal
+    units) and a function that reads that solution (reading costs time, so the
+    caller decides); ``stop``, once set, ends the search and keeps its best
+    solution so far (the same as reaching the time limit then).
+    """
+
+    on_solution: Callable[[float, Callable[[], WindowSolution]], None] | None = None
+    stop: threading.Event | None = None
+
+
+@dataclass
 class SolveParams:
     time_limit_s: float
     workers: int
     seed: int
     log: bool
+    hooks: SolveHooks | None = None
+
+
+class _Observer(cp_model.CpSolverSolutionCallback):
+    """Passes each improving solution to ``SolveHooks.on_solution``."""
+
+    def __init__(self, cp: CPModel, hooks: SolveHooks) -> None:
+        super().__init__()
+        self.cp, self.hooks = cp, hooks
+
+    def on_solution_callback(self) -> None:
+        if self.hooks.on_solution is not None:
+            self.hooks.on_solution(self.objective_value, lambda: self.cp.read_values(
+                self.boolean_value, self.value, "FEASIBLE", self.objective_value,
+                self.best_objective_bound))
 
 
 class CPModel:
@@ -484,42 +516,77 @@ class CPModel:
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
-        status = solver.solve(self.model)
+        solver.parameters.catch_sigint_signal = False  # planner.interrupt stops the search
+        hooks = params.hooks
+        if hooks is not None and hooks.stop is not None and hooks.stop.is_set():
+            return None  # stopped: no search, as if the time ran out without a solution
+        with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
+            status = solver.solve(self.model) if hooks is None else \
+                self._solve_observed(solver, hooks)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})
             return None
         return self.solution(solver, status)
 
+    def _solve_observed(self, solver: cp_model.CpSolver, hooks: SolveHooks) -> Any:
+        """Solve with a solution callback and a watcher that stops the search on request."""
+        done = threading.Event()
+        stop = hooks.stop
+
+        def watch() -> None:
+            assert stop is not None
+            while not done.wait(0.05):
+                if stop.is_set():  # repeated: a stop before the search begins is forgotten
+                    solver.stop_search()
+
+        watcher = threading.Thread(target=watch, daemon=True) if stop is not None else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            if hooks.on_solution is not None:
+                return solver.solve(self.model, _Observer(self, hooks))
+            return solver.solve(self.model)
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+
     def solution(self, solver: cp_model.CpSolver, status: Any) -> WindowSolution:
-        """The one place solver values are read."""
+        """The solver's final values."""
+        return self.read_values(solver.boolean_value, solver.value, solver.status_name(status),
+                                solver.objective_value, solver.best_objective_bound)
+
+    def read_values(self, boolean_value: Callable[[Any], bool], value: Callable[[Any], int],
+                    status: str, objective: float, bound: float) -> WindowSolution:
+        """The one place solver values are read (from the solver, or a solution callback)."""
         periods: dict[int, list[tuple[int, int, int, int, bool]]] = {}
         index: dict[tuple[int, int], int] = {}
         for ek, ps in self.vars.periods.items():
             for p, pv in enumerate(ps):
-                if solver.boolean_value(pv.present):
+                if boolean_value(pv.present):
                     index[(ek, p)] = len(periods.setdefault(ek, []))
-                    periods[ek].append((solver.value(pv.load_start), solver.value(pv.load_end),
-                                        solver.value(pv.unload_start),
-                                        solver.value(pv.unload_end), pv.carried))
+                    periods[ek].append((value(pv.load_start), value(pv.load_end),
+                                        value(pv.unload_start),
+                                        value(pv.unload_end), pv.carried))
         runs: dict[str, list[Piece]] = {}
         host = self.vars.host_of
         for rv in self.vars.requests:
             rd, sv = rv.data, rv.split
-            start = solver.value(rv.start)
+            start = value(rv.start)
             out = rd.req.output_tokens
-            if sv is None or not solver.boolean_value(sv.on):
-                o = next(o for o in rv.options if solver.boolean_value(o.chosen))
+            if sv is None or not boolean_value(sv.on):
+                o = next(o for o in rv.options if boolean_value(o.chosen))
                 runs[rd.req.id] = [Piece("run", o.engine, index[(o.engine, o.period)], start,
-                                         solver.value(rv.end), rd.run_s[o.engine], 0, out)]
+                                         value(rv.end), rd.run_s[o.engine], 0, out)]
                 continue
             sd = rd.split
             assert sd is not None
-            o1 = next(o for o in sv.part1 if solver.boolean_value(o.chosen))
-            o2 = next(o for o in sv.part2 if solver.boolean_value(o.chosen))
+            o1 = next(o for o in sv.part1 if boolean_value(o.chosen))
+            o2 = next(o for o in sv.part2 if boolean_value(o.chosen))
             p1, p2 = index[(o1.engine, o1.period)], index[(o2.engine, o2.period)]
             e1, e2 = o1.engine, o2.engine
-            s2 = solver.value(sv.start2)
+            s2 = value(sv.start2)
             mid = start + sd.part1[e1]
             pieces = [Piece("run", e1, p1, start, mid, sd.part1_s[e1], 0, sd.k)]
             if sd.mode == "kv":
@@ -535,5 +602,4 @@ class CPModel:
                 pieces.append(Piece("run", e2, p2, s2, s2 + sd.part2[e2], sd.part2_s[e2],
                                     sd.k, out, recompute=True))
             runs[rd.req.id] = pieces
-        return WindowSolution(solver.status_name(status), solver.objective_value,
-                              solver.best_objective_bound, periods, runs)
+        return WindowSolution(status, objective, bound, periods, runs)

@@ -26,6 +26,7 @@ from typing import Any
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.errors import SolveError
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.data import (
     MIB,
@@ -43,6 +44,7 @@ from planner.solver.model import (
     Hint,
     OpenPeriod,
     Piece,
+    SolveHooks,
     SolveParams,
     WindowSolution,
 )
@@ -53,11 +55,10 @@ PERIODS = 2  # optional load/unload periods per candidate engine (monolithic mod
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
 MAX_SPLITS = 10  # preemption candidates per CP-SAT model (the longest requests)
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
+PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
 
 
 def _error(msg: str) -> Exception:
-    from planner.service import SolveError
-
     return SolveError(msg)
 
 
@@ -354,7 +355,7 @@ def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
         cp1.add_hint(hint)
     left = share - (time.perf_counter() - t0)
     sol1 = cp1.solve(SolveParams(max(0.5, left * PHASE1_SHARE), params.workers, params.seed,
-                                 params.log))
+                                 params.log, params.hooks))
     if sol1 is not None and sol1.status == "INFEASIBLE":
         sol1 = None  # the second model may still be feasible
     cp2 = CPModel(data, win, objective, n_periods, frozen, horizon, splits)
@@ -363,7 +364,8 @@ def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
     elif hint is not None:
         cp2.add_hint(hint)
     left = share - (time.perf_counter() - t0)
-    sol2 = cp2.solve(SolveParams(max(0.5, left), params.workers, params.seed, params.log))
+    sol2 = cp2.solve(SolveParams(max(0.5, left), params.workers, params.seed, params.log,
+                                 params.hooks))
     if sol2 is None or (sol2.status == "INFEASIBLE" and sol1 is not None):
         if sol1 is not None:  # its bound only bounds the model without preemption
             sol1.status, sol1.bound = "FEASIBLE", 0.0
@@ -372,6 +374,47 @@ def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
         sol1.status, sol1.bound = "FEASIBLE", sol2.bound
         return sol1
     return sol2
+
+
+def base_info_of(opts: Any) -> dict[str, Any]:
+    return {"time_limit_s": float(getattr(opts, "time_limit_s", 60.0)),
+            "workers": int(getattr(opts, "workers", 2))}
+
+
+def _hooks(opts: Any, instance: Instance, data: ProblemData, objective: str, monolithic: bool,
+           t0: float, best: Any, info: dict[str, Any]) -> SolveHooks | None:
+    """Observers from ``opts.progress`` (called with each improving plan, at most every
+    PROGRESS_EVERY_S, monolithic models only) and ``opts.stop`` (ends the search and keeps
+    the best plan so far). Without them the search runs exactly as before."""
+    progress = getattr(opts, "progress", None)
+    stop = getattr(opts, "stop", None)
+    if progress is None and stop is None:
+        return None
+    if progress is None or not monolithic:
+        return SolveHooks(None, stop)
+    bound = lower_bound(data, objective)
+    last = [-1e9]
+    best_key = [objective_key(best, objective) if best is not None else None]
+
+    def on_solution(_internal: float, read: Any) -> None:
+        now = time.perf_counter()
+        if now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        builder = PlanBuilder(data)
+        builder.commit(read(), True)
+        sched = builder.schedule()
+        m = compute_metrics(instance, sched.actions)
+        key = objective_key(m, objective)
+        if best_key[0] is not None and key >= best_key[0]:
+            return
+        best_key[0] = key
+        obj = objective_value(m, objective)
+        progress(sched, SolverInfo("cp-sat", "RUNNING", obj, bound, gap_of(obj, bound, objective),
+                                   now - t0, **info, notes="an improving CP-SAT solution; "
+                                   "the search goes on"))
+
+    return SolveHooks(on_solution, stop)
 
 
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
@@ -416,6 +459,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          f"CP-SAT over loads, unloads, routing and order")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
     windows = _windows(reqs, options(data))
+    params.hooks = _hooks(opts, instance, data, objective, len(windows) == 1, t0,
+                          base_metrics.get(best_base) if best_base else None, base_info_of(opts))
 
     hint: Hint | None = None
     hint_end = 0
@@ -458,7 +503,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 cp.add_hint(hint)
             build_s = time.perf_counter() - tb
             sol = cp.solve(SolveParams(max(0.5, share - build_s), workers, params.seed,
-                                       params.log))
+                                       params.log, params.hooks))
         if sol is None or sol.status == "INFEASIBLE":
             failed = "INFEASIBLE" if sol is not None else "no solution in time"
             failed += f" (window {i + 1}/{len(windows)})" if len(windows) > 1 else ""
@@ -470,7 +515,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
 
     bound = lower_bound(data, objective)
     wall = time.perf_counter() - t0
-    base_info: dict[str, Any] = {"time_limit_s": limit, "workers": workers}
+    base_info = base_info_of(opts)
 
     def keep_baseline(status: str, notes: str) -> tuple[Schedule, SolverInfo]:
         if best_base is None:

@@ -1,0 +1,35 @@
+"""What the command modules share: the console and number formatting."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+from rich.console import Console
+
+console = Console(stderr=False)
+err = Console(stderr=True)  # notes that must not mix with --json output
+
+
+def fmt(v: Any, unit: str = "") -> str:
+    """A metric for a table: '-' for None, 3 decimals below 1000, one above."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}{unit}" if abs(v) < 1000 else f"{v:.1f}{unit}"
+    return f"{v}{unit}"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in [min, max] that refuses NaN and infinities (which FloatRange,
+    comparing, lets through)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv

@@ -1,0 +1,61 @@
+"""`planner instance ...`: create and inspect instance files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from planner.commands.common import FiniteFloat
+from planner.domain import MAX_TIME_S, OBJECTIVES
+from planner.generate import MIXED_MODELS
+
+
+@click.group()
+def instance() -> None:
+    """Create and inspect instance files."""
+
+
+@instance.command("generate")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Instance file to write.")
+@click.option("--like", type=click.Path(dir_okay=False, path_type=Path),
+              help="Copy cluster, models and objective from this instance.")
+@click.option("--cluster", "cluster_name", type=click.Choice(["two-servers", "one-gpu"]),
+              default="two-servers", show_default=True, help="A built-in cluster.")
+@click.option("--models", default=",".join(MIXED_MODELS),
+              show_default=True, help="Reference model names, comma-separated.")
+@click.option("--rate", "rates", multiple=True,
+              help="Arrivals per second: one number for every model, or MODEL=RATE (repeat).")
+@click.option("--duration", type=FiniteFloat(min=1, max=MAX_TIME_S), default=600.0,
+              show_default=True,
+              help="Seconds over which requests arrive.")
+@click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--output-median", type=click.IntRange(min=1), default=192, show_default=True)
+@click.option("--max-prompt", type=click.IntRange(min=1), default=3072, show_default=True)
+@click.option("--max-output", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Instance name [default: the output file's stem].")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None)
+def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
+                 rates: tuple[str, ...], duration: float, prompt_median: int,
+                 output_median: int, max_prompt: int, max_output: int, seed: int,
+                 name: str | None,
+                 objective: str | None) -> None:
+    """Write an instance with Poisson arrivals and log-normal lengths.
+
+    \b
+    Examples:
+      planner instance generate -o instances/busy.json --rate 0.1 --seed 3
+      planner instance generate --like instances/mixed.json --rate 0.05 -o /tmp/x.json
+      planner instance generate -o x.json --models llama3-8b-q4_k_m --rate llama3-8b-q4_k_m=0.5
+    """
+    from planner.generate import WorkloadSpec, generate_instance
+    from planner.io import write_json_atomic
+
+    spec = WorkloadSpec(rates={}, duration_s=duration, prompt_median=prompt_median,
+                        output_median=output_median, max_prompt=max_prompt,
+                        max_output=max_output, seed=seed)
+    data = generate_instance(out, like, cluster_name, models, rates, spec, name, objective)
+    write_json_atomic(out, data)
+    click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")

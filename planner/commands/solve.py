@@ -1,0 +1,119 @@
+"""`planner solve`: plan placement, layer splits and a timed schedule for an instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from planner.commands.common import FiniteFloat, console, err, fmt
+from planner.costmodel import COST_MODELS
+from planner.domain import MAX_TIME_S, OBJECTIVES
+from planner.errors import Interrupted
+
+
+def print_summary(data: dict[str, Any], out: Path) -> None:
+    s = data["solver"]
+    console.print(f"[bold]{data['instance']['name']}[/]: {s['name']} {s['status']}, "
+                  f"objective {s.get('objective_name', '')} = {fmt(s['objective'])}, "
+                  f"bound {fmt(s['bound'])}, gap {fmt(s['gap'])}, "
+                  f"{fmt(s['wall_s'])} s -> {out}")
+    if s.get("notes"):
+        console.print(f"  {s['notes']}")
+    plans = {s["name"]: data["metrics"]}
+    errors = {}
+    for name, b in data.get("baselines", {}).items():
+        if name != s["name"]:
+            if "metrics" in b:
+                plans[name] = b["metrics"]
+            else:
+                errors[name] = b.get("error", "no plan")
+    table = Table(title="plan against baselines")
+    table.add_column("metric")
+    for name in plans:
+        table.add_column(name if name != s["name"] else f"[bold]{name}[/]", justify="right")
+    for key, label in [("weighted_mean_response_s", "weighted mean response (s)"),
+                       ("mean_response_s", "mean response (s)"),
+                       ("p95_response_s", "p95 response (s)"), ("makespan_s", "makespan (s)"),
+                       ("slo_attainment", "SLO attainment"), ("n_loads", "loads"),
+                       ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes")]:
+        table.add_row(label, *[fmt(m.get(key)) for m in plans.values()])
+    console.print(table)
+    for name, error in errors.items():
+        console.print(f"[yellow]{name}[/]: {error}")
+
+
+@click.command()
+@click.argument("instance", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Plan file to write [default: solutions/<instance name>.json].")
+@click.option("--solver", type=click.Choice(["cp-sat", "fcfs-lru", "grouped", "static"]),
+              default="cp-sat", show_default=True, help="CP-SAT or one of the baselines.")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="Override the instance's objective.")
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=60.0,
+              show_default=True,
+              help="CP-SAT wall-clock limit in seconds.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CP-SAT search workers.")
+@click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")
+@click.option("--log", is_flag=True, help="Print CP-SAT's search log.")
+@click.option("--preemption/--no-preemption", default=True, show_default=True,
+              help="Let CP-SAT split long requests (kv_save/kv_restore or recompute).")
+@click.option("--cost-model", type=click.Choice(COST_MODELS), default="auto", show_default=True,
+              help="auto: the instance's profiles where they cover a pair, else analytic.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
+def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
+          time_limit: float, workers: int, seed: int, log: bool, preemption: bool,
+          cost_model: str, as_json: bool) -> None:
+    """Plan placement, layer splits and a timed schedule for INSTANCE.
+
+    Writes a plan (SPEC section 2) that the plan checker has passed, with the
+    metrics of the baselines (fcfs-lru: what Ollama does; grouped: what
+    llama-swap does; static: no swapping) beside it.
+
+    \b
+    Examples:
+      planner solve instances/mixed.json
+      planner solve instances/mixed.json --solver fcfs-lru -o /tmp/lru.json
+      planner solve instances/mixed.json --objective makespan --time-limit 30
+    """
+    from planner import interrupt
+    from planner.service import SolveOptions, mark_interrupted, prepare, write_plan
+    from planner.service import solve as do_solve
+
+    inst, cost = prepare(instance, cost_model)
+    opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption)
+    target = out or Path("solutions") / f"{instance.stem}.json"
+
+    def started(what: str) -> None:
+        err.print(f"{what}: searching for up to {time_limit:g} s (Ctrl-C stops the search and "
+                  "keeps the best plan found so far)", soft_wrap=True)
+
+    def stopping(signame: str) -> None:
+        err.print(f"{signame}: stopping; the best plan found so far will be checked and "
+                  f"written to {target} (a second signal quits at once, writing nothing)",
+                  soft_wrap=True)
+
+    interrupt.reset()
+    plan = interrupt.run_stoppable(lambda: do_solve(inst, cost, opts, progress=started),
+                                   on_stop=stopping)
+    reason = interrupt.stop_reason()
+    if reason is not None:
+        plan = mark_interrupted(plan, reason)
+    with interrupt.signals_raise():
+        data = write_plan(plan, inst, target)
+    if as_json:
+        click.echo(json.dumps({"plan": str(target), "solver": data["solver"],
+                               "metrics": data["metrics"], "baselines": data["baselines"]},
+                              indent=1))
+    else:
+        print_summary(data, target)
+    if reason is not None:
+        stopped = Interrupted(f"interrupted ({reason}): the best plan found so far "
+                              f"({data['solver']['status']}) was checked and written to {target}")
+        stopped.exit_code = interrupt.exit_code(reason)
+        raise stopped

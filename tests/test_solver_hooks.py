@@ -1,0 +1,66 @@
+"""Solver observers (improving plans, stop): they never change what the solver decides,
+every plan they see passes the checker, and a stop keeps the best plan so far."""
+
+from __future__ import annotations
+
+import threading
+
+from planner.checker import check_plan
+from planner.domain import Plan
+from planner.io import plan_to_json
+from planner.service import SolveOptions, prepare, solve
+from tests.conftest import ROOT
+
+
+def test_observed_solve_decides_the_same() -> None:
+    inst, cost = prepare(ROOT / "instances" / "tiny.json")
+    plain = solve(inst, cost, SolveOptions(time_limit_s=20, workers=1, seed=0))
+    seen: list[Plan] = []
+    observed = solve(inst, cost, SolveOptions(time_limit_s=20, workers=1, seed=0,
+                                              on_plan=seen.append, stop=threading.Event()))
+    assert plain.solver.status == observed.solver.status == "OPTIMAL"
+    assert plain.schedule == observed.schedule
+    assert plain.solver.objective == observed.solver.objective
+    assert seen  # the best baseline at least, before CP-SAT's own solutions
+
+
+def test_progress_plans_are_valid_and_improving() -> None:
+    inst, cost = prepare(ROOT / "instances" / "swap.json")
+    seen: list[Plan] = []
+    final = solve(inst, cost, SolveOptions(time_limit_s=4, workers=1, on_plan=seen.append))
+    assert seen
+    objs = [p.solver.objective for p in seen]
+    assert all(o is not None for o in objs)
+    assert objs == sorted(objs, reverse=True)  # each one better than the one before
+    assert seen[0].solver.notes.startswith("the best baseline")
+    for p in seen:
+        assert check_plan(inst, p.schedule, plan_to_json(p, inst)) == []
+    assert final.solver.objective is not None and objs[-1] is not None
+    assert final.solver.objective <= objs[-1] + 1e-9
+
+
+def test_stop_keeps_the_best_plan_so_far() -> None:
+    inst, cost = prepare(ROOT / "instances" / "mixed.json")
+    stop = threading.Event()
+    stop.set()  # stopped before CP-SAT starts: the best baseline is the answer
+    plan = solve(inst, cost, SolveOptions(time_limit_s=60, workers=1, stop=stop))
+    assert "baseline" in plan.solver.status
+    assert check_plan(inst, plan.schedule, plan_to_json(plan, inst)) == []
+
+    stop = threading.Event()
+    seen: list[Plan] = []
+
+    def on_plan(p: Plan) -> None:
+        seen.append(p)
+        if p.solver.notes.startswith("an improving CP-SAT"):
+            stop.set()  # stop at CP-SAT's first improving solution
+
+    backup = threading.Timer(15, stop.set)  # should CP-SAT not improve on the baseline
+    backup.start()
+    plan = solve(inst, cost, SolveOptions(time_limit_s=120, workers=1, on_plan=on_plan,
+                                          stop=stop))
+    backup.cancel()
+    assert plan.solver.wall_s < 60  # it did not run to its 120 s limit
+    assert plan.solver.objective is not None and seen[-1].solver.objective is not None
+    assert plan.solver.objective <= seen[-1].solver.objective + 1e-9
+    assert check_plan(inst, plan.schedule, plan_to_json(plan, inst)) == []
