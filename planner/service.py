@@ -17,7 +17,15 @@ from planner.baselines.policies import BASELINES
 from planner.baselines.sim import context_sizes
 from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
-from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
+from planner.domain import (
+    LOCAL_CPU,
+    PLAN_FORMATS,
+    EngineConfig,
+    Instance,
+    Plan,
+    Schedule,
+    SolverInfo,
+)
 from planner.errors import BaselineError, InputError, SolveError
 from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_value
@@ -39,6 +47,11 @@ def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
                     break
             if fits:
                 break
+        if not fits:  # all layers split over the GPUs of one host
+            from planner.solver.data import split_config
+
+            fits = any(split_config(instance, cost, m.id, h.id, n_ctx[m.id]) is not None
+                       for h in instance.cluster.hosts)
         if not fits:
             cfg = EngineConfig(m.id, instance.cluster.devices[0].id, 0, n_ctx[m.id])
             faults.append(f"{where}: models[{m.id}]: fits on no device at any layer split "
@@ -115,6 +128,8 @@ class SolveOptions:
     seed: int = 0
     log: bool = False
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
+    #: n_parallel values CP-SAT may give an engine (parallel slots, continuous batching)
+    slots: tuple[int, ...] = (1,)
     #: called with each improving plan while solving (the best baseline first); the plans
     #: are not yet checked. Observing never changes the result.
     on_plan: Callable[[Plan], None] | None = field(default=None, compare=False, repr=False)
@@ -168,6 +183,7 @@ class _Observe:
                  baselines: dict[str, BaselineResult]) -> None:
         self.time_limit_s, self.workers, self.seed = opts.time_limit_s, opts.workers, opts.seed
         self.log, self.preemption, self.stop = opts.log, opts.preemption, opts.stop
+        self.slots = opts.slots
         self._on_plan = opts.on_plan
         self._instance, self._cost, self._objective = instance, cost, objective
         self._baselines = {k: v.to_json(objective) for k, v in baselines.items()}
@@ -241,7 +257,7 @@ def validate_file(path: str | Path, instance_path: str | Path | None, *, force: 
     from planner.io import read_json
 
     data, _ = read_json(path)
-    if isinstance(data, dict) and data.get("format") == "planner.plan/1":
+    if isinstance(data, dict) and data.get("format") in PLAN_FORMATS:
         data, schedule = load_plan(path)
         instance = find_plan_instance(data, path, instance_path, force=force,
                                       warnings=warnings)

@@ -171,3 +171,50 @@ def test_exports_set_parallel_and_tensor_split(two_gpu) -> None:  # type: ignore
     files = ollama(two_gpu, sched)
     assert any("OLLAMA_NUM_PARALLEL=4" in t for t in files.values())
     assert json.dumps(files)  # plain text
+
+
+def test_model_that_fits_only_split_is_planned_checked_and_exported(
+        write_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Acceptance: a 70B model on two 24 GiB GPUs of a host with 6 GiB of RAM (no room to
+    offload layers to the host) is planned split, passes the checker and exports with
+    --tensor-split."""
+    from planner.export import export
+    from planner.service import SolveOptions, prepare, solve
+
+    data = two_gpu_dict()
+    data["cluster"]["hosts"][0]["memory_gib"] = 6
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1))
+    big = [e for e in plan.schedule.engines if e.model == "big"]
+    assert big and all(e.devices == ("g0", "g1") for e in big)
+    assert check_plan(inst, plan.schedule) == []
+    for name in ("fcfs-lru", "grouped", "static"):
+        assert plan.baselines[name].get("error"), name  # none of them can place it
+    (path,) = export(inst, plan.schedule, "llama-server", tmp_path / "out")
+    line = next(x for x in path.read_text().splitlines() if "--alias big" in x)
+    assert line.startswith("CUDA_VISIBLE_DEVICES=0,1 llama-server")
+    assert "--split-mode layer --tensor-split 0.5,0.5" in line
+
+
+def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
+        write_instance) -> None:  # type: ignore[no-untyped-def]
+    from planner.service import SolveOptions, prepare, solve
+
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1, 2, 4)))
+    assert check_plan(inst, plan.schedule) == []
+    one = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1,)))
+    slotted = [e for e in plan.schedule.engines if e.n_parallel > 1]
+    runs = sorted((a for a in plan.schedule.actions if a.kind == "run"),
+                  key=lambda a: a.start_s)
+    overlap = any(b.start_s < a.end_s - 1e-9 and a.engine == b.engine
+                  for a, b in zip(runs, runs[1:], strict=False))
+    from planner.metrics import compute_metrics
+
+    m, m1 = (compute_metrics(inst, p.schedule.actions) for p in (plan, one))
+    assert m.weighted_mean_response_s <= m1.weighted_mean_response_s + 1e-6
+    if slotted:
+        assert overlap

@@ -46,6 +46,17 @@ class CandidateEngine:
     unload: int  # ticks
     load_s: float  # the cost model's exact durations, written into the plan
     unload_s: float
+    #: GPU id -> MiB on it (rounded up); a split engine spans several GPUs
+    gpu_share_mib: tuple[tuple[str, int], ...] = ()
+    gpu_shares: tuple[tuple[str, int], ...] = ()  # GPU id -> bytes
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.cfg.devices
+
+    @property
+    def slots(self) -> int:
+        return self.cfg.n_parallel
 
 
 @dataclass(frozen=True)
@@ -125,17 +136,55 @@ class InfeasibleInstance(Exception):
     """No plan exists; the message names the model, device or request responsible."""
 
 
+def split_config(instance: Instance, cost: CostModel, model: str, host_id: str,
+                 n_ctx: int, n_parallel: int = 1) -> EngineConfig | None:
+    """Every layer on the GPUs of one host, split in proportion to their memory
+    (llama.cpp's default ``--tensor-split``), if each GPU's share and the host fit."""
+    host = instance.cluster.host(host_id)
+    if len(host.gpus) < 2:
+        return None
+    total = sum(g.memory_bytes for g in host.gpus)
+    split = tuple((g.id, g.memory_bytes / total) for g in host.gpus)
+    cfg = EngineConfig(model, host.gpus[0].id, cost.n_layers(model) + 1, n_ctx, n_parallel,
+                       split)
+    shares = cost.gpu_shares(cfg)
+    if any(shares.get(g.id, 0) > g.memory_bytes for g in host.gpus):
+        return None
+    return cfg if cost.host_bytes(cfg) <= host.memory_bytes else None
+
+
+def with_slots(instance: Instance, cost: CostModel, cfg: EngineConfig,
+               n_parallel: int) -> EngineConfig | None:
+    """``cfg`` with ``n_parallel`` slots (KV cache for each), if it still fits."""
+    c = EngineConfig(cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_ctx, n_parallel, cfg.split)
+    dev = instance.cluster.device(cfg.device)
+    host = instance.cluster.host(dev.host)
+    if cost.host_bytes(c) > host.memory_bytes:
+        return None
+    if dev.kind == "gpu":
+        for d, b in cost.gpu_shares(c).items():
+            if b > instance.cluster.device(d).memory_bytes:
+                return None
+    return c
+
+
 def _candidate_configs(instance: Instance, cost: CostModel,
-                       baselines: dict[str, Schedule]) -> list[EngineConfig]:
+                       baselines: dict[str, Schedule],
+                       slots: tuple[int, ...] = (1,)) -> list[EngineConfig]:
     sim = Simulator(instance, cost)
     n_ctx = context_sizes(instance)
     out: list[EngineConfig] = []
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, int, tuple[tuple[str, float], ...]]] = set()
 
     def add(cfg: EngineConfig | None) -> None:
-        if cfg is not None and (cfg.model, cfg.device, cfg.n_gpu_layers) not in seen:
-            seen.add((cfg.model, cfg.device, cfg.n_gpu_layers))
-            out.append(cfg)
+        if cfg is None:
+            return
+        for p in sorted(set(slots) | {cfg.n_parallel}):
+            c = cfg if p == cfg.n_parallel else with_slots(instance, cost, cfg, p)
+            key = (cfg.model, cfg.device, cfg.n_gpu_layers, p, cfg.split)
+            if c is not None and key not in seen:
+                seen.add(key)
+                out.append(c)
 
     for m in instance.models:
         for d in serving_devices(instance):
@@ -144,28 +193,43 @@ def _candidate_configs(instance: Instance, cost: CostModel,
                 continue
             for share in GPU_SHARES:
                 add(sim.fit_config(m.id, d.id, int(d.memory_bytes * share)))
+        # a model no GPU holds whole: all its layers split over a host's GPUs
+        for h in instance.cluster.hosts:
+            whole = [EngineConfig(m.id, g.id, cost.n_layers(m.id) + 1, n_ctx[m.id])
+                     for g in h.gpus]
+            if h.gpus and not any(cost.gpu_bytes(c) <= g.memory_bytes
+                                  for c, g in zip(whole, h.gpus, strict=True)):
+                add(split_config(instance, cost, m.id, h.id, n_ctx[m.id]))
     # every configuration a baseline used, so that its plan can be given as a hint
     for sched in baselines.values():
         for e in sched.engines:
             if e.n_ctx == n_ctx[e.model]:
-                add(EngineConfig(e.model, e.device, e.n_gpu_layers, e.n_ctx))
+                add(e.config)
     return out
 
 
 def build_data(instance: Instance, cost: CostModel,
-               baselines: dict[str, Schedule] | None = None) -> ProblemData:
-    """Candidate engines and request options; raises InfeasibleInstance with a reason."""
+               baselines: dict[str, Schedule] | None = None,
+               slots: tuple[int, ...] = (1,)) -> ProblemData:
+    """Candidate engines and request options; raises InfeasibleInstance with a reason.
+
+    ``slots``: the ``n_parallel`` values candidate engines may have; a run on an
+    engine with ``p`` slots takes the cost model's duration with ``p`` sequences
+    decoding together throughout (conservative: the slots may not all be busy).
+    """
     baselines = baselines or {}
     devices = serving_devices(instance)
     dev_host = {d.id: d.host for d in devices}
     engines: list[CandidateEngine] = []
-    for i, cfg in enumerate(_candidate_configs(instance, cost, baselines)):
+    for i, cfg in enumerate(_candidate_configs(instance, cost, baselines, slots)):
         on_gpu = instance.cluster.device(cfg.device).kind == "gpu"
-        gb, hb = cost.gpu_bytes(cfg) if on_gpu else 0, cost.host_bytes(cfg)
+        shares = cost.gpu_shares(cfg) if on_gpu else {}
+        gb, hb = sum(shares.values()), cost.host_bytes(cfg)
         engines.append(CandidateEngine(
             i, cfg, dev_host[cfg.device], on_gpu, gb, hb, -(-gb // MIB), -(-hb // MIB),
             max(1, ticks_up(cost.load_s(cfg))), max(1, ticks_up(cost.unload_s(cfg))),
-            cost.load_s(cfg), cost.unload_s(cfg)))
+            cost.load_s(cfg), cost.unload_s(cfg),
+            tuple((d, -(-b // MIB)) for d, b in shares.items()), tuple(shares.items())))
     by_model: dict[str, list[CandidateEngine]] = {}
     for e in engines:
         by_model.setdefault(e.cfg.model, []).append(e)
@@ -183,7 +247,8 @@ def build_data(instance: Instance, cost: CostModel,
         for e in by_model[r.model]:
             if r.total_tokens > e.cfg.n_ctx:
                 continue
-            s = cost.run_s(e.cfg, r.prompt_tokens, 0, r.output_tokens)
+            s = cost.run_s_at(e.cfg, r.prompt_tokens, 0, r.output_tokens,
+                              active=e.cfg.n_parallel)
             run[e.key] = max(1, ticks_up(s))
             run_s[e.key] = s
             best = min(best, s)
@@ -193,9 +258,11 @@ def build_data(instance: Instance, cost: CostModel,
                 f"request {r.id}: prompt+output {r.total_tokens} tokens exceed the context "
                 f"of every engine of model {r.model}")
         split = None
-        if r.output_tokens >= SPLIT_MIN_TOKENS:
-            engs = [e for e in by_model[r.model] if e.key in run]
-            split, s_best, s_first = _split(cost, r, engs, min(run, key=lambda k: run_s[k]))
+        engs = [e for e in by_model[r.model]
+                if e.key in run and e.slots == 1 and not e.cfg.split]
+        if r.output_tokens >= SPLIT_MIN_TOKENS and engs:  # preemption: one-slot, one-device
+            split, s_best, s_first = _split(cost, r, engs,
+                                            min((e.key for e in engs), key=lambda k: run_s[k]))
             # a split run on two configurations may beat every whole run: bound both
             best, first_load = min(best, s_best), min(first_load, s_first)
         # every engine starts unloaded at t=0, so an engine loads before it can run

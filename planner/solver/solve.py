@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any
 
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Engine, Instance, Schedule, SolverInfo
+from planner.domain import Action, DeviceShare, Engine, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.data import (
@@ -70,10 +70,10 @@ def hint_from_schedule(data: ProblemData, sched: Schedule) -> tuple[Hint, int] |
     Baselines keep one timeline per device (no load beside a run), so replaying each
     device's actions in order with durations rounded up keeps the plan valid.
     """
-    key = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers, e.cfg.n_ctx): e for e in data.engines}
+    key = {e.cfg: e for e in data.engines}
     cand = {}
     for be in sched.engines:
-        c = key.get((be.model, be.device, be.n_gpu_layers, be.n_ctx))
+        c = key.get(be.config)
         if c is None:
             return None
         cand[be.id] = c
@@ -205,8 +205,12 @@ class PlanBuilder:
         engines = []
         for ek in sorted(self.periods):
             c = self.engine[ek]
+            shares = dict(c.gpu_shares)
             engines.append(Engine(eids[ek], c.cfg.model, c.cfg.device, c.cfg.n_gpu_layers,
-                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes))
+                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes,
+                                  n_parallel=c.cfg.n_parallel,
+                                  shares=tuple(DeviceShare(d, f, shares[d])
+                                               for d, f in c.cfg.split)))
         rds = {rd.req.id: rd for rd in self.data.requests}
         # (tick start, tick end, order, kind, engine key, period, request or "", seconds, piece)
         items: list[tuple[int, int, int, str, int, int, str, float, Piece | None]] = []
@@ -234,8 +238,14 @@ class PlanBuilder:
             dev = c.cfg.device
             compute, transfer = (dev, "compute"), (dev, "transfer")
             lane = compute if kind == "run" else transfer
-            t = lane_end.get(lane, 0.0)
-            if kind == "run":
+            # a split engine's action waits for its lane on every GPU it spans
+            lanes = [(d, lane[1]) for d in c.devices]
+            t = max(lane_end.get(x, 0.0) for x in lanes)
+            if kind == "run" and c.slots > 1:
+                # runs of a slot engine keep their CP-SAT start: its durations are rounded
+                # up there, so every run ends no later and every order holds
+                t = max(ts / TICKS_PER_S, load_end[(ek, p)], rds[rid].req.arrival_s)
+            elif kind == "run":
                 t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s, req_end.get(rid, 0.0))
             elif kind == "unload":
                 t = max(t, load_end[(ek, p)], runs_end.get((ek, p), 0.0))
@@ -247,12 +257,13 @@ class PlanBuilder:
             else:
                 if p > 0:
                     t = max(t, unload_end[(ek, p - 1)])
-                for res in (dev, c.host):
+                for res in (*c.devices, c.host):
                     for ue_tick, end in freed[res]:
                         if ue_tick <= ts:
                             t = max(t, end)
             end = t + dur
-            lane_end[lane] = end
+            for x in lanes:
+                lane_end[x] = max(lane_end.get(x, 0.0), end)
             eid = eids[ek]
             if pc is not None:
                 req_end[rid] = end
@@ -273,7 +284,8 @@ class PlanBuilder:
                 actions.append(Action("load", eid, dev, t, end))
             else:
                 unload_end[(ek, p)] = end
-                freed[dev].append((te, end))
+                for d in c.devices:
+                    freed[d].append((te, end))
                 freed[c.host].append((te, end))
                 actions.append(Action("unload", eid, dev, t, end))
         actions.sort(key=lambda a: (a.start_s, a.device, a.kind))
@@ -427,7 +439,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          bool(getattr(opts, "log", False)))
     max_splits = MAX_SPLITS if bool(getattr(opts, "preemption", True)) else 0
     try:
-        data = build_data(instance, cost, baseline_schedules)
+        slots = tuple(getattr(opts, "slots", (1,)) or (1,))
+        data = build_data(instance, cost, baseline_schedules, slots)
     except InfeasibleInstance as exc:
         raise _error(f"{instance.name}: {exc}") from None
 
@@ -459,6 +472,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          f"CP-SAT over loads, unloads, routing and order")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
     windows = _windows(reqs, options(data))
+    if len(windows) > 1 and any(e.slots > 1 for e in data.engines):
+        # slot engines are planned in one window (runs frozen from an earlier window
+        # may overlap on them); a larger instance keeps one slot per engine
+        data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+        reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
+        windows = _windows(reqs, options(data))
     params.hooks = _hooks(opts, instance, data, objective, len(windows) == 1, t0,
                           base_metrics.get(best_base) if best_base else None, base_info_of(opts))
 
