@@ -106,12 +106,15 @@ class BaselineResult:
                 "metrics": self.metrics.to_json(), "wall_s": round(self.wall_s, 3)}
 
 
-def run_baselines(instance: Instance, cost: CostModel) -> dict[str, BaselineResult]:
+def run_baselines(instance: Instance, cost: CostModel, slots: int = 1
+                  ) -> dict[str, BaselineResult]:
+    """Every baseline; ``slots``: their engines' parallel slots (Ollama's
+    OLLAMA_NUM_PARALLEL, llama-swap's concurrencyLimit)."""
     out = {}
     for name, fn in BASELINES.items():
         t0 = time.perf_counter()
         try:
-            sched = fn(instance, cost)
+            sched = fn(instance, cost, slots=slots) if slots > 1 else fn(instance, cost)
             out[name] = BaselineResult(name, sched, compute_metrics(instance, sched.actions),
                                        None, time.perf_counter() - t0)
         except BaselineError as exc:
@@ -145,7 +148,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
     request (:mod:`planner.interrupt`) ends CP-SAT's search early with its best plan.
     """
     objective = opts.objective or instance.objective
-    baselines = run_baselines(instance, cost)
+    baselines = run_baselines(instance, cost, max(opts.slots))
     if not instance.requests:  # nothing to serve: the empty plan, optimal by definition
         empty = Schedule((), ())
         value = objective_value(compute_metrics(instance, ()), objective)

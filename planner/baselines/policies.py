@@ -45,12 +45,13 @@ def _best_load(sim: Simulator, model: str, earliest: float, req: Request,
     return best[1]
 
 
-def fcfs_lru(instance: Instance, cost: CostModel) -> Schedule:
-    sim = Simulator(instance, cost)
+def fcfs_lru(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
+    """Ollama; ``slots`` is its OLLAMA_NUM_PARALLEL (requests decoded together per model)."""
+    sim = Simulator(instance, cost, slots)
     for req in _by_arrival(instance):
         resident = sim.resident_engines(req.model)
         if resident:
-            _ds, r = min(resident, key=lambda x: max(x[0].free_at, req.arrival_s)
+            _ds, r = min(resident, key=lambda x: sim.run_start(x[1], req, req.arrival_s)
                          + sim.run_time(x[1], req))
         else:
             r = sim.apply_load(_best_load(sim, req.model, req.arrival_s, req))
@@ -58,17 +59,19 @@ def fcfs_lru(instance: Instance, cost: CostModel) -> Schedule:
     return sim.schedule()
 
 
-def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATION_S) -> Schedule:
-    sim = Simulator(instance, cost)
+def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATION_S,
+            slots: int = 1) -> Schedule:
+    """llama-swap; ``slots`` is its concurrencyLimit (with llama-server --parallel)."""
+    sim = Simulator(instance, cost, slots)
     waiting = _by_arrival(instance)
     arrivals = sorted({r.arrival_s for r in waiting})
     while waiting:
-        ds = min(sim.devices.values(), key=lambda d: (d.free_at, d.device.id))
-        t = ds.free_at
+        ds = min(sim.devices.values(), key=lambda d: (sim.next_time(d), d.device.id))
+        t = sim.next_time(ds)
         ready = [r for r in waiting if r.arrival_s <= t + 1e-9]
         if not ready:
             # idle until the next arrival
-            ds.free_at = min(a for a in arrivals if a > t)
+            sim.idle_until(ds, min(a for a in arrivals if a > t))
             continue
         here = {r.engine.model: r for r in ds.resident}
         elsewhere = {r.engine.model for d in sim.devices.values() if d is not ds
@@ -99,7 +102,7 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
             if not later:
                 raise BaselineError(f"no device can serve {oldest.model} "
                                     f"(request {oldest.id})")
-            ds.free_at = min(later)
+            sim.idle_until(ds, min(later))
             continue
         req, res = served
         sim.run(res, req, t)
@@ -107,8 +110,8 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
     return sim.schedule()
 
 
-def static(instance: Instance, cost: CostModel) -> Schedule:
-    sim = Simulator(instance, cost)
+def static(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
+    sim = Simulator(instance, cost, slots)
     gpu_free = {d: s.device.memory_bytes for d, s in sim.devices.items()}
     host_free = {h.id: h.memory_bytes for h in instance.cluster.hosts}
     weight = {m.id: m.arch.weight_bytes for m in instance.models}
@@ -136,7 +139,7 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
     return sim.schedule()
 
 
-BASELINES: dict[str, Callable[[Instance, CostModel], Schedule]] = {
+BASELINES: dict[str, Callable[..., Schedule]] = {
     "fcfs-lru": fcfs_lru,
     "grouped": grouped,
     "static": static,
