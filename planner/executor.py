@@ -74,21 +74,34 @@ def _read_through(path: Path) -> None:
             pass
 
 
-def dependencies(actions: list[Action]) -> list[set[int]]:
-    """For each action (in plan order), the indices of the actions it must wait for."""
-    last_lane: dict[tuple[str, str], int] = {}
-    last_engine: dict[str, int] = {}
+def dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                 ) -> list[set[int]]:
+    """For each action (in plan order), the indices of the actions it must wait for.
+
+    Runs of an engine with several slots (``slots``: engine -> n_parallel) wait only
+    for what came before them in their lane and engine other than each other (the
+    engine's slot driver lets at most n_parallel decode at once); the next other
+    action waits for all of them.
+    """
+    slots = slots or {}
+    base: dict[object, int] = {}  # lane or engine -> last action that is not a slot run
+    group: dict[object, list[int]] = {}  # lane or engine -> slot runs since then
     last_request: dict[str, int] = {}
     deps: list[set[int]] = []
     for i, a in enumerate(actions):
         d: set[int] = set()
-        for table, key in ((last_lane, (a.device, a.lane)), (last_engine, a.engine),
-                           (last_request, a.request)):
-            if key is not None and key in table:
-                d.add(table[key])  # type: ignore[index]
+        slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
+        for key in ((a.device, a.lane), ("engine", a.engine)):
+            if key in base:
+                d.add(base[key])
+            if slot_run:
+                group.setdefault(key, []).append(i)
+            else:
+                d.update(group.pop(key, []))
+                base[key] = i
+        if a.request is not None and a.request in last_request:
+            d.add(last_request[a.request])
         deps.append(d)
-        last_lane[(a.device, a.lane)] = i
-        last_engine[a.engine] = i
         if a.request is not None:
             last_request[a.request] = i
     return deps
@@ -171,14 +184,19 @@ class Replay:
         self.warnings = list(warnings or [])
         self.on_action = on_action
         if engine_factory is None:
-            from profiler.engine import Engine
+
+            from profiler.batch import BatchEngine
 
             def engine_factory(t: int | None) -> Any:
-                return Engine(threads=t)
+                # engines with slots decode in one context with n_seq_max slots
+                return BatchEngine(threads=t)
         self.engine_factory = engine_factory
         actions = plan_order(schedule)
         self.records = [ActionRecord(i, a, d) for i, (a, d)
-                        in enumerate(zip(actions, dependencies(actions), strict=True))]
+                        in enumerate(zip(actions, dependencies(
+                            actions, {e.id: e.n_parallel for e in schedule.engines}),
+                            strict=True))]
+        self.drivers: dict[str, Any] = {}  # slot engine -> profiler.batch.SlotDriver
         self.engines: dict[str, Any] = {}
         self.states: dict[str, Any] = {}  # request -> SavedState held in host RAM
         self.generated: dict[str, list[int]] = {}
@@ -200,6 +218,16 @@ class Replay:
         a = rec.action
         eng = self.engines[a.engine]
         e = self.schedule.engine(a.engine)
+        if a.kind == "load" and e.n_parallel > 1:
+            from profiler.batch import SlotDriver
+
+            self.loaded.add(e.id)
+            got = eng.batch_load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
+                e.id, e.n_gpu_layers), n_ctx=e.n_ctx, n_parallel=e.n_parallel)
+            self.vocab[e.id] = int(got["n_vocab"])
+            self.drivers[e.id] = SlotDriver(eng, e.n_parallel)
+            self.drivers[e.id].start()
+            return {"rss_bytes": got["rss_bytes"]}
         if a.kind == "load":
             self.loaded.add(e.id)
             info = eng.load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
@@ -207,6 +235,9 @@ class Replay:
             self.vocab[e.id] = info.n_vocab
             return {"rss_bytes": info.rss_bytes}
         if a.kind == "unload":
+            driver = self.drivers.pop(e.id, None)
+            if driver is not None:
+                driver.stop()
             eng.unload()
             self.loaded.discard(e.id)
             return {}
@@ -227,6 +258,13 @@ class Replay:
         tf, tt = a.tokens_from or 0, a.tokens_to or 0
         done = self.generated.setdefault(req.id, [])
         prompt = self._prompt(req.id, req.prompt_tokens, self.vocab.get(e.id, 1000))
+        if e.n_parallel > 1:  # continuous batching: joins the engine's decoding sequences
+            if tf != 0:
+                raise ExecuteError(f"run {req.id} on {e.id}: slot engines replay whole "
+                                   "requests only")
+            tokens = self.drivers[e.id].generate(prompt, tt)
+            done[:] = tokens
+            return {"tokens_produced": len(tokens)}
         if tf == 0:
             eng.reset()
             eng.prefill(prompt)
@@ -307,6 +345,8 @@ class Replay:
                 by_index[i].error = "replay interrupted"
         finally:
             pool.shutdown(wait=True)  # actions already running finish (or fail)
+            for driver in self.drivers.values():
+                driver.stop()
             self.sampler.stop()
             for eng in self.engines.values():
                 with contextlib.suppress(Exception):  # a crashed worker is already gone

@@ -640,3 +640,88 @@ def add_batch_profile(model_path: Path, csv_path: Path, json_path: Path, cfg: Ba
         "rows": [[r.get(c) for c in BATCH_COLUMNS] for r in rows]}
     write_profile(doc, Path(json_path))
     return doc
+
+
+# --------------------------------------------------------------------------- replay driver
+
+
+class SlotDriver:
+    """Continuous batching on one :class:`BatchEngine` for callers in several threads.
+
+    :meth:`generate` (any thread) queues a request and blocks until it has
+    generated its tokens; one driver thread admits queued requests into free slots
+    between steps (their prompts join the next step's batch), steps the engine,
+    and hands finished sequences back. Only the driver thread talks to the engine
+    while it runs; load and unload happen before :meth:`start` and after :meth:`stop`.
+    """
+
+    def __init__(self, eng: BatchEngine, n_parallel: int, step_s: float = 0.02) -> None:
+        import threading
+
+        self.eng, self.n_parallel, self.step_s = eng, n_parallel, step_s
+        self.cond = threading.Condition()
+        self.queue: list[dict[str, Any]] = []
+        self.active: dict[int, dict[str, Any]] = {}
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join(30)
+
+    def generate(self, prompt: Sequence[int], n_decode: int) -> list[int]:
+        job: dict[str, Any] = {"prompt": list(prompt), "n": int(n_decode), "done": False,
+                               "tokens": None, "error": None}
+        with self.cond:
+            if self.closed:
+                raise EngineError("the slot driver has stopped")
+            self.queue.append(job)
+            self.cond.notify_all()
+            while not job["done"]:
+                self.cond.wait()
+        if job["error"] is not None:
+            raise job["error"]
+        return list(job["tokens"])
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self.cond:
+            for job in [*self.active.values(), *self.queue]:
+                job["error"], job["done"] = exc, True
+            self.active.clear()
+            self.queue.clear()
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closed and not self.queue and not self.active:
+                    self.cond.wait()
+                if self.closed and not self.queue and not self.active:
+                    return
+                free = [s for s in range(self.n_parallel) if s not in self.active]
+                admit = []
+                while free and self.queue:
+                    admit.append((free.pop(0), self.queue.pop(0)))
+            try:
+                for seq, job in admit:
+                    self.eng.batch_add(seq, job["prompt"], job["n"])
+                    self.active[seq] = job
+                r = self.eng.batch_step(max_s=self.step_s)
+                finished = []
+                for seq in r.finished:
+                    tokens = self.eng.batch_tokens(seq)
+                    self.eng.batch_remove(seq)
+                    finished.append((seq, tokens))
+            except BaseException as exc:  # a crashed engine fails every request on it
+                self._fail_all(exc)
+                continue
+            with self.cond:
+                for seq, tokens in finished:
+                    job = self.active.pop(seq)
+                    job["tokens"], job["done"] = tokens, True
+                self.cond.notify_all()

@@ -3,6 +3,7 @@ plan files and exports, on hand-built plans."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
     runs = sorted((a for a in plan.schedule.actions if a.kind == "run"),
                   key=lambda a: a.start_s)
     overlap = any(b.start_s < a.end_s - 1e-9 and a.engine == b.engine
-                  for a, b in zip(runs, runs[1:], strict=False))
+                  for a, b in itertools.pairwise(runs))
     from planner.metrics import compute_metrics
 
     m, m1 = (compute_metrics(inst, p.schedule.actions) for p in (plan, one))
