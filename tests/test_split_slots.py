@@ -219,3 +219,19 @@ def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
     assert m.weighted_mean_response_s <= m1.weighted_mean_response_s + 1e-6
     if slotted:
         assert overlap
+
+
+def test_batched_ends_follow_concurrency(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    """A run alone on a 4-slot engine ends well before its conservative (4 busy slots)
+    end; runs that share the slots end later than alone; none ends past its bound."""
+    from planner.slots import batched_ends
+
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=4)
+    alone = batched_ends(cost, cfg, [(0.0, 64, 100)])[0]
+    bound = cost.run_s_at(cfg, 64, 0, 100, active=4)
+    assert alone < bound
+    assert alone == pytest.approx(cost.run_s_at(cfg, 64, 0, 100, active=1), rel=0.25)
+    shared = batched_ends(cost, cfg, [(0.0, 64, 100), (0.0, 64, 100), (0.1, 64, 50)])
+    assert shared[0] > alone and shared[2] < shared[0] + 1e-9 + bound
+    assert all(e <= 0.1 + bound for e in shared)
