@@ -455,13 +455,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None:
         # placement and layer split from the baselines (the best one's first), then
         # CP-SAT decides loads, unloads, routing and order over those engines
-        keyed = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers): e.key for e in data.engines}
+        keyed = {e.cfg: e.key for e in data.engines}
         keep: set[int] = set()
         names = [best_base] + [k for k in baseline_schedules if k != best_base]
         for name in names:
-            more = keep | {keyed[(e.model, e.device, e.n_gpu_layers)]
-                           for e in baseline_schedules[name].engines
-                           if (e.model, e.device, e.n_gpu_layers) in keyed}
+            more = keep | {keyed[e.config] for e in baseline_schedules[name].engines
+                           if e.config in keyed}
             if keep and options(restrict(data, more)) * len(data.requests) > MAX_OPTIONS:
                 break
             keep = more
