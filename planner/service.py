@@ -5,6 +5,7 @@ Each CLI command parses its arguments, calls one function here, and writes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -173,10 +174,21 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         if progress is not None:
             progress("cp-sat")
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
-        observe = _Observe(opts, instance, cost, objective, baselines) if opts.on_plan else None
-        schedule, info = solve_cpsat(instance, cost, objective, observe or opts,
-                                     {k: v.schedule for k, v in ok.items()
-                                      if v.schedule is not None})
+        hints = {k: v.schedule for k, v in ok.items() if v.schedule is not None}
+        run_opts: Any = opts
+        if max(opts.slots) > 1:
+            # slots widen the search: first the one-slot model for half the time, whose
+            # plan then seeds (and bounds) the search with slots
+            half = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2, slots=(1,),
+                                       on_plan=None)
+            one_base = {k: v.schedule for k, v in run_baselines(instance, cost).items()
+                        if v.schedule is not None}
+            one, _ = solve_cpsat(instance, cost, objective, half, one_base)
+            hints["cp-sat (one slot)"] = one
+            run_opts = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2)
+        observe = _Observe(run_opts, instance, cost, objective, baselines) \
+            if opts.on_plan else None
+        schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
     if any(e.n_parallel > 1 for e in schedule.engines):
         from dataclasses import replace as _replace
 
