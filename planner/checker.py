@@ -88,6 +88,8 @@ class _Check:
             elif e.model in models and e.n_gpu_layers > models[e.model].arch.n_layers + 1:
                 self.bad(1, f"engine {e.id}: n_gpu_layers {e.n_gpu_layers} exceeds the "
                             f"model's {models[e.model].arch.n_layers} layers")
+            if e.shares and e.device in devices:
+                self.split_engine(e, devices)
         for a in self.sched.actions:
             if a.engine not in self.engines:
                 self.bad(1, f"{_fmt(a)}: unknown engine")
@@ -104,16 +106,54 @@ class _Check:
                 continue
             self.actions.append(a)
 
+    def split_engine(self, e: Engine, devices: dict[str, Any]) -> None:
+        """A split engine: GPUs of its device's host, each once, fractions summing to 1,
+        shares summing to its gpu_bytes."""
+        host = devices[e.device].host
+        ids = [s.id for s in e.shares]
+        if len(set(ids)) != len(ids):
+            self.bad(1, f"engine {e.id}: a device appears twice in its split")
+        for sh in e.shares:
+            d = devices.get(sh.id)
+            if d is None or d.kind != "gpu" or d.host != host:
+                self.bad(1, f"engine {e.id}: split device {sh.id} is not a GPU of host {host}")
+        if abs(sum(sh.fraction for sh in e.shares) - 1.0) > 1e-4:
+            self.bad(1, f"engine {e.id}: split fractions sum to "
+                        f"{sum(sh.fraction for sh in e.shares):.6f}, not 1")
+        if sum(sh.gpu_bytes for sh in e.shares) != e.gpu_bytes:
+            self.bad(1, f"engine {e.id}: per-GPU bytes sum to "
+                        f"{sum(sh.gpu_bytes for sh in e.shares)}, not its gpu_bytes "
+                        f"{e.gpu_bytes}")
+
     # rule 2 ---------------------------------------------------------------------
     def lanes(self) -> None:
+        """Transfer lanes: no overlap. Compute lanes: runs overlap only when they are of one
+        engine, at most ``n_parallel`` at once (its slots). A split engine's actions use the
+        lanes of every GPU it spans."""
         lanes: dict[tuple[str, str], list[Action]] = defaultdict(list)
         for a in self.actions:
-            lanes[(a.device, a.lane)].append(a)
+            for dev in self.engines[a.engine].devices:
+                lanes[(dev, a.lane)].append(a)
         for (dev, lane), acts in lanes.items():
             acts.sort(key=lambda a: (a.start_s, a.end_s))
-            for x, y in itertools.pairwise(acts):
-                if y.start_s < x.end_s - EPS:
-                    self.bad(2, f"{lane} lane of {dev}: {_fmt(x)} overlaps {_fmt(y)}")
+            if lane == "transfer":
+                for x, y in itertools.pairwise(acts):
+                    if y.start_s < x.end_s - EPS:
+                        self.bad(2, f"{lane} lane of {dev}: {_fmt(x)} overlaps {_fmt(y)}")
+                continue
+            active: list[Action] = []
+            for y in acts:
+                active = [x for x in active if x.end_s > y.start_s + EPS]
+                other = next((x for x in active if x.engine != y.engine), None)
+                if other is not None:
+                    self.bad(2, f"{lane} lane of {dev}: {_fmt(other)} overlaps {_fmt(y)} "
+                                "(another engine)")
+                slots = self.engines[y.engine].n_parallel
+                same = [x for x in active if x.engine == y.engine]
+                if len(same) + 1 > slots:
+                    self.bad(2, f"{lane} lane of {dev}: {_fmt(y)} is run {len(same) + 1} at "
+                                f"once on {y.engine}, which has {slots} slot(s)")
+                active.append(y)
 
     # rule 3 ---------------------------------------------------------------------
     def residency(self) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -165,7 +205,10 @@ class _Check:
             if dev is None:
                 continue
             for ls, _le, _us, ue in ps:
-                if dev.kind == "gpu":
+                if e.shares:  # each GPU of a split engine holds its own share
+                    for sh in e.shares:
+                        gpu_iv[sh.id].append((ls, ue, sh.gpu_bytes))
+                elif dev.kind == "gpu":
                     gpu_iv[dev.id].append((ls, ue, e.gpu_bytes))
                 host_iv[dev.host].append((ls, ue, e.host_bytes))
         for save, restore in saves:
@@ -209,14 +252,14 @@ class _Check:
             (runs if a.kind == "run" else transfers)[a.request].append(a)
 
         def holds(engine: str, request: str, t0: float, t1: float) -> bool:
-            """Engine keeps the request's state through (t0, t1): no unload, no other run."""
+            """Engine keeps the request's state through (t0, t1): no unload, and fewer other
+            requests run there meanwhile than it has slots (one slot: none)."""
             for u in unloads[engine]:
                 if u.end_s > t0 + EPS and u.start_s < t1 - EPS:
                     return False
-            for r in engine_runs[engine]:
-                if r.request != request and r.end_s > t0 + EPS and r.start_s < t1 - EPS:
-                    return False
-            return True
+            others = {r.request for r in engine_runs[engine]
+                      if r.request != request and r.end_s > t0 + EPS and r.start_s < t1 - EPS}
+            return len(others) < self.engines[engine].n_parallel
 
         saves: list[tuple[Action, Action | None]] = []
         for req in self.inst.requests:

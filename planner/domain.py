@@ -15,6 +15,10 @@ from planner.errors import DomainError
 
 INSTANCE_FORMAT = "planner.instance/1"
 PLAN_FORMAT = "planner.plan/1"
+#: format 1.1: engines may have parallel slots (``n_parallel``) and span several GPUs of one
+#: host (``devices`` with split fractions); written only by plans that use either
+PLAN_FORMAT_1_1 = "planner.plan/1.1"
+PLAN_FORMATS: tuple[str, ...] = (PLAN_FORMAT, PLAN_FORMAT_1_1)
 REPORT_FORMAT = "planner.report/1"
 
 GIB = 1024**3
@@ -250,16 +254,52 @@ class Instance:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What a cost model needs to know about an engine."""
+    """What a cost model needs to know about an engine.
+
+    ``n_ctx`` is the context of one slot (what one request may use); the engine's
+    KV cache holds ``n_parallel * n_ctx`` cells. ``split`` lists the GPUs of one
+    host the GPU layers are spread over, with their fractions (llama.cpp's
+    ``--split-mode layer --tensor-split``); empty: all on ``device``, which is then
+    the first of ``split``.
+    """
 
     model: str
     device: str
     n_gpu_layers: int
     n_ctx: int
+    n_parallel: int = 1
+    split: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.n_gpu_layers >= 0, "n_gpu_layers must be >= 0")
         _require(self.n_ctx > 0, "n_ctx must be > 0")
+        _require(self.n_parallel >= 1, "n_parallel must be >= 1")
+        if self.split:
+            _require(self.split[0][0] == self.device, "split must start with the device")
+            _require(abs(sum(f for _d, f in self.split) - 1.0) < 1e-6
+                     and all(f > 0 for _d, f in self.split),
+                     "split fractions must be positive and sum to 1")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(d for d, _f in self.split) if self.split else (self.device,)
+
+    @property
+    def kv_cells(self) -> int:
+        """KV cells of the whole engine: every slot's context."""
+        return self.n_ctx * self.n_parallel
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """One GPU of a split engine: its fraction of the GPU layers and the bytes it holds."""
+
+    id: str
+    fraction: float
+    gpu_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "fraction": round(self.fraction, 6), "gpu_bytes": self.gpu_bytes}
 
 
 @dataclass(frozen=True)
@@ -274,6 +314,10 @@ class Engine:
     #: llama.cpp's extra buffer types (CPU repack, AMX) on or off; None: the default
     #: where it runs (off on CPUs with AMX). From the instance's host, else the profile.
     extra_bufts: bool | None = None
+    #: parallel slots: up to this many requests decode together (continuous batching)
+    n_parallel: int = 1
+    #: GPUs of one host the layers are split over (first = ``device``); empty: ``device`` only
+    shares: tuple[DeviceShare, ...] = ()
 
     def __post_init__(self) -> None:
         _require(bool(self.id), "engine id must be non-empty")
@@ -281,10 +325,26 @@ class Engine:
         _require(self.n_ctx > 0, f"engine {self.id}: n_ctx must be > 0")
         _require(self.gpu_bytes >= 0 and self.host_bytes >= 0,
                  f"engine {self.id}: memory must be >= 0")
+        _require(self.n_parallel >= 1, f"engine {self.id}: n_parallel must be >= 1")
+        if self.shares:
+            _require(self.shares[0].id == self.device,
+                     f"engine {self.id}: devices must start with its device {self.device}")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device the engine occupies (its GPUs when split)."""
+        return tuple(s.id for s in self.shares) if self.shares else (self.device,)
 
     @property
     def config(self) -> EngineConfig:
-        return EngineConfig(self.model, self.device, self.n_gpu_layers, self.n_ctx)
+        return EngineConfig(self.model, self.device, self.n_gpu_layers, self.n_ctx,
+                            self.n_parallel, tuple((s.id, s.fraction) for s in self.shares))
+
+    def gpu_bytes_on(self, device: str) -> int:
+        """Bytes this engine holds on GPU ``device`` (its share when split)."""
+        if not self.shares:
+            return self.gpu_bytes if device == self.device else 0
+        return sum(s.gpu_bytes for s in self.shares if s.id == device)
 
 
 @dataclass(frozen=True)

@@ -84,43 +84,52 @@ def _read_through(path: Path) -> None:
             pass
 
 
-def lane_dependencies(actions: list[Action]) -> list[set[int]]:
-    """For each action, the dependencies it has only through its lane (not through its
-    engine or its request)."""
-    last_lane: dict[tuple[str, str], int] = {}
-    last_engine: dict[str, int] = {}
+def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                        ) -> list[tuple[set[int], set[int]]]:
+    """For each action (in plan order), (what it waits for through its lane, what it
+    waits for through its engine or its request); see :func:`dependencies`."""
+    slots = slots or {}
+    base: dict[object, int] = {}  # lane or engine -> last action that is not a slot run
+    group: dict[object, list[int]] = {}  # lane or engine -> slot runs since then
     last_request: dict[str, int] = {}
-    out: list[set[int]] = []
+    out: list[tuple[set[int], set[int]]] = []
     for i, a in enumerate(actions):
-        lane = last_lane.get((a.device, a.lane))
-        hard = {last_engine.get(a.engine),
-                last_request.get(a.request) if a.request is not None else None}
-        out.append({lane} if lane is not None and lane not in hard else set())
-        last_lane[(a.device, a.lane)] = i
-        last_engine[a.engine] = i
+        lane: set[int] = set()
+        hard: set[int] = set()
+        slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
+        for key, d in (((a.device, a.lane), lane), (("engine", a.engine), hard)):
+            if key in base:
+                d.add(base[key])
+            if slot_run:
+                group.setdefault(key, []).append(i)
+            else:
+                d.update(group.pop(key, []))
+                base[key] = i
+        if a.request is not None and a.request in last_request:
+            hard.add(last_request[a.request])
+        out.append((lane, hard))
         if a.request is not None:
             last_request[a.request] = i
     return out
 
 
-def dependencies(actions: list[Action]) -> list[set[int]]:
-    """For each action (in plan order), the indices of the actions it must wait for."""
-    last_lane: dict[tuple[str, str], int] = {}
-    last_engine: dict[str, int] = {}
-    last_request: dict[str, int] = {}
-    deps: list[set[int]] = []
-    for i, a in enumerate(actions):
-        d: set[int] = set()
-        for table, key in ((last_lane, (a.device, a.lane)), (last_engine, a.engine),
-                           (last_request, a.request)):
-            if key is not None and key in table:
-                d.add(table[key])  # type: ignore[index]
-        deps.append(d)
-        last_lane[(a.device, a.lane)] = i
-        last_engine[a.engine] = i
-        if a.request is not None:
-            last_request[a.request] = i
-    return deps
+def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                      ) -> list[set[int]]:
+    """For each action, the dependencies it has only through its lane (not through its
+    engine or its request)."""
+    return [lane - hard for lane, hard in _split_dependencies(actions, slots)]
+
+
+def dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                 ) -> list[set[int]]:
+    """For each action (in plan order), the indices of the actions it must wait for.
+
+    Runs of an engine with several slots (``slots``: engine -> n_parallel) wait only
+    for what came before them in their lane and engine other than each other (the
+    engine's slot driver lets at most n_parallel decode at once); the next other
+    action waits for all of them.
+    """
+    return [lane | hard for lane, hard in _split_dependencies(actions, slots)]
 
 
 def plan_order(schedule: Schedule) -> list[Action]:
@@ -200,17 +209,21 @@ class Replay:
         self.warnings = list(warnings or [])
         self.on_action = on_action
         if engine_factory is None:
-            from profiler.engine import Engine
+
+            from profiler.batch import BatchEngine
 
             def engine_factory(t: int | None) -> Any:
-                return Engine(threads=t)
+                # engines with slots decode in one context with n_seq_max slots
+                return BatchEngine(threads=t)
         self.engine_factory = engine_factory
         actions = plan_order(schedule)
+        slots = {e.id: e.n_parallel for e in schedule.engines}
         self.records = [ActionRecord(i, a, d, lane_deps=ld) for i, (a, d, ld)
-                        in enumerate(zip(actions, dependencies(actions),
-                                         lane_dependencies(actions), strict=True))]
+                        in enumerate(zip(actions, dependencies(actions, slots),
+                                         lane_dependencies(actions, slots), strict=True))]
         #: why the last report write failed (disk full, folder gone...); None once one works
         self.write_error: str | None = None
+        self.drivers: dict[str, Any] = {}  # slot engine -> profiler.batch.SlotDriver
         self.engines: dict[str, Any] = {}
         self.states: dict[str, Any] = {}  # request -> SavedStateFile held in host RAM
         self.state_host: dict[str, str] = {}  # request -> host holding its saved state
@@ -238,6 +251,17 @@ class Replay:
         eng = self.engines[a.engine]
         e = self.schedule.engine(a.engine)
         host = self.inst.cluster.device(e.device).host
+        if a.kind == "load" and e.n_parallel > 1:
+            from profiler.batch import SlotDriver
+
+            self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
+            self.loaded.add(e.id)
+            got = eng.batch_load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
+                e.id, e.n_gpu_layers), n_ctx=e.n_ctx, n_parallel=e.n_parallel)
+            self.vocab[e.id] = int(got["n_vocab"])
+            self.drivers[e.id] = SlotDriver(eng, e.n_parallel)
+            self.drivers[e.id].start()
+            return {"rss_bytes": got["rss_bytes"]}
         if a.kind == "load":
             self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
             self.loaded.add(e.id)
@@ -246,6 +270,9 @@ class Replay:
             self.vocab[e.id] = info.n_vocab
             return {"rss_bytes": info.rss_bytes}
         if a.kind == "unload":
+            driver = self.drivers.pop(e.id, None)
+            if driver is not None:
+                driver.stop()
             eng.unload()
             self.loaded.discard(e.id)
             return {}
@@ -273,6 +300,13 @@ class Replay:
         tf, tt = a.tokens_from or 0, a.tokens_to or 0
         done = self.generated.setdefault(req.id, [])
         prompt = self._prompt(req.id, req.prompt_tokens, self.vocab.get(e.id, 1000))
+        if e.n_parallel > 1:  # continuous batching: joins the engine's decoding sequences
+            if tf != 0:
+                raise ExecuteError(f"run {req.id} on {e.id}: slot engines replay whole "
+                                   "requests only")
+            tokens = self.drivers[e.id].generate(prompt, tt)
+            done[:] = tokens
+            return {"tokens_produced": len(tokens)}
         if tf == 0:
             eng.reset()
             eng.prefill(prompt)
@@ -372,6 +406,8 @@ class Replay:
                 by_index[i].error = "replay interrupted"
         finally:
             pool.shutdown(wait=True)  # actions already running finish (or fail)
+            for driver in self.drivers.values():
+                driver.stop()
             self.sampler.stop()
             for eng in self.engines.values():
                 with contextlib.suppress(Exception):  # a crashed worker is already gone

@@ -37,6 +37,17 @@ class EngineUse:
     n_runs: int
     #: llama.cpp's extra buffer types (CPU repack, AMX); None: the default where it runs
     extra_bufts: bool | None = None
+    #: parallel slots (llama-server --parallel, OLLAMA_NUM_PARALLEL, concurrencyLimit)
+    n_parallel: int = 1
+    #: a split engine's GPUs: (index on the host, fraction), for --tensor-split
+    split: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def visible_devices(self) -> str | None:
+        """CUDA_VISIBLE_DEVICES for this engine (all its GPUs when split)."""
+        if self.split:
+            return ",".join(str(i) for i, _f in self.split)
+        return None if self.gpu_index is None else str(self.gpu_index)
 
 
 def _model_path(instance: Instance, model: str) -> str:
@@ -50,11 +61,13 @@ def engine_uses(instance: Instance, schedule: Schedule) -> list[EngineUse]:
     by_engine: dict[str, list[Any]] = defaultdict(list)
     for a in sorted(schedule.actions, key=lambda a: a.start_s):
         by_engine[a.engine].append(a)
-    groups: dict[tuple[str, str, int, int], list[Engine]] = defaultdict(list)
+    groups: dict[tuple[str, str, int, int, int, tuple[tuple[str, float], ...]],
+                 list[Engine]] = defaultdict(list)
     for e in schedule.engines:
-        groups[(e.model, e.device, e.n_gpu_layers, e.n_ctx)].append(e)
+        groups[(e.model, e.device, e.n_gpu_layers, e.n_ctx, e.n_parallel,
+                tuple((s.id, s.fraction) for s in e.shares))].append(e)
     out = []
-    for (model, device, ngl, ctx), engines in sorted(groups.items()):
+    for (model, device, ngl, ctx, slots, shares), engines in sorted(groups.items()):
         ttl = 0.0
         unloaded = False
         runs = 0
@@ -73,7 +86,8 @@ def engine_uses(instance: Instance, schedule: Schedule) -> list[EngineUse]:
         extra = False if False in settings else (True if settings == {True} else None)
         out.append(EngineUse(model, device, ngl, ctx, _model_path(instance, model),
                              gpu_index.get(device), max(1, math.ceil(ttl)) if unloaded else 0,
-                             runs, extra))
+                             runs, extra, slots,
+                             tuple((gpu_index[d], f) for d, f in shares)))
     return out
 
 
@@ -101,8 +115,14 @@ def co_resident(schedule: Schedule) -> dict[str, set[frozenset[str]]]:
 
 def _server_cmd(u: EngineUse, port: str, slot_dir: str | None) -> str:
     """A llama-server command line; ``port`` is inserted verbatim (llama-swap's ${PORT})."""
-    args = ["llama-server", "-m", u.gguf, "-ngl", str(u.n_gpu_layers), "-c", str(u.n_ctx),
-            "--alias", u.model]
+    # -c is the whole KV cache; llama-server gives each of --parallel slots -c / N
+    args = ["llama-server", "-m", u.gguf, "-ngl", str(u.n_gpu_layers),
+            "-c", str(u.n_ctx * u.n_parallel), "--alias", u.model]
+    if u.n_parallel > 1:
+        args += ["--parallel", str(u.n_parallel)]
+    if u.split:
+        args += ["--split-mode", "layer", "--tensor-split",
+                 ",".join(f"{f:.4g}" for _i, f in u.split)]
     if u.extra_bufts is False:
         args.append(NO_REPACK)
     if slot_dir:
@@ -124,8 +144,10 @@ def llama_server(instance: Instance, schedule: Schedule, slot_dir: str = "/tmp/l
              f"# {NO_REPACK} turns off extra buffer types where the plan measured or set them",
              f"# off; {AMX_NOTE}: add {NO_REPACK} there.", ""]
     for i, u in enumerate(engine_uses(instance, schedule)):
-        env = f"CUDA_VISIBLE_DEVICES={u.gpu_index} " if u.gpu_index is not None else ""
+        env = f"CUDA_VISIBLE_DEVICES={u.visible_devices} " if u.visible_devices else ""
         lines.append(f"# {u.model} on {u.device}: {u.n_runs} runs"
+                     + (f", {u.n_parallel} parallel slots" if u.n_parallel > 1 else "")
+                     + (f", split over GPUs {u.visible_devices}" if u.split else "")
                      + (f", unloaded after {u.ttl_s} s idle" if u.ttl_s else ", stays loaded"))
         lines.append(env + _server_cmd(u, str(8080 + i), slot_dir))
     return "\n".join(lines) + "\n"
@@ -151,8 +173,10 @@ def _swap_models(uses: list[EngineUse], names: dict[EngineUse, str]) -> dict[str
     for u in uses:
         entry: dict[str, Any] = {"cmd": _server_cmd(u, "${PORT}", None),
                                  "ttl": u.ttl_s}
-        if u.gpu_index is not None:
-            entry["env"] = [f"CUDA_VISIBLE_DEVICES={u.gpu_index}"]
+        if u.visible_devices:
+            entry["env"] = [f"CUDA_VISIBLE_DEVICES={u.visible_devices}"]
+        if u.n_parallel > 1:  # requests llama-swap lets through at once
+            entry["concurrencyLimit"] = u.n_parallel
         models[names[u]] = entry
     return models
 
@@ -187,10 +211,17 @@ def ollama(instance: Instance, schedule: Schedule) -> dict[str, str]:
                "# per-model switch; on Intel Xeons with AMX remove Ollama's AMX CPU backend\n"
                "# (lib/ollama/libggml-cpu-sapphirerapids.*) so it loads a non-AMX variant.\n"
                if u.extra_bufts is False else "")
+        par = (f"# Serve with OLLAMA_NUM_PARALLEL={u.n_parallel}: the plan decodes up to "
+               f"{u.n_parallel} of its\n# requests together (Ollama sizes the context "
+               f"num_ctx x {u.n_parallel}).\n" if u.n_parallel > 1 else "")
+        split = (f"# The plan splits it over GPUs {u.visible_devices} of its host "
+                 f"({', '.join(f'{f:.0%}' for _i, f in u.split)} of its layers): Ollama "
+                 f"splits by itself\n# when the model does not fit one GPU; give it those "
+                 f"GPUs (CUDA_VISIBLE_DEVICES={u.visible_devices}).\n" if u.split else "")
         out[f"{name}.Modelfile"] = (
             f"# {u.model} on {u.device}; request it with keep_alive={keep}\n"
             f"# (or OLLAMA_KEEP_ALIVE={keep}): the plan unloads it after that long idle.\n"
-            + amx +
+            + par + split + amx +
             f"FROM {u.gguf}\nPARAMETER num_gpu {u.n_gpu_layers}\nPARAMETER num_ctx {u.n_ctx}\n")
     return out
 
@@ -204,6 +235,12 @@ def llama_cpp_python(instance: Instance, schedule: Schedule, host: str = "127.0.
                              "n_gpu_layers": u.n_gpu_layers, "n_ctx": u.n_ctx}
         if u.gpu_index is not None:
             m["main_gpu"] = u.gpu_index
+        if u.split:  # fractions indexed by the host's GPUs (no CUDA_VISIBLE_DEVICES here)
+            ts = [0.0] * (max(i for i, _f in u.split) + 1)
+            for i, f in u.split:
+                ts[i] = round(f, 4)
+            m["split_mode"] = 1  # LLAMA_SPLIT_MODE_LAYER
+            m["tensor_split"] = ts
         if threads:
             m["n_threads"] = threads
         models.append(m)

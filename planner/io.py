@@ -27,8 +27,11 @@ from planner.domain import (
     INSTANCE_FORMAT,
     MAX_MEMORY_BYTES,
     PLAN_FORMAT,
+    PLAN_FORMAT_1_1,
+    PLAN_FORMATS,
     Action,
     Cluster,
+    DeviceShare,
     Engine,
     Gpu,
     Host,
@@ -278,7 +281,18 @@ def engine_to_json(e: Engine) -> dict[str, Any]:
            "n_ctx": e.n_ctx, "gpu_bytes": e.gpu_bytes, "host_bytes": e.host_bytes}
     if e.extra_bufts is not None:
         out["extra_bufts"] = e.extra_bufts
+    if e.n_parallel != 1:
+        out["n_parallel"] = e.n_parallel
+    if e.shares:
+        out["devices"] = [s.to_json() for s in e.shares]
     return out
+
+
+def plan_format(schedule: Schedule) -> str:
+    """``planner.plan/1.1`` when an engine has slots or spans GPUs, else ``planner.plan/1``
+    (so plans without either stay readable by version-1 readers)."""
+    new = any(e.n_parallel != 1 or e.shares for e in schedule.engines)
+    return PLAN_FORMAT_1_1 if new else PLAN_FORMAT
 
 
 def plan_to_json(plan: Plan, instance: Instance) -> dict[str, Any]:
@@ -288,7 +302,7 @@ def plan_to_json(plan: Plan, instance: Instance) -> dict[str, Any]:
     s = plan.solver
     outcomes = request_outcomes(instance, plan.schedule.actions)
     return {
-        "format": PLAN_FORMAT,
+        "format": plan_format(plan.schedule),
         "instance": {"name": plan.instance_name, "sha256": plan.instance_sha256},
         "solver": {"name": s.name, "status": s.status, "objective": s.objective,
                    "objective_name": plan.objective_name, "bound": s.bound, "gap": s.gap,
@@ -310,7 +324,11 @@ def parse_schedule(data: dict[str, Any], where: str) -> Schedule:
         raise InputError(faults)
     try:
         engines = tuple(Engine(e["id"], e["model"], e["device"], e["n_gpu_layers"], e["n_ctx"],
-                               e["gpu_bytes"], e["host_bytes"], e.get("extra_bufts"))
+                               e["gpu_bytes"], e["host_bytes"], e.get("extra_bufts"),
+                               int(e.get("n_parallel", 1)),
+                               tuple(DeviceShare(d["id"], float(d["fraction"]),
+                                                 int(d["gpu_bytes"]))
+                                     for d in e.get("devices", [])))
                         for e in data["engines"])
         actions = tuple(
             Action(kind=a["kind"], engine=a["engine"], device=a["device"],
@@ -326,6 +344,6 @@ def parse_schedule(data: dict[str, Any], where: str) -> Schedule:
 
 def load_plan(path: str | Path) -> tuple[dict[str, Any], Schedule]:
     data, _raw = read_json(path)
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise InputError([f"{path}: format: expected {PLAN_FORMAT!r}"])
+    if not isinstance(data, dict) or data.get("format") not in PLAN_FORMATS:
+        raise InputError([f"{path}: format: expected {PLAN_FORMAT!r} or {PLAN_FORMAT_1_1!r}"])
     return data, parse_schedule(data, str(path))

@@ -393,7 +393,7 @@ def write_page(path: Path, data: Any, out: Path, instance_path: Path | None) -> 
     from planner.service import plan_and_instance
 
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt == "planner.plan/1":
+    if fmt in ("planner.plan/1", "planner.plan/1.1"):
         instance, _ = plan_and_instance(path, instance_path)
         page = render_plan_page(data, instance,
                                 baseline_schedules(instance, cost_model_for(instance), data))

@@ -47,7 +47,9 @@ def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
 def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     """``schedule`` with the times the executor will give its actions (see module doc)."""
     actions = plan_order(schedule)
-    if not actions:
+    if not actions or any(e.n_parallel > 1 for e in schedule.engines):
+        # runs of a slot engine overlap (continuous batching): their times come from
+        # planner.slots.retime_slot_runs, and are kept as they are here
         return schedule
     deps = dependencies(actions)
     engines = {e.id: e for e in schedule.engines}

@@ -5,6 +5,7 @@ Each CLI command parses its arguments, calls one function here, and writes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -17,7 +18,15 @@ from planner.baselines.policies import BASELINES
 from planner.baselines.sim import context_sizes
 from planner.checker import Violation, check_plan
 from planner.costmodel import CostModel, cost_model_for
-from planner.domain import LOCAL_CPU, EngineConfig, Instance, Plan, Schedule, SolverInfo
+from planner.domain import (
+    LOCAL_CPU,
+    PLAN_FORMATS,
+    EngineConfig,
+    Instance,
+    Plan,
+    Schedule,
+    SolverInfo,
+)
 from planner.errors import BaselineError, InputError, SolveError
 from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
 from planner.metrics import Metrics, compute_metrics, objective_value
@@ -40,6 +49,11 @@ def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
                     break
             if fits:
                 break
+        if not fits:  # all layers split over the GPUs of one host
+            from planner.solver.data import split_config
+
+            fits = any(split_config(instance, cost, m.id, h.id, n_ctx[m.id]) is not None
+                       for h in instance.cluster.hosts)
         if not fits:
             cfg = EngineConfig(m.id, instance.cluster.devices[0].id, 0, n_ctx[m.id])
             faults.append(f"{where}: models[{m.id}]: fits on no device at any layer split "
@@ -94,12 +108,19 @@ class BaselineResult:
                 "metrics": self.metrics.to_json(), "wall_s": round(self.wall_s, 3)}
 
 
-def run_baselines(instance: Instance, cost: CostModel) -> dict[str, BaselineResult]:
+def run_baselines(instance: Instance, cost: CostModel, slots: int = 1
+                  ) -> dict[str, BaselineResult]:
+    """Every baseline; ``slots``: their engines' parallel slots (Ollama's
+    OLLAMA_NUM_PARALLEL, llama-swap's concurrencyLimit)."""
     out = {}
     for name, fn in BASELINES.items():
         t0 = time.perf_counter()
         try:
-            sched = fn(instance, cost)
+            sched = fn(instance, cost, slots=slots) if slots > 1 else fn(instance, cost)
+            if slots > 1:  # at the concurrency the baseline gives its runs
+                from planner.slots import retime_slot_runs
+
+                sched = retime_slot_runs(instance, cost, sched)
             out[name] = BaselineResult(name, sched, compute_metrics(instance, sched.actions),
                                        None, time.perf_counter() - t0)
         except BaselineError as exc:
@@ -116,6 +137,8 @@ class SolveOptions:
     seed: int = 0
     log: bool = False
     preemption: bool = True  # CP-SAT may split long requests (kv_save/restore or recompute)
+    #: n_parallel values CP-SAT may give an engine (parallel slots, continuous batching)
+    slots: tuple[int, ...] = (1,)
     #: called with each improving plan while solving (the best baseline first); the plans
     #: are not yet checked. Observing never changes the result.
     on_plan: Callable[[Plan], None] | None = field(default=None, compare=False, repr=False)
@@ -132,7 +155,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
     request (:mod:`planner.interrupt`) ends CP-SAT's search early with its best plan.
     """
     objective = opts.objective or instance.objective
-    baselines = run_baselines(instance, cost)
+    baselines = run_baselines(instance, cost, max(opts.slots))
     if not instance.requests:  # nothing to serve: the empty plan, optimal by definition
         empty = Schedule((), ())
         value = objective_value(compute_metrics(instance, ()), objective)
@@ -153,10 +176,30 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         if progress is not None:
             progress("cp-sat")
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
-        observe = _Observe(opts, instance, cost, objective, baselines) if opts.on_plan else None
-        schedule, info = solve_cpsat(instance, cost, objective, observe or opts,
-                                     {k: v.schedule for k, v in ok.items()
-                                      if v.schedule is not None})
+        hints = {k: v.schedule for k, v in ok.items() if v.schedule is not None}
+        run_opts: Any = opts
+        if max(opts.slots) > 1:
+            # slots widen the search: first the one-slot model for half the time, whose
+            # plan then seeds (and bounds) the search with slots
+            half = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2, slots=(1,),
+                                       on_plan=None)
+            one_base = {k: v.schedule for k, v in run_baselines(instance, cost).items()
+                        if v.schedule is not None}
+            one, _ = solve_cpsat(instance, cost, objective, half, one_base)
+            hints["cp-sat (one slot)"] = one
+            run_opts = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2)
+        observe = _Observe(run_opts, instance, cost, objective, baselines) \
+            if opts.on_plan else None
+        schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
+    if any(e.n_parallel > 1 for e in schedule.engines):
+        from dataclasses import replace as _replace
+
+        from planner.slots import retime_slot_runs
+
+        # runs on slot engines at the concurrency the plan gives them (ends move earlier)
+        schedule = retime_slot_runs(instance, cost, schedule)
+        info = _replace(info, objective=objective_value(
+            compute_metrics(instance, schedule.actions), objective))
     schedule = with_engine_options(instance, cost, schedule)
     schedule, info = _as_executed(instance, cost, schedule, info, objective)
     for res in baselines.values():  # compared on the same footing
@@ -176,6 +219,7 @@ class _Observe:
         self.time_limit_s, self.workers, self.seed = opts.time_limit_s, opts.workers, opts.seed
         self.log, self.preemption, self.stop = opts.log, opts.preemption, opts.stop
         self.cpu_engines = opts.cpu_engines
+        self.slots = opts.slots
         self._on_plan = opts.on_plan
         self._instance, self._cost, self._objective = instance, cost, objective
         self._baselines = {k: v.to_json(objective) for k, v in baselines.items()}
@@ -266,7 +310,7 @@ def validate_file(path: str | Path, instance_path: str | Path | None, *, force: 
     from planner.io import read_json
 
     data, _ = read_json(path)
-    if isinstance(data, dict) and data.get("format") == "planner.plan/1":
+    if isinstance(data, dict) and data.get("format") in PLAN_FORMATS:
         data, schedule = load_plan(path)
         instance = find_plan_instance(data, path, instance_path, force=force,
                                       warnings=warnings)

@@ -458,12 +458,12 @@ class _Worker:
 
 
 def _worker_main(conn: Connection, threads: int | None, extra_bufts: bool | None = None,
-                 ignore_env: bool = False) -> None:
+                 ignore_env: bool = False, worker_cls: type[_Worker] | None = None) -> None:
     # Keep llama.cpp's C-level stderr chatter out of the caller's terminal.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        worker = _Worker(threads, extra_bufts, ignore_env)
+        worker = (worker_cls or _Worker)(threads, extra_bufts, ignore_env)
     except BaseException as exc:  # llama_cpp missing or broken
         conn.send(("error", "EngineError", f"cannot start llama.cpp: {exc!r}"))
         return
@@ -512,6 +512,8 @@ class Engine:
 
     #: after a fallback anywhere in this process, new engines start with extra buffer types off
     _process_fallback = False
+    #: the worker-side class (a subclass adds requests, e.g. profiler.batch's slots)
+    _worker_cls: type[_Worker] | None = None
 
     def __init__(self, threads: int | None = None, start_timeout_s: float = 120.0,
                  extra_bufts: bool | None = None) -> None:
@@ -537,7 +539,8 @@ class Engine:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main,
-                                 args=(child, self._threads_arg, extra_bufts, ignore_env),
+                                 args=(child, self._threads_arg, extra_bufts, ignore_env,
+                                       self._worker_cls),
                                  daemon=True)
         t0 = time.perf_counter()
         self._proc.start()

@@ -78,6 +78,7 @@ class SweepConfig:
     prompt_lengths: tuple[int, ...] = (16, 64, 160, 384, 768)  #: prefill prompt lengths
     prefill_reps: int = 3  #: prefills per prompt length
     gpu_layers: tuple[int, ...] | None = None  #: n_gpu_layers values (None: 0 on CPU, 0..L on GPU)
+    slots: bool = True  #: also measure batched decode over parallel slots (profiler.batch)
 
     @classmethod
     def quick(cls, threads: int = 0) -> SweepConfig:
@@ -621,9 +622,24 @@ def run_sweep(model_path: Path, out_root: Path, config: SweepConfig,
     """Measure ``model_path`` on this machine and write its profile under ``out_root``."""
     sweep = Sweep(model_path, out_root, config)
     if not show_progress:
-        return sweep.run()
+        return _with_slots(sweep, sweep.run(), config)
     with rich_progress(f"profiling {sweep.arch.key}") as (tick, set_total):
-        return sweep.run(tick, set_total)
+        result = sweep.run(tick, set_total)
+    with rich_progress(f"slots {sweep.arch.key}") as (tick, set_total):
+        return _with_slots(sweep, result, config, tick)
+
+
+def _with_slots(sweep: Sweep, result: SweepResult, config: SweepConfig,
+                tick: Progress | None = None) -> SweepResult:
+    """The parallel-slot step (profiler.batch): batched decode steps, fitted into the profile."""
+    if not config.slots:
+        return result
+    from profiler.batch import BatchConfig, add_batch_profile
+
+    cfg = BatchConfig.quick() if config.mode == "quick" else BatchConfig.full()
+    doc = add_batch_profile(sweep.model_path, sweep.csv_path, sweep.json_path, cfg,
+                            threads=sweep.cfg.threads, n_gpu_layers=sweep.primary_ngl, tick=tick)
+    return replace(result, profile=doc)
 
 
 def median(values: list[float]) -> float:

@@ -152,6 +152,10 @@ def test_quick_profile_smollm2(quick_profile: dict[str, Any]) -> None:
     for q in ("load_s", "cold_load_s", "unload_s", "kv_save_s", "kv_restore_s", "kv_bytes",
               "host_bytes"):
         assert q in prof.fits and "mape" in prof.fits[q].cv
+    # the parallel-slot step (profiler.batch) adds batched decode steps to the profile
+    batch = prof.fits["batch_step_s"]
+    assert batch.n_settings >= 8 and batch.cv["mape"] < 0.5, batch.cv
+    assert prof.doc["batch"]["rows"]
 
 
 def test_rerun_resumes_without_measuring(quick_profile: dict[str, Any], smollm2: Path) -> None:

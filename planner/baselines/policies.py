@@ -49,12 +49,13 @@ def _best_load(sim: Simulator, model: str, earliest: float, req: Request,
     return best[1]
 
 
-def fcfs_lru(instance: Instance, cost: CostModel) -> Schedule:
-    sim = Simulator(instance, cost)
+def fcfs_lru(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
+    """Ollama; ``slots`` is its OLLAMA_NUM_PARALLEL (requests decoded together per model)."""
+    sim = Simulator(instance, cost, slots)
     for req in _by_arrival(instance):
         resident = sim.resident_engines(req.model)
         if resident:
-            _ds, r = min(resident, key=lambda x: max(x[0].free_at, req.arrival_s)
+            _ds, r = min(resident, key=lambda x: sim.run_start(x[1], req, req.arrival_s)
                          + sim.run_time(x[1], req))
         else:
             r = sim.apply_load(_best_load(sim, req.model, req.arrival_s, req))
@@ -62,17 +63,19 @@ def fcfs_lru(instance: Instance, cost: CostModel) -> Schedule:
     return sim.schedule()
 
 
-def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATION_S) -> Schedule:
-    sim = Simulator(instance, cost)
+def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATION_S,
+            slots: int = 1) -> Schedule:
+    """llama-swap; ``slots`` is its concurrencyLimit (with llama-server --parallel)."""
+    sim = Simulator(instance, cost, slots)
     waiting = _by_arrival(instance)
     arrivals = sorted({r.arrival_s for r in waiting})
     while waiting:
-        ds = min(sim.devices.values(), key=lambda d: (d.free_at, d.device.id))
-        t = ds.free_at
+        ds = min(sim.devices.values(), key=lambda d: (sim.next_time(d), d.device.id))
+        t = sim.next_time(ds)
         ready = [r for r in waiting if r.arrival_s <= t + 1e-9]
         if not ready:
             # idle until the next arrival
-            ds.free_at = min(a for a in arrivals if a > t)
+            sim.idle_until(ds, min(a for a in arrivals if a > t))
             continue
         here = {r.engine.model: r for r in ds.resident}
         elsewhere = {r.engine.model for d in sim.devices.values() if d is not ds
@@ -103,7 +106,7 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
             if not later:
                 raise BaselineError(f"no device can serve {oldest.model} "
                                     f"(request {oldest.id})")
-            ds.free_at = min(later)
+            sim.idle_until(ds, min(later))
             continue
         req, res = served
         sim.run(res, req, t)
@@ -120,7 +123,7 @@ def _decode_tokens(instance: Instance) -> dict[str, float]:
     return out
 
 
-def static(instance: Instance, cost: CostModel) -> Schedule:
+def static(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
     """Every model placed once, searching layer splits (module docstring).
 
     Placement: largest model first on the device with most GPU memory left for the
@@ -129,9 +132,10 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
     that removes most overflow, losing least weighted decode time, is made; then,
     while anything improves, the model whose faster split saves most decode time
     per extra GPU byte (weighted by its requests' output tokens) moves up if
-    everything still fits. Fails when no move reduces the overflow.
+    everything still fits. Fails when no move reduces the overflow. Every engine has
+    ``slots`` parallel slots (llama-server ``--parallel``), its KV caches included.
     """
-    sim = Simulator(instance, cost)
+    sim = Simulator(instance, cost, slots)
     n_ctx = context_sizes(instance)
     host_cap = {h.id: h.memory_bytes for h in instance.cluster.hosts}
     curves: dict[tuple[str, str], list[Split]] = {}
@@ -139,7 +143,8 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
         for dev, ds in sim.devices.items():
             d = ds.device
             curve = split_curve(cost, mod.id, dev, n_ctx[mod.id], d.kind == "gpu",
-                                d.memory_bytes if d.kind == "gpu" else None, host_cap[d.host])
+                                d.memory_bytes if d.kind == "gpu" else None, host_cap[d.host],
+                                slots)
             if curve:  # slowest (least GPU memory) first
                 curves[(mod.id, dev)] = sorted(curve, key=lambda s: (s.gpu_bytes, -s.decode_s))
     weight = {m.id: m.arch.weight_bytes for m in instance.models}
@@ -224,7 +229,7 @@ def static(instance: Instance, cost: CostModel) -> Schedule:
     return sim.schedule()
 
 
-BASELINES: dict[str, Callable[[Instance, CostModel], Schedule]] = {
+BASELINES: dict[str, Callable[..., Schedule]] = {
     "fcfs-lru": fcfs_lru,
     "grouped": grouped,
     "static": static,

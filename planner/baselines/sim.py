@@ -27,6 +27,8 @@ class Resident:
     interval: list[float]  # [start, end] in the host ledger; end is inf while resident
     last_used: float
     host: str
+    #: when each of the engine's slots is next free (one entry per n_parallel)
+    slot_free: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +36,10 @@ class DeviceState:
     device: Device
     free_at: float = 0.0
     resident: list[Resident] = field(default_factory=list)
+    #: slot runs: the engine whose runs may overlap now, and when the device's last
+    #: action of anything else ended
+    slot_engine: str | None = None
+    barrier: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,10 @@ def serving_devices(instance: Instance) -> list[Device]:
 
 
 class Simulator:
-    def __init__(self, instance: Instance, cost: CostModel) -> None:
+    def __init__(self, instance: Instance, cost: CostModel, slots: int = 1) -> None:
         self.inst = instance
         self.cost = cost
+        self.slots = slots  # n_parallel of every engine (OLLAMA_NUM_PARALLEL, concurrencyLimit)
         self.n_ctx = context_sizes(instance)
         self.devices = {d.id: DeviceState(d) for d in serving_devices(instance)}
         self.ledger: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
@@ -84,11 +91,11 @@ class Simulator:
         d = self.devices[device].device
         host_cap = self.inst.cluster.host(d.host).memory_bytes
         if d.kind == "cpu":
-            cfg = EngineConfig(model, device, 0, self.n_ctx[model])
+            cfg = EngineConfig(model, device, 0, self.n_ctx[model], self.slots)
             return cfg if self.cost.host_bytes(cfg) <= host_cap else None
         cap = d.memory_bytes if gpu_free is None else gpu_free
         for g in range(self.cost.n_layers(model), -1, -1):
-            cfg = EngineConfig(model, device, g, self.n_ctx[model])
+            cfg = EngineConfig(model, device, g, self.n_ctx[model], self.slots)
             if self.cost.gpu_bytes(cfg) <= cap and self.cost.host_bytes(cfg) <= host_cap:
                 return cfg
         return None
@@ -148,18 +155,20 @@ class Simulator:
     def apply_load(self, opt: LoadOption) -> Resident:
         ds = self.devices[opt.device]
         t = max(ds.free_at, opt.start)
+        ds.slot_engine = None
         for r in opt.evict:
             self.unload(r, t)
             t = ds.free_at
         cfg = opt.cfg
         e = Engine(f"e{len(self.engines) + 1}", cfg.model, cfg.device, cfg.n_gpu_layers,
-                   cfg.n_ctx, self.cost.gpu_bytes(cfg), self.cost.host_bytes(cfg))
+                   cfg.n_ctx, self.cost.gpu_bytes(cfg), self.cost.host_bytes(cfg),
+                   n_parallel=cfg.n_parallel)
         self.engines.append(e)
         end = t + self.cost.load_s(cfg)
         self.actions.append(Action("load", e.id, e.device, t, end))
         iv = [t, math.inf, float(e.host_bytes)]
         self.ledger[ds.device.host].append(iv)
-        res = Resident(e, iv, end, ds.device.host)
+        res = Resident(e, iv, end, ds.device.host, [end] * cfg.n_parallel)
         ds.resident.append(res)
         ds.free_at = end
         return res
@@ -167,6 +176,7 @@ class Simulator:
     def unload(self, r: Resident, earliest: float) -> None:
         ds = self.devices[r.engine.device]
         t = max(ds.free_at, earliest)
+        ds.slot_engine = None
         end = t + self.cost.unload_s(r.engine.config)
         self.actions.append(Action("unload", r.engine.id, r.engine.device, t, end))
         r.interval[1] = end
@@ -174,12 +184,48 @@ class Simulator:
         ds.free_at = end
 
     def run_time(self, r: Resident, req: Request) -> float:
-        return self.cost.run_s(r.engine.config, req.prompt_tokens, 0, req.output_tokens)
+        return self.cost.run_s_at(r.engine.config, req.prompt_tokens, 0, req.output_tokens,
+                                  active=r.engine.n_parallel)
+
+    def run_start(self, r: Resident, req: Request, earliest: float) -> float:
+        """When ``req`` can start on ``r``: a free slot, after every action on the device
+        that is not one of this engine's runs."""
+        ds = self.devices[r.engine.device]
+        if r.engine.n_parallel == 1:
+            return max(ds.free_at, earliest, req.arrival_s)
+        after = ds.barrier if ds.slot_engine == r.engine.id else ds.free_at
+        return max(after, min(r.slot_free), earliest, req.arrival_s)
+
+    def next_time(self, ds: DeviceState) -> float:
+        """When the device can take its next request: a free slot of the engine whose
+        runs overlap now, else when everything on it has ended."""
+        if ds.slot_engine is None:
+            return ds.free_at
+        r = next((x for x in ds.resident if x.engine.id == ds.slot_engine), None)
+        return min(r.slot_free) if r is not None else ds.free_at
+
+    def idle_until(self, ds: DeviceState, t: float) -> None:
+        """Nothing to do on ``ds`` before ``t``."""
+        ds.free_at = max(ds.free_at, t)
+        for r in ds.resident:
+            r.slot_free = [max(x, t) for x in r.slot_free]
 
     def run(self, r: Resident, req: Request, earliest: float) -> float:
         ds = self.devices[r.engine.device]
-        t = max(ds.free_at, earliest, req.arrival_s)
+        t = self.run_start(r, req, earliest)
         end = t + self.run_time(r, req)
+        if r.engine.n_parallel > 1:
+            if ds.slot_engine != r.engine.id:
+                ds.slot_engine, ds.barrier = r.engine.id, ds.free_at
+            i = min(range(len(r.slot_free)), key=lambda k: r.slot_free[k])
+            r.slot_free[i] = end
+            self.actions.append(Action("run", r.engine.id, r.engine.device, t, end,
+                                       request=req.id, tokens_from=0,
+                                       tokens_to=req.output_tokens))
+            ds.free_at = max(ds.free_at, end)
+            r.last_used = max(r.last_used, end)
+            return end
+        ds.slot_engine = None
         self.actions.append(Action("run", r.engine.id, r.engine.device, t, end, request=req.id,
                                    tokens_from=0, tokens_to=req.output_tokens))
         ds.free_at = end

@@ -65,12 +65,15 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               help="Let CP-SAT place engines on host CPUs beside the GPUs.")
 @click.option("--preemption/--no-preemption", default=True, show_default=True,
               help="Let CP-SAT split long requests (kv_save/kv_restore or recompute).")
+@click.option("--slots", default="1", show_default=True, metavar="N[,N...]",
+              help="Parallel slots (n_parallel) CP-SAT may give each engine, e.g. 1,2,4; "
+                   "baselines serve with the largest (OLLAMA_NUM_PARALLEL, concurrencyLimit).")
 @click.option("--cost-model", type=click.Choice(COST_MODELS), default="auto", show_default=True,
               help="auto: the instance's profiles where they cover a pair, else analytic.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
 def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
           time_limit: float, workers: int, seed: int, log: bool, preemption: bool,
-          cost_model: str, as_json: bool, cpu_engines: bool = True) -> None:
+          slots: str, cost_model: str, as_json: bool, cpu_engines: bool = True) -> None:
     """Plan placement, layer splits and a timed schedule for INSTANCE.
 
     Writes a plan (SPEC section 2) that the plan checker has passed, with the
@@ -82,19 +85,27 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
       planner solve instances/mixed.json
       planner solve instances/mixed.json --solver fcfs-lru -o /tmp/lru.json
       planner solve instances/mixed.json --objective makespan --time-limit 30
+      planner solve instances/cpu-demo.json --slots 1,2,4
     """
     from planner import interrupt
     from planner.service import SolveOptions, mark_interrupted, prepare, write_plan
     from planner.service import solve as do_solve
 
     inst, cost = prepare(instance, cost_model)
+    try:
+        slot_values = tuple(sorted({int(x) for x in slots.split(",") if x.strip()}))
+    except ValueError:
+        slot_values = ()
+    if not slot_values or min(slot_values) < 1 or max(slot_values) > 64:
+        raise click.BadParameter(f"{slots!r}: integers from 1 to 64, comma-separated",
+                                 param_hint="--slots")
     if cost_model != "analytic":
         from planner.machine import profile_warnings
 
         for w in profile_warnings(inst):
             click.echo(f"warning: {w}", err=True)
     opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption,
-                        cpu_engines=cpu_engines)
+                        cpu_engines=cpu_engines, slots=slot_values)
     target = out or Path("solutions") / f"{instance.stem}.json"
 
     def started(what: str) -> None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.costmodel.base import CostModel, CostModelError
+from planner.costmodel.base import GPU_RUNTIME_BYTES, CostModel, CostModelError
 from planner.domain import EngineConfig, Instance, ModelArch
 from planner.reference import CpuSpec, GpuSpec, cpu_spec, gpu_spec, transfers
 
 # Fixed memory beyond weights and KV cache, llama.cpp's typical figures.
-GPU_RUNTIME_BYTES = 300 * 1024**2  # CUDA context and compute buffer
 HOST_RUNTIME_BYTES = 150 * 1024**2  # process, host compute buffer
 DECODE_OVERHEAD_S = {"gpu": 0.004, "cpu": 0.002}  # kernel launches, sampling
 SPLIT_OVERHEAD_S = 0.001  # activations crossing PCIe when layers are split
+GPU_HOP_S = 1e-4  # per token and GPU boundary of a split engine: a peer copy's latency
 HOST_COPY_BW = 10e9  # memcpy in host RAM, for states of host-resident layers
 UNLOAD_S = 0.15
 
@@ -33,6 +33,17 @@ class DeviceInfo:
     gpu: GpuSpec | None
     host: CpuSpec
     memory_bytes: int
+
+
+def split_layers(n_layers: int, split: tuple[tuple[str, float], ...]) -> list[int]:
+    """Layers per GPU of a split: fractions rounded, the remainder on the last GPU."""
+    out: list[int] = []
+    left = n_layers
+    for i, (_d, f) in enumerate(split):
+        n = left if i == len(split) - 1 else min(left, round(n_layers * f))
+        out.append(n)
+        left -= n
+    return out
 
 
 class AnalyticCostModel(CostModel):
@@ -81,23 +92,49 @@ class AnalyticCostModel(CostModel):
         g = min(cfg.n_gpu_layers, arch.n_layers) if dev.kind == "gpu" else 0
         return arch, dev, g
 
+    def _gpu_parts(self, cfg: EngineConfig) -> list[tuple[DeviceInfo, int]]:
+        """(GPU, layers on it) for each GPU the engine spans (llama.cpp's layer split:
+        layers in order, the last GPU also holds the output layer)."""
+        _arch, dev, g = self._split(cfg)
+        if dev.kind != "gpu":
+            return []
+        if not cfg.split:
+            return [(dev, g)]
+        return [(self._dev(d), n) for (d, _f), n in zip(cfg.split, split_layers(g, cfg.split),
+                                                          strict=True)]
+
+    def _hop_s(self, cfg: EngineConfig, tokens: int) -> float:
+        """Activations crossing GPU boundaries of a split engine for ``tokens`` tokens."""
+        if len(cfg.split) < 2:
+            return 0.0
+        arch, dev, _g = self._split(cfg)
+        pcie = dev.gpu.pcie_h2d if dev.gpu else 10e9
+        return (len(cfg.split) - 1) * (GPU_HOP_S + tokens * arch.hidden_size * 4 / pcie)
+
     def n_layers(self, model: str) -> int:
         return self._arch(model).n_layers
 
     # --- memory ---------------------------------------------------------------
     def gpu_bytes(self, cfg: EngineConfig) -> int:
+        return sum(self.gpu_shares(cfg).values())
+
+    def gpu_shares(self, cfg: EngineConfig) -> dict[str, int]:
         arch, dev, g = self._split(cfg)
         if dev.kind != "gpu":
-            return 0
-        head = arch.other_bytes // 2 if g == arch.n_layers else 0
-        kv = arch.kv_bytes_per_token * cfg.n_ctx * g // arch.n_layers
-        return g * arch.layer_bytes + head + kv + GPU_RUNTIME_BYTES
+            return {}
+        out: dict[str, int] = {}
+        parts = cfg.split or ((cfg.device, 1.0),)
+        for i, ((d, _f), n) in enumerate(zip(parts, split_layers(g, parts), strict=True)):
+            head = arch.other_bytes // 2 if g == arch.n_layers and i == len(parts) - 1 else 0
+            kv = arch.kv_bytes_per_token * cfg.kv_cells * n // arch.n_layers
+            out[d] = n * arch.layer_bytes + head + kv + GPU_RUNTIME_BYTES
+        return out
 
     def host_bytes(self, cfg: EngineConfig) -> int:
         arch, _dev, g = self._split(cfg)
         host_layers = arch.n_layers - g
         other = arch.other_bytes - (arch.other_bytes // 2 if g == arch.n_layers else 0)
-        kv = arch.kv_bytes_per_token * cfg.n_ctx * host_layers // arch.n_layers
+        kv = arch.kv_bytes_per_token * cfg.kv_cells * host_layers // arch.n_layers
         return host_layers * arch.layer_bytes + other + kv + HOST_RUNTIME_BYTES
 
     def kv_bytes(self, cfg: EngineConfig, context_tokens: int) -> int:
@@ -120,10 +157,17 @@ class AnalyticCostModel(CostModel):
             base += SPLIT_OVERHEAD_S
         head_on_gpu = g == arch.n_layers and dev.kind == "gpu"
         head_bytes = arch.other_bytes / 2
-        base += g * arch.layer_bytes / gpu_bw + host_layers * arch.layer_bytes / host_bw
-        base += head_bytes / (gpu_bw if head_on_gpu else host_bw)
         kv_tok = arch.kv_bytes_per_token / arch.n_layers
-        slope = g * kv_tok / gpu_bw + host_layers * kv_tok / host_bw
+        slope = host_layers * kv_tok / host_bw
+        base += host_layers * arch.layer_bytes / host_bw
+        last_bw = gpu_bw
+        for part, n in self._gpu_parts(cfg):  # layer split: the GPUs take turns per token
+            bw = self._bandwidths(part)[0]
+            base += n * arch.layer_bytes / bw
+            slope += n * kv_tok / bw
+            last_bw = bw
+        base += head_bytes / (last_bw if head_on_gpu else host_bw)
+        base += self._hop_s(cfg, 1)
         return base, slope
 
     def decode_s_per_token(self, cfg: EngineConfig, context_tokens: int) -> float:
@@ -149,7 +193,10 @@ class AnalyticCostModel(CostModel):
         host_layers = arch.n_layers - g
         if dev.gpu is not None:
             gpu_rate = dev.gpu.fp16_flops * self._eff["gpu_flops"]
-            t += g * layer_flops / gpu_rate
+            for part, n_layers in self._gpu_parts(cfg):
+                assert part.gpu is not None
+                t += n_layers * layer_flops / (part.gpu.fp16_flops * self._eff["gpu_flops"])
+            t += self._hop_s(cfg, n)
             # llama.cpp computes host layers of a large batch on the GPU after
             # copying their weights over PCIe, whichever is faster.
             on_cpu = layer_flops / cpu_rate

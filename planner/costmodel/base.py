@@ -13,6 +13,10 @@ from abc import ABC, abstractmethod
 from planner.domain import EngineConfig
 from planner.errors import CostModelError as CostModelError  # re-exported
 
+#: fixed GPU memory of an engine beyond weights and KV cache (CUDA context, compute
+#: buffer), llama.cpp's typical figure; every GPU of a split engine holds one
+GPU_RUNTIME_BYTES = 300 * 1024**2
+
 
 class CostModel(ABC):
     """Predicts action durations (seconds) and memory (bytes) for engine configurations."""
@@ -32,6 +36,20 @@ class CostModel(ABC):
     @abstractmethod
     def host_bytes(self, cfg: EngineConfig) -> int:
         """Bytes the engine holds in its host's RAM while resident."""
+
+    def gpu_shares(self, cfg: EngineConfig) -> dict[str, int]:
+        """Bytes on each GPU the engine spans (``cfg.split``), summing to ``gpu_bytes``.
+
+        Default: the fixed per-GPU runtime on every GPU, the rest by split fraction.
+        """
+        total = self.gpu_bytes(cfg)
+        if not cfg.split:
+            return {cfg.device: total} if total else {}
+        rest = max(0, total - GPU_RUNTIME_BYTES)
+        out = {d: round(rest * f) + GPU_RUNTIME_BYTES for d, f in cfg.split}
+        out[cfg.split[-1][0]] += total + (len(cfg.split) - 1) * GPU_RUNTIME_BYTES \
+            - sum(out.values())
+        return out
 
     @abstractmethod
     def kv_bytes(self, cfg: EngineConfig, context_tokens: int) -> int:
@@ -95,6 +113,52 @@ class CostModel(ABC):
         elif recompute:
             prefill = self.prefill_s(cfg, prompt_tokens + tokens_from)
         return prefill + self.decode_s(cfg, prompt_tokens + tokens_from, tokens_to - tokens_from)
+
+    # --- parallel slots -----------------------------------------------------------
+    def step_s(self, cfg: EngineConfig, active: int, depth: int, prompt_tokens: int = 0) -> float:
+        """Seconds of one continuous-batching step: ``active`` sequences decode a token at
+        ``depth`` cached tokens each, and (``prompt_tokens > 0``) one prompt joins.
+
+        Default (no batch measurement): one sequence's step, plus for every further
+        token in the batch its compute (prefill's marginal per-token cost) and its
+        own KV read (decode's growth with context).
+        """
+        per_tok = max(0.0, (self.prefill_s(cfg, 256) - self.prefill_s(cfg, 128)) / 128)
+        kv_read = max(0.0, self.decode_s_per_token(cfg, depth) - self.decode_s_per_token(cfg, 0))
+        if active <= 0:
+            return self.prefill_s(cfg, max(1, prompt_tokens))
+        t = self.decode_s_per_token(cfg, depth) + (active - 1) * (per_tok + kv_read)
+        if prompt_tokens:
+            t += self.prefill_s(cfg, prompt_tokens) - self.prefill_s(cfg, 1) + per_tok
+        return t
+
+    def run_s_at(self, cfg: EngineConfig, prompt_tokens: int, tokens_from: int, tokens_to: int,
+                 recompute: bool = False, active: int = 1) -> float:
+        """A run's seconds when ``active`` requests share the engine's slots throughout
+        (the conservative duration at the engine's slot count): its prompt joins
+        ``active - 1`` decoding sequences, then every step decodes ``active`` tokens.
+        ``active = 1`` is :meth:`run_s`."""
+        if active <= 1:
+            return self.run_s(cfg, prompt_tokens, tokens_from, tokens_to, recompute)
+        if tokens_to <= tokens_from:
+            return 0.0
+        t = 0.0
+        start = prompt_tokens + tokens_from
+        if tokens_from == 0:
+            t += self.step_s(cfg, active - 1, start, prompt_tokens)
+        elif recompute:
+            t += self.step_s(cfg, active - 1, start, prompt_tokens + tokens_from)
+        return t + self.decode_steps_s(cfg, active, start, tokens_to - tokens_from)
+
+    def decode_steps_s(self, cfg: EngineConfig, active: int, depth: int, n_steps: int) -> float:
+        """Sum of ``n_steps`` steps of ``active`` sequences from ``depth`` on (evaluated per
+        64-token segment at its middle)."""
+        t, i = 0.0, 0
+        while i < n_steps:
+            n = min(64, n_steps - i)
+            t += n * self.step_s(cfg, active, depth + i + n // 2)
+            i += n
+        return t
 
     def extra_bufts(self, model: str, device: str) -> bool | None:
         """Whether the engine measurements behind (model, device) used llama.cpp's extra

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from planner.costmodel.base import CostModel, CostModelError
 from planner.domain import LOCAL_CPU, EngineConfig, Instance, ModelArch
+from profiler.batch import BATCH_QUANTITY, predict_step
 from profiler.devices import host_type_slug
 from profiler.fit import kv_cells
 from profiler.models import GgufArch, model_key
@@ -129,7 +130,8 @@ class ProfiledCostModel(CostModel):
         return bool(value) if value is not None else None
 
     def _entry(self, cfg: EngineConfig) -> _Entry | None:
-        e = self._pairs.get((cfg.model, cfg.device))
+        # a profile measures one device: engines split over GPUs go to the fallback
+        e = None if cfg.split else self._pairs.get((cfg.model, cfg.device))
         if e is None and self.fallback is None:
             raise CostModelError(
                 f"no profile covers model {cfg.model!r} on device {cfg.device!r} "
@@ -143,7 +145,9 @@ class ProfiledCostModel(CostModel):
 
     @staticmethod
     def _p(e: _Entry, quantity: str, cfg: EngineConfig, **kw: int) -> float:
-        return e.profile.predict(quantity, n_gpu_layers=cfg.n_gpu_layers, n_ctx=cfg.n_ctx, **kw)
+        # the context is created with every slot's cells (memory and load grow with them)
+        return e.profile.predict(quantity, n_gpu_layers=cfg.n_gpu_layers, n_ctx=cfg.kv_cells,
+                                 **kw)
 
     # -- per-model facts
     def n_layers(self, model: str) -> int:
@@ -208,6 +212,16 @@ class ProfiledCostModel(CostModel):
                           + self.decode_s_per_token(cfg, seg_end - 1)) / 2
             c = seg_end
         return float(total)
+
+    def step_s(self, cfg: EngineConfig, active: int, depth: int, prompt_tokens: int = 0) -> float:
+        """From the profile's batched-step fit (``batch_step_s``) where it has one."""
+        e = self._entry(cfg)
+        if e is None:
+            return self._fb().step_s(cfg, active, depth, prompt_tokens)
+        fit = e.profile.doc.get("fits", {}).get(BATCH_QUANTITY)
+        if fit is None:
+            return super().step_s(cfg, active, depth, prompt_tokens)
+        return predict_step(fit, active, depth, prompt_tokens)
 
     def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
         e = self._entry(cfg)

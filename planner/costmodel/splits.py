@@ -34,17 +34,18 @@ class Split:
 
 
 def split_curve(cost: CostModel, model: str, device: str, n_ctx: int, on_gpu: bool,
-                gpu_cap: int | None, host_cap: int) -> list[Split]:
-    """Candidate splits, fastest first (see the module docstring); empty if none fits."""
+                gpu_cap: int | None, host_cap: int, n_parallel: int = 1) -> list[Split]:
+    """Candidate splits, fastest first (see the module docstring); empty if none fits.
+    ``n_parallel``: the engines' slots (a KV cache for each)."""
     ref_ctx = max(1, n_ctx // 2)
     if not on_gpu:
-        cfg = EngineConfig(model, device, 0, n_ctx)
+        cfg = EngineConfig(model, device, 0, n_ctx, n_parallel)
         hb = cost.host_bytes(cfg)
         return [Split(cfg, 0, hb, cost.decode_s_per_token(cfg, ref_ctx))] if hb <= host_cap \
             else []
     fits: list[Split] = []
     for g in range(cost.n_layers(model), -1, -1):
-        cfg = EngineConfig(model, device, g, n_ctx)
+        cfg = EngineConfig(model, device, g, n_ctx, n_parallel)
         gb, hb = cost.gpu_bytes(cfg), cost.host_bytes(cfg)
         if (gpu_cap is None or gb <= gpu_cap) and hb <= host_cap:
             fits.append(Split(cfg, gb, hb, cost.decode_s_per_token(cfg, ref_ctx)))

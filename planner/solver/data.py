@@ -14,6 +14,7 @@ import bisect
 import math
 from dataclasses import dataclass, field, replace
 
+from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Request, Schedule
 from planner.solver.candidates import curves, solver_devices, working_set
@@ -46,6 +47,17 @@ class CandidateEngine:
     unload: int  # ticks
     load_s: float  # the cost model's exact durations, written into the plan
     unload_s: float
+    #: GPU id -> MiB on it (rounded up); a split engine spans several GPUs
+    gpu_share_mib: tuple[tuple[str, int], ...] = ()
+    gpu_shares: tuple[tuple[str, int], ...] = ()  # GPU id -> bytes
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.cfg.devices
+
+    @property
+    def slots(self) -> int:
+        return self.cfg.n_parallel
 
 
 @dataclass(frozen=True)
@@ -93,17 +105,91 @@ class InfeasibleInstance(Exception):
     """No plan exists; the message names the model, device or request responsible."""
 
 
+def split_config(instance: Instance, cost: CostModel, model: str, host_id: str,
+                 n_ctx: int, n_parallel: int = 1) -> EngineConfig | None:
+    """Every layer on the GPUs of one host, split in proportion to their memory
+    (llama.cpp's default ``--tensor-split``), if each GPU's share and the host fit."""
+    host = instance.cluster.host(host_id)
+    if len(host.gpus) < 2:
+        return None
+    total = sum(g.memory_bytes for g in host.gpus)
+    split = tuple((g.id, g.memory_bytes / total) for g in host.gpus)
+    cfg = EngineConfig(model, host.gpus[0].id, cost.n_layers(model) + 1, n_ctx, n_parallel,
+                       split)
+    shares = cost.gpu_shares(cfg)
+    if any(shares.get(g.id, 0) > g.memory_bytes for g in host.gpus):
+        return None
+    return cfg if cost.host_bytes(cfg) <= host.memory_bytes else None
+
+
+def with_slots(instance: Instance, cost: CostModel, cfg: EngineConfig,
+               n_parallel: int) -> EngineConfig | None:
+    """``cfg`` with ``n_parallel`` slots (KV cache for each), if it still fits."""
+    c = EngineConfig(cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_ctx, n_parallel, cfg.split)
+    dev = instance.cluster.device(cfg.device)
+    host = instance.cluster.host(dev.host)
+    if cost.host_bytes(c) > host.memory_bytes:
+        return None
+    if dev.kind == "gpu":
+        for d, b in cost.gpu_shares(c).items():
+            if b > instance.cluster.device(d).memory_bytes:
+                return None
+    return c
+
+
+def with_slot_variants(instance: Instance, cost: CostModel, configs: list[EngineConfig],
+                       slots: tuple[int, ...], n_ctx: dict[str, int] | None = None,
+                       ) -> list[EngineConfig]:
+    """``configs`` each with every ``n_parallel`` in ``slots`` that still fits, plus, for
+    a model no GPU holds whole, all its layers split over a host's GPUs."""
+    n_ctx = n_ctx or context_sizes(instance)
+    out: list[EngineConfig] = []
+    seen: set[tuple[str, str, int, int, tuple[tuple[str, float], ...]]] = set()
+
+    def add(cfg: EngineConfig | None) -> None:
+        if cfg is None:
+            return
+        for p in sorted(set(slots) | {cfg.n_parallel}):
+            c = cfg if p == cfg.n_parallel else with_slots(instance, cost, cfg, p)
+            key = (cfg.model, cfg.device, cfg.n_gpu_layers, p, cfg.split)
+            if c is not None and key not in seen:
+                seen.add(key)
+                out.append(c)
+
+    for cfg in configs:
+        add(cfg)
+    used = {r.model for r in instance.requests}
+    for m in instance.models:
+        if m.id not in used:
+            continue
+        for h in instance.cluster.hosts:
+            whole = [EngineConfig(m.id, g.id, cost.n_layers(m.id) + 1, n_ctx[m.id])
+                     for g in h.gpus]
+            if h.gpus and not any(cost.gpu_bytes(c) <= g.memory_bytes
+                                  for c, g in zip(whole, h.gpus, strict=True)):
+                add(split_config(instance, cost, m.id, h.id, n_ctx[m.id]))
+    return out
+
+
 def build_data(instance: Instance, cost: CostModel,
                baselines: dict[str, Schedule] | None = None, max_options: float = math.inf,
                periods: int = 2, cpu_engines: bool = True,
                n_ctx: dict[str, int] | None = None,
-               configs: list[EngineConfig] | None = None, max_splits: int = 0) -> ProblemData:
+               configs: list[EngineConfig] | None = None, max_splits: int = 0,
+               slots: tuple[int, ...] = (1,)) -> ProblemData:
     """Candidate engines and request options; raises InfeasibleInstance with a reason.
 
     The candidates are the split pool's working set for ``max_options`` request
     options at ``periods`` periods per engine (:mod:`planner.solver.candidates`),
     or ``configs`` when given. At most ``max_splits`` requests get preemption
-    alternatives: those where preemption can pay most (``preemption_candidates``).
+    alternatives: those where preemption can pay most (``preemption_candidates``);
+    preemption uses one-slot engines on one device only.
+
+    ``slots``: the ``n_parallel`` values candidate engines may have (each candidate
+    with every value that still fits, plus, for a model no GPU holds whole, all its
+    layers split over a host's GPUs); a run on an engine with ``p`` slots takes the
+    cost model's duration with ``p`` sequences decoding together throughout
+    (conservative: the slots may not all be busy).
     """
     baselines = baselines or {}
     devices = solver_devices(instance, cpu_engines)
@@ -112,13 +198,16 @@ def build_data(instance: Instance, cost: CostModel,
     if configs is None:
         configs = working_set(instance, pool, baselines, max_options, periods, cost, n_ctx)
     engines: list[CandidateEngine] = []
+    configs = with_slot_variants(instance, cost, configs, slots, n_ctx)
     for i, cfg in enumerate(configs):
         on_gpu = instance.cluster.device(cfg.device).kind == "gpu"
-        gb, hb = cost.gpu_bytes(cfg) if on_gpu else 0, cost.host_bytes(cfg)
+        shares = cost.gpu_shares(cfg) if on_gpu else {}
+        gb, hb = sum(shares.values()), cost.host_bytes(cfg)
         engines.append(CandidateEngine(
             i, cfg, dev_host[cfg.device], on_gpu, gb, hb, -(-gb // MIB), -(-hb // MIB),
             max(1, ticks_up(cost.load_s(cfg))), max(1, ticks_up(cost.unload_s(cfg))),
-            cost.load_s(cfg), cost.unload_s(cfg)))
+            cost.load_s(cfg), cost.unload_s(cfg),
+            tuple((d, -(-b // MIB)) for d, b in shares.items()), tuple(shares.items())))
     by_model: dict[str, list[CandidateEngine]] = {}
     for e in engines:
         by_model.setdefault(e.cfg.model, []).append(e)
@@ -136,7 +225,8 @@ def build_data(instance: Instance, cost: CostModel,
         for e in by_model[r.model]:
             if r.total_tokens > e.cfg.n_ctx:
                 continue
-            s = cost.run_s(e.cfg, r.prompt_tokens, 0, r.output_tokens)
+            s = cost.run_s_at(e.cfg, r.prompt_tokens, 0, r.output_tokens,
+                              active=e.cfg.n_parallel)
             run[e.key] = max(1, ticks_up(s))
             run_s[e.key] = s
             best = min(best, s)
@@ -218,8 +308,13 @@ def _with_splits(cost: CostModel, reqs: list[RequestData],
             out.append(rd)
             continue
         r = rd.req
-        engs = {e.key: e.cfg for e in by_model[r.model] if e.key in rd.run}
-        fastest = min(rd.run, key=lambda k: rd.run_s[k])
+        # preemption: one-slot engines on one device
+        engs = {e.key: e.cfg for e in by_model[r.model]
+                if e.key in rd.run and e.slots == 1 and not e.cfg.split}
+        if not engs:
+            out.append(rd)
+            continue
+        fastest = min(engs, key=lambda k: rd.run_s[k])
         cfg = engs[fastest]
         prefill = cost.prefill_s(cfg, r.prompt_tokens)
         per_token = (rd.run_s[fastest] - prefill) / r.output_tokens

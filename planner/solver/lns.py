@@ -25,11 +25,11 @@ RADII = (1, 2, 4, 8)
 MIN_ROUND_S = 1.0
 ROUND_SHARE = 0.2  # of the whole time limit, per round at most
 
-Key = tuple[str, str, int]
+Key = tuple[str, str, int, int, tuple[tuple[str, float], ...]]
 
 
 def _key(cfg: EngineConfig) -> Key:
-    return (cfg.model, cfg.device, cfg.n_gpu_layers)
+    return (cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_parallel, cfg.split)
 
 
 def used_configs(data: ProblemData, sol: WindowSolution) -> list[EngineConfig]:
@@ -44,7 +44,9 @@ def neighbourhood(data: ProblemData, sol: WindowSolution, radius: int,
     for cfg in used_configs(data, sol):
         out[_key(cfg)] = cfg
         curve = data.pool.get((cfg.model, cfg.device), [])
-        idx = next((i for i, c in enumerate(curve) if _key(c) == _key(cfg)), None)
+        # the pool's curves hold one-slot configurations; build() adds the slot variants
+        idx = next((i for i, c in enumerate(curve)
+                    if c.n_gpu_layers == cfg.n_gpu_layers and not cfg.split), None)
         if idx is None:
             continue
         for r in RADII:

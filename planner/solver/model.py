@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -233,10 +234,15 @@ class Constraints:
                 self.m.add(start + size <= pv.unload_start).only_enforce_if(o.chosen)
 
     def _compute_lanes(self) -> None:
-        """NoOverlap over the runs on each device (SPEC rule 2, compute lane)."""
+        """Compute lanes (SPEC rule 2): per device, NoOverlap over the runs of one-slot
+        engines; runs of an engine with p slots overlap at most p at a time
+        (Cumulative), and never overlap a run of another engine on its devices
+        (pairwise NoOverlap). A split engine's runs use every GPU it spans."""
         lanes: dict[str, list[cp_model.IntervalVar]] = {d: [] for d in self.data.devices}
         engine_runs: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
         pauses: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
+        slotted: dict[str, list[tuple[int, cp_model.IntervalVar]]] = defaultdict(list)
+        per_engine: dict[int, list[cp_model.IntervalVar]] = defaultdict(list)
         for rv in self.v.requests:
             opts: list[RunVar | PartOption] = list(rv.options)
             for sv in rv.splits:
@@ -244,25 +250,46 @@ class Constraints:
                 for ek, p, iv in sv.pauses:
                     pauses.setdefault((ek, p), []).append(iv)
             for o in opts:
-                lanes[self.engine[o.engine].cfg.device].append(o.interval)
+                eng = self.engine[o.engine]
+                for d in eng.devices:
+                    if eng.slots == 1:
+                        lanes[d].append(o.interval)
+                    slotted[d].append((o.engine, o.interval))
+                if eng.slots > 1:
+                    per_engine[o.engine].append(o.interval)
                 engine_runs.setdefault((o.engine, o.period), []).append(o.interval)
         # a same-device pause: no other run of that engine (period) while it lasts
+        # (preemption uses one-slot engines only)
         for key, ivs in pauses.items():
             self.m.add_no_overlap(ivs + engine_runs.get(key, []))
         for d, ivs in lanes.items():
             ivs += [self._fixed(s, e, f"fixed-run[{d}]") for s, e in self.frozen.compute.get(d, [])]
             if len(ivs) > 1:
                 self.m.add_no_overlap(ivs)
+        for ek, ivs in per_engine.items():
+            self.m.add_cumulative(ivs, [1] * len(ivs), self.engine[ek].slots)
+        for d, items in slotted.items():
+            fixed = [self._fixed(s, e, f"fixed-run[{d}]")
+                     for s, e in self.frozen.compute.get(d, [])]
+            for i, (ea, ia) in enumerate(items):
+                if self.engine[ea].slots == 1:
+                    continue
+                for ib in fixed:
+                    self.m.add_no_overlap([ia, ib])
+                for j, (eb, ib) in enumerate(items):
+                    # each pair once: with a one-slot engine from this side, else j < i
+                    if eb != ea and (self.engine[eb].slots == 1 or j < i):
+                        self.m.add_no_overlap([ia, ib])
 
     def _transfer_lanes(self) -> None:
         """NoOverlap over loads and unloads on each device (SPEC rule 2, transfer lane)."""
         lanes: dict[str, list[cp_model.IntervalVar]] = {d: [] for d in self.data.devices}
         for ek, ps in self.v.periods.items():
-            d = self.engine[ek].cfg.device
-            for pv in ps:
-                if pv.load is not None:
-                    lanes[d].append(pv.load)
-                lanes[d].append(pv.unload)
+            for d in self.engine[ek].devices:
+                for pv in ps:
+                    if pv.load is not None:
+                        lanes[d].append(pv.load)
+                    lanes[d].append(pv.unload)
         for rv in self.v.requests:
             for sv in rv.splits:
                 for ek, iv in sv.transfers:
@@ -279,9 +306,10 @@ class Constraints:
             ivs, dem = [], []
             for ek, ps in self.v.periods.items():
                 e = self.engine[ek]
-                if e.cfg.device == g and e.gpu_mib > 0:
+                mib = dict(e.gpu_share_mib).get(g, 0)
+                if mib > 0:
                     ivs += [pv.resident for pv in ps]
-                    dem += [e.gpu_mib] * len(ps)
+                    dem += [mib] * len(ps)
             for s, t, b in self.frozen.gpu_mem.get(g, []):
                 ivs.append(self._fixed(s, t, f"fixed-gpu[{g}]"))
                 dem.append(b)

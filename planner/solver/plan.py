@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from planner.domain import Action, Engine, Schedule
-from planner.solver.data import MIB, ProblemData, ticks_up
+from planner.domain import Action, DeviceShare, Engine, Schedule
+from planner.solver.data import MIB, TICKS_PER_S, ProblemData, ticks_up
 from planner.solver.model import Frozen, Hint, OpenPeriod, Piece, WindowSolution
 
 # --- hint from a baseline plan --------------------------------------------------------
@@ -23,10 +23,10 @@ def hint_from_schedule(data: ProblemData, sched: Schedule) -> tuple[Hint, int] |
     Baselines keep one timeline per device (no load beside a run), so replaying each
     device's actions in order with durations rounded up keeps the plan valid.
     """
-    key = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers, e.cfg.n_ctx): e for e in data.engines}
+    key = {e.cfg: e for e in data.engines}
     cand = {}
     for be in sched.engines:
-        c = key.get((be.model, be.device, be.n_gpu_layers, be.n_ctx))
+        c = key.get(be.config)
         if c is None:
             return None
         cand[be.id] = c
@@ -97,11 +97,12 @@ class PlanBuilder:
             self.runs[rid] = pieces
             saved_at = 0
             for pc in pieces:
-                dev = self.engine[pc.engine].cfg.device
-                # saves and restores also block their device's compute lane (glued)
-                fz.compute.setdefault(dev, []).append((pc.start, pc.end))
-                if pc.kind != "run":
-                    fz.transfer.setdefault(dev, []).append((pc.start, pc.end))
+                # a split engine's runs block every GPU it spans; saves and restores
+                # also block their device's compute lane (glued)
+                for dev in self.engine[pc.engine].devices:
+                    fz.compute.setdefault(dev, []).append((pc.start, pc.end))
+                    if pc.kind != "run":
+                        fz.transfer.setdefault(dev, []).append((pc.start, pc.end))
                 if pc.kind == "kv_save":
                     saved_at = pc.start
                 elif pc.kind == "kv_restore":
@@ -111,22 +112,24 @@ class PlanBuilder:
                 last_end[key] = max(last_end.get(key, 0), pc.end)
         for ek, ps in sol.periods.items():
             eng = self.engine[ek]
-            dev = eng.cfg.device
             for p, (ls, le, us, ue, carried) in enumerate(ps):
                 if carried:
                     rec = self.periods[ek][-1]
                 else:
                     rec = [ls, le, None, None]
                     self.periods[ek].append(rec)
-                    fz.transfer.setdefault(dev, []).append((ls, le))
+                    for dev in eng.devices:
+                        fz.transfer.setdefault(dev, []).append((ls, le))
                 if p == len(ps) - 1 and not final:
                     ready = max(last_end.get((ek, p), le), fz.open[ek].ready if carried else 0)
                     open_now[ek] = OpenPeriod(ls, le, ready)
                     continue
                 rec[2], rec[3] = us, ue
-                fz.transfer.setdefault(dev, []).append((us, ue))
-                if eng.gpu_mib:
-                    fz.gpu_mem.setdefault(dev, []).append((ls, ue, eng.gpu_mib))
+                for dev in eng.devices:
+                    fz.transfer.setdefault(dev, []).append((us, ue))
+                for dev, mib in eng.gpu_share_mib:
+                    if mib:
+                        fz.gpu_mem.setdefault(dev, []).append((ls, ue, mib))
                 if eng.host_mib:
                     fz.host_mem.setdefault(eng.host, []).append((ls, ue, eng.host_mib))
         fz.open = open_now
@@ -158,8 +161,12 @@ class PlanBuilder:
         engines = []
         for ek in sorted(self.periods):
             c = self.engine[ek]
+            shares = dict(c.gpu_shares)
             engines.append(Engine(eids[ek], c.cfg.model, c.cfg.device, c.cfg.n_gpu_layers,
-                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes))
+                                  c.cfg.n_ctx, c.gpu_bytes, c.host_bytes,
+                                  n_parallel=c.cfg.n_parallel,
+                                  shares=tuple(DeviceShare(d, f, shares[d])
+                                               for d, f in c.cfg.split)))
         rds = {rd.req.id: rd for rd in self.data.requests}
         # (tick start, tick end, order, kind, engine key, period, request or "", seconds, piece)
         items: list[tuple[int, int, int, str, int, int, str, float, Piece | None]] = []
@@ -187,8 +194,14 @@ class PlanBuilder:
             dev = c.cfg.device
             compute, transfer = (dev, "compute"), (dev, "transfer")
             lane = compute if kind == "run" else transfer
-            t = lane_end.get(lane, 0.0)
-            if kind == "run":
+            # a split engine's action waits for its lane on every GPU it spans
+            lanes = [(d, lane[1]) for d in c.devices]
+            t = max(lane_end.get(x, 0.0) for x in lanes)
+            if kind == "run" and c.slots > 1:
+                # runs of a slot engine keep their CP-SAT start: its durations are rounded
+                # up there, so every run ends no later and every order holds
+                t = max(ts / TICKS_PER_S, load_end[(ek, p)], rds[rid].req.arrival_s)
+            elif kind == "run":
                 t = max(t, load_end[(ek, p)], rds[rid].req.arrival_s, req_end.get(rid, 0.0))
             elif kind == "unload":
                 t = max(t, load_end[(ek, p)], runs_end.get((ek, p), 0.0))
@@ -200,12 +213,13 @@ class PlanBuilder:
             else:
                 if p > 0:
                     t = max(t, unload_end[(ek, p - 1)])
-                for res in (dev, c.host):
+                for res in (*c.devices, c.host):
                     for ue_tick, end in freed[res]:
                         if ue_tick <= ts:
                             t = max(t, end)
             end = t + dur
-            lane_end[lane] = end
+            for x in lanes:
+                lane_end[x] = max(lane_end.get(x, 0.0), end)
             eid = eids[ek]
             if pc is not None:
                 req_end[rid] = end
@@ -226,7 +240,8 @@ class PlanBuilder:
                 actions.append(Action("load", eid, dev, t, end))
             else:
                 unload_end[(ek, p)] = end
-                freed[dev].append((te, end))
+                for d in c.devices:
+                    freed[d].append((te, end))
                 freed[c.host].append((te, end))
                 actions.append(Action("unload", eid, dev, t, end))
         actions.sort(key=lambda a: (a.start_s, a.device, a.kind))

@@ -19,6 +19,7 @@ candidate configurations and number of periods) is quoted in ``notes``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from typing import Any
 
@@ -193,8 +194,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     t_start = time.perf_counter() - t0
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
+        slots = tuple(getattr(opts, "slots", (1,)) or (1,))
         data = build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
-                          cpu, n_ctx, max_splits=max_splits)
+                          cpu, n_ctx, max_splits=max_splits, slots=slots)
     except InfeasibleInstance as exc:
         raise _error(f"{instance.name}: {exc}") from None
 
@@ -212,6 +214,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         reported = min((k for k in base_metrics if k != SMITH),
                        key=lambda k: objective_key(base_metrics[k], objective), default=None)
         start_better = best_base == SMITH and reported is not None
+        if slots != (1,):
+            # the decomposition plans one slot per engine (docs/solver.md)
+            data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+            opts = copy.copy(opts)
+            opts.slots = (1,)
         return solve_by_parts(solve_cpsat, instance, cost, objective, opts,
                               baseline_schedules[best_base], best_base, data, t0,
                               t_start if start_better else None)
@@ -220,13 +227,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None:
         # placement and layer split from the baselines (the best one's first), then
         # CP-SAT decides loads, unloads, routing and order over those engines
-        keyed = {(e.cfg.model, e.cfg.device, e.cfg.n_gpu_layers): e.key for e in data.engines}
+        keyed = {e.cfg: e.key for e in data.engines}
         keep: set[int] = set()
         names = [best_base] + [k for k in baseline_schedules if k != best_base]
         for name in names:
-            more = keep | {keyed[(e.model, e.device, e.n_gpu_layers)]
-                           for e in baseline_schedules[name].engines
-                           if (e.model, e.device, e.n_gpu_layers) in keyed}
+            more = keep | {keyed[e.config] for e in baseline_schedules[name].engines
+                           if e.config in keyed}
             if keep and options(restrict(data, more)) * len(data.requests) > MAX_OPTIONS:
                 break
             keep = more
@@ -237,6 +243,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          f"CP-SAT over loads, unloads, routing and order")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
     windows = _windows(reqs, options(data))
+    if len(windows) > 1 and any(e.slots > 1 for e in data.engines):
+        # slot engines are planned in one window (runs frozen from an earlier window
+        # may overlap on them); a larger instance keeps one slot per engine
+        data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+        reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
+        windows = _windows(reqs, options(data))
     params.hooks = _hooks(opts, instance, cost, data, objective, len(windows) == 1, t0,
                           base_metrics.get(best_base) if best_base else None, base_info_of(opts))
 
@@ -293,7 +305,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         if search:
             def build(cfgs: list[EngineConfig]) -> ProblemData:
                 return build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
-                                  cpu, n_ctx, cfgs, max_splits)
+                                  cpu, n_ctx, cfgs, max_splits, slots)
 
             data, sol, rounds, better = refine_splits(
                 data, sol, objective, PERIODS, horizon, build,

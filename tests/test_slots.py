@@ -1,0 +1,111 @@
+"""Parallel slots (profiler.batch): the step-time fit, and the real batched engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from profiler.batch import (
+    BATCH_QUANTITY,
+    BatchConfig,
+    batch_settings,
+    fit_batch,
+    predict_step,
+    step_features,
+)
+
+
+def _rows(coef: dict[str, float], noise: float = 0.0, seed: int = 0) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for k, depth, p in batch_settings(BatchConfig.quick()):
+        f = step_features(k, depth, p)
+        value = coef["a"] + sum(coef[n] * f[n] for n in f)
+        for rep in range(3):
+            rows.append({"kind": BATCH_QUANTITY, "setting": f"s{k}:{depth}:{p}", "active": k,
+                         "depth": depth, "prompt_tokens": p, "batch_tokens": f["batch_tokens"],
+                         "n_outputs": f["n_outputs"], "attn_cells": f["attn_cells"],
+                         "value": value * (1 + noise * rng.standard_normal()), "repetition": rep})
+    return rows
+
+
+COEF = {"a": 0.006, "batched": 0.008, "batch_tokens": 0.004, "n_outputs": 0.001,
+        "attn_cells": 2e-8}
+
+
+def test_fit_recovers_a_known_step_model() -> None:
+    fit = fit_batch(_rows(COEF))
+    assert fit is not None
+    assert fit.cv["method"] == "leave-one-setting-out" and fit.cv["mape"] < 1e-6
+    for k, d, p in ((3, 100, 0), (6, 700, 0), (5, 40, 200)):
+        f = step_features(k, d, p)
+        truth = COEF["a"] + sum(COEF[n] * f[n] for n in f)
+        assert predict_step(fit.to_json(), k, d, p) == pytest.approx(truth, rel=1e-6)
+
+
+def test_fit_held_out_error_reflects_noise() -> None:
+    fit = fit_batch(_rows(COEF, noise=0.05, seed=1))
+    assert fit is not None
+    assert 0.001 < fit.cv["mape"] < 0.2
+
+
+def test_step_features_grow_with_slots_and_context() -> None:
+    one, four = step_features(1, 100), step_features(4, 100)
+    assert one["batched"] == 0 and four["batched"] == 1
+    assert four["attn_cells"] > one["attn_cells"]
+    assert step_features(4, 1000)["attn_cells"] > four["attn_cells"]
+    mixed = step_features(3, 100, 64)
+    assert mixed["batch_tokens"] == 67 and mixed["n_outputs"] == 4
+
+
+def test_settings_cover_active_counts_and_joining_prompts() -> None:
+    s = batch_settings(BatchConfig.quick())
+    assert {k for k, _d, p in s if p == 0} == {1, 2, 4, 8}
+    assert {k for k, _d, p in s if p > 0} == {1, 3, 7}
+
+
+# --------------------------------------------------------------------------- real engine
+
+
+@pytest.mark.engine
+def test_batched_engine_matches_serial_greedy_tokens() -> None:
+    """Two sequences decoded together give the tokens each gives alone; a third joins
+    while they decode, and the shortest leaves first."""
+    pytest.importorskip("llama_cpp")
+    from profiler.batch import BatchEngine, synthetic_tokens
+    from profiler.engine import Engine
+    from profiler.models import ModelSourceError, fetch_smollm2
+
+    try:
+        model: Path = fetch_smollm2()
+    except ModelSourceError as exc:
+        pytest.skip(str(exc))
+    with BatchEngine(threads=1) as eng:
+        info = eng.batch_load(model, n_ctx=256, n_parallel=3)
+        assert info["n_ctx"] == 3 * 256  # KV cells of all slots
+        toks = synthetic_tokens(info["n_vocab"], 64)
+        eng.batch_add(0, toks[:40], 12)
+        eng.batch_add(1, toks[5:25], 4)
+        r = eng.batch_step()
+        assert r.finished == (1,) and r.steps[0].prompt_tokens == 60
+        assert r.steps[1].decode_tokens == 2
+        got1 = eng.batch_tokens(1)
+        eng.batch_remove(1)
+        eng.batch_add(2, toks[10:30], 3)  # joins while slot 0 decodes
+        r = eng.batch_step()
+        assert r.finished == (2,)
+        assert r.steps[0].decode_tokens == 1 and r.steps[0].prompt_tokens == 20
+        got2 = eng.batch_tokens(2)
+        eng.batch_remove(2)
+        r = eng.batch_step()
+        assert r.finished == (0,)
+        got0 = eng.batch_tokens(0)
+    with Engine(threads=1) as ser:
+        ser.load(model, n_ctx=256)
+        for prompt, n, got in ((toks[:40], 12, got0), (toks[5:25], 4, got1),
+                               (toks[10:30], 3, got2)):
+            ser.reset()
+            ser.prefill(prompt)
+            assert list(ser.decode(n).tokens) == got

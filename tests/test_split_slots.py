@@ -1,0 +1,237 @@
+"""Engines with parallel slots and engines split over GPUs (format 1.1): cost model, checker,
+plan files and exports, on hand-built plans."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from planner.checker import check_plan
+from planner.costmodel import AnalyticCostModel
+from planner.domain import GIB, Action, DeviceShare, Engine, EngineConfig, Schedule
+from planner.export import llama_server, llama_swap, ollama
+from planner.io import load_instance, load_plan, parse_schedule, plan_format
+
+
+def two_gpu_dict() -> dict[str, Any]:
+    """A 70B model on a host with two 24 GiB GPUs and too little RAM to offload layers to."""
+    return {
+        "format": "planner.instance/1", "name": "two-gpu",
+        "cluster": {"hosts": [{"id": "box", "cpu": "desktop-dual-channel", "threads": 16,
+                               "memory_gib": 16,
+                               "gpus": [{"id": "g0", "type": "rtx-4090", "memory_gib": 24},
+                                        {"id": "g1", "type": "rtx-4090", "memory_gib": 24}]}]},
+        "models": [{"id": "big", "reference": "llama2-70b-q4_k_m"},
+                   {"id": "small", "reference": "llama3-8b-q4_k_m"}],
+        "requests": [
+            {"id": "a", "model": "big", "arrival_s": 0.0, "prompt_tokens": 128,
+             "output_tokens": 32},
+            {"id": "b", "model": "small", "arrival_s": 0.0, "prompt_tokens": 64,
+             "output_tokens": 16},
+            {"id": "c", "model": "small", "arrival_s": 0.5, "prompt_tokens": 64,
+             "output_tokens": 16}]}
+
+
+@pytest.fixture
+def two_gpu(write_instance):  # type: ignore[no-untyped-def]
+    return load_instance(write_instance(two_gpu_dict()))
+
+
+def test_split_memory_per_gpu_and_time(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    n = cost.n_layers("big")
+    one = EngineConfig("big", "g0", n + 1, 1024)
+    assert cost.gpu_bytes(one) > 24 * GIB  # does not fit one GPU
+    split = EngineConfig("big", "g0", n + 1, 1024, split=(("g0", 0.5), ("g1", 0.5)))
+    shares = cost.gpu_shares(split)
+    assert set(shares) == {"g0", "g1"} and all(b < 24 * GIB for b in shares.values())
+    assert sum(shares.values()) == cost.gpu_bytes(split)
+    assert shares["g1"] > shares["g0"]  # the output layer sits on the last GPU
+    # layer split: the GPUs take turns, plus the hop between them
+    assert cost.decode_s_per_token(split, 100) > cost.decode_s_per_token(one, 100)
+    assert cost.decode_s_per_token(split, 100) < 1.05 * cost.decode_s_per_token(one, 100)
+
+
+def test_slots_count_kv_of_every_slot_and_batch_steps(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    c1 = EngineConfig("small", "g0", 33, 1024)
+    c4 = EngineConfig("small", "g0", 33, 1024, n_parallel=4)
+    arch = two_gpu.model("small").arch
+    assert cost.gpu_bytes(c4) - cost.gpu_bytes(c1) == pytest.approx(
+        3 * 1024 * arch.kv_bytes_per_token, rel=0.01)
+    one = cost.step_s(c4, 1, 200)
+    four = cost.step_s(c4, 4, 200)
+    assert one < four < 4 * one  # a batch reads the weights once
+    assert cost.run_s_at(c4, 64, 0, 16, active=1) == cost.run_s(c4, 64, 0, 16)
+    assert cost.run_s_at(c4, 64, 0, 16, active=4) > cost.run_s(c4, 64, 0, 16)
+
+
+def faults(inst, sched: Schedule) -> list[Any]:  # type: ignore[no-untyped-def]
+    """Violations other than requests the hand-built plan leaves out on purpose."""
+    return [v for v in check_plan(inst, sched) if "never served" not in v.message]
+
+
+def _split_engine(cost: AnalyticCostModel) -> Engine:
+    cfg = EngineConfig("big", "g0", 81, 1024, split=(("g0", 0.5), ("g1", 0.5)))
+    shares = cost.gpu_shares(cfg)
+    return Engine("e1", "big", "g0", 81, 1024, sum(shares.values()), cost.host_bytes(cfg),
+                  shares=tuple(DeviceShare(d, f, shares[d]) for d, f in cfg.split))
+
+
+def test_checker_counts_split_shares_and_lanes(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    e = _split_engine(cost)
+    acts = (Action("load", "e1", "g0", 0, 5), Action("run", "e1", "g0", 5, 9, "a", 0, 32))
+    assert faults(two_gpu, Schedule((e,), acts)) == []
+    # a small engine on g1 cannot run while the split engine computes there
+    small = Engine("e2", "small", "g1", 0, 1024, 0, cost.host_bytes(
+        EngineConfig("small", "g1", 0, 1024)))
+    acts2 = (*acts, Action("load", "e2", "g1", 4, 6),
+             Action("run", "e2", "g1", 6, 8, "b", 0, 16),
+             Action("run", "e2", "g1", 8, 10, "c", 0, 16))
+    v = faults(two_gpu, Schedule((e, small), acts2))
+    assert any(x.rule == 2 and "another engine" in x.message for x in v), v
+    assert any(x.rule == 2 and "transfer lane of g1" in x.message for x in v), v
+    # shares that do not add up, or a GPU of another host, are rule-1 faults
+    bad = Engine("e1", "big", "g0", 81, 1024, e.gpu_bytes + 1, e.host_bytes, shares=e.shares)
+    assert any(x.rule == 1 for x in faults(two_gpu, Schedule((bad,), acts)))
+    # each GPU's share counts against that GPU
+    fat = Engine("e1", "big", "g0", 81, 1024, 30 * GIB, e.host_bytes,
+                 shares=(DeviceShare("g0", 0.2, 5 * GIB), DeviceShare("g1", 0.8, 25 * GIB)))
+    assert any(x.rule == 4 and "GPU g1" in x.message
+               for x in faults(two_gpu, Schedule((fat,), acts)))
+
+
+def test_checker_slots_allow_overlap_up_to_n_parallel(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=2)
+    e = Engine("e1", "small", "g0", 33, 1024, cost.gpu_bytes(cfg), cost.host_bytes(cfg),
+               n_parallel=2)
+    acts = (Action("load", "e1", "g0", 0, 1), Action("run", "e1", "g0", 1, 3, "b", 0, 16),
+            Action("run", "e1", "g0", 1.5, 3.5, "c", 0, 16))
+    assert faults(two_gpu, Schedule((e,), acts)) == []
+    one = Engine("e1", "small", "g0", 33, 1024, e.gpu_bytes, e.host_bytes, n_parallel=1)
+    v = faults(two_gpu, Schedule((one,), acts))
+    assert any(x.rule == 2 and "1 slot" in x.message for x in v), v
+
+
+def test_plan_format_and_round_trip(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    e = _split_engine(cost)
+    sched = Schedule((e,), (Action("load", "e1", "g0", 0, 5),))
+    assert plan_format(sched) == "planner.plan/1.1"
+    plain = Schedule((Engine("e9", "small", "g0", 0, 512, 0, 1),), ())
+    assert plan_format(plain) == "planner.plan/1"
+    from planner.io import engine_to_json
+
+    data = {"format": "planner.plan/1.1", "instance": {"name": "x", "sha256": ""},
+            "solver": {"name": "hand", "status": "FEASIBLE"},
+            "engines": [engine_to_json(e)], "actions": [], "requests": [],
+            "metrics": {k: 0 for k in ("makespan_s", "mean_response_s", "p95_response_s",
+                                       "weighted_mean_response_s", "slo_attainment",
+                                       "n_loads", "n_kv_saves", "n_recomputes")}}
+    back = parse_schedule(data, "x")
+    assert back.engines[0] == e
+
+
+def test_v1_plan_reads_as_before(tiny, write_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from planner.baselines.policies import fcfs_lru
+    from planner.domain import Plan, SolverInfo
+    from planner.io import plan_to_json, write_json_atomic
+
+    inst = load_instance(write_instance(tiny))
+    sched = fcfs_lru(inst, AnalyticCostModel.for_instance(inst))
+    doc = plan_to_json(Plan(inst.name, inst.sha256, SolverInfo("fcfs-lru", "FEASIBLE"), sched),
+                       inst)
+    assert doc["format"] == "planner.plan/1"
+    assert all("n_parallel" not in e and "devices" not in e for e in doc["engines"])
+    write_json_atomic(tmp_path / "p.json", doc)
+    data, back = load_plan(tmp_path / "p.json")
+    assert back.engines == sched.engines and check_plan(inst, back, data) == []
+
+
+def test_exports_set_parallel_and_tensor_split(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    e = _split_engine(cost)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=4)
+    e2 = Engine("e2", "small", "g0", 33, 1024, cost.gpu_bytes(cfg), cost.host_bytes(cfg),
+                n_parallel=4)
+    sched = Schedule((e, e2), (Action("load", "e1", "g0", 0, 5),
+                               Action("run", "e1", "g0", 5, 9, "a", 0, 32),
+                               Action("load", "e2", "g0", 5, 6)))
+    sh = llama_server(two_gpu, sched)
+    assert "CUDA_VISIBLE_DEVICES=0,1 llama-server" in sh
+    assert "--split-mode layer --tensor-split 0.5,0.5" in sh
+    assert "-c 4096 --alias small --parallel 4" in sh
+    swap = llama_swap(two_gpu, sched)
+    assert "concurrencyLimit: 4" in swap
+    files = ollama(two_gpu, sched)
+    assert any("OLLAMA_NUM_PARALLEL=4" in t for t in files.values())
+    assert json.dumps(files)  # plain text
+
+
+def test_model_that_fits_only_split_is_planned_checked_and_exported(
+        write_instance, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Acceptance: a 70B model on two 24 GiB GPUs of a host with 6 GiB of RAM (no room to
+    offload layers to the host) is planned split, passes the checker and exports with
+    --tensor-split."""
+    from planner.export import export
+    from planner.service import SolveOptions, prepare, solve
+
+    data = two_gpu_dict()
+    data["cluster"]["hosts"][0]["memory_gib"] = 6
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1))
+    big = [e for e in plan.schedule.engines if e.model == "big"]
+    assert big and all(e.devices == ("g0", "g1") for e in big)
+    assert check_plan(inst, plan.schedule) == []
+    for name in ("fcfs-lru", "grouped", "static"):
+        assert plan.baselines[name].get("error"), name  # none of them can place it
+    (path,) = export(inst, plan.schedule, "llama-server", tmp_path / "out")
+    line = next(x for x in path.read_text().splitlines() if "--alias big" in x)
+    assert line.startswith("CUDA_VISIBLE_DEVICES=0,1 llama-server")
+    assert "--split-mode layer --tensor-split 0.5,0.5" in line
+
+
+def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
+        write_instance) -> None:  # type: ignore[no-untyped-def]
+    from planner.service import SolveOptions, prepare, solve
+
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1, 2, 4)))
+    assert check_plan(inst, plan.schedule) == []
+    one = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1,)))
+    slotted = [e for e in plan.schedule.engines if e.n_parallel > 1]
+    runs = sorted((a for a in plan.schedule.actions if a.kind == "run"),
+                  key=lambda a: a.start_s)
+    overlap = any(b.start_s < a.end_s - 1e-9 and a.engine == b.engine
+                  for a, b in itertools.pairwise(runs))
+    from planner.metrics import compute_metrics
+
+    m, m1 = (compute_metrics(inst, p.schedule.actions) for p in (plan, one))
+    assert m.weighted_mean_response_s <= m1.weighted_mean_response_s + 1e-6
+    if slotted:
+        assert overlap
+
+
+def test_batched_ends_follow_concurrency(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    """A run alone on a 4-slot engine ends well before its conservative (4 busy slots)
+    end; runs that share the slots end later than alone; none ends past its bound."""
+    from planner.slots import batched_ends
+
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=4)
+    alone = batched_ends(cost, cfg, [(0.0, 64, 100)])[0]
+    bound = cost.run_s_at(cfg, 64, 0, 100, active=4)
+    assert alone < bound
+    assert alone == pytest.approx(cost.run_s_at(cfg, 64, 0, 100, active=1), rel=0.25)
+    shared = batched_ends(cost, cfg, [(0.0, 64, 100), (0.0, 64, 100), (0.1, 64, 50)])
+    assert shared[0] > alone and shared[2] < shared[0] + 1e-9 + bound
+    assert all(e <= 0.1 + bound for e in shared)
