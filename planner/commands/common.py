@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -33,3 +35,16 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def plan_instance_options(func: _F) -> _F:
+    """``--instance`` and ``--force``: how a command that reads a plan finds its instance."""
+    func = click.option("--force", is_flag=True,
+                        help="Use the instance even if it changed since the plan was made "
+                             "(sha256).")(func)
+    return click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
+                        help="The plan's instance [default: the path the plan records, then "
+                             "<name>.json beside the plan, then instances/<name>.json].")(func)

@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from planner import interrupt
-from planner.commands.common import console
+from planner.commands.common import console, plan_instance_options
 from planner.domain import Instance, Schedule
 from planner.errors import ExecuteError, InputError, Interrupted
 from planner.executor import Replay
@@ -74,11 +74,7 @@ def print_report_summary(report: dict[str, Any], out: Path | str) -> None:
 
 @click.command()
 @click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="The plan's instance [default: the path the plan records, then "
-                   "<name>.json beside the plan, then instances/<name>.json].")
-@click.option("--force", is_flag=True,
-              help="Use the instance even if it changed since the plan was made (sha256).")
+@plan_instance_options
 @click.option("--dry-run", is_flag=True,
               help="Check the plan for replay here (instance, checker, model files, devices) "
                    "and stop: no engine runs, no report is written.")

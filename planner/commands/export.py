@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from planner.commands.common import plan_instance_options
 from planner.errors import InputError
 
 
@@ -21,11 +22,7 @@ from planner.errors import InputError
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="A replay report of PLAN: its measured load times set llama-swap's "
                    "evict_costs (else the plan's predicted ones).")
-@click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="The plan's instance [default: the path the plan records, then "
-                   "<name>.json beside the plan, then instances/<name>.json].")
-@click.option("--force", is_flag=True,
-              help="Use the instance even if it changed since the plan was made (sha256).")
+@plan_instance_options
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write into [default: exports/<plan stem>/].")
 def export_cmd(plan: Path, target: str, swap_form: str, report: Path | None,

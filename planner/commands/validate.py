@@ -6,16 +6,13 @@ from pathlib import Path
 
 import click
 
+from planner.commands.common import plan_instance_options
 from planner.errors import PlannerError
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--instance", type=click.Path(dir_okay=False, path_type=Path),
-              help="A plan's instance [default: the path the plan records, then "
-                   "<name>.json beside the plan, then instances/<name>.json].")
-@click.option("--force", is_flag=True,
-              help="Use the instance even if it changed since the plan was made (sha256).")
+@plan_instance_options
 def validate(file: Path, instance: Path | None, force: bool) -> None:
     """Check an instance file, or a plan against its instance (SPEC rules 1-7).
 
