@@ -11,7 +11,6 @@ serve only as reference data.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,21 +44,13 @@ LOCAL = Path("profiles/local")
 REFERENCE = Path("profiles/demo")
 
 
-def _stale(path: Path) -> None:
-    """Move a profile (JSON and CSV journal) aside so that a sweep measures afresh."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for p in (path, path.with_suffix(".csv")):
-        if p.is_file():
-            p.replace(p.with_name(f"{p.stem}.stale-{stamp}{p.suffix}.old"))
-
-
 def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int = 1,
                     local: Path = LOCAL, reference: Path = REFERENCE) -> None:
     """Profiles of this machine for the demo's models in ``local``, re-measured when the one
     there was made elsewhere or drifts by more than 10% (each decision is said)."""
     from profiler.engine import Engine
     from profiler.fingerprint import compare, decode_probe, fingerprint
-    from profiler.store import ProfileError, load_profile
+    from profiler.store import ProfileError, load_profile, set_aside
     from profiler.sweep import Sweep, SweepConfig, run_sweep
 
     here = fingerprint(threads)
@@ -84,7 +75,7 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                     reason = (dist.describe() if not dist.matches else
                               "made by an older profiler (no busy-load fit)")
                 say(f"{target}: does not hold here ({reason}); re-profiling this machine")
-                _stale(target)
+                set_aside(target)  # JSON, journal and slot journal
             else:
                 ref = [f for f in reference.rglob(f"{sweep.arch.key}/*/*.json")] \
                     if reference.is_dir() else []

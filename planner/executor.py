@@ -89,8 +89,9 @@ def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = No
     """For each action (in plan order), (what it waits for through its lane, what it
     waits for through its engine or its request); see :func:`dependencies`."""
     slots = slots or {}
-    base: dict[object, int] = {}  # lane or engine -> last action that is not a slot run
+    base: dict[object, set[int]] = {}  # lane or engine -> what the next action waits for
     group: dict[object, list[int]] = {}  # lane or engine -> slot runs since then
+    group_engine: dict[object, str] = {}  # whose slot runs the group holds
     last_request: dict[str, int] = {}
     out: list[tuple[set[int], set[int]]] = []
     for i, a in enumerate(actions):
@@ -98,13 +99,22 @@ def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = No
         hard: set[int] = set()
         slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
         for key, d in (((a.device, a.lane), lane), (("engine", a.engine), hard)):
-            if key in base:
-                d.add(base[key])
-            if slot_run:
+            members = group.get(key, [])
+            if slot_run and (not members or group_engine[key] == a.engine):
+                # runs of one slot engine decode together: they wait only for what
+                # came before the group
+                d.update(base.get(key, ()))
                 group.setdefault(key, []).append(i)
+                group_engine[key] = a.engine
+            elif slot_run:  # another engine's slot runs: after all of the group's
+                d.update(members)
+                base[key] = set(members)
+                group[key] = [i]
+                group_engine[key] = a.engine
             else:
+                d.update(base.get(key, ()))
                 d.update(group.pop(key, []))
-                base[key] = i
+                base[key] = {i}
         if a.request is not None and a.request in last_request:
             hard.add(last_request[a.request])
         out.append((lane, hard))

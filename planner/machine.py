@@ -215,7 +215,7 @@ def profile_warnings(instance: Instance, summary: list[dict[str, Any]] | None = 
             out.append(f"{what} drifts by {100 * d['max_drift']:.0f}% on this machine "
                        f"(limit {100 * limit:.0f}%): {s['description']}; re-profile with "
                        f"planner profile --model FILE --threads {s['threads']} "
-                       "--out profiles/local")
+                       "--out profiles/local --fresh")
         if s["threads"] not in hosts:
             out.append(f"{what} was measured with {s['threads']} llama.cpp threads; the "
                        f"instance's hosts use {', '.join(map(str, sorted(hosts)))}")

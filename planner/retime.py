@@ -26,15 +26,25 @@ from dataclasses import replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Instance, Schedule
+from planner.domain import Action, EngineConfig, Instance, Schedule
 from planner.executor import dependencies, plan_order
 
-ROUNDS = 12
+ROUNDS = 40
+
+
+def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, non-overlapping union of ``spans`` (runs of a slot engine overlap)."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
-    """Seconds of [s, e] covered by ``spans`` (sorted by start; they do not overlap each
-    other: runs of one device share its compute lane)."""
+    """Seconds of [s, e] covered by ``spans`` (sorted by start, not overlapping each other)."""
     i = max(0, bisect.bisect_left(spans, (s, s)) - 1)
     total = 0.0
     while i < len(spans) and spans[i][0] < e:
@@ -47,14 +57,21 @@ def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
 def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     """``schedule`` with the times the executor will give its actions (see module doc)."""
     actions = plan_order(schedule)
-    if not actions or any(e.n_parallel > 1 for e in schedule.engines):
-        # runs of a slot engine overlap (continuous batching): their times come from
-        # planner.slots.retime_slot_runs, and are kept as they are here
+    if not actions:
         return schedule
-    deps = dependencies(actions)
     engines = {e.id: e for e in schedule.engines}
+    slots = {e.id: e.n_parallel for e in schedule.engines}
+    deps = dependencies(actions, slots)
     host_of = {d.id: d.host for d in instance.cluster.devices}
     arrival = {r.id: r.arrival_s for r in instance.requests}
+    # whole runs on slot engines: the engine's slot driver batches them, so their ends
+    # come from the batching replay (planner.slots) at the times they join
+    slot_runs: dict[str, list[int]] = {}
+    for i, a in enumerate(actions):
+        if a.kind == "run" and slots.get(a.engine, 1) > 1:
+            if a.tokens_from != 0 or a.recompute:
+                return schedule  # slot engines replay whole runs only
+            slot_runs.setdefault(a.engine, []).append(i)
     idle: list[float] = []
     factor: list[float] = []
     seen: set[str] = set()
@@ -72,49 +89,64 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     dur = list(idle)
     start = [0.0] * len(actions)
     end = [0.0] * len(actions)
-    for _ in range(ROUNDS):
+    admit: dict[int, float] = {}  # slot run -> when a slot takes it (start in the plan)
+
+    def place() -> None:
         for i, a in enumerate(actions):
             s = max((end[d] for d in deps[i]), default=0.0)
             if a.kind == "run" and a.request is not None:
                 s = max(s, arrival[a.request])
-            start[i], end[i] = s, s + dur[i]
-        runs: dict[str, list[tuple[float, float]]] = {}
+            start[i], end[i] = s, (end[i] if i in admit else s + dur[i])
+        for eid, idx in slot_runs.items():
+            cfg = engines[eid].config
+            runs = [(start[i], instance.request(actions[i].request or "").prompt_tokens,
+                     actions[i].tokens_to or 0) for i in idx]
+            for i, (at, fin) in zip(idx, cost_times(cfg, runs), strict=True):
+                admit[i], end[i] = at, fin
+
+    def cost_times(cfg: EngineConfig, runs: list[tuple[float, int, int]]
+                   ) -> list[tuple[float, float]]:
+        from planner.slots import batched_times
+
+        return batched_times(cost, cfg, runs)
+
+    for _ in range(ROUNDS):
+        before = list(end)
+        place()
+        runs_on: dict[str, list[tuple[float, float]]] = {}
         for i, a in enumerate(actions):
             if a.kind == "run":
-                runs.setdefault(host_of[a.device], []).append((start[i], end[i]))
-        for spans in runs.values():
-            spans.sort()
-        changed = False
+                runs_on.setdefault(host_of[a.device], []).append(
+                    (admit.get(i, start[i]), end[i]))
+        spans_of = {h: _merged(v) for h, v in runs_on.items()}
+        changed = any(abs(x - y) > 1e-6 for x, y in zip(before, end, strict=True))
         for i, a in enumerate(actions):
             if a.kind != "load" or factor[i] == 1.0 or idle[i] <= 0:
                 continue
             # the load's work goes at rate 1 alone and 1/factor beside a run: over a span
             # t of which o lies beside runs, t = idle + o * (1 - 1/factor)
-            o = _overlap(start[i], end[i], runs.get(host_of[a.device], []))
+            o = _overlap(start[i], end[i], spans_of.get(host_of[a.device], []))
             new = idle[i] + o * (1.0 - 1.0 / factor[i])
             if abs(new - dur[i]) > 1e-6:
                 changed = True
             dur[i] = new
         if not changed:
             break
-    for i, a in enumerate(actions):  # the final durations, placed once more
-        s = max((end[d] for d in deps[i]), default=0.0)
-        if a.kind == "run" and a.request is not None:
-            s = max(s, arrival[a.request])
-        start[i], end[i] = s, s + dur[i]
-    out: list[Action] = [replace(a, start_s=round(start[i], 6), end_s=round(end[i], 6))
-                         for i, a in enumerate(actions)]
+    place()  # the final durations, placed once more
+    out: list[Action] = [replace(a, start_s=round(admit.get(i, start[i]), 6),
+                                 end_s=round(end[i], 6)) for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))
-    if not _same_dependencies(out, deps, timed) or check_plan(instance, timed):
+    if not _same_dependencies(out, deps, timed, slots) or check_plan(instance, timed):
         return schedule  # the executor would order it otherwise, or a rule would break
     return timed
 
 
-def _same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule) -> bool:
+def _same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule,
+                       slots: dict[str, int]) -> bool:
     """Whether the executor, reading the retimed plan, waits for the same actions."""
     pos = {a: i for i, a in enumerate(out)}
     if len(pos) != len(out):
         return False
     order = plan_order(timed)
-    new = dependencies(order)
+    new = dependencies(order, slots)
     return all({pos[order[d]] for d in new[j]} == deps[pos[a]] for j, a in enumerate(order))

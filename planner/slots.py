@@ -18,11 +18,15 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, EngineConfig, Instance, Schedule
 
 
-def batched_ends(cost: CostModel, cfg: EngineConfig,
-                 runs: list[tuple[float, int, int]]) -> list[float]:
-    """End of each run ``(start, prompt_tokens, output_tokens)`` on one slot engine."""
+def batched_times(cost: CostModel, cfg: EngineConfig,
+                  runs: list[tuple[float, int, int]]) -> list[tuple[float, float]]:
+    """(admission, end) of each run ``(join time, prompt_tokens, output_tokens)`` on one
+    slot engine: a run joins the engine's queue at its join time, is admitted at the
+    start of the first step with a free slot (in join order) and ends with its last
+    token."""
     order = sorted(range(len(runs)), key=lambda i: runs[i][0])
-    ends = [0.0] * len(runs)
+    out = [(0.0, 0.0)] * len(runs)
+    admitted = [0.0] * len(runs)
     active: dict[int, list[int]] = {}  # run -> [cached tokens, tokens still to generate]
     t, k = 0.0, 0
     while k < len(order) or active:
@@ -32,6 +36,7 @@ def batched_ends(cost: CostModel, cfg: EngineConfig,
         while k < len(order) and runs[order[k]][0] <= t + 1e-9 and \
                 len(active) + len(joining) < cfg.n_parallel:
             joining.append(order[k])
+            admitted[order[k]] = t
             k += 1
         depth = (sum(a[0] for a in active.values()) // len(active)) if active else 0
         prompt = sum(runs[i][1] for i in joining)
@@ -42,11 +47,17 @@ def batched_ends(cost: CostModel, cfg: EngineConfig,
         for i in joining:
             active[i] = [runs[i][1], runs[i][2]]
         for i in [i for i, a in active.items() if a[1] <= 0]:
-            ends[i] = t
+            out[i] = (admitted[i], t)
             del active[i]
         if not active and not joining and k < len(order):
             t = max(t, runs[order[k]][0])
-    return ends
+    return out
+
+
+def batched_ends(cost: CostModel, cfg: EngineConfig,
+                 runs: list[tuple[float, int, int]]) -> list[float]:
+    """End of each run ``(start, prompt_tokens, output_tokens)`` on one slot engine."""
+    return [end for _admit, end in batched_times(cost, cfg, runs)]
 
 
 def retime_slot_runs(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:

@@ -46,6 +46,20 @@ def profile_paths(root: Path, model_key: str, device_slug: str, build_slug: str
     return base / f"{build_slug}.csv", base / f"{build_slug}.json"
 
 
+def set_aside(json_path: Path) -> list[Path]:
+    """Move a profile aside (its JSON, its measurement journal and its slot journal) so
+    that the next sweep measures afresh; returns where the files went."""
+    json_path = Path(json_path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for p in (json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".batch.csv")):
+        if p.is_file():
+            dest = p.with_name(f"{p.stem}.stale-{stamp}{p.suffix}.old")
+            p.replace(dest)
+            moved.append(dest)
+    return moved
+
+
 def make_row(kind: str, value: float, unit: str, *, setting: str, n_gpu_layers: int = 0,
              n_ctx: int = 0, context: int = 0, prompt_tokens: int = 0, threads: int = 0,
              repetition: int = 0, nbytes: int = 0, source: str = "measured") -> dict[str, Any]:

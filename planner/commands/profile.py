@@ -27,22 +27,27 @@ def _console():
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("profiles"), show_default=True, help="Profile store folder.")
 @click.option("--threads", type=int, default=0, help="llama.cpp threads (default: all CPUs).")
+@click.option("--fresh", is_flag=True,
+              help="Measure everything again: move the existing profile and its journals "
+                   "aside (*.stale-<time>.*.old) instead of resuming from them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @click.pass_context
 def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int,
-            no_progress: bool, as_json: bool) -> None:
+            fresh: bool, no_progress: bool, as_json: bool) -> None:
     """Measure a model on this machine's llama.cpp engines and fit cost functions.
 
     Without a subcommand, runs a sweep (decode vs context depth, prefill vs prompt
     length, cold and warm loads, unloads, KV save/restore, memory) and writes
     PROFILES/<model>/<device>/<build>.json plus the raw measurements (.csv).
-    An interrupted sweep keeps what it measured; running it again resumes.
+    An interrupted sweep keeps what it measured; running it again resumes. When the
+    machine has changed or drifted (`planner profile check`), use --fresh.
 
     \b
     Examples:
       planner profile --quick                      # SmolLM2, quick sweep
       planner profile --model my-model.gguf        # full sweep of a GGUF file
+      planner profile --model m.gguf --threads 1 --out profiles/local --fresh
       planner profile show profiles/smollm2-135m-instruct.q4-1/*/*.json -o plot.png
     """
     if ctx.invoked_subcommand is not None:
@@ -50,8 +55,8 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     from profiler.engine import EngineCrashed, EngineError
     from profiler.models import ModelSourceError, resolve_model
     from profiler.report import fits_table
-    from profiler.store import load_profile
-    from profiler.sweep import SweepConfig, run_sweep
+    from profiler.store import load_profile, set_aside
+    from profiler.sweep import Sweep, SweepConfig, run_sweep
 
     if threads < 0:
         raise click.BadParameter("must be >= 0", param_hint="--threads")
@@ -60,6 +65,9 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     except ModelSourceError as exc:
         raise click.ClickException(str(exc)) from None
     config = SweepConfig.quick(threads) if quick else SweepConfig.full(threads)
+    if fresh:
+        for moved in set_aside(Sweep(path, out, config).json_path):
+            click.echo(f"set aside: {moved}", err=True)
     try:
         result = run_sweep(path, out, config, show_progress=not no_progress)
     except KeyboardInterrupt:
