@@ -105,7 +105,8 @@ def run_one(name: str, seed: int, time_limit: float, workers: int) -> dict[str, 
     wall = time.perf_counter() - t0
     m = compute_metrics(inst, sched.actions)
     obj = objective_value(m, objective)
-    bound_kind = "pooled" if "bound: pooled" in info.notes else "per-request"
+    bound_kind = ("pooled" if "bound: pooled" in info.notes else
+                  "LP" if "bound: interval-indexed LP" in info.notes else "per-request")
     row: dict[str, Any] = {
         "workload": name, "seed": seed, "requests": len(inst.requests),
         "gpus": sum(len(h.gpus) for h in inst.cluster.hosts), "models": len(inst.models),

@@ -174,33 +174,47 @@ def test_makespan_and_tardiness_objectives() -> None:
 
 def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule]) -> float:
     """Best weighted mean response over request orders and one candidate engine per
-    request, simulated with both lanes: a load evicts least-recently-used engines
-    when GPU memory is short (unloads wait for their engine's last run), and may
-    overlap runs of other engines."""
+    request (on any GPU, or split over a host's GPUs: then on all their lanes), simulated
+    with both lanes of every GPU: a load evicts
+    least-recently-used engines of its GPU when its memory is short (unloads wait for
+    their engine's last run), and may overlap runs of other engines."""
     data = build_data(inst, cost, base, cpu_engines=False)
-    gpu = inst.cluster.hosts[0].gpus[0]
+    cap = {g.id: g.memory_bytes for h in inst.cluster.hosts for g in h.gpus}
     options = [[e.cfg for e in data.engines if e.cfg.model == r.model] for r in inst.requests]
     wsum = sum(q.weight for q in inst.requests)
     best = float("inf")
     for choice in itertools.product(*options):
         pick = {r.id: c for r, c in zip(inst.requests, choice, strict=True)}
         for order in itertools.permutations(inst.requests):
-            xfer = comp = total = 0.0
+            xfer = dict.fromkeys(cap, 0.0)
+            comp = dict.fromkeys(cap, 0.0)
+            total = 0.0
             resident: dict[EngineConfig, tuple[float, float]] = {}  # ready, last use
             for r in order:
                 cfg = pick[r.id]
+                devs = [x for x, _f in cfg.split] or [cfg.device]  # a split spans several
                 if cfg not in resident:
-                    while sum(cost.gpu_bytes(c) for c in resident) + cost.gpu_bytes(cfg) > \
-                            gpu.memory_bytes:
-                        victim = min(resident, key=lambda c: resident[c][1])
-                        xfer = max(xfer, resident[victim][1]) + cost.unload_s(victim)
-                        del resident[victim]
-                    xfer += cost.load_s(cfg)
-                    resident[cfg] = (xfer, xfer)
-                start = max(comp, r.arrival_s, resident[cfg][0])
-                comp = start + cost.run_s(cfg, r.prompt_tokens, 0, r.output_tokens)
-                resident[cfg] = (resident[cfg][0], comp)
-                total += r.weight * (comp - r.arrival_s)
+                    for d in devs:
+                        while sum(cost.gpu_shares(c).get(d, 0) for c in resident) + \
+                                cost.gpu_shares(cfg).get(d, 0) > cap[d]:
+                            victim = min((c for c in resident if cost.gpu_shares(c).get(d)),
+                                         key=lambda c: resident[c][1])
+                            vdevs = [x for x, _f in victim.split] or [victim.device]
+                            end = max(resident[victim][1], *(xfer[x] for x in vdevs)) + \
+                                cost.unload_s(victim)
+                            for x in vdevs:
+                                xfer[x] = end
+                            del resident[victim]
+                    end = max(xfer[x] for x in devs) + cost.load_s(cfg)
+                    for x in devs:
+                        xfer[x] = end
+                    resident[cfg] = (end, end)
+                start = max(r.arrival_s, resident[cfg][0], *(comp[x] for x in devs))
+                end = start + cost.run_s(cfg, r.prompt_tokens, 0, r.output_tokens)
+                for x in devs:
+                    comp[x] = end
+                resident[cfg] = (resident[cfg][0], end)
+                total += r.weight * (end - r.arrival_s)
             best = min(best, total / wsum)
     return best
 

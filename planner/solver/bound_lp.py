@@ -1,0 +1,133 @@
+"""Interval-indexed LP bound on weighted completion time (unrelated devices).
+
+Derivation in ``docs/solver.md`` ("The bound"). In short, every plan the SPEC allows
+maps to a feasible point of this LP with an objective no larger than its own
+``sum w_j C_j``:
+
+- ``x[j, i, t]``: the share of request ``j``'s work done on device class ``i``
+  (devices with identical speeds and load times, ``n_i`` of them) in slot ``t``
+  of a time grid; a share ``x`` takes at least ``x * p_ji`` seconds there.
+- capacity: ``sum_j x[j,i,t] p_ji <= n_i * len_t`` (one compute lane per device);
+- a request runs on one device at a time (its runs never overlap, SPEC rule 5):
+  ``sum_i x[j,i,t] p_ji <= len_t``;
+- nothing of ``j`` runs on ``i`` before ``r_ji = max(a_j, L_mi)`` (its arrival and
+  the least load time of its model there: engines start unloaded);
+- work after the request's window end ``E_j`` goes to ``tail[j]`` (no capacity
+  row: a relaxation), counted at ``E_j``;
+- mean busy time ``M_j >= sum x[j,i,t] start_t + tail[j] E_j``, and
+  ``C_j >= M_j + p_j / 2`` (rate at most ``1 / p_j``, ``p_j = min_i p_ji``), and
+  ``C_j >= `` the per-request bound.
+
+The value returned is a *dual* bound computed from the solver's duals (weak
+duality), so it is valid whatever the LP solver's tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
+
+VAR_BUDGET = 40_000  # slot length grows until the LP has about this many x variables
+MIN_SLOT_S = 0.25
+TIME_LIMIT_S = 10.0  # HiGHS; past it the other bounds stand alone
+
+
+@dataclass(frozen=True)
+class LPJob:
+    weight: float
+    p: float  # fastest run over all devices
+    per_request: float  # a lower bound on its completion time from elsewhere
+    times: tuple[float, ...]  # p_ji per device class (inf: cannot run there)
+    release: tuple[float, ...]  # r_ji per device class
+
+
+def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
+             horizon: float) -> float:
+    """A lower bound on ``sum_j w_j C_j`` (see the module docstring). ``capacity``: the
+    number of devices per class; option ``k`` of a job (``times[k]``, ``release[k]``)
+    occupies ``uses[k][i]`` devices of class ``i`` while it runs (an engine split over
+    several GPUs occupies each of them); ``horizon``: the end of every request's
+    window (any value is valid; later is tighter, and larger)."""
+    if not jobs:
+        return 0.0
+    n_cls = len(capacity)
+    rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
+           for j in jobs]
+    span = sum(max(0.0, horizon - r) * sum(1 for p in j.times if p < math.inf)
+               for j, r in zip(jobs, rel, strict=True))
+    dt = max(MIN_SLOT_S, span / VAR_BUDGET)
+    t0 = min(rel)
+    pts = {t0 + k * dt for k in range(math.ceil((horizon - t0) / dt) + 1)}
+    pts.update(r for j in jobs for r, p in zip(j.release, j.times, strict=True)
+               if p < math.inf and r < horizon)
+    grid = np.array(sorted(t for t in pts if t <= horizon + 1e-9))
+    starts, lens = grid[:-1], np.diff(grid)
+    n_slot = len(starts)
+
+    n_jobs = len(jobs)
+    n_cap = n_cls * n_slot
+    # rows: capacity (class, slot) | per job and slot | the M/C row of each job
+    job_row0 = n_cap
+    m_row0 = n_cap + n_jobs * n_slot
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    ub_parts: list[np.ndarray] = []
+    eq_parts: list[np.ndarray] = []
+    col = 0
+    for jn, job in enumerate(jobs):
+        for i, (p, r) in enumerate(zip(job.times, job.release, strict=True)):
+            if p == math.inf:
+                continue
+            ts = np.arange(int(np.searchsorted(starts, r - 1e-9)), n_slot)
+            k = len(ts)
+            ids = np.arange(col, col + k)
+            col += k
+            for ci, cnt in uses[i].items():
+                rows.append(ci * n_slot + ts)
+                cols.append(ids)
+                vals.append(np.full(k, p * cnt))
+            rows += [job_row0 + jn * n_slot + ts, np.full(k, m_row0 + jn)]
+            cols += [ids, ids]
+            vals += [np.full(k, p), starts[ts]]
+            ub_parts.append(np.minimum(1.0, lens[ts] / p))
+            eq_parts.append(np.full(k, jn))
+    n_x = col
+    tail = np.arange(n_x, n_x + n_jobs)  # tail[j], counted at the horizon
+    cj = np.arange(n_x + n_jobs, n_x + 2 * n_jobs)  # C_j
+    rows += [m_row0 + np.arange(n_jobs), m_row0 + np.arange(n_jobs)]
+    cols += [tail, cj]
+    vals += [np.full(n_jobs, horizon), np.full(n_jobs, -1.0)]
+    n = n_x + 2 * n_jobs
+    big = horizon + max(max(j.p, j.per_request) for j in jobs) + 1.0
+    weights = np.array([j.weight for j in jobs])
+    c = np.concatenate([np.zeros(n_x + n_jobs), weights])
+    lb = np.concatenate([np.zeros(n_x + n_jobs), [min(j.per_request, big) for j in jobs]])
+    ub = np.concatenate([*ub_parts, np.ones(n_jobs), np.full(n_jobs, big)])
+    bu = np.concatenate([(np.array(capacity, dtype=float)[:, None] * lens[None, :]).ravel(),
+                         np.tile(lens, n_jobs), [-j.p / 2 for j in jobs]])
+    a_ub = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(bu), n)).tocsr()
+    eq_rows = np.concatenate([*eq_parts, np.arange(n_jobs)])
+    a_eq = coo_matrix((np.ones(len(eq_rows)), (eq_rows, np.arange(n_x + n_jobs))),
+                      shape=(n_jobs, n)).tocsr()
+    b_eq = np.ones(n_jobs)
+    res = linprog(c, A_ub=a_ub, b_ub=bu, A_eq=a_eq, b_eq=b_eq,
+                  bounds=np.column_stack([lb, ub]), method="highs-ds",
+                  options={"time_limit": TIME_LIMIT_S})
+    if res.status != 0 or res.ineqlin is None or res.eqlin is None:
+        return 0.0
+    return dual_value(c, a_ub, bu, a_eq, b_eq, lb, ub,
+                      np.minimum(res.ineqlin.marginals, 0.0), res.eqlin.marginals)
+
+
+def dual_value(c: np.ndarray, a_ub: object, b_ub: np.ndarray, a_eq: object, b_eq: np.ndarray,
+               lb: np.ndarray, ub: np.ndarray, lam: np.ndarray, y: np.ndarray) -> float:
+    """Weak duality for ``min c x, A_ub x <= b_ub, A_eq x = b_eq, lb <= x <= ub`` (all
+    bounds finite): for any ``lam <= 0`` and any ``y`` the value is a lower bound."""
+    red = c - a_ub.T @ lam - a_eq.T @ y  # type: ignore[attr-defined]
+    return float(b_ub @ lam + b_eq @ y + np.where(red > 0, red * lb, red * ub).sum())
