@@ -45,7 +45,7 @@ import math
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import Device, EngineConfig, Instance, Request
-from planner.solver.bound_lp import LPJob, lp_bound
+from planner.solver.bound_lp import TIME_LIMIT_S, LPJob, lp_bound
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.data import ProblemData, split_config
 
@@ -181,21 +181,21 @@ _CACHE: list[tuple[Instance, CostModel, bool, str, tuple[float, str]]] = []
 
 
 def lower_bound(instance: Instance, cost: CostModel, data: ProblemData | None,
-                objective: str) -> tuple[float, str]:
+                objective: str, lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
     """(bound, the bound's name) for ``objective``; see the module docstring. The last
     few answers are kept (the pipeline asks more than once; the LP takes seconds)."""
     batched = data is not None and any(e.slots > 1 for e in data.engines)
     for inst, cm, b, obj, out in _CACHE:
         if inst is instance and cm is cost and b == batched and obj == objective:
             return out
-    out = _lower_bound(instance, cost, batched, objective)
+    out = _lower_bound(instance, cost, batched, objective, lp_time_s)
     _CACHE.append((instance, cost, batched, objective, out))
     del _CACHE[:-4]
     return out
 
 
 def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
-                 objective: str) -> tuple[float, str]:
+                 objective: str, lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
     p, pd, load = request_bounds(instance, cost)
     reqs = instance.requests
     devices = solver_devices(instance, True)
@@ -254,7 +254,7 @@ def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
     wsum = sum(r.weight for r in reqs)
     arr = sum(r.weight * r.arrival_s for r in reqs)
     simple = sum(r.weight * min_resp[r.id] for r in reqs) / wsum
-    lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp)
+    lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp, lp_time_s)
     best = max(((total - arr) / wsum, "pooled-machine queueing bound (preemptive WSPT on "
                 "the devices' pooled speed with release times, C_j >= M_j + p_j/2)"),
                ((per_model - arr) / wsum, "pooled-machine queueing bound per model (summed "
@@ -268,7 +268,7 @@ def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
 def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: list[Device],
                      p: dict[str, float], pd: dict[str, dict[str, float]],
                      load: dict[tuple[str, str], float], release: dict[str, float],
-                     min_resp: dict[str, float]) -> float:
+                     min_resp: dict[str, float], time_limit_s: float = TIME_LIMIT_S) -> float:
     """``sum w_j C_j`` bound of :func:`planner.solver.bound_lp.lp_bound`: devices with the
     same run and load times form one class."""
     models = sorted({r.model for r in reqs})
@@ -294,7 +294,7 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
         return 0.0
     n_gpu = max(1, sum(1 for d in devices if d.kind == "gpu"))
     horizon = max(release.values()) + sum(p.values()) / n_gpu
-    return lp_bound(jobs, [len(ids) for ids in classes.values()], uses, horizon)
+    return lp_bound(jobs, [len(ids) for ids in classes.values()], uses, horizon, time_limit_s)
 
 
 def gap_of(obj: float, bound: float, objective: str) -> float:

@@ -46,7 +46,7 @@ class LPJob:
 
 
 def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
-             horizon: float) -> float:
+             horizon: float, time_limit_s: float = TIME_LIMIT_S) -> float:
     """A lower bound on ``sum_j w_j C_j`` (see the module docstring). ``capacity``: the
     number of devices per class; option ``k`` of a job (``times[k]``, ``release[k]``)
     occupies ``uses[k][i]`` devices of class ``i`` while it runs (an engine split over
@@ -118,7 +118,7 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     b_eq = np.ones(n_jobs)
     res = linprog(c, A_ub=a_ub, b_ub=bu, A_eq=a_eq, b_eq=b_eq,
                   bounds=np.column_stack([lb, ub]), method="highs-ds",
-                  options={"time_limit": TIME_LIMIT_S})
+                  options={"time_limit": max(0.1, time_limit_s)})
     if res.status != 0 or res.ineqlin is None or res.eqlin is None:
         return 0.0
     return dual_value(c, a_ub, bu, a_eq, b_eq, lb, ub,

@@ -29,6 +29,7 @@ from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
 from planner.metrics import completions, compute_metrics, objective_key, objective_value
 from planner.solver.bound import gap_of, lower_bound
+from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.data import (
     TICKS_PER_S,
     InfeasibleInstance,
@@ -200,6 +201,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     except InfeasibleInstance as exc:
         raise _error(f"{instance.name}: {exc}") from None
 
+    # the bound first, inside the time limit (its LP gets at most a sixth of it); later
+    # calls with the same data are answered from the bound's cache
+    lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, limit / 6))
     base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
     best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
                     default=None)
