@@ -242,6 +242,16 @@ def load_instance(path: str | Path) -> Instance:
     return replace(instance, path=str(Path(path).resolve()))
 
 
+def _read_umask() -> int:
+    """The process umask (read once, at import, before any writer thread exists)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Have ``write`` fill a temporary file beside ``path``, then rename it into place.
 
@@ -254,6 +264,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        # (the old file's, or 0666 less the umask)
+        os.chmod(tmp, p.stat().st_mode & 0o7777 if p.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

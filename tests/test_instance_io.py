@@ -112,3 +112,22 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
         write_json_atomic(target, {"a": Boom()})
     assert json.loads(target.read_text()) == {"a": 1}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
+
+
+def test_atomic_write_gives_the_mode_open_would(tmp_path: Path) -> None:
+    """A new file gets 0666 less the umask (not mkstemp's private 0600); a replaced file
+    keeps its mode."""
+    import os
+    import stat
+
+    from planner.io import write_json_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    new = write_json_atomic(tmp_path / "new.json", {"a": 1})
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    old.chmod(0o640)
+    write_json_atomic(old, {"b": 2})
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640
