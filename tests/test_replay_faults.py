@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import planner.executor
+import planner.executor.replay
 from planner.domain import Schedule
 from planner.executor import Replay, lane_dependencies, plan_order
 from tests.test_checker import E1, E2, valid_actions
@@ -63,7 +63,7 @@ def test_failure_marks_its_dependents_and_frees_the_lane(tmp_path: Path) -> None
 
 def test_refused_report_writes_keep_the_replay_going(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real = planner.executor.write_json_atomic
+    real = planner.executor.replay.write_json_atomic
     calls = {"n": 0}
 
     def flaky(path: Path, data: Any) -> Path:
@@ -72,7 +72,7 @@ def test_refused_report_writes_keep_the_replay_going(tmp_path: Path,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(planner.executor, "write_json_atomic", flaky)
+    monkeypatch.setattr(planner.executor.replay, "write_json_atomic", flaky)
     out = tmp_path / "report.json"
     r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
                {"llama3-8b": Path("x"), "qwen14b": Path("y")}, out, engine_factory=FakeEngine)
@@ -89,7 +89,7 @@ def test_report_write_refused_to_the_end(tmp_path: Path,
     def refuse(path: Path, data: Any) -> Path:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(planner.executor, "write_json_atomic", refuse)
+    monkeypatch.setattr(planner.executor.replay, "write_json_atomic", refuse)
     r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
                {"llama3-8b": Path("x"), "qwen14b": Path("y")}, tmp_path / "r.json",
                engine_factory=FakeEngine)

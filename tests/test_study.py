@@ -16,7 +16,6 @@ from planner.io import InputError, parse_instance
 from planner.study import (
     Prices,
     StudySpec,
-    _cost_model,
     apply_load,
     cheapest_meeting,
     load_prices,
@@ -26,6 +25,7 @@ from planner.study import (
     parse_target,
     run_study,
 )
+from planner.study.solve import _cost_model
 from tests.conftest import ROOT, tiny_dict
 
 TINY = ROOT / "instances" / "tiny.json"

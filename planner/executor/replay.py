@@ -1,28 +1,4 @@
-"""Replay a plan on this machine's real llama.cpp engines and measure every action.
-
-Actions are dispatched as soon as what they depend on is done, not at their
-predicted times (``realtime=True`` also waits for those):
-
-- the previous action in the same lane of the same device (plan order),
-- the previous action on the same engine (so one engine is never driven by two
-  actions at once, and residency follows the plan),
-- the previous action of the same request (runs, KV save and restore in order),
-- for a run, the request's arrival on the replay clock.
-
-Each engine lives in its own worker process (``profiler.engine.Engine``), all
-started before the replay clock begins, so a crash ends one engine, not the
-replay: the failed action is reported with its error, everything that depends
-on it is marked ``not_run``, and the rest goes on. The report (SPEC section 3)
-is rewritten atomically after every action, so an interrupted replay keeps
-what it measured; Ctrl-C stops dispatching, lets running actions finish or
-fail, and writes the report so far.
-
-Saved states are files in ``/dev/shm`` (``llama_state_seq_save_file``, as
-llama-server's ``--slot-save-path``), held until their restore ends. Before a
-``load`` or a ``kv_save`` starts, :mod:`planner.memguard` refuses it (the
-action fails with a one-line reason, its dependents are not run) when what it
-will hold plus what the host holds now would pass the host's memory budget.
-"""
+"""The replay: dispatch a plan's actions on engine workers as their dependencies allow."""
 
 from __future__ import annotations
 
@@ -32,47 +8,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from planner.checker import memory_peaks
-from planner.domain import REPORT_FORMAT, Action, Instance, Schedule
+from planner.domain import REPORT_FORMAT, Instance, Schedule
 from planner.errors import ExecuteError
+from planner.executor.deps import dependencies, lane_dependencies, plan_order
+from planner.executor.memory import MemorySampler
+from planner.executor.report import ActionRecord, engine_options, measured_report
 from planner.io import write_json_atomic
 from planner.memguard import Holding, MemoryGuard, MemoryRefused
-from planner.metrics import compute_metrics
-
-
-@dataclass
-class ActionRecord:
-    index: int
-    action: Action
-    deps: set[int]
-    status: str = "pending"  # pending | running | done | failed | not_run
-    #: of ``deps``, those it waits for only because they share its lane: their failure
-    #: frees the lane and does not stop this action (another engine's, say)
-    lane_deps: set[int] = field(default_factory=set)
-    measured_start_s: float | None = None
-    measured_end_s: float | None = None
-    error: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        d = self.action.to_json()
-        d.update(index=self.index, status=self.status,
-                 measured_start_s=_r(self.measured_start_s),
-                 measured_end_s=_r(self.measured_end_s))
-        if self.error:
-            d["error"] = self.error
-        d.update(self.detail)
-        return d
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
 
 
 def _read_through(path: Path) -> None:
@@ -82,121 +27,6 @@ def _read_through(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
-
-
-def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                        ) -> list[tuple[set[int], set[int]]]:
-    """For each action (in plan order), (what it waits for through its lane, what it
-    waits for through its engine or its request); see :func:`dependencies`."""
-    slots = slots or {}
-    base: dict[object, set[int]] = {}  # lane or engine -> what the next action waits for
-    group: dict[object, list[int]] = {}  # lane or engine -> slot runs since then
-    group_engine: dict[object, str] = {}  # whose slot runs the group holds
-    last_request: dict[str, int] = {}
-    out: list[tuple[set[int], set[int]]] = []
-    for i, a in enumerate(actions):
-        lane: set[int] = set()
-        hard: set[int] = set()
-        slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
-        for key, d in (((a.device, a.lane), lane), (("engine", a.engine), hard)):
-            members = group.get(key, [])
-            if slot_run and (not members or group_engine[key] == a.engine):
-                # runs of one slot engine decode together: they wait only for what
-                # came before the group
-                d.update(base.get(key, ()))
-                group.setdefault(key, []).append(i)
-                group_engine[key] = a.engine
-            elif slot_run:  # another engine's slot runs: after all of the group's
-                d.update(members)
-                base[key] = set(members)
-                group[key] = [i]
-                group_engine[key] = a.engine
-            else:
-                d.update(base.get(key, ()))
-                d.update(group.pop(key, []))
-                base[key] = {i}
-        if a.request is not None and a.request in last_request:
-            hard.add(last_request[a.request])
-        out.append((lane, hard))
-        if a.request is not None:
-            last_request[a.request] = i
-    return out
-
-
-def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                      ) -> list[set[int]]:
-    """For each action, the dependencies it has only through its lane (not through its
-    engine or its request)."""
-    return [lane - hard for lane, hard in _split_dependencies(actions, slots)]
-
-
-def dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                 ) -> list[set[int]]:
-    """For each action (in plan order), the indices of the actions it must wait for.
-
-    Runs of an engine with several slots (``slots``: engine -> n_parallel) wait only
-    for what came before them in their lane and engine other than each other (the
-    engine's slot driver lets at most n_parallel decode at once); the next other
-    action waits for all of them.
-    """
-    return [lane | hard for lane, hard in _split_dependencies(actions, slots)]
-
-
-def plan_order(schedule: Schedule) -> list[Action]:
-    return sorted(schedule.actions,
-                  key=lambda a: (a.start_s, a.end_s, 0 if a.kind == "unload" else 1))
-
-
-def relative_errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
-    """Median, 90th percentile and maximum of |measured - predicted| / measured."""
-    errs = [abs(m - p) / m for p, m in pairs if m > 0]
-    if not errs:
-        return {"n": 0, "median": None, "p90": None, "max": None}
-    return {"n": len(errs), "median": round(float(np.median(errs)), 4),
-            "p90": round(float(np.percentile(errs, 90)), 4), "max": round(float(max(errs)), 4)}
-
-
-class MemorySampler(threading.Thread):
-    """Samples the resident memory of the engine workers (and saved states) every 50 ms.
-
-    A worker without a model loaded counts only what it holds above its idle
-    footprint (the Python interpreter and llama.cpp library), since a
-    deployment would not keep such a process around; a loaded one counts whole,
-    as the profiles' ``host_bytes`` do.
-    """
-
-    def __init__(self, pids: Callable[[], list[tuple[int, int]]],
-                 extra: Callable[[], int], gpu: bool = False) -> None:
-        super().__init__(daemon=True)
-        self.gpu = gpu  # also sample NVML per-process GPU memory (all local GPUs together)
-        self.pids = pids
-        self.extra = extra
-        self.peak_host = 0
-        self.peak_gpu: int | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        while not self._halt.is_set():
-            total = 0
-            for pid, baseline in self.pids():
-                try:
-                    total += max(0, psutil.Process(pid).memory_info().rss - baseline)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self.peak_host = max(self.peak_host, total + self.extra())
-            if self.gpu:
-                from profiler.engine import gpu_bytes_of
-
-                used = [gpu_bytes_of(pid) for pid, _ in self.pids()]
-                if any(u is not None for u in used):
-                    self.peak_gpu = max(self.peak_gpu or 0, sum(u or 0 for u in used))
-            self._halt.wait(0.05)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(2)
 
 
 class Replay:
@@ -483,60 +313,6 @@ class Replay:
 
     # --- report ------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        recs = self.records
-        predicted_completion: dict[str, float] = {}
-        measured_completion: dict[str, float] = {}
-        request_ok: dict[str, bool] = {}
-        for r in recs:
-            a = r.action
-            if a.kind != "run" or a.request is None:
-                continue
-            predicted_completion[a.request] = max(predicted_completion.get(a.request, 0.0),
-                                                  a.end_s)
-            request_ok[a.request] = request_ok.get(a.request, True) and r.status == "done"
-            if r.measured_end_s is not None and r.status == "done":
-                measured_completion[a.request] = max(measured_completion.get(a.request, 0.0),
-                                                     r.measured_end_s)
-        measured_done = {k: v for k, v in measured_completion.items() if request_ok.get(k)}
-        arrival = {q.id: q.arrival_s for q in self.inst.requests}
-
-        def response(t: float | None, q: str) -> float | None:
-            return None if t is None else _r(t - arrival[q])
-
-        requests = [{"id": q.id, "predicted_completion_s": _r(predicted_completion.get(q.id)),
-                     "measured_completion_s": _r(measured_done.get(q.id)),
-                     "predicted_response_s": response(predicted_completion.get(q.id), q.id),
-                     "measured_response_s": response(measured_done.get(q.id), q.id),
-                     "status": "done" if request_ok.get(q.id) else "not_done"}
-                    for q in self.inst.requests]
-        # response time (completion minus arrival) first: it is what users feel
-        summary: dict[str, Any] = {"response": relative_errors(
-            [(predicted_completion[k] - arrival[k], v - arrival[k])
-             for k, v in measured_done.items()])}
-        for kind in ("load", "unload", "run", "kv_save", "kv_restore"):
-            pairs = [(r.action.end_s - r.action.start_s,
-                      (r.measured_end_s or 0) - (r.measured_start_s or 0))
-                     for r in recs if r.action.kind == kind and r.status == "done"]
-            summary[kind] = relative_errors(pairs)
-        summary["completion"] = relative_errors(
-            [(predicted_completion[k], v) for k, v in measured_done.items()])
-        peaks = memory_peaks(self.inst, self.schedule)
-        devices = []
-        for dev_id, p in sorted(peaks.items()):
-            entry: dict[str, Any] = {"id": dev_id, "predicted_peak_gpu_bytes": p.get("gpu_bytes"),
-                                     "predicted_peak_host_bytes": p.get("host_bytes")}
-            if "host_bytes" in p and self.sampler is not None:
-                entry["measured_peak_host_bytes"] = self.sampler.peak_host
-            if "gpu_bytes" in p and self.sampler is not None:
-                # NVML per process, summed over this machine's GPUs (one GPU replays one device)
-                entry["measured_peak_gpu_bytes"] = self.sampler.peak_gpu
-            devices.append(entry)
-        hosts = {h.id: h.memory_bytes for h in self.inst.cluster.hosts}
-        for entry in devices:
-            if entry["id"] in hosts:
-                entry["budget_host_bytes"] = hosts[entry["id"]]
-        measured = compute_metrics(self.inst, self.schedule.actions, measured_done).to_json() \
-            if measured_done else None
         return {
             "format": REPORT_FORMAT,
             "plan": self.plan_path,
@@ -547,27 +323,9 @@ class Replay:
             "warnings": self.warnings,
             "memory_refusals": list(self.guard.refusals),
             "profiles_here": self.machine,
-            "engines": self._engine_options(),
-            "actions": [r.to_json() for r in recs],
-            "requests": requests,
-            "devices": devices,
-            "summary": summary,
-            "metrics": {"predicted": compute_metrics(self.inst, self.schedule.actions).to_json(),
-                        "measured": measured},
+            "engines": engine_options(self.schedule, self.engines),
+            **measured_report(self.inst, self.schedule, self.records, self.sampler),
         }
-
-    def _engine_options(self) -> list[dict[str, Any]]:
-        """Per engine: the llama.cpp extra-buffer-types setting the plan recorded, the one
-        the replay used (this machine's rule or PLANNER_EXTRA_BUFTS) and any crash fallback."""
-        out = []
-        for e in self.schedule.engines:
-            opts = getattr(self.engines.get(e.id), "options", None)
-            entry: dict[str, Any] = {"id": e.id, "model": e.model, "planned_extra_bufts":
-                                     e.extra_bufts}
-            if isinstance(opts, dict):
-                entry.update(opts)
-            out.append(entry)
-        return out
 
     def write(self) -> None:
         """Rewrite the report atomically. A write the disk refuses (full, read-only,

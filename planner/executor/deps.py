@@ -1,0 +1,68 @@
+"""Dependencies: which earlier actions of the plan each action waits for, and plan order."""
+
+from __future__ import annotations
+
+from planner.domain import Action, Schedule
+
+
+def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                        ) -> list[tuple[set[int], set[int]]]:
+    """For each action (in plan order), (what it waits for through its lane, what it
+    waits for through its engine or its request); see :func:`dependencies`."""
+    slots = slots or {}
+    base: dict[object, set[int]] = {}  # lane or engine -> what the next action waits for
+    group: dict[object, list[int]] = {}  # lane or engine -> slot runs since then
+    group_engine: dict[object, str] = {}  # whose slot runs the group holds
+    last_request: dict[str, int] = {}
+    out: list[tuple[set[int], set[int]]] = []
+    for i, a in enumerate(actions):
+        lane: set[int] = set()
+        hard: set[int] = set()
+        slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
+        for key, d in (((a.device, a.lane), lane), (("engine", a.engine), hard)):
+            members = group.get(key, [])
+            if slot_run and (not members or group_engine[key] == a.engine):
+                # runs of one slot engine decode together: they wait only for what
+                # came before the group
+                d.update(base.get(key, ()))
+                group.setdefault(key, []).append(i)
+                group_engine[key] = a.engine
+            elif slot_run:  # another engine's slot runs: after all of the group's
+                d.update(members)
+                base[key] = set(members)
+                group[key] = [i]
+                group_engine[key] = a.engine
+            else:
+                d.update(base.get(key, ()))
+                d.update(group.pop(key, []))
+                base[key] = {i}
+        if a.request is not None and a.request in last_request:
+            hard.add(last_request[a.request])
+        out.append((lane, hard))
+        if a.request is not None:
+            last_request[a.request] = i
+    return out
+
+
+def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                      ) -> list[set[int]]:
+    """For each action, the dependencies it has only through its lane (not through its
+    engine or its request)."""
+    return [lane - hard for lane, hard in _split_dependencies(actions, slots)]
+
+
+def dependencies(actions: list[Action], slots: dict[str, int] | None = None
+                 ) -> list[set[int]]:
+    """For each action (in plan order), the indices of the actions it must wait for.
+
+    Runs of an engine with several slots (``slots``: engine -> n_parallel) wait only
+    for what came before them in their lane and engine other than each other (the
+    engine's slot driver lets at most n_parallel decode at once); the next other
+    action waits for all of them.
+    """
+    return [lane | hard for lane, hard in _split_dependencies(actions, slots)]
+
+
+def plan_order(schedule: Schedule) -> list[Action]:
+    return sorted(schedule.actions,
+                  key=lambda a: (a.start_s, a.end_s, 0 if a.kind == "unload" else 1))
