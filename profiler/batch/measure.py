@@ -26,6 +26,9 @@ class BatchConfig:
     depths: tuple[int, ...] = (32, 256)  #: cached tokens per sequence
     prompts: tuple[int, ...] = (16, 64)  #: prompt joining while others decode
     block: int = 8  #: decode steps per measurement
+    #: single steps with a joining prompt per measurement (their median): one step alone
+    #: is at the mercy of a noisy machine
+    prompt_steps: int = 3
     reps: int = 3  #: repetitions per setting
     n_batch: int = 512
 
@@ -102,13 +105,17 @@ def measure_batch(eng: BatchEngine, model_path: Path, cfg: BatchConfig, *, threa
                         attn = statistics.fmean(st.attn_cells for st in r.steps)
                         outputs, btoks = k, k
                     else:
-                        eng.batch_add(cfg.n_parallel - 1, _shifted(tokens, 99, p), 1)
-                        r = eng.batch_step(max_steps=1)
-                        eng.batch_remove(cfg.n_parallel - 1)
-                        st = r.steps[0]
-                        value, attn, outputs, btoks = (
-                            st.seconds, st.attn_cells, st.n_outputs,
-                            st.decode_tokens + st.prompt_tokens)
+                        joined = []
+                        for _ in range(max(1, cfg.prompt_steps)):
+                            for s in range(present):
+                                eng.batch_truncate(s, depth, -1)
+                            eng.batch_add(cfg.n_parallel - 1, _shifted(tokens, 99, p), 1)
+                            joined.append(eng.batch_step(max_steps=1).steps[0])
+                            eng.batch_remove(cfg.n_parallel - 1)
+                        st = joined[0]
+                        value = statistics.median(j.seconds for j in joined)
+                        attn, outputs, btoks = (st.attn_cells, st.n_outputs,
+                                                st.decode_tokens + st.prompt_tokens)
                     rep = counts.get(s_key, 0)
                     counts[s_key] = rep + 1
                     write({"kind": BATCH_QUANTITY, "setting": s_key,
@@ -235,11 +242,13 @@ def add_batch_profile(model_path: Path, csv_path: Path, json_path: Path, cfg: Ba
         "file": journal.name, "method": (
             "one llama.cpp context with n_seq_max = n_parallel slots, a unified KV cache "
             f"(n_ctx per slot {cfg.n_ctx}); value = seconds of one llama_decode (inside the "
-            f"worker) averaged over {cfg.block} steps for decode settings, a single step for "
-            "a prompt joining the decoding sequences; the cache is rewound between "
+            f"worker), the median of {cfg.block} steps for decode settings and of "
+            f"{cfg.prompt_steps} single steps for a prompt joining the decoding sequences; "
+            "the cache is rewound between steps with a joining prompt and between "
             "repetitions"),
         "settings": {"actives": list(cfg.actives), "depths": list(cfg.depths),
-                     "prompts": list(cfg.prompts), "block": cfg.block, "reps": cfg.reps,
+                     "prompts": list(cfg.prompts), "block": cfg.block,
+                     "prompt_steps": cfg.prompt_steps, "reps": cfg.reps,
                      "n_parallel": cfg.n_parallel, "n_ctx_per_slot": cfg.n_ctx},
         "columns": list(BATCH_COLUMNS),
         "rows": [[r.get(c) for c in BATCH_COLUMNS] for r in rows]}
