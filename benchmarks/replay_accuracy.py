@@ -83,6 +83,9 @@ def row(name: str, rep: dict[str, Any]) -> dict[str, Any]:
     return {
         "instance": name, "requests": len(rep["requests"]), "status": rep["status"],
         "profiles_match": all(p.get("matches") for p in prof) if prof else None,
+        # how unsteady the machine was at the check before the replay (decode probe
+        # repetitions a fraction of a second apart: (max - min) / median, worst model)
+        "probe_spread": max((p.get("decode_spread") or 0.0 for p in prof), default=None),
         "response": s["response"], "completion": s["completion"],
         **{k: s[k] for k in KINDS},
         "peak_host_mib": {"predicted": dev["predicted_peak_host_bytes"] / 2**20,
@@ -93,15 +96,16 @@ def row(name: str, rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| instance | requests | profiles match here | response median / p90 / max | "
+    out = ["| instance | requests | profiles match here | probe spread | "
+           "response median / p90 / max | "
            "run median / p90 | load median / p90 | kv_save / kv_restore median | "
            "peak host MiB predicted / measured / budget |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["peak_host_mib"]
         match = {True: "yes", False: "no", None: "-"}[r["profiles_match"]]
         out.append(
-            f"| {r['instance']} | {r['requests']} | {match} | "
+            f"| {r['instance']} | {r['requests']} | {match} | {pct(r['probe_spread'])} | "
             f"{pct(r['response']['median'])} / {pct(r['response']['p90'])} / "
             f"{pct(r['response']['max'])} | {pct(r['run']['median'])} / {pct(r['run']['p90'])} | "
             f"{pct(r['load']['median'])} / {pct(r['load']['p90'])} | "

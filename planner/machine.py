@@ -26,6 +26,7 @@ from profiler.fingerprint import (
     compare,
     decode_probe,
     fingerprint,
+    spread,
 )
 from profiler.store import Profile
 
@@ -50,6 +51,9 @@ class ProfileCheck:
     decode_predicted_s: float | None = None
     decode_measured_s: float | None = None
     note: str = ""
+    #: (max - min) / median of the decode probe's repetitions here: how much the
+    #: machine's speed moves within a second (noise no profile can predict)
+    decode_spread: float | None = None
 
     @property
     def matches(self) -> bool:
@@ -60,7 +64,8 @@ class ProfileCheck:
                 "matches": self.matches, "distance": self.distance.to_json(),
                 "description": self.distance.describe(),
                 "decode_predicted_s": self.decode_predicted_s,
-                "decode_measured_s": self.decode_measured_s, "note": self.note}
+                "decode_measured_s": self.decode_measured_s, "note": self.note,
+                "decode_spread": self.decode_spread}
 
 
 def used_profiles(instance: Instance) -> dict[Path, tuple[Profile, list[str]]]:
@@ -109,6 +114,7 @@ def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
             pred = _predicted_probe_s(prof)
             meas = None
             note = ""
+            reps: list[float] = []
             gguf = next((paths[m] for m in models if paths.get(m)), None)
             if not decode:
                 note = "decode probe not run"
@@ -124,10 +130,10 @@ def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
                 if t not in engines:
                     engines[t] = Engine(threads=t)
                 ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
-                meas = decode_probe(engines[t], gguf, ngl)
+                meas = decode_probe(engines[t], gguf, ngl, reps=reps)
             dist = compare(prof.doc.get("fingerprint"), here,
                            (pred, meas) if pred and meas else None)
-            out.append(ProfileCheck(models, path, t, dist, pred, meas, note))
+            out.append(ProfileCheck(models, path, t, dist, pred, meas, note, spread(reps)))
     finally:
         for eng in engines.values():
             eng.close()
@@ -219,4 +225,12 @@ def profile_warnings(instance: Instance, summary: list[dict[str, Any]] | None = 
         if s["threads"] not in hosts:
             out.append(f"{what} was measured with {s['threads']} llama.cpp threads; the "
                        f"instance's hosts use {', '.join(map(str, sorted(hosts)))}")
+    noisy = [s for s in summary if (s.get("decode_spread") or 0) > DRIFT_LIMIT]
+    if noisy:
+        worst = max(noisy, key=lambda s: s["decode_spread"])
+        out.append(f"this machine's speed is unsteady: repetitions of the decode probe a "
+                   f"fraction of a second apart differ by up to "
+                   f"{100 * worst['decode_spread']:.0f}% ({', '.join(worst['models'])}); "
+                   "other load on the machine (or its VM host) moves every measured time, "
+                   "so predictions cannot be closer than that until it is quiet")
     return out

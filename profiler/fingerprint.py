@@ -143,11 +143,12 @@ def fingerprint(threads: int, probe: bool = True) -> dict[str, Any]:
 
 
 def decode_probe(engine: Any, model_path: str | Path, n_gpu_layers: int = 0,
-                 n_ctx: int = 256) -> float:
+                 n_ctx: int = 256, reps: list[float] | None = None) -> float:
     """Seconds per token of a greedy decode block after a short prompt (median of reps).
 
     ``engine`` is a :class:`profiler.engine.Engine`; the model is loaded, probed and
     unloaded. The same procedure runs when a profile is made and when it is checked.
+    ``reps`` (if given) receives every repetition's seconds per token.
     """
     import statistics
 
@@ -160,6 +161,8 @@ def decode_probe(engine: Any, model_path: str | Path, n_gpu_layers: int = 0,
         for _ in range(PROBE_REPS):
             engine.truncate(PROBE_PROMPT)
             per.append(engine.decode(PROBE_TOKENS).seconds / PROBE_TOKENS)
+        if reps is not None:
+            reps.extend(per)
         return float(statistics.median(per))
     finally:
         engine.unload()
@@ -248,3 +251,14 @@ def compare(there: dict[str, Any] | None, here: dict[str, Any],
     if decode is not None and decode[0] > 0 and decode[1] > 0:
         d.drift["decode"] = decode[0] / decode[1] - 1
     return d
+
+
+def spread(values: list[float]) -> float | None:
+    """How far repetitions a second apart disagree: (max - min) / median, or None
+    with fewer than two."""
+    import statistics
+
+    if len(values) < 2:
+        return None
+    mid = statistics.median(values)
+    return (max(values) - min(values)) / mid if mid > 0 else None

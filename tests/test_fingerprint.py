@@ -99,3 +99,27 @@ def test_profile_check_cli_on_a_fresh_profile(tmp_path: Path) -> None:
     assert c["decode_measured_s"] > 0 and "decode" in c["distance"]["drift"]
     # exit code 0 when it matches (within 10%), 1 otherwise: consistent with the JSON
     assert out.exit_code == (0 if c["matches"] else 1)
+    assert c["decode_spread"] is not None and c["decode_spread"] >= 0  # repetitions here
+
+
+def test_an_unsteady_machine_is_told() -> None:
+    """The decode probe's repetitions disagreeing by more than the drift limit (a noisy
+    machine or VM host) gets one warning, naming the worst model; a steady one none."""
+    from planner.machine import profile_warnings
+    from profiler.fingerprint import spread
+    from tests.test_checker import instance
+
+    assert spread([0.010]) is None
+    assert spread([0.008, 0.010, 0.013]) == pytest.approx(0.5)
+    d = compare(HERE, HERE, (0.01, 0.01)).to_json()
+
+    inst = instance()
+    threads = inst.cluster.hosts[0].threads
+
+    def check(models: list[str], noise: float | None) -> dict[str, Any]:
+        return {"profile": "p.json", "models": models, "threads": threads, "distance": d,
+                "description": "same machine", "decode_spread": noise}
+    steady = profile_warnings(inst, [check(["a"], 0.04), check(["b"], None)])
+    assert steady == []
+    noisy = profile_warnings(inst, [check(["a"], 0.04), check(["b"], 0.31)])
+    assert len(noisy) == 1 and "unsteady" in noisy[0] and "31%" in noisy[0] and "(b)" in noisy[0]

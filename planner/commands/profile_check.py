@@ -20,9 +20,11 @@ def profile_check(instance: Path, no_decode: bool, as_json: bool) -> None:
     threads, memory, machine id, llama.cpp build and backend, GPUs), and how far
     a memory-bandwidth probe and a llama.cpp decode probe on the profile's own
     model are from it. A drift beyond 10% means re-profiling (the command says
-    how). `planner solve` and `planner execute` reuse this check (same boot,
-    profile unchanged) for their warnings. Exit code 1 when a profile does not
-    match.
+    how). The probe spread is how much the decode probe's repetitions, a fraction
+    of a second apart, disagree: above 10% the machine is too unsteady for any
+    prediction to hold that closely (other load on it or on its VM host).
+    `planner solve` and `planner execute` reuse this check (same boot, profile
+    unchanged) for their warnings. Exit code 1 when a profile does not match.
 
     \b
     Examples:
@@ -47,7 +49,7 @@ def profile_check(instance: Path, no_decode: bool, as_json: bool) -> None:
         con = Console()
         table = Table(title=f"profiles of {inst.name} against this machine")
         for col in ("profile", "models", "machine", "decode predicted / here", "drift",
-                    "matches"):
+                    "probe spread", "matches"):
             table.add_column(col)
         for c in checks:
             d = c.distance
@@ -56,7 +58,8 @@ def profile_check(instance: Path, no_decode: bool, as_json: bool) -> None:
             dec = (f"{1e3 * c.decode_predicted_s:.2f} / {1e3 * c.decode_measured_s:.2f} ms"
                    if c.decode_predicted_s and c.decode_measured_s else c.note or "-")
             drift = ", ".join(f"{k} {100 * v:+.1f}%" for k, v in sorted(d.drift.items())) or "-"
-            table.add_row(str(c.path), ", ".join(c.models), machine, dec, drift,
+            noise = "-" if c.decode_spread is None else f"{100 * c.decode_spread:.0f}%"
+            table.add_row(str(c.path), ", ".join(c.models), machine, dec, drift, noise,
                           "[green]yes[/]" if c.matches else "[red]no[/]")
         con.print(table)
         for w in profile_warnings(inst, summary):
