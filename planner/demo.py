@@ -51,7 +51,7 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
     from profiler.engine import Engine
     from profiler.fingerprint import compare, decode_probe, fingerprint
     from profiler.store import ProfileError, load_profile, set_aside
-    from profiler.sweep import Sweep, SweepConfig, run_sweep
+    from profiler.sweep import PROFILER_REVISION, Sweep, SweepConfig, run_sweep
 
     here = fingerprint(threads)
     with Engine(threads=threads) as eng:
@@ -69,11 +69,15 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                     measured = decode_probe(eng, p)
                     dist = compare(prof.doc.get("fingerprint"), here,
                                    (predicted_probe_s(prof), measured))
-                    if dist.matches and prof.has("busy_load_s"):
+                    current = prof.has("busy_load_s") and int(
+                        prof.doc.get("profiler_revision", 1)) >= PROFILER_REVISION
+                    if dist.matches and current:
                         say(f"{target}: matches this machine ({dist.describe()}); reused")
                         continue
                     reason = (dist.describe() if not dist.matches else
-                              "made by an older profiler (no busy-load fit)")
+                              "made by an older profiler (revision "
+                              f"{prof.doc.get('profiler_revision', 1)}, now "
+                              f"{PROFILER_REVISION})")
                 say(f"{target}: does not hold here ({reason}); re-profiling this machine")
                 set_aside(target)  # JSON, journal and slot journal
             else:

@@ -244,7 +244,9 @@ class _Worker:
         llm = self._need()
         t0 = time.perf_counter()
         llm.reset()
-        llm._ctx.kv_cache_clear()
+        # drop the sequence's cells only, as llama-server's slot restore does: clearing
+        # the whole cache also zeroes its buffer, a cost that grows with n_ctx, not the state
+        llm._ctx.kv_cache_seq_rm(0, -1, -1)
         cap = int(llm.n_ctx())
         toks = (self.llama_cpp.llama_token * cap)()
         n_out = ctypes.c_size_t(0)
@@ -275,7 +277,7 @@ class _Worker:
             raise EngineError(f"state of {len(tokens)} tokens exceeds n_ctx {llm.n_ctx()}")
         t0 = time.perf_counter()
         llm.reset()
-        llm._ctx.kv_cache_clear()
+        llm._ctx.kv_cache_seq_rm(0, -1, -1)  # the sequence only (see restore_state_file)
         buf = (ctypes.c_uint8 * len(data)).from_buffer(data)  # no copy
         ok = int(self.llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(data), 0))
         if ok == 0:

@@ -21,6 +21,7 @@ Parts: :mod:`~profiler.sweep.settings` (configuration, settings, budget),
 
 from profiler.sweep.run import rich_progress, run_sweep
 from profiler.sweep.settings import (
+    PROFILER_REVISION,
     PROMPT_TEXT,
     SweepConfig,
     SweepResult,
@@ -29,5 +30,5 @@ from profiler.sweep.settings import (
 )
 from profiler.sweep.steps import Sweep
 
-__all__ = ["PROMPT_TEXT", "Sweep", "SweepConfig", "SweepResult", "evict_from_page_cache",
-           "gpu_layer_settings", "rich_progress", "run_sweep"]
+__all__ = ["PROFILER_REVISION", "PROMPT_TEXT", "Sweep", "SweepConfig", "SweepResult",
+           "evict_from_page_cache", "gpu_layer_settings", "rich_progress", "run_sweep"]

@@ -17,6 +17,12 @@ from profiler.devices import (
 )
 from profiler.models import GgufArch
 
+#: What a profile's measurements mean changed with these revisions (a profile without
+#: the field is revision 1): 2 -- KV restores drop one sequence's cells instead of
+#: clearing (and zeroing) the whole cache. Profiles of an older revision are re-measured
+#: by `make demo`.
+PROFILER_REVISION = 2
+
 #: Text tokenized into prompts (repeated as needed); the content does not matter for timing.
 PROMPT_TEXT = (
     "The planner decides which models stay resident on which devices, when to load and "

@@ -28,6 +28,7 @@ from profiler.store import (
     write_profile,
 )
 from profiler.sweep.settings import (
+    PROFILER_REVISION,
     PROMPT_TEXT,
     Progress,
     SweepConfig,
@@ -427,7 +428,10 @@ class Sweep:
             "kv": "state of sequence 0 written to a fresh file in /dev/shm with "
                   "llama_state_seq_save_file and read back with llama_state_seq_load_file "
                   "(llama-server's --slot-save-path way; no pipe), the file deleted after; "
-                  "times caller-side; one unrecorded save/restore at each depth first",
+                  "a restore first drops sequence 0's cells only (llama_memory_seq_rm, as "
+                  "llama-server's slot restore; clearing the whole cache would also zero "
+                  "its buffer, a cost that grows with n_ctx); times caller-side; one "
+                  "unrecorded save/restore at each depth first",
             "memory": "host_bytes: RSS of the worker process after a load and a full-batch "
                       "prefill (compute buffers touched; includes the worker's own overhead: "
                       "the Python interpreter and the llama.cpp library; an idle worker holds "
@@ -457,4 +461,5 @@ class Sweep:
                 fp = json.loads(self.json_path.read_text(encoding="utf-8")).get("fingerprint")
         if fp is not None:
             doc["fingerprint"] = fp
+        doc["profiler_revision"] = PROFILER_REVISION
         return doc
