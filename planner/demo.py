@@ -50,7 +50,7 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
     there was made elsewhere or drifts by more than 10% (each decision is said)."""
     from profiler.engine import Engine
     from profiler.fingerprint import compare, decode_probe, fingerprint
-    from profiler.store import ProfileError, load_profile, set_aside
+    from profiler.store import ProfileError, load_profile
     from profiler.sweep import PROFILER_REVISION, Sweep, SweepConfig, run_sweep
 
     here = fingerprint(threads)
@@ -79,7 +79,6 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                               f"{prof.doc.get('profiler_revision', 1)}, now "
                               f"{PROFILER_REVISION})")
                 say(f"{target}: does not hold here ({reason}); re-profiling this machine")
-                set_aside(target)  # JSON, journal and slot journal
             else:
                 ref = [f for f in reference.rglob(f"{sweep.arch.key}/*/*.json")] \
                     if reference.is_dir() else []
@@ -95,7 +94,10 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                 say(f"{sweep.arch.key}: no profile of this machine in {local}{note}; "
                     "profiling (planner profile --quick --threads "
                     f"{threads} --out {local})")
-            res = run_sweep(p, local, SweepConfig.quick(threads), show_progress=True)
+            # a profile there that does not hold moves aside (JSON, journal, slot journal);
+            # without one, an interrupted sweep's journal is resumed
+            res = run_sweep(p, local, SweepConfig.quick(threads), show_progress=True,
+                            fresh=target.is_file())
             say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
                 f"{res.wall_s:.0f} s)")
 

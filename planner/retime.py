@@ -26,8 +26,9 @@ from dataclasses import replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
-from planner.domain import Action, EngineConfig, Instance, Schedule
+from planner.domain import Action, Instance, Schedule
 from planner.executor import dependencies, plan_order
+from planner.slots import batched_times
 
 ROUNDS = 40
 
@@ -101,14 +102,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             cfg = engines[eid].config
             runs = [(start[i], instance.request(actions[i].request or "").prompt_tokens,
                      actions[i].tokens_to or 0) for i in idx]
-            for i, (at, fin) in zip(idx, cost_times(cfg, runs), strict=True):
+            for i, (at, fin) in zip(idx, batched_times(cost, cfg, runs), strict=True):
                 admit[i], end[i] = at, fin
-
-    def cost_times(cfg: EngineConfig, runs: list[tuple[float, int, int]]
-                   ) -> list[tuple[float, float]]:
-        from planner.slots import batched_times
-
-        return batched_times(cost, cfg, runs)
 
     for _ in range(ROUNDS):
         before = list(end)

@@ -55,8 +55,8 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     from profiler.engine import EngineCrashed, EngineError
     from profiler.models import ModelSourceError, resolve_model
     from profiler.report import fits_table
-    from profiler.store import load_profile, set_aside
-    from profiler.sweep import Sweep, SweepConfig, run_sweep
+    from profiler.store import load_profile
+    from profiler.sweep import SweepConfig, run_sweep
 
     if threads < 0:
         raise click.BadParameter("must be >= 0", param_hint="--threads")
@@ -65,11 +65,10 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     except ModelSourceError as exc:
         raise InputError(str(exc)) from None
     config = SweepConfig.quick(threads) if quick else SweepConfig.full(threads)
-    if fresh:
-        for moved in set_aside(Sweep(path, out, config).json_path):
-            click.echo(f"set aside: {moved}", err=True)
     try:
-        result = run_sweep(path, out, config, show_progress=not no_progress)
+        result = run_sweep(path, out, config, show_progress=not no_progress, fresh=fresh,
+                           on_set_aside=lambda moved: click.echo(f"set aside: {moved}",
+                                                                 err=True))
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted; the measurements taken so far are kept - run the same command "

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from profiler.store import set_aside
 from profiler.sweep.settings import Progress, SweepConfig, SweepResult
 from profiler.sweep.steps import Sweep
 
@@ -38,9 +39,19 @@ def rich_progress(description: str) -> Iterator[tuple[Progress, Callable[[float]
 
 
 def run_sweep(model_path: Path, out_root: Path, config: SweepConfig,
-              show_progress: bool = True) -> SweepResult:
-    """Measure ``model_path`` on this machine and write its profile under ``out_root``."""
+              show_progress: bool = True, fresh: bool = False,
+              on_set_aside: Callable[[Path], None] | None = None) -> SweepResult:
+    """Measure ``model_path`` on this machine and write its profile under ``out_root``.
+
+    ``fresh``: move the existing profile and its journals aside first
+    (:func:`profiler.store.set_aside`; each moved file is passed to ``on_set_aside``)
+    instead of resuming from them.
+    """
     sweep = Sweep(model_path, out_root, config)
+    if fresh:
+        for moved in set_aside(sweep.json_path):
+            if on_set_aside is not None:
+                on_set_aside(moved)
     if not show_progress:
         return _with_slots(sweep, sweep.run(), config)
     with rich_progress(f"profiling {sweep.arch.key}") as (tick, set_total):

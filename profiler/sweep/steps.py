@@ -16,7 +16,7 @@ from profiler.devices import (
     discover_gpus,
     discover_host,
 )
-from profiler.engine import Engine, SavedStateFile, StepInfo, state_dir
+from profiler.engine import Engine, LoadInfo, SavedStateFile, StepInfo, state_dir
 from profiler.fingerprint import PROBE_PROMPT, PROBE_TOKENS, decode_probe, fingerprint
 from profiler.models import read_arch
 from profiler.store import (
@@ -179,12 +179,16 @@ class Sweep:
             self._measure_with(eng, log, budget, tick)
             self.engine_options = eng.options
 
+    def _load(self, eng: Engine, n_gpu_layers: int, n_ctx: int) -> LoadInfo:
+        """Load the model into ``eng`` as every measurement of this sweep does."""
+        return eng.load(self.model_path, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
+                        n_batch=self.cfg.n_batch, use_mmap=self.cfg.use_mmap)
+
     def _probe(self, eng: Engine) -> None:
         """A short load, prefill and decode before any measurement, so a crash of this
         CPU's llama.cpp kernels (and the engine's fallback without extra buffer types)
         happens before anything is measured: every row then has the same engine options."""
-        eng.load(self.model_path, n_gpu_layers=self.primary_ngl, n_ctx=256,
-                 n_batch=self.cfg.n_batch, use_mmap=self.cfg.use_mmap)
+        self._load(eng, self.primary_ngl, 256)
         eng.prefill(self._prompt_tokens(eng, 32))
         eng.decode(2)
         eng.unload()
@@ -204,8 +208,7 @@ class Sweep:
                         continue
                     if kind == "cold_load_s":
                         self.cold_ok = evict_from_page_cache(self.model_path)
-                    info = eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=n_ctx,
-                                    n_batch=c.n_batch, use_mmap=c.use_mmap)
+                    info = self._load(eng, ngl, n_ctx)
                     common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
                     self._row(log, budget, kind, s, info.wall_s, "s", **common)
                     if kind == "load_s" and budget.missing("host_bytes", s, 1):
@@ -219,8 +222,7 @@ class Sweep:
         for ngl in self._walk_ngls():
             if not self._walk_needed(budget, ngl):
                 continue
-            eng.load(self.model_path, n_gpu_layers=ngl, n_ctx=c.walk_n_ctx,
-                     n_batch=c.n_batch, use_mmap=c.use_mmap)
+            self._load(eng, ngl, c.walk_n_ctx)
             if not tokens:
                 tokens = self._prompt_tokens(eng, c.walk_n_ctx)
             self._walk(eng, log, budget, tick, ngl, tokens)
@@ -249,8 +251,7 @@ class Sweep:
             s = self._s_load(self.primary_ngl, n_ctx)
             for _ in range(budget.missing("first_load_s", s, c.first_reps)):
                 with Engine(threads=c.threads, extra_bufts=self._extra()) as fresh:
-                    info = fresh.load(self.model_path, n_gpu_layers=self.primary_ngl,
-                                      n_ctx=n_ctx, n_batch=c.n_batch, use_mmap=c.use_mmap)
+                    info = self._load(fresh, self.primary_ngl, n_ctx)
                     fresh.unload()
                 self._row(log, budget, "first_load_s", s, info.wall_s, "s",
                           n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
@@ -268,8 +269,7 @@ class Sweep:
 
         with Engine(threads=c.threads, extra_bufts=self._extra()) as other, \
                 Engine(threads=c.threads, extra_bufts=self._extra()) as eng:
-            other.load(self.model_path, n_gpu_layers=self.primary_ngl, n_ctx=1024,
-                       n_batch=c.n_batch, use_mmap=c.use_mmap)
+            self._load(other, self.primary_ngl, 1024)
             prompt = self._prompt_tokens(other, 64)
             other.prefill(prompt)
             stop = threading.Event()
@@ -286,8 +286,7 @@ class Sweep:
                 for n_ctx in todo:
                     s = self._s_load(self.primary_ngl, n_ctx)
                     for _ in range(budget.missing("busy_load_s", s, c.busy_reps)):
-                        info = eng.load(self.model_path, n_gpu_layers=self.primary_ngl,
-                                        n_ctx=n_ctx, n_batch=c.n_batch, use_mmap=c.use_mmap)
+                        info = self._load(eng, self.primary_ngl, n_ctx)
                         eng.unload()
                         self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
                                   n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
