@@ -197,6 +197,7 @@ class _Opts:
         self.cpu_engines = cpu_engines
         self.decompose = False  # a part is solved as one model (or in two stages)
         self.progress = None  # a part's plans are not plans of the instance
+        self.bound = False  # only the whole instance's bound is reported (its LP takes seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._opts, name)
