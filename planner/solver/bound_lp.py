@@ -70,7 +70,8 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
                for j, r in zip(jobs, rel, strict=True))
     # Every grid gives a valid bound; a finer one loses less to slot starts (at most
     # one slot per request). Refine while the last solve leaves room for the next,
-    # about REFINE times larger (HiGHS grows a little faster than linearly).
+    # about REFINE times larger (HiGHS's time grows faster than the LP; a refinement
+    # that runs out of time is lost, and the bound found before it stands).
     deadline = time.perf_counter() + time_limit_s
     best, budget, last_dt = 0.0, float(VAR_BUDGET), math.inf
     while True:
