@@ -147,6 +147,70 @@ def test_bound_below_exhaustive_optimum_on_random_tiny_instances() -> None:
     assert len(names) > 1, names
 
 
+def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a coarse first grid (few variables, short slots allowed) the LP refines its
+    grid while its time allows: on random tiny instances every LP value it reports stays
+    at or below the exhaustive optimum, and on some the refined grid beats the first."""
+    from planner.solver import bound as bound_mod
+    from planner.solver import bound_lp
+
+    monkeypatch.setattr(bound_lp, "VAR_BUDGET", 8)
+    monkeypatch.setattr(bound_lp, "MIN_SLOT_S", 0.02)
+    values: list[float] = []
+    grids: list[float] = []
+    real_lp, real_grid = bound_mod.lp_request_bound, bound_lp._grid_bound
+
+    def lp_spy(*args: object, **kw: object) -> float:
+        values.append(real_lp(*args, **kw))  # type: ignore[arg-type]
+        return values[-1]
+
+    def grid_spy(*args: object, **kw: object) -> float | None:
+        out = real_grid(*args, **kw)  # type: ignore[arg-type]
+        grids.append(out if out is not None else -1.0)
+        return out
+
+    monkeypatch.setattr(bound_mod, "lp_request_bound", lp_spy)
+    monkeypatch.setattr(bound_lp, "_grid_bound", grid_spy)
+    rng = random.Random(11)
+    refined_better = 0
+    for k in range(40):
+        inst = _random_instance(rng, many=k >= 20)
+        cost = RoundCost()
+        best = brute_force(inst, cost, {})
+        values.clear()
+        grids.clear()
+        lower_bound(inst, cost, None, "mean_response")
+        wsum = sum(r.weight for r in inst.requests)
+        arr = sum(r.weight * r.arrival_s for r in inst.requests)
+        assert len(values) == 1 and len(grids) >= 2  # refined at least once
+        assert (values[0] - arr) / wsum <= best + 1e-9, (inst, values[0], best)
+        assert values[0] == pytest.approx(max(grids))
+        refined_better += max(grids[1:]) > grids[0] + 1e-9
+    assert refined_better > 0
+
+
+def test_lp_past_its_size_limit_is_not_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LP with more variables than MAX_VARS is not built nor solved (the other bounds
+    stand alone)."""
+    from planner.solver import bound_lp
+
+    calls: list[int] = []
+    real = bound_lp.linprog
+
+    def spy(*args: object, **kw: object) -> object:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(bound_lp, "linprog", spy)
+    jobs = [bound_lp.LPJob(1.0, 2.0, 2.0, (2.0,), (0.0,)),
+            bound_lp.LPJob(1.0, 1.0, 1.5, (1.0,), (0.5,))]
+    # one device: the best plan has sum w C = 4.5 (the short one preempts the long one)
+    assert bound_lp.lp_bound(jobs, [1], [{0: 1}], 10.0) >= 4.0 and calls
+    calls.clear()
+    monkeypatch.setattr(bound_lp, "MAX_VARS", 5)
+    assert bound_lp.lp_bound(jobs, [1], [{0: 1}], 10.0) == 0.0 and not calls
+
+
 def test_bound_below_cpsat_plans_with_preemption_and_cpu_engines() -> None:
     """The bound holds for plans outside the exhaustive search's space as well."""
     rng = random.Random(11)
@@ -246,6 +310,31 @@ def test_parts_decomposition_is_valid_and_no_worse(monkeypatch: pytest.MonkeyPat
     best = min(compute_metrics(inst, s.actions).weighted_mean_response_s for s in base.values())
     assert info.objective is not None and info.objective <= best + 1e-9
     assert info.bound is not None and info.bound <= info.objective
+
+
+def test_decomposition_parts_compute_no_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the whole instance's bound is computed: the parts' (each an LP of seconds on
+    large instances) would be read by nobody and come out of the time limit."""
+    from planner.solver import solve as solve_mod
+    from tests.test_solver import PreemptCost, weighted_instance
+
+    monkeypatch.setattr(solve_mod, "MAX_OPTIONS", 10)
+    seen: list[Instance] = []
+    real = solve_mod.lower_bound
+
+    def spy(instance: Instance, *args: object, **kw: object) -> tuple[float, str]:
+        seen.append(instance)
+        return real(instance, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(solve_mod, "lower_bound", spy)
+    reqs = [(f"r{i}", "AB"[i % 2], float(i), 10 + 5 * (i % 3), 1.0 + (i % 2))
+            for i in range(10)]
+    inst = weighted_instance([10, 10], 24, reqs)
+    cost = PreemptCost()
+    _sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=4),
+                              baselines(inst, cost))
+    assert "2 parts" in info.notes
+    assert seen and all(x is inst for x in seen)
 
 
 

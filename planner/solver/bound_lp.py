@@ -97,7 +97,10 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
     pts = {t0 + k * dt for k in range(math.ceil((horizon - t0) / dt) + 1)}
     pts.update(r for j in jobs for r, p in zip(j.release, j.times, strict=True)
                if p < math.inf and r < horizon)
-    grid = np.array(sorted(t for t in pts if t <= horizon + 1e-9))
+    # the horizon closes the last slot: work after it is the tail, counted at the
+    # horizon; work before it must be in a slot (counted at the slot's start)
+    pts = {t for t in pts if t < horizon - 1e-9} | {horizon}
+    grid = np.array(sorted(pts))
     starts, lens = grid[:-1], np.diff(grid)
     n_slot = len(starts)
     if sum(n_slot - int(np.searchsorted(starts, r - 1e-9))
