@@ -78,12 +78,12 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
         dt = max(MIN_SLOT_S, span / budget)
         if dt >= last_dt:
             return best
-        t0 = time.perf_counter()
-        value = _grid_bound(jobs, capacity, uses, horizon, min(rel), dt, deadline - t0)
+        started = time.perf_counter()
+        value = _grid_bound(jobs, capacity, uses, horizon, min(rel), dt, deadline - started)
         if value is None:  # too large to try
             return best
         best = max(best, value)
-        took, left = time.perf_counter() - t0, deadline - time.perf_counter()
+        took, left = time.perf_counter() - started, deadline - time.perf_counter()
         if took * REFINE * 1.5 > left:
             return best
         budget, last_dt = budget * REFINE, dt
