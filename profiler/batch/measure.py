@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from profiler.batch.engine import BatchEngine
+from profiler.batch.engine import BatchEngine, StepRecord
 from profiler.batch.fit import BATCH_COLUMNS, BATCH_QUANTITY, fit_batch
 from profiler.fit import KV_PAD
 
@@ -105,10 +105,11 @@ def measure_batch(eng: BatchEngine, model_path: Path, cfg: BatchConfig, *, threa
                         attn = statistics.fmean(st.attn_cells for st in r.steps)
                         outputs, btoks = k, k
                     else:
-                        joined = []
+                        joined: list[StepRecord] = []
                         for _ in range(max(1, cfg.prompt_steps)):
-                            for s in range(present):
-                                eng.batch_truncate(s, depth, -1)
+                            if joined:  # rewound above for the first step
+                                for s in range(present):
+                                    eng.batch_truncate(s, depth, -1)
                             eng.batch_add(cfg.n_parallel - 1, _shifted(tokens, 99, p), 1)
                             joined.append(eng.batch_step(max_steps=1).steps[0])
                             eng.batch_remove(cfg.n_parallel - 1)
