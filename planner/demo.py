@@ -71,8 +71,16 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                                    (predicted_probe_s(prof), measured))
                     current = prof.has("busy_load_s") and int(
                         prof.doc.get("profiler_revision", 1)) >= PROFILER_REVISION
-                    if dist.matches and current:
+                    if dist.matches and current and not sweep.missing_work():
                         say(f"{target}: matches this machine ({dist.describe()}); reused")
+                        continue
+                    if dist.matches and current:  # settings added since: measure those
+                        say(f"{target}: matches this machine ({dist.describe()}); "
+                            "measuring the settings it lacks")
+                        res = run_sweep(p, local, SweepConfig.quick(threads),
+                                        show_progress=True)
+                        say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
+                            f"{res.wall_s:.0f} s)")
                         continue
                     reason = (dist.describe() if not dist.matches else
                               "made by an older profiler (revision "

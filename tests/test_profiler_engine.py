@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,18 @@ def test_synthetic_model_profile_and_interruption(tiny_synth: Path, tmp_path: Pa
     assert prof.synthetic_weights and prof.doc["model"]["synthetic_weights"] is True
     assert prof.fits["decode_s_per_token"].cv["mape"] is not None
     assert Sweep(tiny_synth, out, TINY).run().new_rows == 0  # complete: nothing to redo
+    assert Sweep(tiny_synth, out, TINY).missing_work() == 0
+    rows = read_measurements(sweep.csv_path)
+    # load repetitions go round-robin over the settings (a slow spell bends no slope)
+    assert [int(r["n_ctx"]) for r in rows if r["kind"] == "load_s"] == [256, 512, 256, 512]
+    # a setting added to the configuration is what `make demo` measures on a kept profile
+    wider = replace(TINY, load_n_ctx=(256, 384, 512))
+    assert Sweep(tiny_synth, out, wider).missing_work() > 0
+    res = Sweep(tiny_synth, out, wider).run()
+    added = read_measurements(sweep.csv_path)[len(rows):]
+    assert res.new_rows == len(added) > 0
+    assert {int(r["n_ctx"]) for r in added if "load" in r["kind"]} == {384}
+    assert Sweep(tiny_synth, out, wider).missing_work() == 0
 
 
 def test_import_llama_bench(tiny_synth: Path, tmp_path: Path) -> None:

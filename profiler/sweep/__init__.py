@@ -4,7 +4,9 @@ A sweep has three phases, each on engines in worker processes:
 
 1. **loads** - for each ``n_ctx`` (and ``n_gpu_layers`` on a GPU build): cold loads
    (file evicted from the page cache first), warm loads, the worker's RSS (and
-   NVML memory) while resident, and the unload after each load;
+   NVML memory) while resident, and the unload after each load; repetitions go
+   round-robin over the settings, as do first loads (fresh workers) and loads
+   beside a decoding engine;
 2. **context walk** - one engine at the walk's ``n_ctx``: prefill up to each
    context depth, then decode blocks of tokens there (rewinding to the depth
    between repetitions) and save/restore the request state;

@@ -40,10 +40,12 @@ class SweepConfig:
     threads: int = 0  #: llama.cpp threads (0: all CPUs)
     n_batch: int = 512  #: llama.cpp logical batch for prefill
     use_mmap: bool = False  #: False reads the weights into RAM at load (real load cost)
-    load_n_ctx: tuple[int, ...] = (512, 1024, 2048)  #: n_ctx values for load/memory
-    warm_reps: int = 3  #: warm loads per setting
+    #: n_ctx values for load/memory (down to 256: CPU plans use small contexts, and a fit
+    #: extrapolated below its settings took a noisy slope with it)
+    load_n_ctx: tuple[int, ...] = (256, 512, 1024, 2048)
+    warm_reps: int = 4  #: warm loads per setting
     cold_reps: int = 2  #: cold loads per setting
-    first_reps: int = 2  #: first loads in a fresh worker per setting (smallest, largest n_ctx)
+    first_reps: int = 3  #: first loads in a fresh worker per setting (smallest, largest n_ctx)
     busy_reps: int = 2  #: loads beside a decoding engine per setting
     walk_n_ctx: int = 2048  #: n_ctx of the context-walk engine
     depths: tuple[int, ...] = (16, 320, 704, 1216, 1920)  #: decode/KV context depths
@@ -61,7 +63,7 @@ class SweepConfig:
 
     @classmethod
     def full(cls, threads: int = 0) -> SweepConfig:
-        return cls(mode="full", threads=threads, load_n_ctx=(512, 1024, 2048, 4096, 8192),
+        return cls(mode="full", threads=threads, load_n_ctx=(256, 512, 1024, 2048, 4096, 8192),
                    warm_reps=5, cold_reps=3, first_reps=3, busy_reps=3, walk_n_ctx=8192,
                    depths=(16, 256, 512, 1024, 2048, 3072, 4096, 5120, 6144, 7936),
                    decode_block=16, decode_reps=7, kv_reps=5,

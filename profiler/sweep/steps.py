@@ -127,6 +127,10 @@ class Sweep:
                                         c.prefill_reps) * max(1.0, p / 64)
         return units
 
+    def missing_work(self) -> float:
+        """Work units this configuration still lacks in the journal on disk (0: complete)."""
+        return self.planned_work(_Budget(read_measurements(self.csv_path), self.cfg.threads))
+
     # ------------------------------------------------------------------ running
     def run(self, progress: Progress | None = None,
             on_total: Callable[[float], None] | None = None) -> SweepResult:
@@ -196,12 +200,16 @@ class Sweep:
     def _measure_with(self, eng: Engine, log: MeasurementLog, budget: _Budget,
                       tick: Progress) -> None:
         c = self.cfg
-        # ---- phase 1: loads, memory, unloads
+        # ---- phase 1: loads, memory, unloads. Round-robin over the settings (one cold and
+        # one warm load of each per round), so that a slow spell of the machine falls on
+        # every setting alike instead of bending the fit's n_ctx slope.
+        todo = []
         for ngl, n_ctx in self._load_settings():
             s = self._s_load(ngl, n_ctx)
-            cold = budget.missing("cold_load_s", s, c.cold_reps)
-            warm = budget.missing("load_s", s, c.warm_reps)
-            for i in range(max(cold, warm)):
+            todo.append((ngl, n_ctx, s, budget.missing("cold_load_s", s, c.cold_reps),
+                         budget.missing("load_s", s, c.warm_reps)))
+        for i in range(max((max(t[3], t[4]) for t in todo), default=0)):
+            for ngl, n_ctx, s, cold, warm in todo:
                 for kind in ("cold_load_s", "load_s"):
                     if (kind == "cold_load_s" and i >= cold) or (kind == "load_s"
                                                                  and i >= warm):
@@ -247,22 +255,26 @@ class Sweep:
         engine's first load in a replay is (the executor reads the files through first)."""
         c = self.cfg
         ns = sorted({min(c.load_n_ctx), max(c.load_n_ctx)})
-        for n_ctx in ns:
-            s = self._s_load(self.primary_ngl, n_ctx)
-            for _ in range(budget.missing("first_load_s", s, c.first_reps)):
+        todo = [(n, budget.missing("first_load_s", self._s_load(self.primary_ngl, n),
+                                   c.first_reps)) for n in ns]
+        for i in range(max((k for _, k in todo), default=0)):  # round-robin, as above
+            for n_ctx, k in todo:
+                if i >= k:
+                    continue
                 with Engine(threads=c.threads, extra_bufts=self._extra()) as fresh:
                     info = self._load(fresh, self.primary_ngl, n_ctx)
                     fresh.unload()
-                self._row(log, budget, "first_load_s", s, info.wall_s, "s",
-                          n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+                self._row(log, budget, "first_load_s", self._s_load(self.primary_ngl, n_ctx),
+                          info.wall_s, "s", n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
                 tick(10, f"first load n_ctx={n_ctx}")
 
     def _busy_loads(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
         """Loads while another engine on this host decodes (they share memory bandwidth
         and caches): what a load overlapping a run on the same host takes."""
         c = self.cfg
-        todo = [n for n in c.load_n_ctx
-                if budget.missing("busy_load_s", self._s_load(self.primary_ngl, n), c.busy_reps)]
+        todo = [(n, k) for n in c.load_n_ctx
+                if (k := budget.missing("busy_load_s", self._s_load(self.primary_ngl, n),
+                                        c.busy_reps))]
         if not todo:
             return
         import threading
@@ -283,14 +295,14 @@ class Sweep:
             t.start()
             try:
                 time.sleep(0.2)
-                for n_ctx in todo:
-                    s = self._s_load(self.primary_ngl, n_ctx)
-                    for _ in range(budget.missing("busy_load_s", s, c.busy_reps)):
-                        info = self._load(eng, self.primary_ngl, n_ctx)
-                        eng.unload()
-                        self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
-                                  n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
-                        tick(3, f"load beside a decode n_ctx={n_ctx}")
+                rounds = max(k for _, k in todo)
+                for n_ctx in (n for i in range(rounds) for n, k in todo if i < k):
+                    s = self._s_load(self.primary_ngl, n_ctx)  # round-robin, as above
+                    info = self._load(eng, self.primary_ngl, n_ctx)
+                    eng.unload()
+                    self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
+                              n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+                    tick(3, f"load beside a decode n_ctx={n_ctx}")
             finally:
                 stop.set()
                 t.join()
