@@ -119,12 +119,29 @@ def predicted_probe_s(prof: Any) -> float:
                               context=PROBE_PROMPT + PROBE_TOKENS // 2))
 
 
-def check_profiles(instance_path: Path, say: Callable[[str], None]) -> None:
+def check_profiles(instance_path: Path, say: Callable[[str], None]) -> bool:
     """`planner profile check` on the demo instance: one line per profile (and the check is
-    cached for this boot, so that solve, execute and the replay report reuse it)."""
+    cached for this boot, so that solve, execute and the replay report reuse it). True when
+    every profile matches this machine."""
     from planner.io import load_instance
     from planner.machine import check_instance
 
+    ok = True
     for c in check_instance(load_instance(instance_path)):
         verdict = "matches this machine" if c.matches else "[yellow]does not match[/]"
         say(f"{c.path}: {verdict} ({c.distance.describe()})")
+        ok = ok and c.matches
+    return ok
+
+
+def prepare_profiles(instance_path: Path, say: Callable[[str], None]) -> None:
+    """The demo's models and profiles of this machine, then the check. A profile that
+    drifts at the check (the machine's speed moved since it was measured) is probed again
+    and re-measured if it still drifts, once; a second miss is only reported."""
+    models = ensure_models()
+    ensure_profiles(models, say)
+    if not check_profiles(instance_path, say):
+        say("a profile drifts from this machine now: probing again, re-profiling what "
+            "still drifts (once)")
+        ensure_profiles(models, say)
+        check_profiles(instance_path, say)

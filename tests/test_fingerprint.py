@@ -123,3 +123,23 @@ def test_an_unsteady_machine_is_told() -> None:
     assert steady == []
     noisy = profile_warnings(inst, [check(["a"], 0.04), check(["b"], 0.31)])
     assert len(noisy) == 1 and "unsteady" in noisy[0] and "31%" in noisy[0] and "(b)" in noisy[0]
+
+
+@pytest.mark.parametrize("checks, profiled", [((True,), 1), ((False, True), 2),
+                                               ((False, False), 2)])
+def test_demo_reprofiles_a_profile_that_drifts_at_the_check_once(
+        monkeypatch: pytest.MonkeyPatch, checks: tuple[bool, ...], profiled: int) -> None:
+    """Control flow only (fakes for the models, the sweep and the check); the real
+    counterpart is `make demo` itself, whose log shows each decision."""
+    import planner.demo as demo
+
+    calls: list[str] = []
+    answers = iter(checks)
+    monkeypatch.setattr(demo, "ensure_models", lambda: [Path("m.gguf")])
+    monkeypatch.setattr(demo, "ensure_profiles", lambda paths, say: calls.append("profile"))
+    monkeypatch.setattr(demo, "check_profiles",
+                        lambda inst, say: calls.append("check") or next(answers))
+    said: list[str] = []
+    demo.prepare_profiles(Path("instances/cpu-demo.json"), said.append)
+    assert calls.count("profile") == profiled and calls.count("check") == len(checks)
+    assert any("re-profiling what still drifts" in s for s in said) == (profiled == 2)

