@@ -183,15 +183,21 @@ def main() -> int:
         make_bursty(inst, seed, args.burst, args.gap)
         cases.append((inst.stem, inst))
     rows = []
+    from rich.console import Console
+
+    console = Console()
+
+    def say(m: str) -> None:
+        console.print(m, soft_wrap=True)
+
     for name, inst in cases:
         if not args.no_recheck:
             # as `make demo` does: the profiles must hold on this machine *now* (a shared
             # VM's speed drifts by tens of percent within minutes); drifting ones are
             # measured again, and the check is cached for the replay report
-            from planner.demo import check_profiles, ensure_models, ensure_profiles
+            from planner.demo import prepare_profiles
 
-            ensure_profiles(ensure_models(), lambda m: print(m, flush=True))
-            check_profiles(inst, lambda m: print(m, flush=True))
+            prepare_profiles(inst, say)
         plan = args.out / f"{name}.plan.json"
         rep = args.out / f"{name}.report.json"
         sh("solve", str(inst), "--solver", args.solver, "--time-limit", args.time_limit,
