@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 PLANNER = str(Path(sys.executable).with_name("planner"))
 KINDS = ("run", "load", "unload", "kv_save", "kv_restore")
@@ -183,8 +184,6 @@ def main() -> int:
         make_bursty(inst, seed, args.burst, args.gap)
         cases.append((inst.stem, inst))
     rows = []
-    from rich.console import Console
-
     console = Console()
 
     def say(m: str) -> None:
