@@ -36,10 +36,16 @@ DRIFT_LIMIT = 0.10
 #: for decode speed, and on a shared VM it moves by about 12% between two probes.
 BANDWIDTH_LIMIT = 0.25
 
-#: Decode probe: prompt tokens and decoded tokens (measured as a block, median of reps).
+#: Decode probe: prompt tokens, then PROBE_REPS blocks of at most PROBE_TOKENS decoded
+#: tokens (each block about PROBE_BLOCK_S long, at least 8 tokens), median of the blocks;
+#: past PROBE_MAX_S it stops after 3 blocks. Three blocks of 16 tokens read 5-8% slow
+#: and scattered by 7-17% (stdev of 8 probes on the demo's 120M and 510M models); five
+#: of 32 (or 0.6 s) by 3-4%, so "drift" meant the probe as often as the machine.
 PROBE_PROMPT = 16
-PROBE_TOKENS = 16
-PROBE_REPS = 3
+PROBE_TOKENS = 32
+PROBE_REPS = 5
+PROBE_BLOCK_S = 0.6
+PROBE_MAX_S = 4.0
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -156,11 +162,13 @@ def decode_probe(engine: Any, model_path: str | Path, n_gpu_layers: int = 0,
     try:
         prompt = [1 + (7 * i) % 200 for i in range(PROBE_PROMPT)]
         engine.prefill(prompt)
-        engine.decode(4)  # warm-up
-        per = []
-        for _ in range(PROBE_REPS):
+        warm = engine.decode(4).seconds / 4  # warm-up, and the block's length
+        tokens = max(8, min(PROBE_TOKENS, int(PROBE_BLOCK_S / max(warm, 1e-6))))
+        per: list[float] = []
+        t0 = time.perf_counter()
+        while len(per) < PROBE_REPS and (len(per) < 3 or time.perf_counter() - t0 < PROBE_MAX_S):
             engine.truncate(PROBE_PROMPT)
-            per.append(engine.decode(PROBE_TOKENS).seconds / PROBE_TOKENS)
+            per.append(engine.decode(tokens).seconds / tokens)
         if reps is not None:
             reps.extend(per)
         return float(statistics.median(per))
