@@ -338,3 +338,10 @@ def test_set_aside_moves_the_profile_and_both_journals(tmp_path: Path) -> None:
     assert sorted(p.read_text() for p in moved) == sorted(names)
     assert all(p.name.endswith(".old") and ".stale-" in p.name for p in moved)
     assert set_aside(base / "b-cpu.json") == []  # nothing left to move
+
+
+def test_round_robin_takes_one_of_each_per_round() -> None:
+    from profiler.sweep.settings import round_robin
+
+    assert list(round_robin([("a", 2), ("b", 0), ("c", 3)])) == ["a", "c", "a", "c", "c"]
+    assert list(round_robin([])) == []

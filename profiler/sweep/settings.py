@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from profiler.devices import (
     BuildInfo,
@@ -16,6 +16,8 @@ from profiler.devices import (
     HostInfo,
 )
 from profiler.models import GgufArch
+
+T = TypeVar("T")
 
 #: What a profile's measurements mean changed with these revisions (a profile without
 #: the field is revision 1): 2 -- KV restores drop one sequence's cells instead of
@@ -78,6 +80,14 @@ class SweepConfig:
         loads = tuple(n for n in self.load_n_ctx if n <= limit) or (walk,)
         return replace(self, walk_n_ctx=walk, depths=depths, prompt_lengths=prompts,
                        load_n_ctx=loads, threads=self.threads or (os.cpu_count() or 1))
+
+
+def round_robin(todo: Iterable[tuple[T, int]]) -> Iterator[T]:
+    """Each item as many times as its count, one of each per round, in the given order:
+    a slow spell of the machine then falls on every setting alike."""
+    items = list(todo)
+    for i in range(max((k for _, k in items), default=0)):
+        yield from (item for item, k in items if i < k)
 
 
 def gpu_layer_settings(n_layers: int, mode: str) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from profiler.sweep.settings import (
     _device_of,
     evict_from_page_cache,
     gpu_layer_settings,
+    round_robin,
 )
 
 
@@ -200,29 +201,25 @@ class Sweep:
     def _measure_with(self, eng: Engine, log: MeasurementLog, budget: _Budget,
                       tick: Progress) -> None:
         c = self.cfg
-        # ---- phase 1: loads, memory, unloads. Round-robin over the settings (one cold and
-        # one warm load of each per round), so that a slow spell of the machine falls on
-        # every setting alike instead of bending the fit's n_ctx slope.
+        # ---- phase 1: loads, memory, unloads, round-robin over the settings (a cold and
+        # a warm load of each per round), so that a slow spell of the machine falls on
+        # every setting alike instead of bending the fit's n_ctx slope
         todo = []
         for ngl, n_ctx in self._load_settings():
             s = self._s_load(ngl, n_ctx)
-            todo.append((ngl, n_ctx, s, budget.missing("cold_load_s", s, c.cold_reps),
-                         budget.missing("load_s", s, c.warm_reps)))
-        for i in range(max((max(t[3], t[4]) for t in todo), default=0)):
-            for ngl, n_ctx, s, cold, warm in todo:
-                for kind in ("cold_load_s", "load_s"):
-                    if (kind == "cold_load_s" and i >= cold) or (kind == "load_s"
-                                                                 and i >= warm):
-                        continue
-                    if kind == "cold_load_s":
-                        self.cold_ok = evict_from_page_cache(self.model_path)
-                    info = self._load(eng, ngl, n_ctx)
-                    common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
-                    self._row(log, budget, kind, s, info.wall_s, "s", **common)
-                    if kind == "load_s" and budget.missing("host_bytes", s, 1):
-                        self._memory_rows(eng, log, budget, s, common)
-                    self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
-                    tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
+            todo += [((ngl, n_ctx, s, "cold_load_s"), budget.missing("cold_load_s", s,
+                                                                     c.cold_reps)),
+                     ((ngl, n_ctx, s, "load_s"), budget.missing("load_s", s, c.warm_reps))]
+        for ngl, n_ctx, s, kind in round_robin(todo):
+            if kind == "cold_load_s":
+                self.cold_ok = evict_from_page_cache(self.model_path)
+            info = self._load(eng, ngl, n_ctx)
+            common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
+            self._row(log, budget, kind, s, info.wall_s, "s", **common)
+            if kind == "load_s" and budget.missing("host_bytes", s, 1):
+                self._memory_rows(eng, log, budget, s, common)
+            self._row(log, budget, "unload_s", s, eng.unload(), "s", **common)
+            tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
         self._first_loads(log, budget, tick)
         self._busy_loads(log, budget, tick)
         # ---- phases 2 and 3 per n_gpu_layers
@@ -257,16 +254,13 @@ class Sweep:
         ns = sorted({min(c.load_n_ctx), max(c.load_n_ctx)})
         todo = [(n, budget.missing("first_load_s", self._s_load(self.primary_ngl, n),
                                    c.first_reps)) for n in ns]
-        for i in range(max((k for _, k in todo), default=0)):  # round-robin, as above
-            for n_ctx, k in todo:
-                if i >= k:
-                    continue
-                with Engine(threads=c.threads, extra_bufts=self._extra()) as fresh:
-                    info = self._load(fresh, self.primary_ngl, n_ctx)
-                    fresh.unload()
-                self._row(log, budget, "first_load_s", self._s_load(self.primary_ngl, n_ctx),
-                          info.wall_s, "s", n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
-                tick(10, f"first load n_ctx={n_ctx}")
+        for n_ctx in round_robin(todo):
+            with Engine(threads=c.threads, extra_bufts=self._extra()) as fresh:
+                info = self._load(fresh, self.primary_ngl, n_ctx)
+                fresh.unload()
+            self._row(log, budget, "first_load_s", self._s_load(self.primary_ngl, n_ctx),
+                      info.wall_s, "s", n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+            tick(10, f"first load n_ctx={n_ctx}")
 
     def _busy_loads(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
         """Loads while another engine on this host decodes (they share memory bandwidth
@@ -295,9 +289,8 @@ class Sweep:
             t.start()
             try:
                 time.sleep(0.2)
-                rounds = max(k for _, k in todo)
-                for n_ctx in (n for i in range(rounds) for n, k in todo if i < k):
-                    s = self._s_load(self.primary_ngl, n_ctx)  # round-robin, as above
+                for n_ctx in round_robin(todo):
+                    s = self._s_load(self.primary_ngl, n_ctx)
                     info = self._load(eng, self.primary_ngl, n_ctx)
                     eng.unload()
                     self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
@@ -402,15 +395,12 @@ class Sweep:
             return
         eng.reset()
         eng.prefill(tokens[:32])  # warm-up
-        for rep in range(max(need.values())):
-            for p in lengths:
-                if rep >= need[p]:
-                    continue
-                eng.reset()
-                r = eng.prefill(tokens[:p])
-                self._row(log, budget, "prefill_s", self._s_prefill(ngl, n_ctx, p), r.seconds,
-                          "s", prompt_tokens=p, context=0, n_gpu_layers=ngl, n_ctx=n_ctx)
-                tick(max(1.0, p / 64), f"prefill prompt={p}")
+        for p in round_robin((p, need[p]) for p in lengths):
+            eng.reset()
+            r = eng.prefill(tokens[:p])
+            self._row(log, budget, "prefill_s", self._s_prefill(ngl, n_ctx, p), r.seconds,
+                      "s", prompt_tokens=p, context=0, n_gpu_layers=ngl, n_ctx=n_ctx)
+            tick(max(1.0, p / 64), f"prefill prompt={p}")
 
     # ------------------------------------------------------------------ profile
     def make_profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
