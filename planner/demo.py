@@ -60,6 +60,10 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
             target = sweep.json_path
             measured = None
             reason = ""
+            # a profile there that does not hold moves aside (JSON, journal, slot journal);
+            # one that holds but lacks settings gains them; without one, an interrupted
+            # sweep's journal is resumed
+            fresh = target.is_file()
             if target.is_file():
                 try:
                     prof = load_profile(target)
@@ -71,22 +75,22 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                                    (predicted_probe_s(prof), measured))
                     current = prof.has("busy_load_s") and int(
                         prof.doc.get("profiler_revision", 1)) >= PROFILER_REVISION
-                    if dist.matches and current and not sweep.missing_work():
-                        say(f"{target}: matches this machine ({dist.describe()}); reused")
-                        continue
-                    if dist.matches and current:  # settings added since: measure those
+                    if dist.matches and current:
+                        if not sweep.missing_work():
+                            say(f"{target}: matches this machine ({dist.describe()}); "
+                                "reused")
+                            continue
                         say(f"{target}: matches this machine ({dist.describe()}); "
                             "measuring the settings it lacks")
-                        res = run_sweep(p, local, SweepConfig.quick(threads),
-                                        show_progress=True)
-                        say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
-                            f"{res.wall_s:.0f} s)")
-                        continue
-                    reason = (dist.describe() if not dist.matches else
-                              "made by an older profiler (revision "
-                              f"{prof.doc.get('profiler_revision', 1)}, now "
-                              f"{PROFILER_REVISION})")
-                say(f"{target}: does not hold here ({reason}); re-profiling this machine")
+                        fresh = False
+                    else:
+                        reason = (dist.describe() if not dist.matches else
+                                  "made by an older profiler (revision "
+                                  f"{prof.doc.get('profiler_revision', 1)}, now "
+                                  f"{PROFILER_REVISION})")
+                if fresh:
+                    say(f"{target}: does not hold here ({reason}); re-profiling this "
+                        "machine")
             else:
                 ref = [f for f in reference.rglob(f"{sweep.arch.key}/*/*.json")] \
                     if reference.is_dir() else []
@@ -102,10 +106,8 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                 say(f"{sweep.arch.key}: no profile of this machine in {local}{note}; "
                     "profiling (planner profile --quick --threads "
                     f"{threads} --out {local})")
-            # a profile there that does not hold moves aside (JSON, journal, slot journal);
-            # without one, an interrupted sweep's journal is resumed
             res = run_sweep(p, local, SweepConfig.quick(threads), show_progress=True,
-                            fresh=target.is_file())
+                            fresh=fresh)
             say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
                 f"{res.wall_s:.0f} s)")
 
