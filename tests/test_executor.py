@@ -154,6 +154,34 @@ def test_realtime_waits_for_predicted_starts(tmp_path: Path, realtime: bool) -> 
     assert starts["a"] >= 0.3 and starts["c"] >= 2.0
 
 
+def test_report_writes_are_throttled_while_running(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report is rebuilt whole on each write, in the process that times the actions:
+    a fast replay writes it at most once per WRITE_EVERY_S while running, and whole at
+    the end."""
+    import planner.executor.replay as replay_mod
+
+    real = replay_mod.write_json_atomic
+    writes: list[str] = []
+
+    def counting(path: Path, data: Any) -> Path:
+        writes.append(data["status"])
+        return real(path, data)
+
+    monkeypatch.setattr(replay_mod, "write_json_atomic", counting)
+    r, report = replay(tmp_path, valid_actions())
+    n_actions = len(r.records)
+    assert n_actions >= 6
+    assert len(writes) < n_actions  # one per action would be n_actions + 1
+    assert writes[-1] == "complete" == report["status"]
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert all(a["status"] == "done" for a in on_disk["actions"])
+    monkeypatch.setattr(replay_mod, "WRITE_EVERY_S", 0.0)
+    writes.clear()
+    replay(tmp_path, valid_actions())
+    assert len(writes) == n_actions + 1  # unthrottled: after every action, and at the end
+
+
 def test_interrupt_keeps_what_was_measured(tmp_path: Path) -> None:
     """Ctrl-C during a replay: the report on disk holds the finished actions."""
     calls = {"n": 0}

@@ -73,6 +73,7 @@ def test_refused_report_writes_keep_the_replay_going(tmp_path: Path,
         return real(path, data)
 
     monkeypatch.setattr(planner.executor.replay, "write_json_atomic", flaky)
+    monkeypatch.setattr(planner.executor.replay, "WRITE_EVERY_S", 0.0)  # one per action
     out = tmp_path / "report.json"
     r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
                {"llama3-8b": Path("x"), "qwen14b": Path("y")}, out, engine_factory=FakeEngine)
