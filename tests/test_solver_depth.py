@@ -182,11 +182,61 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
         lower_bound(inst, cost, None, "mean_response")
         wsum = sum(r.weight for r in inst.requests)
         arr = sum(r.weight * r.arrival_s for r in inst.requests)
-        assert len(values) == 1 and len(grids) >= 2  # refined at least once
+        # the first grid relaxed, then whole, then refined at least once
+        assert len(values) == 1 and len(grids) >= 3
         assert (values[0] - arr) / wsum <= best + 1e-9, (inst, values[0], best)
         assert values[0] == pytest.approx(max(grids))
-        refined_better += max(grids[1:]) > grids[0] + 1e-9
+        assert grids[0] <= grids[1] + 1e-6  # the relaxation never beats the whole LP
+        refined_better += max(grids[2:]) > grids[1] + 1e-9
     assert refined_better > 0
+
+
+def test_lp_without_one_device_rows_is_valid_and_no_tighter(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the time left cannot take the whole LP, the relaxed one (no rows keeping a
+    request on one device at a time) is what comes back: on random tiny instances with
+    swaps forced (1-3 GPUs) it stays at or below the exhaustive optimum and never above
+    the whole LP's value; on some of them (several GPUs) the dropped rows cost bound."""
+    from planner.solver import bound as bound_mod
+    from planner.solver import bound_lp
+
+    monkeypatch.setattr(bound_lp, "MIN_SLOT_S", 0.02)
+    calls: list[bool] = []  # one_device of each grid solved
+    values: list[float] = []  # what lp_request_bound returned
+    real_grid, real_lp = bound_lp._grid_bound, bound_mod.lp_request_bound
+
+    def grid_spy(*args: object, **kw: object) -> float | None:
+        calls.append(bool(kw.get("one_device", True)))
+        return real_grid(*args, **kw)  # type: ignore[arg-type]
+
+    def lp_spy(*args: object, **kw: object) -> float:
+        values.append(real_lp(*args, **kw))  # type: ignore[arg-type]
+        return values[-1]
+
+    monkeypatch.setattr(bound_lp, "_grid_bound", grid_spy)
+    monkeypatch.setattr(bound_mod, "lp_request_bound", lp_spy)
+    rng = random.Random(13)
+    weaker = 0
+    for _ in range(30):
+        inst = _random_instance(rng, many=True)
+        cost = RoundCost()
+        best = brute_force(inst, cost, {})
+        wsum = sum(r.weight for r in inst.requests)
+        arr = sum(r.weight * r.arrival_s for r in inst.requests)
+        got = []
+        for ratio in (1e12, 0.0):  # relaxed only, then relaxed and whole
+            monkeypatch.setattr(bound_lp, "WHOLE_OVER_RELAXED", ratio)
+            bound_mod._CACHE.clear()
+            calls.clear()
+            values.clear()
+            lower_bound(inst, cost, None, "mean_response")
+            assert calls[0] is False and (ratio == 0.0) == any(calls), calls
+            got.append(values[0])
+        relaxed, whole = got
+        assert (relaxed - arr) / wsum <= best + 1e-9, (inst, relaxed, best)
+        assert relaxed <= whole + 1e-6
+        weaker += relaxed < whole - 1e-6
+    assert weaker > 0
 
 
 def test_lp_past_its_size_limit_is_not_tried(monkeypatch: pytest.MonkeyPatch) -> None:
