@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -201,3 +202,50 @@ def test_interrupt_keeps_what_was_measured(tmp_path: Path) -> None:
     done = [a for a in on_disk["actions"] if a["status"] == "done"]
     assert len(done) >= 3 and all(a["measured_end_s"] is not None for a in done)
     assert any(a["status"] == "not_run" for a in on_disk["actions"])
+
+
+class TimedState(FakeState):
+    seconds = 0.004
+
+
+class TimedEngine(FakeEngine):
+    """Reports the seconds it spent inside, as a real worker does."""
+
+    def save_state_file(self, path: Path) -> FakeState:
+        st = super().save_state_file(path)
+        ts = TimedState(st.tokens)
+        ts.path = st.path  # type: ignore[attr-defined]
+        time.sleep(0.004)
+        return ts
+
+    def restore_state_file(self, s: FakeState) -> Any:
+        super().restore_state_file(s)
+        time.sleep(0.003)
+        return type("Step", (), {"seconds": 0.003})()
+
+
+def test_kv_clock_leaves_out_the_executors_own_work(tmp_path: Path) -> None:
+    """The memory guard's check and the state file's deletion are the executor's, not the
+    KV copy's: they happen outside its measured window; the engine's own seconds are
+    reported beside it; the GIL switch interval is back to what it was afterwards."""
+    FakeEngine.crash_on = set()
+    r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
+               {"llama3-8b": Path("x"), "qwen14b": Path("y")}, tmp_path / "report.json",
+               engine_factory=TimedEngine)
+    admit = r.guard.admit
+
+    def slow_admit(host: str, need: int, what: str) -> None:
+        time.sleep(0.05)
+        admit(host, need, what)
+
+    r.guard.admit = slow_admit  # type: ignore[method-assign]
+    before = sys.getswitchinterval()
+    report = r.run()
+    assert sys.getswitchinterval() == before
+    assert report["status"] == "complete"
+    kv = {x.action.kind: x for x in r.records if x.action.kind.startswith("kv")}
+    save, restore = kv["kv_save"], kv["kv_restore"]
+    assert save.detail["engine_s"] == 0.004 and restore.detail["engine_s"] == 0.003
+    assert save.measured_end_s is not None and save.measured_start_s is not None
+    assert 0.004 <= save.measured_end_s - save.measured_start_s < 0.04  # no 50 ms check
+    assert restore.cleanup is not None and not Path(restore.cleanup).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,11 @@ from planner.io import write_json_atomic
 from planner.memguard import Holding, MemoryGuard, MemoryRefused
 
 WRITE_EVERY_S = 1.0  # the report on disk lags the replay by at most this, while it runs
+#: While a replay runs, a thread whose engine call has returned waits at most this long for
+#: the GIL (Python's default is 5 ms) when another thread runs Python code (the progress
+#: display, the report writes): KV copies take a few ms, and the default added up to 5.5 ms
+#: to each measured one.
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _read_through(path: Path) -> None:
@@ -30,6 +36,13 @@ def _read_through(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
+
+
+def _engine_s(info: Any) -> dict[str, float]:
+    """``engine_s``: the seconds the engine worker itself took (what the measured time
+    adds to it is the executor's: the call to the worker and back)."""
+    sec = getattr(info, "seconds", None)
+    return {"engine_s": round(sec, 6)} if isinstance(sec, float) else {}
 
 
 class Replay:
@@ -79,7 +92,8 @@ class Replay:
         self._abort = threading.Event()
         self.t0 = 0.0
         self.status = "not started"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the saved states (the sampler and the guard read them)
+        self._write_lock = threading.Lock()  # one report write at a time
         self.sampler: MemorySampler | None = None
         self.guard = MemoryGuard({h.id: h.memory_bytes for h in instance.cluster.hosts},
                                  self._holdings, self._state_bytes)
@@ -90,6 +104,17 @@ class Replay:
         seed = sum(map(ord, request))
         return [10 + (seed + 7919 * i) % max(1, vocab - 20) for i in range(n)]
 
+    def _admit(self, rec: ActionRecord) -> None:
+        """The memory guard's decision, before the action's clock starts: it is the
+        executor's check, not part of the action (raises MemoryRefused)."""
+        a = rec.action
+        e = self.schedule.engine(a.engine)
+        host = self.inst.cluster.device(e.device).host
+        if a.kind == "load":
+            self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
+        elif a.kind == "kv_save" and a.request is not None:
+            self.guard.admit(host, a.bytes or 0, f"kv_save of {a.request} on {e.id}")
+
     def _do(self, rec: ActionRecord) -> dict[str, Any]:
         a = rec.action
         eng = self.engines[a.engine]
@@ -98,7 +123,6 @@ class Replay:
         if a.kind == "load" and e.n_parallel > 1:
             from profiler.batch import SlotDriver
 
-            self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
             self.loaded.add(e.id)
             got = eng.batch_load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
                 e.id, e.n_gpu_layers), n_ctx=e.n_ctx, n_parallel=e.n_parallel)
@@ -107,12 +131,11 @@ class Replay:
             self.drivers[e.id].start()
             return {"rss_bytes": got["rss_bytes"]}
         if a.kind == "load":
-            self.guard.admit(host, e.host_bytes, f"load of {e.id} ({e.model})")
             self.loaded.add(e.id)
             info = eng.load(self.model_paths[e.model], n_gpu_layers=self.gpu_layers.get(
                 e.id, e.n_gpu_layers), n_ctx=e.n_ctx)
             self.vocab[e.id] = info.n_vocab
-            return {"rss_bytes": info.rss_bytes}
+            return {"rss_bytes": info.rss_bytes, **_engine_s(info)}
         if a.kind == "unload":
             driver = self.drivers.pop(e.id, None)
             if driver is not None:
@@ -123,23 +146,22 @@ class Replay:
         assert a.request is not None
         req = self.inst.request(a.request)
         if a.kind == "kv_save":
-            self.guard.admit(host, a.bytes or 0, f"kv_save of {req.id} on {e.id}")
             assert self.state_dir is not None
             state = eng.save_state_file(self.state_dir / f"{req.id}.{rec.index}.kv")
             with self._lock:
                 self.states[req.id] = state
                 self.state_host[req.id] = host
-            return {"bytes_measured": state.nbytes}
+            return {"bytes_measured": state.nbytes, **_engine_s(state)}
         if a.kind == "kv_restore":
             with self._lock:
                 state = self.states[req.id]
-            eng.restore_state_file(state)
+            info = eng.restore_state_file(state)
             with self._lock:  # held until the end of its restore (SPEC rule 4)
                 self.states.pop(req.id, None)
                 self.state_host.pop(req.id, None)
-            with contextlib.suppress(OSError):
-                os.unlink(state.path)
-            return {"bytes_measured": state.nbytes}
+            # the file goes after the clock stops (a server keeps it; deleting is ours)
+            rec.cleanup = state.path
+            return {"bytes_measured": state.nbytes, **_engine_s(info)}
         # run
         tf, tt = a.tokens_from or 0, a.tokens_to or 0
         done = self.generated.setdefault(req.id, [])
@@ -173,18 +195,25 @@ class Replay:
             rec.status = "not_run"
             rec.error = "replay interrupted before it started"
             return
+        try:
+            self._admit(rec)
+        except MemoryRefused as exc:  # refused before it started: nothing was taken
+            rec.measured_start_s = rec.measured_end_s = time.perf_counter() - self.t0
+            rec.status = "failed"
+            rec.error = str(exc)
+            rec.detail = {"refused": True}
+            return
         rec.measured_start_s = time.perf_counter() - self.t0
         try:
             rec.detail = self._do(rec)
             rec.status = "done"
-        except MemoryRefused as exc:  # refused before it started: nothing was taken
-            rec.status = "failed"
-            rec.error = str(exc)
-            rec.detail = {"refused": True}
         except Exception as exc:  # a crashed or failing engine: report, go on
             rec.status = "failed"
             rec.error = f"{type(exc).__name__}: {exc}"
         rec.measured_end_s = time.perf_counter() - self.t0
+        if rec.cleanup is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(rec.cleanup)
 
     # --- dispatch --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -209,6 +238,8 @@ class Replay:
                                      lambda: sum(s.nbytes for s in list(self.states.values())),
                                      gpu=uses_gpu)
         self.sampler.start()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         self.t0 = time.perf_counter()
         self.status = "running"
         pending = {r.index for r in self.records}
@@ -250,6 +281,7 @@ class Replay:
                 by_index[i].error = "replay interrupted"
         finally:
             pool.shutdown(wait=True)  # actions already running finish (or fail)
+            sys.setswitchinterval(switch)
             for driver in self.drivers.values():
                 driver.stop()
             self.sampler.stop()
@@ -341,7 +373,7 @@ class Replay:
         """Rewrite the report atomically. A write the disk refuses (full, read-only,
         folder gone) does not stop the replay: the report stays whole in memory, the
         last version on disk stays valid, and every later action tries again."""
-        with self._lock:
+        with self._write_lock:
             self._written_at = time.perf_counter()
             try:
                 write_json_atomic(self.report_path, self.report())

@@ -26,6 +26,8 @@ class ActionRecord:
     measured_end_s: float | None = None
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    #: a file to delete once the action's clock has stopped (a restored state's)
+    cleanup: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.action.to_json()
