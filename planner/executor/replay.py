@@ -20,13 +20,9 @@ from planner.executor.memory import MemorySampler
 from planner.executor.report import ActionRecord, engine_options, measured_report
 from planner.io import write_json_atomic
 from planner.memguard import Holding, MemoryGuard, MemoryRefused
+from profiler.engine.types import SWITCH_INTERVAL_S
 
 WRITE_EVERY_S = 1.0  # the report on disk lags the replay by at most this, while it runs
-#: While a replay runs, a thread whose engine call has returned waits at most this long for
-#: the GIL (Python's default is 5 ms) when another thread runs Python code (the progress
-#: display, the report writes): KV copies take a few ms, and the default added up to 5.5 ms
-#: to each measured one.
-SWITCH_INTERVAL_S = 0.0005
 
 
 def _read_through(path: Path) -> None:
@@ -238,6 +234,7 @@ class Replay:
                                      lambda: sum(s.nbytes for s in list(self.states.values())),
                                      gpu=uses_gpu)
         self.sampler.start()
+        # caller-side times as the profiler takes them (profiler.engine.short_gil_switch)
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         self.t0 = time.perf_counter()

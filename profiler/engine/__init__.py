@@ -37,10 +37,11 @@ from profiler.engine.types import (
     SavedState,
     SavedStateFile,
     StepInfo,
+    short_gil_switch,
     state_dir,
 )
 from profiler.engine.worker import _rss, _Worker, gpu_bytes_of
 
 __all__ = ["DecodeInfo", "Engine", "EngineCrashed", "EngineError", "Fallback", "LoadInfo",
            "MemoryInfo", "SavedState", "SavedStateFile", "StepInfo", "_Worker", "_rss",
-           "gpu_bytes_of", "state_dir"]
+           "gpu_bytes_of", "short_gil_switch", "state_dir"]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from profiler.engine import short_gil_switch
 from profiler.store import set_aside
 from profiler.sweep.settings import Progress, SweepConfig, SweepResult
 from profiler.sweep.steps import Sweep
@@ -52,12 +53,13 @@ def run_sweep(model_path: Path, out_root: Path, config: SweepConfig,
         for moved in set_aside(sweep.json_path):
             if on_set_aside is not None:
                 on_set_aside(moved)
-    if not show_progress:
-        return _with_slots(sweep, sweep.run(), config)
-    with rich_progress(f"profiling {sweep.arch.key}") as (tick, set_total):
-        result = sweep.run(tick, set_total)
-    with rich_progress(f"slots {sweep.arch.key}") as (tick, set_total):
-        return _with_slots(sweep, result, config, tick)
+    with short_gil_switch():  # caller-side times as the executor takes them
+        if not show_progress:
+            return _with_slots(sweep, sweep.run(), config)
+        with rich_progress(f"profiling {sweep.arch.key}") as (tick, set_total):
+            result = sweep.run(tick, set_total)
+        with rich_progress(f"slots {sweep.arch.key}") as (tick, set_total):
+            return _with_slots(sweep, result, config, tick)
 
 
 def _with_slots(sweep: Sweep, result: SweepResult, config: SweepConfig,
