@@ -116,18 +116,27 @@ class CPModel:
         Objective(self.model, self.vars, objective).apply()
 
     def add_hint(self, hint: Hint) -> None:
+        """Hint every variable the hint determines (unload ends, resident sizes, request
+        ends too). CP-SAT completes a partial hint by search and may fail to: with most
+        requests of a 59-request model fixed at their hinted places (a time-window
+        neighbourhood, tried 2026-12-02), it returned plans worse than the hint."""
         m = self.model
+        unload = {e.key: e.unload for e in self.data.engines}
         for ek, ps in self.vars.periods.items():
             given = hint.periods.get(ek, [])
             for p, pv in enumerate(ps):
+                if p < len(given):
+                    ue = given[p][1] + unload[ek]
+                    m.add_hint(pv.unload_start, given[p][1])
+                    m.add_hint(pv.unload_end, ue)
+                    size = pv.resident.size_expr()
+                    if isinstance(size, cp_model.IntVar) and not pv.carried:
+                        m.add_hint(size, ue - given[p][0])
                 if pv.carried:
-                    if p < len(given):
-                        m.add_hint(pv.unload_start, given[p][1])
                     continue
                 if p < len(given):
                     m.add_hint(pv.present, 1)
                     m.add_hint(cast(cp_model.IntVar, pv.load_start), given[p][0])
-                    m.add_hint(pv.unload_start, given[p][1])
                 else:
                     m.add_hint(pv.present, 0)
         for rv in self.vars.requests:
@@ -136,6 +145,10 @@ class CPModel:
                 continue
             ek, p, start = choice
             m.add_hint(rv.start, start)
+            dur = next((o.duration for o in rv.options if o.engine == ek and o.period == p),
+                       None)
+            if dur is not None:
+                m.add_hint(rv.end, start + dur)
             for o in rv.options:
                 m.add_hint(o.chosen, int(o.engine == ek and o.period == p))
             for sv in rv.splits:  # the hint runs every request whole
