@@ -93,6 +93,12 @@ def row(name: str, rep: dict[str, Any]) -> dict[str, Any]:
                           "measured": (dev.get("measured_peak_host_bytes") or 0) / 2**20,
                           "budget": (dev.get("budget_host_bytes") or 0) / 2**20},
         "refusals": len(rep.get("memory_refusals", [])),
+        # per KV copy: what the executor added to the engine worker's own time (ms)
+        "kv_executor_ms": [round(1e3 * (a["measured_end_s"] - a["measured_start_s"]
+                                        - a["engine_s"]), 2)
+                           for a in rep["actions"] if a["kind"] in ("kv_save", "kv_restore")
+                           and a.get("engine_s") is not None
+                           and a.get("measured_end_s") is not None],
     }
 
 
