@@ -249,3 +249,21 @@ def test_kv_clock_leaves_out_the_executors_own_work(tmp_path: Path) -> None:
     assert save.measured_end_s is not None and save.measured_start_s is not None
     assert 0.004 <= save.measured_end_s - save.measured_start_s < 0.04  # no 50 ms check
     assert restore.cleanup is not None and not Path(restore.cleanup).exists()
+
+
+def test_a_failing_memory_check_fails_its_action_not_the_replay(tmp_path: Path) -> None:
+    FakeEngine.crash_on = set()
+    r = Replay(fast_instance(), Schedule((E1, E2), tuple(valid_actions())),
+               {"llama3-8b": Path("x"), "qwen14b": Path("y")}, tmp_path / "report.json",
+               engine_factory=FakeEngine)
+
+    def broken(host: str, need: int, what: str) -> None:
+        raise RuntimeError("psutil gone")
+
+    r.guard.admit = broken  # type: ignore[method-assign]
+    report = r.run()
+    assert report["status"] == "partial"
+    loads = [x for x in r.records if x.action.kind == "load"]
+    assert loads and all(x.status == "failed" and "psutil gone" in (x.error or "")
+                         for x in loads)
+    assert all(x.status in ("done", "failed", "not_run") for x in r.records)

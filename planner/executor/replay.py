@@ -199,6 +199,11 @@ class Replay:
             rec.error = str(exc)
             rec.detail = {"refused": True}
             return
+        except Exception as exc:  # the check itself failed (a worker gone, say): as below
+            rec.measured_start_s = rec.measured_end_s = time.perf_counter() - self.t0
+            rec.status = "failed"
+            rec.error = f"{type(exc).__name__}: {exc}"
+            return
         rec.measured_start_s = time.perf_counter() - self.t0
         try:
             rec.detail = self._do(rec)
