@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from planner.executor.memory import MemorySampler
 from planner.executor.report import ActionRecord, engine_options, measured_report
 from planner.io import write_json_atomic
 from planner.memguard import Holding, MemoryGuard, MemoryRefused
-from profiler.engine.types import SWITCH_INTERVAL_S
+from profiler.engine.types import short_gil_switch
 
 WRITE_EVERY_S = 1.0  # the report on disk lags the replay by at most this, while it runs
 
@@ -239,9 +238,8 @@ class Replay:
                                      lambda: sum(s.nbytes for s in list(self.states.values())),
                                      gpu=uses_gpu)
         self.sampler.start()
-        # caller-side times as the profiler takes them (profiler.engine.short_gil_switch)
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+        gil = contextlib.ExitStack()  # caller-side times as the profiler takes them
+        gil.enter_context(short_gil_switch())
         self.t0 = time.perf_counter()
         self.status = "running"
         pending = {r.index for r in self.records}
@@ -283,7 +281,7 @@ class Replay:
                 by_index[i].error = "replay interrupted"
         finally:
             pool.shutdown(wait=True)  # actions already running finish (or fail)
-            sys.setswitchinterval(switch)
+            gil.close()
             for driver in self.drivers.values():
                 driver.stop()
             self.sampler.stop()

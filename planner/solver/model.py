@@ -125,20 +125,21 @@ class CPModel:
         for ek, ps in self.vars.periods.items():
             given = hint.periods.get(ek, [])
             for p, pv in enumerate(ps):
-                if p < len(given):
-                    ue = given[p][1] + unload[ek]
-                    m.add_hint(pv.unload_start, given[p][1])
-                    m.add_hint(pv.unload_end, ue)
-                    size = pv.resident.size_expr()
-                    if isinstance(size, cp_model.IntVar) and not pv.carried:
-                        m.add_hint(size, ue - given[p][0])
-                if pv.carried:
+                if p >= len(given):
+                    if not pv.carried:
+                        m.add_hint(pv.present, 0)
                     continue
-                if p < len(given):
-                    m.add_hint(pv.present, 1)
-                    m.add_hint(cast(cp_model.IntVar, pv.load_start), given[p][0])
-                else:
-                    m.add_hint(pv.present, 0)
+                ls, us = given[p]
+                ue = us + unload[ek]
+                m.add_hint(pv.unload_start, us)
+                m.add_hint(pv.unload_end, ue)
+                if pv.carried:  # its load is fixed
+                    continue
+                m.add_hint(pv.present, 1)
+                m.add_hint(cast(cp_model.IntVar, pv.load_start), ls)
+                size = pv.resident.size_expr()
+                if isinstance(size, cp_model.IntVar):
+                    m.add_hint(size, ue - ls)
         for rv in self.vars.requests:
             choice = hint.runs.get(rv.data.req.id)
             if choice is None:
