@@ -76,14 +76,20 @@ def resolve_extra_bufts(system_info: str, requested: bool | None = None,
 
 
 def hook_model_params(llama_cpp_module: Any, enabled: bool) -> Callable[[], None]:
-    """Make ``llama_cpp.Llama`` load models with ``use_extra_bufts = enabled``.
+    """Make models load with ``use_extra_bufts = enabled``, whichever name they are loaded by.
 
     ``Llama.__init__`` takes its model parameters from
     ``llama_cpp.llama_cpp.llama_model_default_params()`` and offers no argument for
-    this field, so the worker process wraps that function. Returns an undo.
+    this field, so the worker process wraps that function. The package re-exports it
+    (``llama_cpp.llama_model_default_params`` is a second binding to the same
+    function), and code that builds a model through the low-level API (the slot
+    engine, :mod:`profiler.batch`) calls it by that name, so both bindings are
+    wrapped: an unwrapped one left the AMX path on there and crashed the worker.
+    Returns an undo.
     """
     low = llama_cpp_module.llama_cpp
     original = getattr(low, "_planner_original_default_params", low.llama_model_default_params)
+    holders = [m for m in (low, llama_cpp_module) if hasattr(m, "llama_model_default_params")]
 
     def default_params() -> Any:
         params = original()
@@ -92,10 +98,12 @@ def hook_model_params(llama_cpp_module: Any, enabled: bool) -> Callable[[], None
         return params
 
     low._planner_original_default_params = original
-    low.llama_model_default_params = default_params
+    for holder in holders:
+        holder.llama_model_default_params = default_params
 
     def undo() -> None:
-        low.llama_model_default_params = original
+        for holder in holders:
+            holder.llama_model_default_params = original
 
     return undo
 

@@ -74,6 +74,21 @@ def test_hook_sets_the_model_parameter_and_undoes() -> None:
     assert low.llama_model_default_params is Params
 
 
+def test_hook_also_wraps_the_package_re_export() -> None:
+    """``llama_cpp.llama_model_default_params`` (the package's re-export, which the
+    slot engine calls) must be wrapped too: unwrapped, the AMX path stayed on there."""
+    class Params:
+        use_extra_bufts = True
+
+    low = SimpleNamespace(llama_model_default_params=Params)
+    module = SimpleNamespace(llama_cpp=low, llama_model_default_params=Params)
+    undo = cpuopts.hook_model_params(module, False)
+    assert module.llama_model_default_params().use_extra_bufts is False
+    assert low.llama_model_default_params().use_extra_bufts is False
+    undo()
+    assert module.llama_model_default_params is Params and low.llama_model_default_params is Params
+
+
 def test_injected_crash_counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "crashes"
     f.write_text("2")

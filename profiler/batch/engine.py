@@ -96,7 +96,9 @@ class BatchWorker(_Worker):
                 "gpu_bytes": gpu_bytes_of(__import__("os").getpid()) if n_gpu_layers > 0
                 else 0,
                 "n_layers": int(lc.llama_model_n_layer(model.model)), "n_vocab": self.n_vocab_b,
-                "n_ctx": int(ctx.n_ctx()), "n_gpu_layers": n_gpu_layers}
+                "n_ctx": int(ctx.n_ctx()), "n_gpu_layers": n_gpu_layers,
+                # what the model was loaded with (the hook in profiler.cpuopts sets it)
+                "extra_bufts": bool(getattr(mparams, "use_extra_bufts", True))}
 
     def _bneed(self) -> Any:
         if self.b_ctx is None:
