@@ -52,13 +52,15 @@ class Engine:
         self.threads = threads or os.cpu_count() or 1
         self._threads_arg = threads
         self._start_timeout_s = start_timeout_s
-        self._requested = False if Engine._process_fallback and extra_bufts is None \
-            else extra_bufts
+        # after a crash fallback in this process, "off" wins over PLANNER_EXTRA_BUFTS too
+        # (the fallback engine itself ignores it): a forced "on" crashed here already
+        after_fallback = Engine._process_fallback and extra_bufts is None
+        self._requested = False if after_fallback else extra_bufts
         self.fallbacks: list[Fallback] = []
         self._loaded: dict[str, Any] | None = None  # kwargs of the current load
         self._journal: list[tuple[str, dict[str, Any], bytes | None]] = []  # state calls since
         self._proven: set[str] = set()  # model files with a completed prefill or decode
-        self._start(self._requested, ignore_env=False)
+        self._start(self._requested, ignore_env=after_fallback)
         self.idle_rss_bytes: int = self._info["rss_bytes"]
         self.n_layers = 0
         self.n_ctx = 0
