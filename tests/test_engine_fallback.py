@@ -22,6 +22,7 @@ from planner.domain import Action, Engine, Schedule
 from planner.executor import Replay
 from planner.io import load_instance
 from profiler import cpuopts
+from profiler.batch import BatchEngine
 from profiler.engine import Engine as LlamaEngine
 from profiler.engine import EngineCrashed
 from profiler.models import ModelSourceError, fetch_smollm2
@@ -155,3 +156,65 @@ def test_replay_report_records_the_fallback(tmp_path: Path, smollm2: Path,
     [eng] = report["engines"]
     assert eng["extra_bufts"] is False and eng["fallbacks"][0]["during"] == "prefill"
     assert json.loads((tmp_path / "r.json").read_text())["engines"] == report["engines"]
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2: Path) -> tuple[list[int], list[int]]:
+    with LlamaEngine(threads=1, extra_bufts=False) as eng:
+        eng.load(smollm2, n_ctx=256, warmup=False)
+        return (eng.tokenize("The quick brown fox jumps over the lazy dog"),
+                eng.tokenize("1, 2, 3, 4, 5,"))
+
+
+def _slot_run(eng: BatchEngine, prompts: tuple[list[int], list[int]]) -> dict[int, list[int]]:
+    """Two requests side by side on a two-slot context; the tokens each produced."""
+    eng.batch_add(0, prompts[0], 6)
+    eng.batch_add(1, prompts[1], 4)
+    done: set[int] = set()
+    while len(done) < 2:
+        done.update(eng.batch_step().finished)
+    return {q: eng.batch_tokens(q) for q in (0, 1)}
+
+
+def test_slot_engine_falls_back_on_its_first_batched_step(smollm2: Path, prompts,
+                                                          crashes) -> None:  # type: ignore[no-untyped-def]
+    """The slot calls are guarded as the serial ones are: a crash on a slot context's
+    first batched decode restarts the worker with extra buffer types off, loads the
+    context again, puts the requests back in their slots and repeats the step."""
+    counter = crashes(1)
+    with BatchEngine(threads=1) as eng:
+        assert eng.extra_bufts is True
+        info = eng.batch_load(smollm2, n_ctx=256, n_parallel=2, warmup=False)
+        assert info["extra_bufts"] is True
+        out = _slot_run(eng, prompts)  # the worker dies on the first step here
+        assert eng.extra_bufts is False and eng.extra_bufts_reason == "fallback"
+        [fb] = eng.fallbacks
+        assert (fb.during, fb.exitcode) == ("batch_step", -11)
+        assert LlamaEngine._process_fallback
+    assert counter.read_text() == "0"
+    assert len(out[0]) == 6 and len(out[1]) == 4
+    with BatchEngine(threads=1, extra_bufts=False) as ref:
+        ref.batch_load(smollm2, n_ctx=256, n_parallel=2, warmup=False)
+        assert _slot_run(ref, prompts) == out
+
+
+def test_slot_engine_falls_back_in_its_load_warmup(smollm2: Path, prompts,
+                                                   crashes) -> None:  # type: ignore[no-untyped-def]
+    crashes(1)
+    with BatchEngine(threads=1) as eng:
+        info = eng.batch_load(smollm2, n_ctx=256, n_parallel=2)  # warm-up step crashes
+        assert info["extra_bufts"] is False
+        assert [f.during for f in eng.fallbacks] == ["batch_load"]
+        out = _slot_run(eng, prompts)
+        assert len(out[0]) == 6
+    # a second crash is one line, as for the serial calls
+    crashes(2)
+    eng2 = BatchEngine(threads=1, extra_bufts=True)
+    try:
+        eng2.batch_load(smollm2, n_ctx=256, n_parallel=2, warmup=False)
+        eng2.batch_add(0, prompts[1], 2)
+        with pytest.raises(EngineCrashed) as err:
+            eng2.batch_step()
+        assert "\n" not in str(err.value) and "Try:" in str(err.value)
+    finally:
+        eng2.close()

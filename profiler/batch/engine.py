@@ -190,6 +190,7 @@ class BatchWorker(_Worker):
             attn = n * slot_cells(sum(q.pos for q in self.seqs.values()))
             if s_pos_over := [q for q, s in self.seqs.items() if s.pos > self.b_ctx_per_seq]:
                 raise EngineError(f"context full in slot {s_pos_over[0]}")
+            self._first_compute_fault(self.b_path)  # tests only (PLANNER_FAULT_CRASHES)
             t0 = time.perf_counter()
             rc = int(lc.llama_decode(ctx.ctx, b))
             if rc != 0:
@@ -252,13 +253,20 @@ class BatchEngine(Engine):
     """:class:`profiler.engine.Engine` with a slot context (``batch_*`` calls)."""
 
     _worker_cls = BatchWorker
+    # the crash fallback (profiler.engine.Engine._guarded) covers the slot calls too: a
+    # slot context's first batched decode (its load's warm-up, or its first step) is where
+    # llama.cpp's AMX path crashes
+    _LOADS = (*Engine._LOADS, "batch_load")
+    _FIRST_COMPUTE = (*Engine._FIRST_COMPUTE, "batch_load", "batch_step")
+    _PROVES = (*Engine._PROVES, "batch_step")
+    _JOURNALED = (*Engine._JOURNALED, "batch_add", "batch_remove", "batch_truncate")
 
     def batch_load(self, path: str | Path, *, n_ctx: int, n_parallel: int,
                    n_gpu_layers: int = 0, n_batch: int = 512, use_mmap: bool = False,
                    tensor_split: Sequence[float] | None = None, warmup: bool = True,
                    unified: bool = True) -> dict[str, Any]:
         """Load a model into a context of ``n_parallel`` slots of ``n_ctx`` tokens each."""
-        r = self._call("batch_load", path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
+        r = self._guarded("batch_load", path=str(path), n_gpu_layers=n_gpu_layers, n_ctx=n_ctx,
                        n_parallel=n_parallel, n_batch=n_batch, use_mmap=use_mmap,
                        tensor_split=list(tensor_split) if tensor_split else None,
                        warmup=warmup, unified=unified)
@@ -268,14 +276,14 @@ class BatchEngine(Engine):
     def batch_add(self, seq: int, tokens: Sequence[int], n_decode: int) -> None:
         """Put a request in slot ``seq``: its prompt is prefilled in the next step's batch,
         then it generates ``n_decode`` tokens (-1: until removed)."""
-        self._call("batch_add", seq=int(seq), tokens=[int(t) for t in tokens],
+        self._guarded("batch_add", seq=int(seq), tokens=[int(t) for t in tokens],
                    n_decode=int(n_decode))
 
     def batch_remove(self, seq: int) -> None:
-        self._call("batch_remove", seq=int(seq))
+        self._guarded("batch_remove", seq=int(seq))
 
     def batch_truncate(self, seq: int, n_tokens: int, remaining: int = -1) -> None:
-        self._call("batch_truncate", seq=int(seq), n_tokens=int(n_tokens),
+        self._guarded("batch_truncate", seq=int(seq), n_tokens=int(n_tokens),
                    remaining=int(remaining))
 
     def batch_tokens(self, seq: int) -> list[int]:
@@ -284,7 +292,7 @@ class BatchEngine(Engine):
     def batch_step(self, max_steps: int | None = None, max_s: float | None = None
                    ) -> BatchResult:
         t0 = time.perf_counter()
-        r = self._call("batch_step", max_steps=max_steps, max_s=max_s)
+        r = self._guarded("batch_step", max_steps=max_steps, max_s=max_s)
         return BatchResult(tuple(StepRecord(**s) for s in r["steps"]), tuple(r["finished"]),
                            {int(k): int(v) for k, v in r["produced"].items()}, r["seconds"],
                            time.perf_counter() - t0)

@@ -58,6 +58,7 @@ class Engine:
         self._requested = False if after_fallback else extra_bufts
         self.fallbacks: list[Fallback] = []
         self._loaded: dict[str, Any] | None = None  # kwargs of the current load
+        self._load_call = "load"  # the call that made it (a subclass has others)
         self._journal: list[tuple[str, dict[str, Any], bytes | None]] = []  # state calls since
         self._proven: set[str] = set()  # model files with a completed prefill or decode
         self._start(self._requested, ignore_env=after_fallback)
@@ -151,7 +152,14 @@ class Engine:
             raise EngineCrashed(f"engine worker (pid {self._proc.pid}) is gone") from None
         return self._receive(timeout_s, name)
 
-    _FIRST_COMPUTE = ("load", "prefill", "decode", "restore_state", "restore_state_file")
+    #: calls that load a model, calls that may run its first computation (the AMX crash
+    #: comes there), calls whose success proves the model runs, and calls that change the
+    #: request state before that (replayed after a fallback); a subclass adds its own
+    _LOADS: tuple[str, ...] = ("load",)
+    _FIRST_COMPUTE: tuple[str, ...] = ("load", "prefill", "decode", "restore_state",
+                                       "restore_state_file")
+    _PROVES: tuple[str, ...] = ("prefill", "decode")
+    _JOURNALED: tuple[str, ...] = ("reset", "truncate", "restore_state", "restore_state_file")
 
     def _guarded(self, name: str, data: bytes | None = None, **kwargs: Any) -> Any:
         """:meth:`_call` with the crash fallback.
@@ -162,7 +170,7 @@ class Engine:
         loaded again, the request state replayed, and the call repeated. A second
         crash raises :class:`EngineCrashed` with what to try.
         """
-        model = str(kwargs["path"]) if name == "load" else str((self._loaded or {}).get(
+        model = str(kwargs["path"]) if name in self._LOADS else str((self._loaded or {}).get(
             "path", "?"))
         try:
             result = self._call(name, data=data, **kwargs)
@@ -178,8 +186,8 @@ class Engine:
                 self._start(False, ignore_env=True)
                 self.extra_bufts_reason = "fallback"
                 Engine._process_fallback = True
-                if name != "load" and self._loaded is not None:
-                    self._call("load", **self._loaded)
+                if name not in self._LOADS and self._loaded is not None:
+                    self._call(self._load_call, **self._loaded)
                     for jname, jkw, jdata in self._journal:
                         self._call(jname, data=jdata, **jkw)
                 self.fallbacks.append(Fallback(model, name, exc.exitcode,
@@ -189,14 +197,14 @@ class Engine:
                 if exc2.exitcode is not None and exc2.exitcode < 0:
                     raise self._final_crash(exc2, model, name) from None
                 raise
-        if name == "load":
+        if name in self._LOADS:
             self._loaded = dict(kwargs)
+            self._load_call = name
             self._journal = []
-        elif name in ("prefill", "decode"):
+        elif name in self._PROVES:
             self._proven.add(model)
             self._journal = []
-        elif name in ("reset", "truncate", "restore_state", "restore_state_file") \
-                and model not in self._proven:
+        elif name in self._JOURNALED and model not in self._proven:
             self._journal.append((name, dict(kwargs), data))
         return result
 

@@ -154,9 +154,10 @@ class _Worker:
         self.s.pending = None
         return {"seconds": time.perf_counter() - t0, "n_tokens": 0}
 
-    def _first_compute_fault(self) -> None:
-        """Test-only: die like a llama.cpp segfault on a model's first prefill or decode."""
-        path = str(self._need().model_path)
+    def _first_compute_fault(self, path: str | None = None) -> None:
+        """Test-only: die like a llama.cpp segfault on a model's first prefill or decode
+        (``path``: the model file, default the serial model's)."""
+        path = path if path is not None else str(self._need().model_path)
         if path not in self.proven and cpuopts.take_injected_crash():
             import signal
 
