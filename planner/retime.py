@@ -3,14 +3,17 @@
 Schedulers place actions on a grid with the cost model's idle durations. The
 executor dispatches each action as soon as the previous action in its lane, on
 its engine and of its request is done (and, for a run, its request has
-arrived), and on a real machine two kinds of load differ from an idle,
-repeated one:
+arrived), and on a real machine two kinds of load, and KV copies, differ from
+idle, repeated ones:
 
 - an engine's **first load** in a replay happens in a freshly started worker
   (``CostModel.first_load_s``);
 - a load that **overlaps a run on the same host** competes with it for memory
   bandwidth and caches (``CostModel.busy_load_s``); the part of the load that
-  overlaps runs is stretched by ``busy_load_s / load_s``.
+  overlaps runs is stretched by ``busy_load_s / load_s``;
+- a **KV copy that overlaps a run on the same host** shares the host's cores and
+  memory bandwidth with it (``CostModel.busy_kv_s``), stretched alike by the ratio
+  of the busy to the idle copy at the request's context.
 
 :func:`retime` recomputes every action's start and end with exactly the
 executor's dependencies and these durations (a fixed point over the overlaps),
@@ -76,8 +79,15 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     idle: list[float] = []
     factor: list[float] = []
     seen: set[str] = set()
+    done: dict[str, int] = {}  # output tokens of each request generated so far (plan order)
     for a in actions:
-        if a.kind == "load":
+        if a.kind in ("kv_save", "kv_restore") and a.request is not None:
+            cfg = engines[a.engine].config
+            ctx = instance.request(a.request).prompt_tokens + done.get(a.request, 0)
+            alone = (cost.kv_save_s if a.kind == "kv_save" else cost.kv_restore_s)(cfg, ctx)
+            idle.append(a.end_s - a.start_s)
+            factor.append(cost.busy_kv_s(a.kind, cfg, ctx) / alone if alone > 0 else 1.0)
+        elif a.kind == "load":
             cfg = engines[a.engine].config
             warm = cost.load_s(cfg)
             first = a.engine not in seen
@@ -85,6 +95,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             idle.append(cost.first_load_s(cfg) if first else warm)
             factor.append(cost.busy_load_s(cfg) / warm if warm > 0 else 1.0)
         else:
+            if a.kind == "run" and a.request is not None:
+                done[a.request] = max(done.get(a.request, 0), a.tokens_to or 0)
             idle.append(a.end_s - a.start_s)
             factor.append(1.0)
     dur = list(idle)
@@ -116,9 +128,10 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         spans_of = {h: _merged(v) for h, v in runs_on.items()}
         changed = any(abs(x - y) > 1e-6 for x, y in zip(before, end, strict=True))
         for i, a in enumerate(actions):
-            if a.kind != "load" or factor[i] == 1.0 or idle[i] <= 0:
+            if factor[i] == 1.0 or idle[i] <= 0:
                 continue
-            # the load's work goes at rate 1 alone and 1/factor beside a run: over a span
+            # a load's (or KV copy's) work goes at rate 1 alone and 1/factor beside a run:
+            # over a span
             # t of which o lies beside runs, t = idle + o * (1 - 1/factor)
             o = _overlap(start[i], end[i], spans_of.get(host_of[a.device], []))
             new = idle[i] + o * (1.0 - 1.0 / factor[i])

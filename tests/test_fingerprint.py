@@ -80,7 +80,8 @@ def test_profile_check_cli_on_a_fresh_profile(tmp_path: Path) -> None:
     res = run_sweep(gguf, tmp_path / "prof", cfg, show_progress=False)
     fp = res.profile["fingerprint"]
     assert fp["threads"] == 1 and fp["probes"]["decode_s_per_token"] > 0
-    for q in ("first_load_s", "busy_load_s", "kv_save_s", "kv_restore_s", "host_bytes"):
+    for q in ("first_load_s", "busy_load_s", "kv_save_s", "kv_restore_s", "busy_kv_save_s",
+              "busy_kv_restore_s", "host_bytes"):
         assert q in res.profile["fits"], q
     inst = {"format": "planner.instance/1", "name": "chk",
             "cluster": {"hosts": [{"id": "here", "cpu": "local", "threads": 1,

@@ -80,3 +80,63 @@ def test_an_invalid_plan_is_returned_untouched() -> None:
                            Action("run", "e1", "box-gpu0", 1, 5, request="a", tokens_from=0,
                                   tokens_to=64)))
     assert retime(inst, cost, bad) is bad  # type: ignore[arg-type]
+
+
+class Copies(Loads):
+    """Every load 1 s; a KV copy 1 s alone; a save beside a run 2 s, a restore 1 s."""
+
+    def first_load_s(self, cfg: EngineConfig) -> float:
+        return 1.0
+
+    def busy_load_s(self, cfg: EngineConfig) -> float:
+        return 1.0
+
+    def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 1.0
+
+    def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 1.0
+
+    def busy_kv_s(self, kind: str, cfg: EngineConfig, context_tokens: int) -> float:
+        return 2.0 if kind == "kv_save" else 1.0
+
+
+def _preempted_beside_a_run() -> tuple[object, Schedule]:
+    """Request a is saved on e1 while request c runs on a second llama3-8b engine (same
+    GPU, so the same host), then restored and finished."""
+    e1b = dataclasses.replace(E1, id="e1b")
+    inst = dataclasses.replace(instance(), requests=tuple(
+        q for q in instance().requests if q.id in ("a", "c")))
+    acts = (Action("load", "e1", "box-gpu0", 0, 1),
+            Action("load", "e1b", "box-gpu0", 1, 2),
+            Action("run", "e1", "box-gpu0", 1, 3, request="a", tokens_from=0, tokens_to=32),
+            Action("kv_save", "e1", "box-gpu0", 3, 4, request="a", bytes=1000),
+            Action("run", "e1b", "box-gpu0", 3, 6, request="c", tokens_from=0, tokens_to=128),
+            Action("kv_restore", "e1", "box-gpu0", 6, 7, request="a", bytes=1000),
+            Action("run", "e1", "box-gpu0", 7, 8, request="a", tokens_from=32, tokens_to=64))
+    sched = Schedule((E1, e1b), acts)
+    assert check_plan(inst, sched) == []  # type: ignore[arg-type]
+    return inst, sched
+
+
+def test_kv_copy_beside_a_run_is_stretched_by_hand() -> None:
+    inst, sched = _preempted_beside_a_run()
+    out = {(a.kind, a.request, a.tokens_from): a
+           for a in retime(inst, Copies.for_instance(inst), sched).actions}  # type: ignore[arg-type]
+    save, rest = out[("kv_save", "a", None)], out[("kv_restore", "a", None)]
+    # the save starts after run a [1, 3] and lies wholly beside run c [3, 6]: its 1 s of
+    # work goes at half speed there (2 s beside a run): [3, 5]
+    assert save.start_s == pytest.approx(3) and save.end_s == pytest.approx(5)
+    # the restore goes as soon as the save is done, beside run c too, but costs the same
+    # there: [5, 6]; the rest of a follows run c on the compute lane: [6, 7]
+    assert (rest.start_s, rest.end_s) == (pytest.approx(5), pytest.approx(6))
+    assert (out[("run", "a", 32)].start_s, out[("run", "a", 32)].end_s) == (
+        pytest.approx(6), pytest.approx(7))
+
+
+def test_kv_copy_without_a_busy_measurement_keeps_its_time() -> None:
+    inst, sched = _preempted_beside_a_run()
+    cost = AnalyticCostModel.for_instance(inst)  # type: ignore[arg-type]
+    save = next(a for a in retime(inst, cost, sched).actions  # type: ignore[arg-type]
+                if a.kind == "kv_save")
+    assert save.end_s - save.start_s == pytest.approx(1.0)  # as planned

@@ -270,6 +270,12 @@ class ProfiledCostModel(CostModel):
     def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
         return self._kv_time("kv_restore_s", cfg, context_tokens)
 
+    def busy_kv_s(self, kind: str, cfg: EngineConfig, context_tokens: int) -> float:
+        e = self._entry(cfg)
+        if e is None or not e.profile.has(f"busy_{kind}_s"):
+            return super().busy_kv_s(kind, cfg, context_tokens)
+        return self._kv_time(f"busy_{kind}_s", cfg, context_tokens)
+
 
 def profiled_for_instance(instance: Instance, fallback: CostModel | None) -> ProfiledCostModel:
     """The profiled model over an instance's listed profiles, falling back elsewhere."""

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,9 @@ class Sweep:
                 units += budget.missing("decode_s_per_token", self._s_decode(ngl, n, d),
                                         c.decode_reps)
                 units += budget.missing("kv_save_s", self._s_kv(ngl, n, d), c.kv_reps)
+        for d in self._busy_kv_depths():
+            units += budget.missing("busy_kv_save_s",
+                                    self._s_kv(self.primary_ngl, c.walk_n_ctx, d), c.kv_reps)
             for p in self._prefill_lengths(ngl):
                 units += budget.missing("prefill_s", self._s_prefill(ngl, n, p),
                                         c.prefill_reps) * max(1.0, p / 64)
@@ -222,6 +225,7 @@ class Sweep:
             tick(3, f"load n_ctx={n_ctx} ngl={ngl}")
         self._first_loads(log, budget, tick)
         self._busy_loads(log, budget, tick)
+        self._busy_kv(log, budget, tick)
         # ---- phases 2 and 3 per n_gpu_layers
         tokens: list[int] = []
         for ngl in self._walk_ngls():
@@ -271,8 +275,54 @@ class Sweep:
                                         c.busy_reps))]
         if not todo:
             return
+        with self._beside_a_decode() as eng:
+            for n_ctx in round_robin(todo):
+                s = self._s_load(self.primary_ngl, n_ctx)
+                info = self._load(eng, self.primary_ngl, n_ctx)
+                eng.unload()
+                self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
+                          n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
+                tick(3, f"load beside a decode n_ctx={n_ctx}")
+
+    def _busy_kv_depths(self) -> list[int]:
+        """Depths of the KV copies beside a decode: the walk's least, middle and largest."""
+        ds = sorted(self._walk_depths(self.primary_ngl))
+        return sorted({ds[0], ds[len(ds) // 2], ds[-1]}) if ds else []
+
+    def _busy_kv(self, log: MeasurementLog, budget: _Budget, tick: Progress) -> None:
+        """KV save/restore while another engine on this host decodes (they share the
+        cores and memory bandwidth): what a copy overlapping a run on the same host takes."""
+        c, ngl, n_ctx = self.cfg, self.primary_ngl, self.cfg.walk_n_ctx
+        todo = [(d, k) for d in self._busy_kv_depths()
+                if (k := budget.missing("busy_kv_save_s", self._s_kv(ngl, n_ctx, d),
+                                        c.kv_reps))]
+        if not todo:
+            return
+        with self._beside_a_decode() as eng:
+            self._load(eng, ngl, n_ctx)
+            tokens = self._prompt_tokens(eng, max(d for d, _k in todo))
+            common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
+            for d, k in todo:
+                eng.reset()
+                eng.prefill(tokens[:d])
+                self._kv_once(eng)  # warm-up, as in the walk
+                sk = self._s_kv(ngl, n_ctx, d)
+                for _ in range(k):
+                    st, r = self._kv_once(eng)
+                    self._row(log, budget, "busy_kv_save_s", sk, st.wall_s, "s", context=d,
+                              nbytes=st.nbytes, **common)
+                    self._row(log, budget, "busy_kv_restore_s", sk, r.wall_s, "s",
+                              context=d, nbytes=st.nbytes, **common)
+                    tick(1, f"kv save/restore beside a decode context={d}")
+            eng.unload()
+
+    @contextlib.contextmanager
+    def _beside_a_decode(self) -> Iterator[Engine]:
+        """An engine to measure with while a second engine of the same model on this host
+        decodes without pause."""
         import threading
 
+        c = self.cfg
         with Engine(threads=c.threads, extra_bufts=self._extra()) as other, \
                 Engine(threads=c.threads, extra_bufts=self._extra()) as eng:
             self._load(other, self.primary_ngl, 1024)
@@ -289,13 +339,7 @@ class Sweep:
             t.start()
             try:
                 time.sleep(0.2)
-                for n_ctx in round_robin(todo):
-                    s = self._s_load(self.primary_ngl, n_ctx)
-                    info = self._load(eng, self.primary_ngl, n_ctx)
-                    eng.unload()
-                    self._row(log, budget, "busy_load_s", s, info.wall_s, "s",
-                              n_gpu_layers=self.primary_ngl, n_ctx=n_ctx)
-                    tick(3, f"load beside a decode n_ctx={n_ctx}")
+                yield eng
             finally:
                 stop.set()
                 t.join()
@@ -421,6 +465,10 @@ class Sweep:
                           "the page cache (every engine's first load in a replay)",
             "busy_load": "busy_load_s: a warm load while another engine of the same model on "
                          "this host decodes without pause (loads overlapping runs)",
+            "busy_kv": "busy_kv_save_s, busy_kv_restore_s: KV copies (as kv_save_s) at the "
+                       "walk's least, middle and largest depth while another engine of the "
+                       "same model on this host decodes without pause (copies overlapping "
+                       "runs)",
             "cold_load": "cold_load_s: the file is evicted from the page cache before each load "
                          "with fsync + os.posix_fadvise(POSIX_FADV_DONTNEED)"
                          + ("" if self.cold_ok is not False else
