@@ -258,6 +258,16 @@ def test_synthetic_model_profile_and_interruption(tiny_synth: Path, tmp_path: Pa
     assert res.new_rows == len(added) > 0
     assert {int(r["n_ctx"]) for r in added if "load" in r["kind"]} == {384}
     assert Sweep(tiny_synth, out, wider).missing_work() == 0
+    # a profile made before the KV copies beside a decode were measured gains just those
+    lines = sweep.csv_path.read_text().splitlines(keepends=True)
+    sweep.csv_path.write_text("".join(ln for ln in lines if "busy_kv_" not in ln))
+    assert Sweep(tiny_synth, out, wider).missing_work() > 0
+    before = read_measurements(sweep.csv_path)
+    Sweep(tiny_synth, out, wider).run()
+    added = read_measurements(sweep.csv_path)[len(before):]
+    assert {r["kind"] for r in added} == {"busy_kv_save_s", "busy_kv_restore_s"}
+    assert len(added) == 2 * 3 * TINY.kv_reps  # least, middle and largest depth
+    assert Sweep(tiny_synth, out, wider).missing_work() == 0
 
 
 def test_import_llama_bench(tiny_synth: Path, tmp_path: Path) -> None:

@@ -123,12 +123,12 @@ class Sweep:
                 units += budget.missing("decode_s_per_token", self._s_decode(ngl, n, d),
                                         c.decode_reps)
                 units += budget.missing("kv_save_s", self._s_kv(ngl, n, d), c.kv_reps)
-        for d in self._busy_kv_depths():
-            units += budget.missing("busy_kv_save_s",
-                                    self._s_kv(self.primary_ngl, c.walk_n_ctx, d), c.kv_reps)
             for p in self._prefill_lengths(ngl):
                 units += budget.missing("prefill_s", self._s_prefill(ngl, n, p),
                                         c.prefill_reps) * max(1.0, p / 64)
+        for d in self._busy_kv_depths():
+            units += budget.missing("busy_kv_save_s",
+                                    self._s_kv(self.primary_ngl, c.walk_n_ctx, d), c.kv_reps)
         return units
 
     def missing_work(self) -> float:
@@ -304,7 +304,8 @@ class Sweep:
             common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
             for d, k in todo:
                 eng.reset()
-                eng.prefill(tokens[:d])
+                if d > 0:
+                    eng.prefill(tokens[:d])
                 self._kv_once(eng)  # warm-up, as in the walk
                 sk = self._s_kv(ngl, n_ctx, d)
                 for _ in range(k):
