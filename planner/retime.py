@@ -84,7 +84,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         if a.kind in ("kv_save", "kv_restore") and a.request is not None:
             cfg = engines[a.engine].config
             ctx = instance.request(a.request).prompt_tokens + done.get(a.request, 0)
-            alone = (cost.kv_save_s if a.kind == "kv_save" else cost.kv_restore_s)(cfg, ctx)
+            alone = cost.kv_s(a.kind, cfg, ctx)
             idle.append(a.end_s - a.start_s)
             factor.append(cost.busy_kv_s(a.kind, cfg, ctx) / alone if alone > 0 else 1.0)
         elif a.kind == "load":

@@ -82,12 +82,17 @@ class CostModel(ABC):
     def unload_s(self, cfg: EngineConfig) -> float:
         """Seconds to unload the engine and free its memory."""
 
+    def kv_s(self, kind: str, cfg: EngineConfig, context_tokens: int) -> float:
+        """:meth:`kv_save_s` or :meth:`kv_restore_s` by action kind (``kv_save``,
+        ``kv_restore``)."""
+        return (self.kv_save_s if kind == "kv_save" else self.kv_restore_s)(cfg,
+                                                                            context_tokens)
+
     def busy_kv_s(self, kind: str, cfg: EngineConfig, context_tokens: int) -> float:
         """Seconds of a KV copy (``kind``: ``kv_save`` or ``kv_restore``) that overlaps a run
         on the same host (they share the host's cores and memory bandwidth). Without a
         measurement: the copy alone."""
-        return (self.kv_save_s if kind == "kv_save" else self.kv_restore_s)(cfg,
-                                                                            context_tokens)
+        return self.kv_s(kind, cfg, context_tokens)
 
     @abstractmethod
     def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:

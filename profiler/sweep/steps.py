@@ -301,21 +301,35 @@ class Sweep:
         with self._beside_a_decode() as eng:
             self._load(eng, ngl, n_ctx)
             tokens = self._prompt_tokens(eng, max(d for d, _k in todo))
-            common = {"n_gpu_layers": ngl, "n_ctx": n_ctx}
-            for d, k in todo:
+            for d, _k in todo:
                 eng.reset()
                 if d > 0:
                     eng.prefill(tokens[:d])
-                self._kv_once(eng)  # warm-up, as in the walk
-                sk = self._s_kv(ngl, n_ctx, d)
-                for _ in range(k):
-                    st, r = self._kv_once(eng)
-                    self._row(log, budget, "busy_kv_save_s", sk, st.wall_s, "s", context=d,
-                              nbytes=st.nbytes, **common)
-                    self._row(log, budget, "busy_kv_restore_s", sk, r.wall_s, "s",
-                              context=d, nbytes=st.nbytes, **common)
-                    tick(1, f"kv save/restore beside a decode context={d}")
+                self._copies(eng, log, budget, tick, ngl, d, busy=True)
             eng.unload()
+
+    def _copies(self, eng: Engine, log: MeasurementLog, budget: _Budget, tick: Progress,
+                ngl: int, depth: int, busy: bool = False) -> None:
+        """The KV save/restore repetitions a depth lacks (``busy``: the ones beside a
+        decode), after one warm-up copy (the first save of a new size warms llama.cpp's
+        own buffers); the state sits at ``depth`` tokens."""
+        c, n_ctx = self.cfg, self.cfg.walk_n_ctx
+        pre = "busy_" if busy else ""
+        sk = self._s_kv(ngl, n_ctx, depth)
+        reps = budget.missing(f"{pre}kv_save_s", sk, c.kv_reps)
+        if reps:
+            self._kv_once(eng)
+        common = {"context": depth, "n_gpu_layers": ngl, "n_ctx": n_ctx}
+        for _ in range(reps):
+            st, r = self._kv_once(eng)
+            self._row(log, budget, f"{pre}kv_save_s", sk, st.wall_s, "s", nbytes=st.nbytes,
+                      **common)
+            if not busy:
+                self._row(log, budget, "kv_bytes", sk, st.nbytes, "bytes", nbytes=st.nbytes,
+                          **common)
+            self._row(log, budget, f"{pre}kv_restore_s", sk, r.wall_s, "s", nbytes=st.nbytes,
+                      **common)
+            tick(1, f"kv save/restore{' beside a decode' if busy else ''} context={depth}")
 
     @contextlib.contextmanager
     def _beside_a_decode(self) -> Iterator[Engine]:
@@ -404,19 +418,7 @@ class Sweep:
                 tick(1, f"decode ngl={ngl} context={d}")
             eng.truncate(d)
             cached = d
-            sk = self._s_kv(ngl, n_ctx, d)
-            if budget.missing("kv_save_s", sk, c.kv_reps):
-                # warm-up: the first save of a new size warms llama.cpp's own buffers
-                self._kv_once(eng)
-            for _ in range(budget.missing("kv_save_s", sk, c.kv_reps)):
-                st, r = self._kv_once(eng)
-                self._row(log, budget, "kv_save_s", sk, st.wall_s, "s", context=d,
-                          nbytes=st.nbytes, **common)
-                self._row(log, budget, "kv_bytes", sk, st.nbytes, "bytes", context=d,
-                          nbytes=st.nbytes, **common)
-                self._row(log, budget, "kv_restore_s", sk, r.wall_s, "s", context=d,
-                          nbytes=st.nbytes, **common)
-                tick(1, f"kv save/restore context={d}")
+            self._copies(eng, log, budget, tick, ngl, d)
 
     @staticmethod
     def _kv_once(eng: Engine) -> tuple[SavedStateFile, StepInfo]:
