@@ -90,7 +90,16 @@ def make_instance(name: str, seed: int) -> dict[str, Any]:
     return build_instance(f"{name}-s{seed}", cluster, models, spec, objective)
 
 
-def run_one(name: str, seed: int, time_limit: float, workers: int) -> dict[str, Any]:
+def _polish_moves(notes: str) -> int | str:
+    """Runs the polish moved (``planner/solver/polish.py``), from the plan's notes."""
+    import re
+
+    got = re.search(r"polish: (\d+) run", notes)
+    return int(got.group(1)) if got else ""
+
+
+def run_one(name: str, seed: int, time_limit: float, workers: int,
+            polish: bool = True) -> dict[str, Any]:
     if name == "mixed":
         inst = load_instance(ROOT / "instances" / "mixed.json")
     else:
@@ -101,7 +110,8 @@ def run_one(name: str, seed: int, time_limit: float, workers: int) -> dict[str, 
     scheds = {k: v.schedule for k, v in base.items() if v.schedule is not None}
     t0 = time.perf_counter()
     sched, info = solve_cpsat(inst, cost, objective,
-                              SolveOptions(time_limit_s=time_limit, workers=workers), scheds)
+                              SolveOptions(time_limit_s=time_limit, workers=workers,
+                                           polish=polish), scheds)
     wall = time.perf_counter() - t0
     m = compute_metrics(inst, sched.actions)
     obj = objective_value(m, objective)
@@ -118,6 +128,7 @@ def run_one(name: str, seed: int, time_limit: float, workers: int) -> dict[str, 
         else round(info.first_improvement_s, 1),
         "valid": not check_plan(inst, sched), "loads": m.n_loads,
         "kv_saves": m.n_kv_saves, "recomputes": m.n_recomputes,
+        "polish_moves": _polish_moves(info.notes),
     }
     ratios = []
     for bname, b in base.items():
@@ -146,14 +157,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", action="append", choices=ORDER, help="run only these (repeat)")
+    ap.add_argument("--no-polish", action="store_true",
+                    help="CP-SAT's plan as it ends, without the local moves (polish.py)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.only or ORDER:
-        row = run_one(name, args.seed, args.time_limit, args.workers)
+        row = run_one(name, args.seed, args.time_limit, args.workers, not args.no_polish)
         print(row, flush=True)
         rows.append(row)
-    path = args.out / ("solver.csv" if not args.only else f"solver-{'-'.join(args.only)}.csv")
+    tag = ("" if not args.only else "-" + "-".join(args.only)) + \
+        ("" if args.seed == 1 else f"-s{args.seed}") + ("-nopolish" if args.no_polish else "")
+    path = args.out / f"solver{tag}.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -65,6 +65,9 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               help="Let CP-SAT place engines on host CPUs beside the GPUs.")
 @click.option("--preemption/--no-preemption", default=True, show_default=True,
               help="Let CP-SAT split long requests (kv_save/kv_restore or recompute).")
+@click.option("--polish/--no-polish", default=True, show_default=True,
+              help="Keep a tenth of the time limit for moving single runs (and dropping "
+                   "idle periods) in CP-SAT's plan, kept only where the objective improves.")
 @click.option("--slots", default="1", show_default=True, metavar="N[,N...]",
               help="Parallel slots (n_parallel) CP-SAT may give each engine, e.g. 1,2,4; "
                    "baselines serve with the largest (OLLAMA_NUM_PARALLEL, concurrencyLimit).")
@@ -73,7 +76,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
 def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
           time_limit: float, workers: int, seed: int, log: bool, preemption: bool,
-          slots: str, cost_model: str, as_json: bool, cpu_engines: bool = True) -> None:
+          slots: str, cost_model: str, as_json: bool, cpu_engines: bool = True,
+          polish: bool = True) -> None:
     """Plan placement, layer splits and a timed schedule for INSTANCE.
 
     Writes a plan (SPEC section 2) that the plan checker has passed, with the
@@ -105,7 +109,7 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
         for w in profile_warnings(inst):
             click.echo(f"warning: {w}", err=True)
     opts = SolveOptions(solver, objective, time_limit, workers, seed, log, preemption,
-                        cpu_engines=cpu_engines, slots=slot_values)
+                        cpu_engines=cpu_engines, slots=slot_values, polish=polish)
     target = out or Path("solutions") / f"{instance.stem}.json"
 
     def started(what: str) -> None:

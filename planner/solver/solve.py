@@ -52,6 +52,7 @@ from planner.solver.model import (
     WindowSolution,
 )
 from planner.solver.plan import PlanBuilder, hint_from_schedule, hint_from_solution
+from planner.solver.polish import polish
 
 MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
 CANDIDATE_OPTIONS = 6000  # option budget of the first working set (candidates.working_set)
@@ -62,6 +63,7 @@ WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horiz
 SMITH = "smith-with-loads"  # the start plan of greedy.py, beside the baselines'
 MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
+POLISH_SHARE = 0.1  # share of the time limit kept for local moves on the plan (polish.py)
 PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
 
 
@@ -183,7 +185,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     the whole instance's, so that its baseline's engines stay candidates).
     """
     t0 = time.perf_counter()
-    limit = float(getattr(opts, "time_limit_s", 60.0))
+    full = float(getattr(opts, "time_limit_s", 60.0))
+    # the search stops early enough to leave the polish its share (polish.py)
+    polishing = bool(getattr(opts, "polish", True))
+    limit = full * (1.0 - POLISH_SHARE) if polishing else full
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
@@ -206,7 +211,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # decomposition have none: only the whole instance's bound is reported.
     want_bound = bool(getattr(opts, "bound", True))
     if want_bound:
-        lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, limit / 6))
+        lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
     base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
     best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
                     default=None)
@@ -348,6 +353,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                              f"{best_base} written", bound_note)
 
     sched = builder.schedule()
+    moves = 0
+    if polishing:
+        sched, moves = polish(instance, cost, sched, objective, t0 + full - 0.2)
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
@@ -370,6 +378,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                  f"requests by arrival, each a CP-SAT model over what earlier windows "
                  f"committed (window statuses: {', '.join(sorted(set(statuses)))}); "
                  f"{bound_note}")
+    if polishing:
+        notes += (f"; polish: {moves} run{'s' if moves != 1 else ''} moved after the search "
+                  "(local moves kept when the objective improves)")
     if best_base is not None and objective_key(base_metrics[best_base], objective) < \
             objective_key(m, objective):
         return keep_baseline(f"FEASIBLE (baseline {best_base} kept)",

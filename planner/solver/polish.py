@@ -1,0 +1,230 @@
+"""Polish: local moves on a finished plan, each kept only when the plan gets better.
+
+CP-SAT's plan at the time limit is often not locally optimal: on a one-GPU workload
+with heavy-tailed lengths (``1gpu-5models-pareto``, seed 2) its GPU idled for 10 s with
+the 14B model resident and four of its requests waiting, which then waited 70 s more
+for the model's next load. A move takes one request's run out of its place and puts
+it right after another action of an engine of the same model (a load or a run, so
+the engine is resident there), on the same engine or another one (its duration then
+comes from the cost model for that engine). The plan is then *compacted*: every
+action starts as soon as the actions it waits for end (the previous one in its lane,
+on its engine and of its request, as the executor dispatches them; runs not before
+their arrival), keeping each lane's, engine's and request's order. A move is kept
+when the objective improves, the executor would wait for the same actions (plan
+order = the order moved to) and the plan checker accepts it (the checker shares no
+code with this module; memory, residency and lanes are its to judge).
+
+Moves only touch requests served by one run on a single-slot engine of one device
+(preempted requests, slot engines and engines split over GPUs keep their places).
+Best-improvement over the requests that cost the objective most first, until no
+move helps or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+
+from planner.checker import check_plan
+from planner.costmodel.base import CostModel
+from planner.domain import Action, Engine, Instance, Schedule
+from planner.executor import dependencies, plan_order
+from planner.metrics import compute_metrics, objective_key
+
+
+def _waits(actions: list[Action], serial: bool) -> list[list[int]]:
+    """For each action, what it waits for (``dependencies``; without slot engines, the
+    last action before it in its lane, on its engine and of its request)."""
+    if not serial:
+        return [sorted(d) for d in dependencies(actions)]
+    last: dict[object, int] = {}
+    out: list[list[int]] = []
+    for i, a in enumerate(actions):
+        keys = ((a.device, a.lane), ("engine", a.engine), ("request", a.request))
+        out.append([last[k] for k in keys if k in last])
+        for k in keys:
+            if k[1] is not None:
+                last[k] = i
+    return out
+
+
+def _times(actions: list[Action], arrival: dict[str, float], serial: bool
+           ) -> tuple[list[float], list[float]]:
+    """Earliest (start, end) of each action in this order, with its duration."""
+    waits = _waits(actions, serial)
+    start: list[float] = []
+    end: list[float] = []
+    for i, a in enumerate(actions):
+        s = max((end[d] for d in waits[i]), default=0.0)
+        if a.kind == "run" and a.request is not None:
+            s = max(s, arrival[a.request])
+        start.append(s)
+        end.append(s + (a.end_s - a.start_s))
+    return start, end
+
+
+def compact(actions: list[Action], arrival: dict[str, float], serial: bool = False
+            ) -> list[Action] | None:
+    """``actions`` (in the order the executor should see them) at their earliest times
+    with their durations; None when the executor, reading the result in plan order,
+    would wait for other actions."""
+    start, end = _times(actions, arrival, serial)
+    out = [replace(a, start_s=round(s, 6), end_s=round(e, 6))
+           for a, s, e in zip(actions, start, end, strict=True)]
+    order = plan_order(Schedule((), tuple(out)))
+    if order != out:
+        pos = {id(a): i for i, a in enumerate(order)}
+        at = [pos[id(a)] for a in out]
+        renumbered: list[set[int]] = [set() for _ in out]
+        for i, d in enumerate(dependencies(out)):
+            renumbered[at[i]] = {at[k] for k in d}
+        if dependencies(order) != renumbered:
+            return None
+        out = order
+    return out
+
+
+def _key(instance: Instance, actions: list[Action], end: list[float],
+         objective: str) -> tuple[float, ...]:
+    done: dict[str, float] = {}
+    for a, e in zip(actions, end, strict=True):
+        if a.kind == "run" and a.request is not None:
+            done[a.request] = max(done.get(a.request, e), e)
+    return objective_key(compute_metrics(instance, (), done), objective)
+
+
+def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
+           deadline: float) -> tuple[Schedule, int]:
+    """(the polished plan, moves kept); ``schedule`` itself when nothing helped."""
+    arrival = {r.id: r.arrival_s for r in instance.requests}
+    weight = {r.id: r.weight for r in instance.requests}
+    engines = {e.id: e for e in schedule.engines}
+    serial = all(e.n_parallel == 1 for e in schedule.engines)
+    by_model: dict[str, list[Engine]] = {}
+    for e in schedule.engines:
+        if e.n_parallel == 1 and not e.shares:
+            by_model.setdefault(e.model, []).append(e)
+    order = plan_order(schedule)
+    best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
+    changed = False
+    if _key(instance, order, _times(order, arrival, serial)[1], objective) < best_key:
+        timed = compact(order, arrival, serial)  # the plan as it is, at earliest times
+        if timed is not None and not check_plan(instance, replace(schedule,
+                                                                  actions=tuple(timed))):
+            order = timed
+            best_key = _key(instance, order, [a.end_s for a in order], objective)
+            changed = True
+    kept = 0
+    improved = True
+    while improved and time.perf_counter() < deadline:
+        improved = False
+        runs: dict[str, list[Action]] = {}
+        fixed: set[str] = set()
+        for a in order:
+            if a.request is not None:
+                if a.kind == "run":
+                    runs.setdefault(a.request, []).append(a)
+                else:
+                    fixed.add(a.request)  # KV copies: a preempted request stays as it is
+        movable = [q for q, rs in runs.items() if len(rs) == 1 and q not in fixed
+                   and rs[0].engine in {e.id for es in by_model.values() for e in es}]
+        movable.sort(key=lambda q: -weight[q] * (runs[q][0].end_s - arrival[q]))
+        for q in movable:
+            if time.perf_counter() >= deadline:
+                break
+            at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
+            got = _best_move(instance, cost, order, at, by_model, engines, arrival,
+                             objective, best_key, serial, deadline)
+            if got is not None:
+                order, best_key = got
+                kept += 1
+                improved = True
+        for cand in _stay_resident(order):
+            if time.perf_counter() >= deadline:
+                break
+            key = _key(instance, cand, _times(cand, arrival, serial)[1], objective)
+            timed = compact(cand, arrival, serial) if key < best_key else None
+            if timed is not None and not check_plan(
+                    instance, Schedule(tuple(engines.values()), tuple(timed))):
+                order, best_key = timed, key
+                kept += 1
+                improved = True
+                break  # indices moved
+    if not kept and not changed:
+        return schedule, 0
+    out = replace(schedule, actions=tuple(order))
+    if check_plan(instance, out):  # each kept move passed it; this is the final word
+        return schedule, 0
+    return out, kept
+
+
+def _best_move(instance: Instance, cost: CostModel, order: list[Action], at: int,
+               by_model: dict[str, list[Engine]], engines: dict[str, Engine],
+               arrival: dict[str, float], objective: str, best_key: tuple[float, ...],
+               serial: bool, deadline: float
+               ) -> tuple[list[Action], tuple[float, ...]] | None:
+    """The best place for ``order[at]`` (a whole run) that beats ``best_key``."""
+    run = order[at]
+    assert run.request is not None
+    req = instance.request(run.request)
+    rest = order[:at] + order[at + 1:]
+    cands: list[tuple[tuple[float, ...], list[Action]]] = []
+    for e in by_model.get(engines[run.engine].model, []):
+        if req.total_tokens > e.n_ctx:
+            continue
+        if e.id == run.engine:
+            moved = run
+        else:
+            dur = cost.run_s(e.config, req.prompt_tokens, 0, req.output_tokens)
+            moved = replace(run, engine=e.id, device=e.device, start_s=0.0, end_s=dur)
+        for j, x in enumerate(rest):
+            if x.engine != e.id or x.kind not in ("load", "run"):
+                continue
+            if e.id == run.engine and j + 1 == at:
+                continue  # its own place
+            nxt = _next_on(rest, j, e.id)
+            if nxt is not None and rest[nxt].kind == "unload" and \
+                    rest[nxt].end_s < arrival[req.id]:
+                continue  # the engine is gone before the request arrives
+            if time.perf_counter() >= deadline:
+                break
+            cand = _drop_empty([*rest[:j + 1], moved, *rest[j + 1:]], run.engine)
+            key = _key(instance, cand, _times(cand, arrival, serial)[1], objective)
+            if key < best_key:
+                cands.append((key, cand))
+    for key, cand in sorted(cands, key=lambda c: c[0]):
+        timed = compact(cand, arrival, serial)
+        if timed is not None and not check_plan(
+                instance, Schedule(tuple(engines.values()), tuple(timed))):
+            return timed, key
+    return None
+
+
+def _drop_empty(actions: list[Action], engine: str) -> list[Action]:
+    """``actions`` without ``engine``'s loads that are followed (on the engine) by its
+    unload with nothing between: a period that no longer serves anything."""
+    mine = [i for i, a in enumerate(actions) if a.engine == engine]
+    drop = {k for i, j in itertools.pairwise(mine)
+            if actions[i].kind == "load" and actions[j].kind == "unload" for k in (i, j)}
+    return [a for i, a in enumerate(actions) if i not in drop] if drop else actions
+
+
+def _stay_resident(actions: list[Action]) -> list[list[Action]]:
+    """Plans in which one engine, unloaded and loaded again with nothing of it between,
+    stays loaded instead (the checker judges the memory)."""
+    last: dict[str, int] = {}
+    out = []
+    for i, a in enumerate(actions):
+        k = last.get(a.engine)
+        if k is not None and actions[k].kind == "unload" and a.kind == "load":
+            out.append([x for j, x in enumerate(actions) if j not in (k, i)])
+        last[a.engine] = i
+    return out
+
+
+def _next_on(actions: list[Action], j: int, engine: str) -> int | None:
+    for k in range(j + 1, len(actions)):
+        if actions[k].engine == engine:
+            return k
+    return None
