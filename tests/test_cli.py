@@ -112,3 +112,16 @@ def test_help_has_examples() -> None:
     for cmd in ("solve", "validate"):
         res = invoke(cmd, "--help")
         assert "Examples:" in res.output
+
+
+def test_solve_polish_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    """The plan's notes say how many runs the polish moved; ``--no-polish`` leaves it
+    out (CP-SAT keeps the whole time limit). Both plans pass the checker."""
+    inst = str(ROOT / "instances" / "tiny.json")
+    for flag, polished in (("--polish", True), ("--no-polish", False)):
+        out = tmp_path / f"{flag}.json"
+        res = invoke("solve", inst, "--time-limit", "3", flag, "-o", str(out))
+        assert res.exit_code == 0, res.output
+        notes = json.loads(out.read_text())["solver"]["notes"]
+        assert ("polish:" in notes) is polished
+        assert invoke("validate", str(out), "--instance", inst).exit_code == 0
