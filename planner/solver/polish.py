@@ -29,7 +29,7 @@ from dataclasses import replace
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule
-from planner.executor import dependencies, plan_order
+from planner.executor.deps import dependencies, plan_order
 from planner.metrics import compute_metrics, objective_key
 
 
