@@ -99,3 +99,15 @@ def test_polish_never_worsens_a_plan_and_keeps_it_valid() -> None:
                     assert moves == 0
     assert tried > 100
     assert better > 0
+
+
+def test_a_plan_with_slot_engines_is_left_as_it_is() -> None:
+    """Runs side by side on a slot engine last longer than alone (planner.slots), so
+    moving or compacting them with fixed durations would mislead: no polish."""
+    from dataclasses import replace
+
+    inst = instance(20, [("a", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)])
+    sched = next(iter(baselines(inst, RoundCost()).values()))
+    slots = replace(sched, engines=tuple(replace(e, n_parallel=2) for e in sched.engines))
+    out, moves = polish(inst, RoundCost(), slots, "mean_response", time.perf_counter() + 2)
+    assert out is slots and moves == 0

@@ -14,8 +14,9 @@ when the objective improves, the executor would wait for the same actions (plan
 order = the order moved to) and the plan checker accepts it (the checker shares no
 code with this module; memory, residency and lanes are its to judge).
 
-Moves only touch requests served by one run on a single-slot engine of one device
-(preempted requests, slot engines and engines split over GPUs keep their places).
+Moves only touch requests served by one run on an engine of one device (preempted
+requests and engines split over GPUs keep their places); a plan with slot engines is
+left as it is (their runs' durations depend on what runs beside them).
 Best-improvement over the requests that cost the objective most first, until no
 move helps or the deadline passes.
 """
@@ -33,11 +34,10 @@ from planner.executor.deps import dependencies, plan_order
 from planner.metrics import compute_metrics, objective_key
 
 
-def _waits(actions: list[Action], serial: bool) -> list[list[int]]:
-    """For each action, what it waits for (``dependencies``; without slot engines, the
-    last action before it in its lane, on its engine and of its request)."""
-    if not serial:
-        return [sorted(d) for d in dependencies(actions)]
+def _waits(actions: list[Action]) -> list[list[int]]:
+    """For each action, what the executor makes it wait for in a plan without slot
+    engines (``planner.executor.deps``): the last action before it in its lane, on its
+    engine and of its request."""
     last: dict[object, int] = {}
     out: list[list[int]] = []
     for i, a in enumerate(actions):
@@ -49,10 +49,10 @@ def _waits(actions: list[Action], serial: bool) -> list[list[int]]:
     return out
 
 
-def _times(actions: list[Action], arrival: dict[str, float], serial: bool
+def _times(actions: list[Action], arrival: dict[str, float]
            ) -> tuple[list[float], list[float]]:
     """Earliest (start, end) of each action in this order, with its duration."""
-    waits = _waits(actions, serial)
+    waits = _waits(actions)
     start: list[float] = []
     end: list[float] = []
     for i, a in enumerate(actions):
@@ -64,12 +64,11 @@ def _times(actions: list[Action], arrival: dict[str, float], serial: bool
     return start, end
 
 
-def compact(actions: list[Action], arrival: dict[str, float], serial: bool = False
-            ) -> list[Action] | None:
-    """``actions`` (in the order the executor should see them) at their earliest times
-    with their durations; None when the executor, reading the result in plan order,
+def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | None:
+    """``actions`` (in the order the executor should see them; no slot engines) at their
+    earliest times with their durations; None when the executor, reading the result in plan order,
     would wait for other actions."""
-    start, end = _times(actions, arrival, serial)
+    start, end = _times(actions, arrival)
     out = [replace(a, start_s=round(s, 6), end_s=round(e, 6))
            for a, s, e in zip(actions, start, end, strict=True)]
     order = plan_order(Schedule((), tuple(out)))
@@ -97,10 +96,13 @@ def _key(instance: Instance, actions: list[Action], end: list[float],
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
            deadline: float) -> tuple[Schedule, int]:
     """(the polished plan, moves kept); ``schedule`` itself when nothing helped."""
+    if any(e.n_parallel > 1 for e in schedule.engines):
+        # a slot engine's runs last longer side by side (planner.slots): moving or
+        # compacting them would keep durations that no longer hold
+        return schedule, 0
     arrival = {r.id: r.arrival_s for r in instance.requests}
     weight = {r.id: r.weight for r in instance.requests}
     engines = {e.id: e for e in schedule.engines}
-    serial = all(e.n_parallel == 1 for e in schedule.engines)
     by_model: dict[str, list[Engine]] = {}
     for e in schedule.engines:
         if e.n_parallel == 1 and not e.shares:
@@ -108,8 +110,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     order = plan_order(schedule)
     best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
     changed = False
-    if _key(instance, order, _times(order, arrival, serial)[1], objective) < best_key:
-        timed = compact(order, arrival, serial)  # the plan as it is, at earliest times
+    if _key(instance, order, _times(order, arrival)[1], objective) < best_key:
+        timed = compact(order, arrival)  # the plan as it is, at earliest times
         if timed is not None and not check_plan(instance, replace(schedule,
                                                                   actions=tuple(timed))):
             order = timed
@@ -135,7 +137,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 break
             at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
             got = _best_move(instance, cost, order, at, by_model, engines, arrival,
-                             objective, best_key, serial, deadline)
+                             objective, best_key, deadline)
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -143,8 +145,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
         for cand in _stay_resident(order):
             if time.perf_counter() >= deadline:
                 break
-            key = _key(instance, cand, _times(cand, arrival, serial)[1], objective)
-            timed = compact(cand, arrival, serial) if key < best_key else None
+            key = _key(instance, cand, _times(cand, arrival)[1], objective)
+            timed = compact(cand, arrival) if key < best_key else None
             if timed is not None and not check_plan(
                     instance, Schedule(tuple(engines.values()), tuple(timed))):
                 order, best_key = timed, key
@@ -162,7 +164,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
 def _best_move(instance: Instance, cost: CostModel, order: list[Action], at: int,
                by_model: dict[str, list[Engine]], engines: dict[str, Engine],
                arrival: dict[str, float], objective: str, best_key: tuple[float, ...],
-               serial: bool, deadline: float
+               deadline: float
                ) -> tuple[list[Action], tuple[float, ...]] | None:
     """The best place for ``order[at]`` (a whole run) that beats ``best_key``."""
     run = order[at]
@@ -190,11 +192,11 @@ def _best_move(instance: Instance, cost: CostModel, order: list[Action], at: int
             if time.perf_counter() >= deadline:
                 break
             cand = _drop_empty([*rest[:j + 1], moved, *rest[j + 1:]], run.engine)
-            key = _key(instance, cand, _times(cand, arrival, serial)[1], objective)
+            key = _key(instance, cand, _times(cand, arrival)[1], objective)
             if key < best_key:
                 cands.append((key, cand))
     for key, cand in sorted(cands, key=lambda c: c[0]):
-        timed = compact(cand, arrival, serial)
+        timed = compact(cand, arrival)
         if timed is not None and not check_plan(
                 instance, Schedule(tuple(engines.values()), tuple(timed))):
             return timed, key
