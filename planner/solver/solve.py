@@ -27,6 +27,7 @@ from planner.baselines.sim import BaselineError
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
+from planner.interrupt import stop_reason
 from planner.metrics import completions, compute_metrics, objective_key, objective_value
 from planner.solver.bound import gap_of, lower_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
@@ -353,8 +354,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                              f"{best_base} written", bound_note)
 
     sched = builder.schedule()
-    moves = 0
-    if polishing:
+    moves: int | None = None  # runs the polish moved; None: no polish
+    stop = getattr(opts, "stop", None)
+    if polishing and stop_reason() is None and not (stop is not None and stop.is_set()):
+        # (a stop request ends the search; the plan is written as it is, at once)
         sched, moves = polish(instance, cost, sched, objective, t0 + full - 0.2)
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
@@ -378,7 +381,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                  f"requests by arrival, each a CP-SAT model over what earlier windows "
                  f"committed (window statuses: {', '.join(sorted(set(statuses)))}); "
                  f"{bound_note}")
-    if polishing:
+    if moves is not None:
         notes += (f"; polish: {moves} run{'s' if moves != 1 else ''} moved after the search "
                   "(local moves kept when the objective improves)")
     if best_base is not None and objective_key(base_metrics[best_base], objective) < \
