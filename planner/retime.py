@@ -30,7 +30,7 @@ from dataclasses import replace
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Instance, Schedule
-from planner.executor import dependencies, plan_order
+from planner.executor.deps import dependencies, plan_order, same_dependencies
 from planner.slots import batched_times
 
 ROUNDS = 40
@@ -144,17 +144,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     out: list[Action] = [replace(a, start_s=round(admit.get(i, start[i]), 6),
                                  end_s=round(end[i], 6)) for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))
-    if not _same_dependencies(out, deps, timed, slots) or check_plan(instance, timed):
+    if not same_dependencies(out, deps, timed, slots) or check_plan(instance, timed):
         return schedule  # the executor would order it otherwise, or a rule would break
     return timed
 
-
-def _same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule,
-                       slots: dict[str, int]) -> bool:
-    """Whether the executor, reading the retimed plan, waits for the same actions."""
-    pos = {a: i for i, a in enumerate(out)}
-    if len(pos) != len(out):
-        return False
-    order = plan_order(timed)
-    new = dependencies(order, slots)
-    return all({pos[order[d]] for d in new[j]} == deps[pos[a]] for j, a in enumerate(order))

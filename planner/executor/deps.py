@@ -60,7 +60,32 @@ def dependencies(actions: list[Action], slots: dict[str, int] | None = None
     engine's slot driver lets at most n_parallel decode at once); the next other
     action waits for all of them.
     """
+    if not any(n > 1 for n in (slots or {}).values()):
+        # one request at a time per engine: the last action before it in its lane, on
+        # its engine and of its request (the same sets, without the groups' bookkeeping;
+        # the solver's polish asks this for every candidate plan)
+        last: dict[tuple[object, object], int] = {}
+        out: list[set[int]] = []
+        for i, a in enumerate(actions):
+            keys = ((a.device, a.lane), ("engine", a.engine), ("request", a.request))
+            out.append({last[k] for k in keys if k in last})
+            for k in keys:
+                if k[1] is not None:
+                    last[k] = i
+        return out
     return [lane | hard for lane, hard in _split_dependencies(actions, slots)]
+
+
+def same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule,
+                      slots: dict[str, int] | None = None) -> bool:
+    """Whether the executor, reading ``timed`` in plan order, waits for the same actions
+    as ``deps`` (the dependencies of ``out``, the same actions in another order)."""
+    pos = {a: i for i, a in enumerate(out)}
+    if len(pos) != len(out):
+        return False
+    order = plan_order(timed)
+    new = dependencies(order, slots)
+    return all({pos[order[d]] for d in new[j]} == deps[pos[a]] for j, a in enumerate(order))
 
 
 def plan_order(schedule: Schedule) -> list[Action]:

@@ -30,29 +30,14 @@ from dataclasses import replace
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule
-from planner.executor.deps import dependencies, plan_order
+from planner.executor.deps import dependencies, plan_order, same_dependencies
 from planner.metrics import compute_metrics, objective_key
-
-
-def _waits(actions: list[Action]) -> list[list[int]]:
-    """For each action, what the executor makes it wait for in a plan without slot
-    engines (``planner.executor.deps``): the last action before it in its lane, on its
-    engine and of its request."""
-    last: dict[object, int] = {}
-    out: list[list[int]] = []
-    for i, a in enumerate(actions):
-        keys = ((a.device, a.lane), ("engine", a.engine), ("request", a.request))
-        out.append([last[k] for k in keys if k in last])
-        for k in keys:
-            if k[1] is not None:
-                last[k] = i
-    return out
 
 
 def _times(actions: list[Action], arrival: dict[str, float]
            ) -> tuple[list[float], list[float]]:
     """Earliest (start, end) of each action in this order, with its duration."""
-    waits = _waits(actions)
+    waits = dependencies(actions)
     start: list[float] = []
     end: list[float] = []
     for i, a in enumerate(actions):
@@ -66,22 +51,16 @@ def _times(actions: list[Action], arrival: dict[str, float]
 
 def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | None:
     """``actions`` (in the order the executor should see them; no slot engines) at their
-    earliest times with their durations; None when the executor, reading the result in plan order,
-    would wait for other actions."""
+    earliest times with their durations, in plan order; None when the executor, reading
+    them in plan order, would wait for other actions."""
     start, end = _times(actions, arrival)
     out = [replace(a, start_s=round(s, 6), end_s=round(e, 6))
            for a, s, e in zip(actions, start, end, strict=True)]
-    order = plan_order(Schedule((), tuple(out)))
-    if order != out:
-        pos = {id(a): i for i, a in enumerate(order)}
-        at = [pos[id(a)] for a in out]
-        renumbered: list[set[int]] = [set() for _ in out]
-        for i, d in enumerate(dependencies(out)):
-            renumbered[at[i]] = {at[k] for k in d}
-        if dependencies(order) != renumbered:
-            return None
-        out = order
-    return out
+    timed = Schedule((), tuple(out))
+    order = plan_order(timed)
+    if order == out:
+        return out
+    return order if same_dependencies(out, dependencies(out), timed) else None
 
 
 def _key(instance: Instance, actions: list[Action], end: list[float],
@@ -105,18 +84,18 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     engines = {e.id: e for e in schedule.engines}
     by_model: dict[str, list[Engine]] = {}
     for e in schedule.engines:
-        if e.n_parallel == 1 and not e.shares:
+        if not e.shares:
             by_model.setdefault(e.model, []).append(e)
+    on_one_device = {e.id for es in by_model.values() for e in es}
     order = plan_order(schedule)
     best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
     changed = False
-    if _key(instance, order, _times(order, arrival)[1], objective) < best_key:
-        timed = compact(order, arrival)  # the plan as it is, at earliest times
-        if timed is not None and not check_plan(instance, replace(schedule,
-                                                                  actions=tuple(timed))):
-            order = timed
-            best_key = _key(instance, order, [a.end_s for a in order], objective)
-            changed = True
+    key = _key(instance, order, _times(order, arrival)[1], objective)
+    got = _first_valid(instance, schedule, arrival, [(key, order)] if key < best_key else [])
+    if got is not None:  # the plan as it is, at earliest times
+        order = got[0]
+        best_key = _key(instance, order, [a.end_s for a in order], objective)
+        changed = True
     kept = 0
     improved = True
     while improved and time.perf_counter() < deadline:
@@ -130,14 +109,14 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 else:
                     fixed.add(a.request)  # KV copies: a preempted request stays as it is
         movable = [q for q, rs in runs.items() if len(rs) == 1 and q not in fixed
-                   and rs[0].engine in {e.id for es in by_model.values() for e in es}]
+                   and rs[0].engine in on_one_device]
         movable.sort(key=lambda q: -weight[q] * (runs[q][0].end_s - arrival[q]))
         for q in movable:
             if time.perf_counter() >= deadline:
                 break
             at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
-            got = _best_move(instance, cost, order, at, by_model, engines, arrival,
-                             objective, best_key, deadline)
+            got = _best_move(instance, cost, schedule, order, at, by_model, engines,
+                             arrival, objective, best_key, deadline)
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -146,10 +125,10 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             if time.perf_counter() >= deadline:
                 break
             key = _key(instance, cand, _times(cand, arrival)[1], objective)
-            timed = compact(cand, arrival) if key < best_key else None
-            if timed is not None and not check_plan(
-                    instance, Schedule(tuple(engines.values()), tuple(timed))):
-                order, best_key = timed, key
+            got = _first_valid(instance, schedule, arrival,
+                               [(key, cand)] if key < best_key else [])
+            if got is not None:
+                order, best_key = got
                 kept += 1
                 improved = True
                 break  # indices moved
@@ -161,7 +140,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     return out, kept
 
 
-def _best_move(instance: Instance, cost: CostModel, order: list[Action], at: int,
+def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
+               order: list[Action], at: int,
                by_model: dict[str, list[Engine]], engines: dict[str, Engine],
                arrival: dict[str, float], objective: str, best_key: tuple[float, ...],
                deadline: float
@@ -195,10 +175,18 @@ def _best_move(instance: Instance, cost: CostModel, order: list[Action], at: int
             key = _key(instance, cand, _times(cand, arrival)[1], objective)
             if key < best_key:
                 cands.append((key, cand))
-    for key, cand in sorted(cands, key=lambda c: c[0]):
+    return _first_valid(instance, schedule, arrival, cands)
+
+
+def _first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, float],
+                 scored: list[tuple[tuple[float, ...], list[Action]]]
+                 ) -> tuple[list[Action], tuple[float, ...]] | None:
+    """The best-keyed of ``scored`` (key, order of ``schedule``'s actions) that compacts
+    without changing what the executor waits for and passes the checker, compacted."""
+    for key, cand in sorted(scored, key=lambda c: c[0]):
         timed = compact(cand, arrival)
-        if timed is not None and not check_plan(
-                instance, Schedule(tuple(engines.values()), tuple(timed))):
+        if timed is not None and not check_plan(instance,
+                                                replace(schedule, actions=tuple(timed))):
             return timed, key
     return None
 
