@@ -12,10 +12,21 @@ import time
 import pytest
 
 from planner.checker import check_plan
-from planner.domain import GIB, Action, Engine, Schedule
+from planner.domain import (
+    GIB,
+    Action,
+    Cluster,
+    Engine,
+    Gpu,
+    Host,
+    Instance,
+    Model,
+    Request,
+    Schedule,
+)
 from planner.metrics import compute_metrics, objective_key
 from planner.solver.polish import compact, polish
-from tests.test_solver import RoundCost, baselines, instance
+from tests.test_solver import RoundCost, arch, baselines, instance
 from tests.test_solver_depth import _random_instance
 
 
@@ -57,6 +68,48 @@ def test_a_run_moves_into_an_earlier_period_and_the_empty_one_goes() -> None:
     assert sum(1 for a in out.actions if a.kind == "load") == 2
     a2 = next(a for a in out.actions if a.request == "a2")
     assert (a2.engine, a2.start_s, a2.end_s) == ("eA", 2.0, 3.0)
+
+
+def two_gpus(requests: list[tuple[str, float, int]]) -> Instance:
+    """Model A's requests on a 10 GiB GPU ("fast": every layer fits, 0.1 s per token)
+    and a 5 GiB one ("slow": half the layers, 0.2 s per token) of one host."""
+    gpus = (Gpu("fast", "test-gpu", 10 * GIB, "h"), Gpu("slow", "test-gpu", 5 * GIB, "h"))
+    reqs = tuple(Request(rid, "A", t, 16, n, 1.0, None) for rid, t, n in requests)
+    return Instance("t", Cluster((Host("h", "test-cpu", 8, 64 * GIB, gpus),)),
+                    (Model("A", arch("A")),), reqs, "mean_response")
+
+
+def test_a_run_moves_into_a_period_of_its_own_on_a_faster_gpu() -> None:
+    """r0 (100 tokens, at 0) on the fast GPU, r1 (200 tokens, at 20 s) on the slow one:
+
+    fast: load [0,2] r0 [2,12] unload [12,13]; slow: load [0,2] r1 [20,60] unload [60,61]
+
+    responses 12 and 40, mean 26. The fast engine is gone before r1 arrives, so no move
+    into its period serves r1 sooner; a new period of it after its unload does: load
+    [13,15], r1 [20,40] (0.1 s per token), unload [40,41]: mean (12 + 20) / 2 = 16, and
+    the slow GPU's period, empty now, goes.
+    """
+    inst = two_gpus([("r0", 0.0, 100), ("r1", 20.0, 200)])
+    fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
+    slow = Engine("eS", "A", "slow", 5, 512, 5 * GIB, 5 * GIB)
+
+    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
+            n: int = 0) -> Action:
+        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
+
+    plan = Schedule((fast, slow), (
+        act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, 12, "r0", 100),
+        act("unload", fast, 12, 13), act("run", slow, 20, 60, "r1", 200),
+        act("unload", slow, 60, 61)))
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(26.0)
+    out, moves = polish(inst, RoundCost(), plan, "mean_response", time.perf_counter() + 5)
+    assert moves == 1
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(16.0)
+    assert [(a.kind, a.engine, a.start_s, a.end_s) for a in out.actions] == [
+        ("load", "eF", 0.0, 2.0), ("run", "eF", 2.0, 12.0), ("unload", "eF", 12.0, 13.0),
+        ("load", "eF", 13.0, 15.0), ("run", "eF", 20.0, 40.0), ("unload", "eF", 40.0, 41.0)]
 
 
 def test_compact_refuses_an_order_the_executor_would_read_otherwise() -> None:

@@ -251,7 +251,7 @@ def test_matches_exhaustive_search(gib: float, reqs: list[tuple[str, str, float,
         raise RuntimeError("off")
 
     monkeypatch.setattr(data_mod, "curves", two)
-    monkeypatch.setattr(solve_mod, "smith_with_loads", no_start)
+    monkeypatch.setattr(solve_mod, "start_plan", no_start)
     inst = instance(gib, reqs)
     cost = RoundCost()
     base = baselines(inst, cost)

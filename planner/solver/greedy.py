@@ -10,19 +10,48 @@ optimal on one machine without loads) with the set-up cost of a swap, so
 requests batch per model where swaps are dear and the heavy short ones overtake.
 It emits a plain plan through the baselines' simulator (one timeline per
 device, never preempting), which the checker accepts like theirs.
+
+With ``earliest_completion``, a device free at t leaves a request that another
+device would finish sooner (from when that one falls free: the run on its resident
+engine of the model, or the model's load and run there) to that device, as list
+schedulers for unrelated machines do (earliest completion time): on heterogeneous
+GPUs this keeps a 70B request off the slow GPU that happens to fall free first.
+Which of the two plans is better depends on the workload; :func:`start_plan`
+builds both and keeps the better.
 """
 
 from __future__ import annotations
 
-from planner.baselines.sim import Resident, Simulator
+import contextlib
+import math
+
+from planner.baselines.sim import DeviceState, Resident, Simulator
 from planner.costmodel.base import CostModel
 from planner.domain import Instance, Request, Schedule
+from planner.metrics import compute_metrics, objective_key
+
+Choice = tuple[float, Request, Resident | None]
 
 
-def smith_with_loads(instance: Instance, cost: CostModel) -> Schedule:
+def start_plan(instance: Instance, cost: CostModel, objective: str) -> Schedule:
+    """The better (by ``objective``) of the two list schedules; RuntimeError when
+    neither can serve every request."""
+    plans = []
+    for ect in (False, True):
+        with contextlib.suppress(RuntimeError):
+            plans.append(smith_with_loads(instance, cost, earliest_completion=ect))
+    if not plans:
+        raise RuntimeError("no device can serve the waiting requests")
+    return min(plans, key=lambda s: objective_key(compute_metrics(instance, s.actions),
+                                                  objective))
+
+
+def smith_with_loads(instance: Instance, cost: CostModel,
+                     earliest_completion: bool = False) -> Schedule:
     sim = Simulator(instance, cost)
     waiting = sorted(instance.requests, key=lambda r: (r.arrival_s, r.id))
     arrivals = sorted({r.arrival_s for r in waiting})
+    cold: dict[tuple[str, str], float] = {}
     while waiting:
         ds = min(sim.devices.values(), key=lambda d: (d.free_at, d.device.id))
         t = ds.free_at
@@ -30,35 +59,17 @@ def smith_with_loads(instance: Instance, cost: CostModel) -> Schedule:
         if not ready:
             ds.free_at = min(a for a in arrivals if a > t)
             continue
-        here = {r.engine.model: r for r in ds.resident}
-        best: tuple[float, Request, Resident | None] | None = None
-        by_model: dict[str, list[Request]] = {}
-        for r in ready:
-            by_model.setdefault(r.model, []).append(r)
-        for model, reqs in by_model.items():
-            res = here.get(model)
-            if res is not None:
-                for r in reqs:
-                    score = r.weight / max(1e-9, sim.run_time(res, r))
-                    if best is None or score > best[0]:
-                        best = (score, r, res)
-                continue
-            opt = sim.plan_load(model, ds.device.id, t)
-            if opt is None:
-                continue
-            setup = opt.ready_at - t
-            runs = [cost.run_s(opt.cfg, r.prompt_tokens, 0, r.output_tokens) for r in reqs]
-            score = sum(r.weight for r in reqs) / max(1e-9, setup + sum(runs))
-            if best is None or score > best[0]:
-                first = max(zip(reqs, runs, strict=True), key=lambda x: x[0].weight / x[1])[0]
-                best = (score, first, None)
-        if best is None:  # nothing this device can take: wait for another to act
+        best = _choose(sim, cost, ds, t, ready, earliest_completion, cold)
+        if best is None:  # nothing this device should take: wait for another to act
             later = [d.free_at for d in sim.devices.values() if d.free_at > t]
             later += [a for a in arrivals if a > t]
-            if not later:
+            if later:
+                ds.free_at = min(later)
+                continue
+            # nothing changes later: this device takes what it can after all
+            best = _choose(sim, cost, ds, t, ready, False, cold) if earliest_completion else None
+            if best is None:
                 raise RuntimeError("no device can serve the waiting requests")
-            ds.free_at = min(later)
-            continue
         _score, req, res = best
         if res is None:
             opt = sim.plan_load(req.model, ds.device.id, t)
@@ -67,3 +78,67 @@ def smith_with_loads(instance: Instance, cost: CostModel) -> Schedule:
         sim.run(res, req, t)
         waiting.remove(req)
     return sim.schedule()
+
+
+def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
+            ready: list[Request], earliest_completion: bool,
+            cold: dict[tuple[str, str], float]) -> Choice | None:
+    """The best (score, request, resident engine or None: load its model) for ``ds``."""
+    here = {r.engine.model: r for r in ds.resident}
+    best: Choice | None = None
+    by_model: dict[str, list[Request]] = {}
+    for r in ready:
+        by_model.setdefault(r.model, []).append(r)
+    for model, reqs in by_model.items():
+        res = here.get(model)
+        if res is not None:
+            for r in reqs:
+                dur = sim.run_time(res, r)
+                if earliest_completion and t + dur > _elsewhere(sim, cost, ds, r, t, cold):
+                    continue
+                score = r.weight / max(1e-9, dur)
+                if best is None or score > best[0]:
+                    best = (score, r, res)
+            continue
+        opt = sim.plan_load(model, ds.device.id, t)
+        if opt is None:
+            continue
+        runs = [(r, cost.run_s(opt.cfg, r.prompt_tokens, 0, r.output_tokens)) for r in reqs]
+        if earliest_completion:
+            runs = [(r, d) for r, d in runs
+                    if opt.ready_at + d <= _elsewhere(sim, cost, ds, r, t, cold)]
+            if not runs:
+                continue
+        score = sum(r.weight for r, _ in runs) / max(1e-9, opt.ready_at - t +
+                                                      sum(d for _, d in runs))
+        if best is None or score > best[0]:
+            first = max(runs, key=lambda x: x[0].weight / x[1])[0]
+            best = (score, first, None)
+    return best
+
+
+def _elsewhere(sim: Simulator, cost: CostModel, ds: DeviceState, r: Request,
+               t: float, cold: dict[tuple[str, str], float]) -> float:
+    """Earliest completion of ``r`` on another device, started when that one falls free
+    (not before ``t``): on its resident engine of the model, else after loading it
+    (``cold``, filled as asked: (request, device) -> load and run seconds there, and
+    (request, engine) -> run seconds on that resident engine)."""
+    out = math.inf
+    for other in sim.devices.values():
+        if other is ds:
+            continue
+        free = max(other.free_at, t)
+        res = next((x for x in other.resident if x.engine.model == r.model), None)
+        if res is not None:
+            key = (r.id, res.engine.id)
+            if key not in cold:
+                cold[key] = sim.run_time(res, r)
+            out = min(out, free + cold[key])
+            continue
+        key = (r.id, other.device.id)
+        if key not in cold:
+            cfg = sim.fit_config(r.model, other.device.id)
+            cold[key] = math.inf if cfg is None else \
+                cost.load_s(cfg) + cost.run_s(cfg, r.prompt_tokens, 0, r.output_tokens)
+        out = min(out, free + cold[key])
+    return out

@@ -6,7 +6,9 @@ the 14B model resident and four of its requests waiting, which then waited 70 s 
 for the model's next load. A move takes one request's run out of its place and puts
 it right after another action of an engine of the same model (a load or a run, so
 the engine is resident there), on the same engine or another one (its duration then
-comes from the cost model for that engine). The plan is then *compacted*: every
+comes from the cost model for that engine), or into a period of its own: an engine of
+its model loaded for it where its device's transfer lane frees memory (after an
+unload) or ends, and unloaded after it. The plan is then *compacted*: every
 action starts as soon as the actions it waits for end (the previous one in its lane,
 on its engine and of its request, as the executor dispatches them; runs not before
 their arrival), keeping each lane's, engine's and request's order. A move is kept
@@ -69,7 +71,9 @@ def _key(instance: Instance, actions: list[Action], end: list[float],
     for a, e in zip(actions, end, strict=True):
         if a.kind == "run" and a.request is not None:
             done[a.request] = max(done.get(a.request, e), e)
-    return objective_key(compute_metrics(instance, (), done), objective)
+    # rounded: a move is kept for a real gain, not for float noise in the same times
+    return tuple(round(x, 9) for x in objective_key(compute_metrics(instance, (), done),
+                                                    objective))
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
@@ -88,7 +92,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             by_model.setdefault(e.model, []).append(e)
     on_one_device = {e.id for es in by_model.values() for e in es}
     order = plan_order(schedule)
-    best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
+    best_key = _key(instance, list(schedule.actions), [a.end_s for a in schedule.actions],
+                    objective)
     changed = False
     key = _key(instance, order, _times(order, arrival)[1], objective)
     got = _first_valid(instance, schedule, arrival, [(key, order)] if key < best_key else [])
@@ -175,7 +180,38 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
             key = _key(instance, cand, _times(cand, arrival)[1], objective)
             if key < best_key:
                 cands.append((key, cand))
+        # or a period of its own: e loaded for it where its device's lane frees memory
+        # (after an unload) or ends, when e is not resident there
+        load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
+        unload = Action("unload", e.id, e.device, 0.0, cost.unload_s(e.config))
+        for j in _period_slots(rest, e):
+            if time.perf_counter() >= deadline:
+                break
+            cand = _drop_empty([*rest[:j + 1], load, moved, unload, *rest[j + 1:]],
+                               run.engine)
+            key = _key(instance, cand, _times(cand, arrival)[1], objective)
+            if key < best_key:
+                cands.append((key, cand))
     return _first_valid(instance, schedule, arrival, cands)
+
+
+def _period_slots(actions: list[Action], engine: Engine) -> list[int]:
+    """Indices after which a new period of ``engine`` may start: an unload on its device,
+    or the device's last action (-1: a device with none), where the engine is not
+    loaded."""
+    out: list[int] = []
+    resident = False
+    last = -1
+    for j, a in enumerate(actions):
+        if a.engine == engine.id:
+            resident = a.kind != "unload"
+        if a.device == engine.device:
+            last = j
+            if a.kind == "unload" and not resident:
+                out.append(j)
+    if not resident and last not in out:
+        out.append(last)
+    return out
 
 
 def _first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, float],

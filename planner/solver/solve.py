@@ -1,7 +1,8 @@
 """``solve_cpsat``: data, hint, CP-SAT windows, plan, bound, and the baseline fallback.
 
 Pipeline. Start plans: the baselines' and Smith's rule with model loads
-(:mod:`planner.solver.greedy`); the best is the warm start and the fallback.
+(:mod:`planner.solver.greedy`, the better of it with and without an earliest-completion
+filter); the best is the warm start and the fallback.
 An instance whose request options (requests x candidate engine periods) stay
 under ``MAX_OPTIONS`` is solved as one model (:mod:`planner.solver.model`): first
 over a small working set of layer splits, then the split search of
@@ -41,7 +42,7 @@ from planner.solver.data import (
     ticks_up,
 )
 from planner.solver.decompose import solve_by_parts
-from planner.solver.greedy import smith_with_loads
+from planner.solver.greedy import start_plan
 from planner.solver.lns import refine_splits
 from planner.solver.model import (
     PROGRESS,
@@ -197,7 +198,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # start plans: the baselines', and Smith's rule with model loads (greedy.py)
     baseline_schedules = dict(baselines)
     with contextlib.suppress(RuntimeError, BaselineError):
-        baseline_schedules[SMITH] = smith_with_loads(instance, cost)
+        baseline_schedules[SMITH] = start_plan(instance, cost, objective)
     t_start = time.perf_counter() - t0
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
