@@ -105,6 +105,31 @@ def test_dependencies_follow_lane_engine_and_request() -> None:
     assert save in deps[run_c]  # same engine: a's state leaves before c runs
 
 
+def test_earliest_times_wait_for_what_dependencies_name() -> None:
+    """earliest_times (the polish's fast path) gives each action the time the sets of
+    dependencies() give: after the latest end among them, a run not before arrival;
+    also with the actions shuffled (any order, valid or not, is timed alike)."""
+    import random
+
+    from planner.executor.deps import earliest_times
+
+    acts = plan_order(Schedule((E1, E2), tuple(valid_actions())))
+    arrival = {q.id: q.arrival_s + 0.5 for q in instance().requests}
+    rng = random.Random(3)
+    for k in range(20):
+        seq = acts if k == 0 else rng.sample(acts, len(acts))
+        deps = dependencies(seq)
+        start: list[float] = []
+        end: list[float] = []
+        for i, a in enumerate(seq):
+            s = max((end[d] for d in deps[i]), default=0.0)
+            if a.kind == "run" and a.request is not None:
+                s = max(s, arrival[a.request])
+            start.append(s)
+            end.append(s + (a.end_s - a.start_s))
+        assert earliest_times(seq, arrival) == (start, end)
+
+
 def test_replay_runs_everything_in_an_allowed_order(tmp_path: Path) -> None:
     FakeEngine.crash_on = set()
     r, report = replay(tmp_path, valid_actions())

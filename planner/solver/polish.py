@@ -32,30 +32,21 @@ from dataclasses import replace
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule
-from planner.executor.deps import dependencies, plan_order, same_dependencies
+from planner.executor.deps import (
+    Ends,
+    dependencies,
+    earliest_times,
+    plan_order,
+    same_dependencies,
+)
 from planner.metrics import compute_metrics, objective_key
-
-
-def _times(actions: list[Action], arrival: dict[str, float]
-           ) -> tuple[list[float], list[float]]:
-    """Earliest (start, end) of each action in this order, with its duration."""
-    waits = dependencies(actions)
-    start: list[float] = []
-    end: list[float] = []
-    for i, a in enumerate(actions):
-        s = max((end[d] for d in waits[i]), default=0.0)
-        if a.kind == "run" and a.request is not None:
-            s = max(s, arrival[a.request])
-        start.append(s)
-        end.append(s + (a.end_s - a.start_s))
-    return start, end
 
 
 def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | None:
     """``actions`` (in the order the executor should see them; no slot engines) at their
     earliest times with their durations, in plan order; None when the executor, reading
     them in plan order, would wait for other actions."""
-    start, end = _times(actions, arrival)
+    start, end = earliest_times(actions, arrival)
     out = [replace(a, start_s=round(s, 6), end_s=round(e, 6))
            for a, s, e in zip(actions, start, end, strict=True)]
     timed = Schedule((), tuple(out))
@@ -65,15 +56,56 @@ def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | 
     return order if same_dependencies(out, dependencies(out), timed) else None
 
 
-def _key(instance: Instance, actions: list[Action], end: list[float],
-         objective: str) -> tuple[float, ...]:
-    done: dict[str, float] = {}
-    for a, e in zip(actions, end, strict=True):
-        if a.kind == "run" and a.request is not None:
-            done[a.request] = max(done.get(a.request, e), e)
-    # rounded: a move is kept for a real gain, not for float noise in the same times
-    return tuple(round(x, 9) for x in objective_key(compute_metrics(instance, (), done),
-                                                    objective))
+class _Score:
+    """The objective's sort key of a plan from its actions' end times (rounded: a move is
+    kept for a real gain, not for float noise in the same times)."""
+
+    def __init__(self, instance: Instance, objective: str) -> None:
+        self.instance = instance
+        self.objective = objective
+        self.weight = {r.id: r.weight for r in instance.requests}
+        self.arrival = {r.id: r.arrival_s for r in instance.requests}
+
+    def __call__(self, actions: list[Action], end: list[float]) -> tuple[float, ...]:
+        done: dict[str, float] = {}
+        for a, e in zip(actions, end, strict=True):
+            if a.kind == "run" and a.request is not None:
+                done[a.request] = max(done.get(a.request, e), e)
+        key: tuple[float, ...]
+        if self.objective == "mean_response":  # objective_key's, directly
+            w = self.weight
+            total = sum(w[q] for q in done)
+            mean = sum(w[q] * (e - self.arrival[q]) for q, e in done.items()) / total \
+                if total else 0.0
+            key = (float(len(self.instance.requests) - len(done)), mean)
+        else:
+            key = objective_key(compute_metrics(self.instance, (), done), self.objective)
+        return tuple(round(x, 9) for x in key)
+
+
+class _Prefix:
+    """Earliest times of ``rest`` (a plan less the run being moved) and the waiting state
+    before each of its actions, so that a candidate (``rest`` changed from index k on)
+    is timed from k on only."""
+
+    def __init__(self, rest: list[Action], arrival: dict[str, float]) -> None:
+        self.rest = rest
+        self.arrival = arrival
+        self.states: list[Ends] = []
+        ends = Ends()
+        self.end: list[float] = []
+        for a in rest:
+            self.states.append(ends.copy())
+            self.end += earliest_times([a], arrival, ends)[1]
+        self.states.append(ends)
+
+    def ends_of(self, cand: list[Action]) -> list[float]:
+        k = 0
+        n = min(len(cand), len(self.rest))
+        while k < n and cand[k] is self.rest[k]:
+            k += 1
+        return self.end[:k] + earliest_times(cand[k:], self.arrival,
+                                             self.states[k].copy())[1]
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
@@ -92,14 +124,14 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             by_model.setdefault(e.model, []).append(e)
     on_one_device = {e.id for es in by_model.values() for e in es}
     order = plan_order(schedule)
-    best_key = _key(instance, list(schedule.actions), [a.end_s for a in schedule.actions],
-                    objective)
+    score = _Score(instance, objective)
+    best_key = score(list(schedule.actions), [a.end_s for a in schedule.actions])
     changed = False
-    key = _key(instance, order, _times(order, arrival)[1], objective)
+    key = score(order, earliest_times(order, arrival)[1])
     got = _first_valid(instance, schedule, arrival, [(key, order)] if key < best_key else [])
     if got is not None:  # the plan as it is, at earliest times
         order = got[0]
-        best_key = _key(instance, order, [a.end_s for a in order], objective)
+        best_key = score(order, [a.end_s for a in order])
         changed = True
     kept = 0
     improved = True
@@ -121,7 +153,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 break
             at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
             got = _best_move(instance, cost, schedule, order, at, by_model, engines,
-                             arrival, objective, best_key, deadline)
+                             arrival, score, best_key, deadline)
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -129,7 +161,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
         for cand in _stay_resident(order):
             if time.perf_counter() >= deadline:
                 break
-            key = _key(instance, cand, _times(cand, arrival)[1], objective)
+            key = score(cand, earliest_times(cand, arrival)[1])
             got = _first_valid(instance, schedule, arrival,
                                [(key, cand)] if key < best_key else [])
             if got is not None:
@@ -148,7 +180,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
 def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
                order: list[Action], at: int,
                by_model: dict[str, list[Engine]], engines: dict[str, Engine],
-               arrival: dict[str, float], objective: str, best_key: tuple[float, ...],
+               arrival: dict[str, float], score: _Score, best_key: tuple[float, ...],
                deadline: float
                ) -> tuple[list[Action], tuple[float, ...]] | None:
     """The best place for ``order[at]`` (a whole run) that beats ``best_key``."""
@@ -156,6 +188,7 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
     assert run.request is not None
     req = instance.request(run.request)
     rest = order[:at] + order[at + 1:]
+    prefix = _Prefix(rest, arrival)
     cands: list[tuple[tuple[float, ...], list[Action]]] = []
     for e in by_model.get(engines[run.engine].model, []):
         if req.total_tokens > e.n_ctx:
@@ -177,7 +210,7 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
             if time.perf_counter() >= deadline:
                 break
             cand = _drop_empty([*rest[:j + 1], moved, *rest[j + 1:]], run.engine)
-            key = _key(instance, cand, _times(cand, arrival)[1], objective)
+            key = score(cand, prefix.ends_of(cand))
             if key < best_key:
                 cands.append((key, cand))
         # or a period of its own: e loaded for it where its device's lane frees memory
@@ -189,7 +222,7 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
                 break
             cand = _drop_empty([*rest[:j + 1], load, moved, unload, *rest[j + 1:]],
                                run.engine)
-            key = _key(instance, cand, _times(cand, arrival)[1], objective)
+            key = score(cand, prefix.ends_of(cand))
             if key < best_key:
                 cands.append((key, cand))
     return _first_valid(instance, schedule, arrival, cands)
