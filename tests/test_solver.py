@@ -281,6 +281,34 @@ def test_no_solution_in_time_keeps_best_baseline(monkeypatch: pytest.MonkeyPatch
     assert check_plan(inst, sched) == []
 
 
+def test_the_start_plan_is_polished_when_cp_sat_ends_worse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When CP-SAT's plan at the limit is worse than the best start plan (a slow machine,
+    a short limit), the polish works on the start plan instead, and the plan written
+    beats every start plan. CP-SAT's plan is made the worst baseline's here. A1 and B
+    (10 GiB each) on a 10 GiB GPU, a2 (A) arriving at 0.5 s: the start plans serve a1
+    first; the polish puts a2 right after A's load (responses 5, 2.5, 10)."""
+    from planner.solver import solve as solve_mod
+    from planner.solver.greedy import start_plan
+
+    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)],
+                    host_gib=1)
+    cost = RoundCost()
+    base = baselines(inst, cost)
+
+    def mean(s: Schedule) -> float:
+        return compute_metrics(inst, s.actions).weighted_mean_response_s
+
+    starts = [*base.values(), start_plan(inst, cost, "mean_response")]
+    worst = max(base.values(), key=mean)
+    monkeypatch.setattr(solve_mod.PlanBuilder, "schedule", lambda self: worst)
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(), base)
+    assert check_plan(inst, sched) == []
+    assert "starting from the" in info.notes and info.status == "FEASIBLE"
+    assert mean(sched) < min(mean(s) for s in starts)
+    assert mean(sched) == pytest.approx(17.5 / 3)
+
+
 def test_model_that_fits_nowhere_is_named() -> None:
     from planner.service import SolveError
 

@@ -65,7 +65,7 @@ WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horiz
 SMITH = "smith-with-loads"  # the start plan of greedy.py, beside the baselines'
 MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
-POLISH_SHARE = 0.1  # share of the time limit kept for local moves on the plan (polish.py)
+POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish.py)
 PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
 
 
@@ -356,10 +356,21 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
 
     sched = builder.schedule()
     moves: int | None = None  # runs the polish moved; None: no polish
+    from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
+    own_obj = 0.0  # then CP-SAT's plan's objective
     stop = getattr(opts, "stop", None)
     if polishing and stop_reason() is None and not (stop is not None and stop.is_set()):
         # (a stop request ends the search; the plan is written as it is, at once)
-        sched, moves = polish(instance, cost, sched, objective, t0 + full - 0.2)
+        own = compute_metrics(instance, sched.actions)
+        worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
+            < objective_key(own, objective)
+        target = baseline_schedules[best_base] if worse and best_base else sched
+        polished, moves = polish(instance, cost, target, objective, t0 + full - 0.2)
+        if not worse:
+            sched = polished
+        elif polished is not target:  # moves kept, or compacted
+            sched, from_start = polished, best_base
+            own_obj = objective_value(own, objective)
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
@@ -368,7 +379,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                    f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used"
                    if n_splits else "; preemption off")
     if len(windows) == 1 and mono is not None:
-        status = mono.status
+        # CP-SAT's status speaks of its own plan, not of a polished start plan
+        status = mono.status if from_start is None else "FEASIBLE"
         notes = (f"{decomposition or 'monolithic CP-SAT model'}, "
                  f"{len(data.engines)} candidate engines, "
                  f"{len(reqs)} requests; {bound_note}; CP-SAT bound of the restricted "
@@ -385,6 +397,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if moves is not None:
         notes += (f"; polish: {moves} run{'s' if moves != 1 else ''} moved after the search "
                   "(local moves kept when the objective improves)")
+        if from_start is not None:
+            notes += (f", starting from the {from_start} plan (CP-SAT's own plan was worse: "
+                      f"{own_obj:.3f})")
     if best_base is not None and objective_key(base_metrics[best_base], objective) < \
             objective_key(m, objective):
         return keep_baseline(f"FEASIBLE (baseline {best_base} kept)",
