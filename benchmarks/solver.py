@@ -14,8 +14,9 @@ For each: the baselines, then ``solve_cpsat`` (60 s by default), and one CSV row
 objectives, CP-SAT's ratio to every baseline (for SLO attainment the ratio of
 attainments, higher is better), gap to the bound and which bound, KV saves and
 recomputes, seconds until the plan first beat the best baseline, and the ratio to
-the list schedule (Smith's rule with loads, ``planner/solver/greedy.py``) the
-solver starts from when that beats the baselines: what CP-SAT adds to it.
+the list schedule (Smith's rule with loads, the better of it with and without the
+earliest-completion filter, ``planner/solver/greedy.start_plan``) the solver starts
+from when that beats the baselines: what CP-SAT and the polish add to it.
 
     flock /tmp/planner-cpu.lock .venv/bin/python benchmarks/solver.py       # all, 60 s each
     .venv/bin/python benchmarks/solver.py --only 1gpu-4models --time-limit 10
