@@ -115,8 +115,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
         # a slot engine's runs last longer side by side (planner.slots): moving or
         # compacting them would keep durations that no longer hold
         return schedule, 0
-    arrival = {r.id: r.arrival_s for r in instance.requests}
-    weight = {r.id: r.weight for r in instance.requests}
+    score = _Score(instance, objective)
+    arrival, weight = score.arrival, score.weight
     engines = {e.id: e for e in schedule.engines}
     by_model: dict[str, list[Engine]] = {}
     for e in schedule.engines:
@@ -124,7 +124,6 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             by_model.setdefault(e.model, []).append(e)
     on_one_device = {e.id for es in by_model.values() for e in es}
     order = plan_order(schedule)
-    score = _Score(instance, objective)
     best_key = score(list(schedule.actions), [a.end_s for a in schedule.actions])
     changed = False
     key = score(order, earliest_times(order, arrival)[1])
