@@ -17,6 +17,7 @@ from planner.domain import (
     Action,
     Cluster,
     Engine,
+    EngineConfig,
     Gpu,
     Host,
     Instance,
@@ -110,6 +111,38 @@ def test_a_run_moves_into_a_period_of_its_own_on_a_faster_gpu() -> None:
     assert [(a.kind, a.engine, a.start_s, a.end_s) for a in out.actions] == [
         ("load", "eF", 0.0, 2.0), ("run", "eF", 2.0, 12.0), ("unload", "eF", 12.0, 13.0),
         ("load", "eF", 13.0, 15.0), ("run", "eF", 20.0, 40.0), ("unload", "eF", 40.0, 41.0)]
+
+
+def test_a_run_moves_to_an_engine_the_plan_did_not_have() -> None:
+    """r0 (100 tokens, at 0) on the slow GPU, the only engine of the plan:
+
+    slow: load [0,2] r0 [2,22] unload [22,23]: response 22.
+
+    Without other engines no move helps. Given the fast GPU's configuration (every layer
+    on it) as an extra engine, r0 moves into a period of its own there: load [0,2]
+    r0 [2,12] unload [12,13], response 12; the slow period, empty now, goes, and the new
+    engine joins the plan's engines.
+    """
+    inst = two_gpus([("r0", 0.0, 100)])
+    slow = Engine("eS", "A", "slow", 5, 512, 5 * GIB, 5 * GIB)
+    plan = Schedule((slow,), (
+        Action("load", "eS", "slow", 0, 2), Action("run", "eS", "slow", 2, 22, "r0", 0, 100),
+        Action("unload", "eS", "slow", 22, 23)))
+    assert check_plan(inst, plan) == []
+    same, moves = polish(inst, RoundCost(), plan, "mean_response", time.perf_counter() + 5)
+    assert (same, moves) == (plan, 0)
+    fast = EngineConfig("A", "fast", 10, 512)
+    out, moves = polish(inst, RoundCost(), plan, "mean_response", time.perf_counter() + 5,
+                        [fast, EngineConfig("A", "slow", 5, 512)])  # the second: the plan's
+    assert moves == 1
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(12.0)
+    new = next(e for e in out.engines if e.id not in ("eS",))
+    assert (new.model, new.device, new.n_gpu_layers, new.gpu_bytes) == ("A", "fast", 10,
+                                                                         10 * GIB)
+    assert [(a.kind, a.engine, a.start_s, a.end_s) for a in out.actions] == [
+        ("load", new.id, 0.0, 2.0), ("run", new.id, 2.0, 12.0), ("unload", new.id, 12.0, 13.0)]
+    assert len(out.engines) == 2
 
 
 def test_compact_refuses_an_order_the_executor_would_read_otherwise() -> None:

@@ -111,3 +111,14 @@ def working_set(instance: Instance, pool: dict[tuple[str, str], list[EngineConfi
             if e.n_ctx == n_ctx.get(e.model):
                 add(EngineConfig(e.model, e.device, e.n_gpu_layers, e.n_ctx))
     return out
+
+
+def polish_engines(instance: Instance, cost: CostModel,
+                   pool: dict[tuple[str, str], list[EngineConfig]]) -> list[EngineConfig]:
+    """Configurations the polish may give a run a period of its own on
+    (:mod:`planner.solver.polish`): per (model, GPU) the fastest split fitting the whole
+    GPU and the fastest fitting half of it, per (model, host CPU) its configuration."""
+    cap = {d.id: (d.memory_bytes if d.kind == "gpu" else None)
+           for d in instance.cluster.devices}
+    return [cfg for (_m, d), c in pool.items()
+            for cfg in memory_picks(c, cost, cap[d], (1.0, 0.5))]

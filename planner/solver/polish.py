@@ -8,13 +8,16 @@ it right after another action of an engine of the same model (a load or a run, s
 the engine is resident there), on the same engine or another one (its duration then
 comes from the cost model for that engine), or into a period of its own: an engine of
 its model loaded for it where its device's transfer lane frees memory (after an
-unload) or ends, and unloaded after it. The plan is then *compacted*: every
-action starts as soon as the actions it waits for end (the previous one in its lane,
-on its engine and of its request, as the executor dispatches them; runs not before
-their arrival), keeping each lane's, engine's and request's order. A move is kept
-when the objective improves, the executor would wait for the same actions (plan
-order = the order moved to) and the plan checker accepts it (the checker shares no
-code with this module; memory, residency and lanes are its to judge).
+unload) or ends, and unloaded after it. That engine may be one the plan does not
+have yet (``extra``: e.g. the fastest split of the model on a GPU the plan never gave
+it, so that a request waiting for a busy fast GPU can run on an idle one). The plan
+is then *compacted*: every action starts as soon as the actions it waits for end (the
+previous one in its lane, on its engine and of its request, as the executor
+dispatches them; runs not before their arrival), keeping each lane's, engine's and
+request's order. A move is kept when the objective improves, the executor would wait
+for the same actions (plan order = the order moved to) and the plan checker accepts
+it (the checker shares no code with this module; memory, residency and lanes are its
+to judge).
 
 Moves only touch requests served by one run on an engine of one device (preempted
 requests and engines split over GPUs keep their places); a plan with slot engines is
@@ -27,11 +30,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Engine, Instance, Schedule
+from planner.domain import Action, Engine, EngineConfig, Instance, Schedule
 from planner.executor.deps import (
     Ends,
     dependencies,
@@ -109,14 +113,22 @@ class _Prefix:
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
-           deadline: float) -> tuple[Schedule, int]:
-    """(the polished plan, moves kept); ``schedule`` itself when nothing helped."""
+           deadline: float, extra: Sequence[EngineConfig] = ()) -> tuple[Schedule, int]:
+    """(the polished plan, moves kept); ``schedule`` itself when nothing helped.
+
+    ``extra``: engine configurations (one device, one slot) a run may also move to, in
+    a period of its own; those the plan already has are skipped, those used join the
+    plan's engines.
+    """
     if any(e.n_parallel > 1 for e in schedule.engines):
         # a slot engine's runs last longer side by side (planner.slots): moving or
         # compacting them would keep durations that no longer hold
         return schedule, 0
     score = _Score(instance, objective)
     arrival, weight = score.arrival, score.weight
+    declared = schedule
+    schedule = replace(schedule, engines=schedule.engines
+                       + _new_engines(instance, cost, schedule, extra))
     engines = {e.id: e for e in schedule.engines}
     by_model: dict[str, list[Engine]] = {}
     for e in schedule.engines:
@@ -169,11 +181,37 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 improved = True
                 break  # indices moved
     if not kept and not changed:
-        return schedule, 0
-    out = replace(schedule, actions=tuple(order))
+        return declared, 0
+    used = {a.engine for a in order}
+    out = replace(schedule, actions=tuple(order),
+                  engines=tuple(e for e in schedule.engines
+                                if e in declared.engines or e.id in used))
     if check_plan(instance, out):  # each kept move passed it; this is the final word
-        return schedule, 0
+        return declared, 0
     return out, kept
+
+
+def _new_engines(instance: Instance, cost: CostModel, schedule: Schedule,
+                 extra: Sequence[EngineConfig]) -> tuple[Engine, ...]:
+    """Engines for the configurations of ``extra`` the plan does not have, with ids
+    it does not use."""
+    have = {(e.model, e.device, e.n_gpu_layers, e.n_ctx) for e in schedule.engines
+            if not e.shares and e.n_parallel == 1}
+    ids = {e.id for e in schedule.engines}
+    out: list[Engine] = []
+    for cfg in extra:
+        k = (cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_ctx)
+        if k in have or cfg.split or cfg.n_parallel != 1:
+            continue
+        have.add(k)
+        n = len(ids) + 1
+        while f"x{n}" in ids:
+            n += 1
+        ids.add(f"x{n}")
+        gpu = instance.cluster.device(cfg.device).kind == "gpu"
+        out.append(Engine(f"x{n}", cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_ctx,
+                          cost.gpu_bytes(cfg) if gpu else 0, cost.host_bytes(cfg)))
+    return tuple(out)
 
 
 def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,

@@ -32,6 +32,7 @@ from planner.interrupt import stop_reason
 from planner.metrics import completions, compute_metrics, objective_key, objective_value
 from planner.solver.bound import gap_of, lower_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
+from planner.solver.candidates import polish_engines
 from planner.solver.data import (
     TICKS_PER_S,
     InfeasibleInstance,
@@ -365,7 +366,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
             < objective_key(own, objective)
         target = baseline_schedules[best_base] if worse and best_base else sched
-        polished, moves = polish(instance, cost, target, objective, t0 + full - 0.2)
+        polished, moves = polish(instance, cost, target, objective, t0 + full - 0.2,
+                                 polish_engines(instance, cost, data.pool))
         if not worse:
             sched = polished
         elif polished is not target:  # moves kept, or compacted
