@@ -29,8 +29,9 @@ move helps or the deadline passes.
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from planner.checker import check_plan
@@ -44,6 +45,9 @@ from planner.executor.deps import (
     same_dependencies,
 )
 from planner.metrics import compute_metrics, objective_key
+
+RUIN_SEEDS = 10  # a ruin starts from one of this many costliest requests
+RUIN_SIZE = 8  # runs of one device taken out with it, at most
 
 
 def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | None:
@@ -129,12 +133,10 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     declared = schedule
     schedule = replace(schedule, engines=schedule.engines
                        + _new_engines(instance, cost, schedule, extra))
-    engines = {e.id: e for e in schedule.engines}
     by_model: dict[str, list[Engine]] = {}
     for e in schedule.engines:
         if not e.shares:
             by_model.setdefault(e.model, []).append(e)
-    on_one_device = {e.id for es in by_model.values() for e in es}
     order = plan_order(schedule)
     best_key = score(list(schedule.actions), [a.end_s for a in schedule.actions])
     changed = False
@@ -146,25 +148,28 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
         changed = True
     kept = 0
     improved = True
-    while improved and time.perf_counter() < deadline:
+    ruins: Iterator[tuple[str, list[str]]] | None = None
+    while time.perf_counter() < deadline:
+        if not improved:  # no one move helps: several at once (ruin and recreate)
+            ruins = ruins or _ruins(order, by_model, score)
+            ruin = next(ruins, None)
+            if ruin is None:
+                break  # every ruin tried on this plan
+            got = _ruin_recreate(instance, cost, schedule, order, by_model, score, best_key,
+                                 *ruin, deadline)
+            if got is None:
+                continue
+            order, best_key = got
+            kept += 1 + len(ruin[1])
+        ruins = None  # the next ruins start from the plan as the moves leave it
         improved = False
-        runs: dict[str, list[Action]] = {}
-        fixed: set[str] = set()
-        for a in order:
-            if a.request is not None:
-                if a.kind == "run":
-                    runs.setdefault(a.request, []).append(a)
-                else:
-                    fixed.add(a.request)  # KV copies: a preempted request stays as it is
-        movable = [q for q, rs in runs.items() if len(rs) == 1 and q not in fixed
-                   and rs[0].engine in on_one_device]
-        movable.sort(key=lambda q: -weight[q] * (runs[q][0].end_s - arrival[q]))
-        for q in movable:
+        movable = _movable(order, by_model)
+        for q in sorted(movable, key=lambda q: -weight[q] * (movable[q].end_s - arrival[q])):
             if time.perf_counter() >= deadline:
                 break
             at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
-            got = _best_move(instance, cost, schedule, order, at, by_model, engines,
-                             arrival, score, best_key, deadline)
+            got = _best_move(instance, cost, schedule, order, at, by_model, arrival,
+                             score, best_key, deadline)
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -215,19 +220,31 @@ def _new_engines(instance: Instance, cost: CostModel, schedule: Schedule,
 
 
 def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
-               order: list[Action], at: int,
-               by_model: dict[str, list[Engine]], engines: dict[str, Engine],
+               order: list[Action], at: int, by_model: dict[str, list[Engine]],
                arrival: dict[str, float], score: _Score, best_key: tuple[float, ...],
                deadline: float
                ) -> tuple[list[Action], tuple[float, ...]] | None:
     """The best place for ``order[at]`` (a whole run) that beats ``best_key``."""
     run = order[at]
+    rest = order[:at] + order[at + 1:]
+    cands = _placements(instance, cost, rest, run, by_model, arrival, score, best_key,
+                        deadline, skip=at - 1)
+    return _first_valid(instance, schedule, arrival, cands)
+
+
+def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Action,
+                by_model: dict[str, list[Engine]], arrival: dict[str, float],
+                score: _Score, bar: tuple[float, ...], deadline: float, skip: int = -2
+                ) -> list[tuple[tuple[float, ...], list[Action]]]:
+    """``rest`` with ``run`` (a whole run, taken out of it) put back in each place it may
+    go whose key beats ``bar``, with the keys; ``skip``: the index it came from (after
+    that action, on its own engine, is its own place)."""
     assert run.request is not None
     req = instance.request(run.request)
-    rest = order[:at] + order[at + 1:]
+    model = next(e.model for es in by_model.values() for e in es if e.id == run.engine)
     prefix = _Prefix(rest, arrival)
     cands: list[tuple[tuple[float, ...], list[Action]]] = []
-    for e in by_model.get(engines[run.engine].model, []):
+    for e in by_model.get(model, []):
         if req.total_tokens > e.n_ctx:
             continue
         if e.id == run.engine:
@@ -238,7 +255,7 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
         for j, x in enumerate(rest):
             if x.engine != e.id or x.kind not in ("load", "run"):
                 continue
-            if e.id == run.engine and j + 1 == at:
+            if e.id == run.engine and j == skip:
                 continue  # its own place
             nxt = _next_on(rest, j, e.id)
             if nxt is not None and rest[nxt].kind == "unload" and \
@@ -248,7 +265,7 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
                 break
             cand = _drop_empty([*rest[:j + 1], moved, *rest[j + 1:]], run.engine)
             key = score(cand, prefix.ends_of(cand))
-            if key < best_key:
+            if key < bar:
                 cands.append((key, cand))
         # or a period of its own: e loaded for it where its device's lane frees memory
         # (after an unload) or ends, when e is not resident there
@@ -260,9 +277,9 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
             cand = _drop_empty([*rest[:j + 1], load, moved, unload, *rest[j + 1:]],
                                run.engine)
             key = score(cand, prefix.ends_of(cand))
-            if key < best_key:
+            if key < bar:
                 cands.append((key, cand))
-    return _first_valid(instance, schedule, arrival, cands)
+    return cands
 
 
 def _period_slots(actions: list[Action], engine: Engine) -> list[int]:
@@ -285,16 +302,87 @@ def _period_slots(actions: list[Action], engine: Engine) -> list[int]:
 
 
 def _first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, float],
-                 scored: list[tuple[tuple[float, ...], list[Action]]]
+                 scored: list[tuple[tuple[float, ...], list[Action]]], partial: bool = False
                  ) -> tuple[list[Action], tuple[float, ...]] | None:
     """The best-keyed of ``scored`` (key, order of ``schedule``'s actions) that compacts
-    without changing what the executor waits for and passes the checker, compacted."""
+    without changing what the executor waits for and passes the checker, compacted.
+    ``partial``: the plans serve some of the requests only (checked as an instance of
+    those)."""
     for key, cand in sorted(scored, key=lambda c: c[0]):
         timed = compact(cand, arrival)
-        if timed is not None and not check_plan(instance,
-                                                replace(schedule, actions=tuple(timed))):
+        if timed is None:
+            continue
+        inst = instance
+        if partial:
+            served = {a.request for a in timed}
+            inst = replace(instance, requests=tuple(r for r in instance.requests
+                                                    if r.id in served))
+        if not check_plan(inst, replace(schedule, actions=tuple(timed))):
             return timed, key
     return None
+
+
+def _movable(order: list[Action], by_model: dict[str, list[Engine]]) -> dict[str, Action]:
+    """Request -> its run, for requests served by one run on an engine of one device
+    and no KV copy (a preempted request stays as it is)."""
+    runs: dict[str, list[Action]] = {}
+    fixed: set[str] = set()
+    for a in order:
+        if a.request is not None:
+            if a.kind == "run":
+                runs.setdefault(a.request, []).append(a)
+            else:
+                fixed.add(a.request)
+    one = {e.id for es in by_model.values() for e in es}
+    return {q: rs[0] for q, rs in runs.items()
+            if len(rs) == 1 and q not in fixed and rs[0].engine in one}
+
+
+def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
+           ) -> Iterator[tuple[str, list[str]]]:
+    """What a ruin takes out, the likeliest to pay first: one of the RUIN_SEEDS costliest
+    requests, and the runs of one device that overlap its stay (arrival to completion),
+    up to RUIN_SIZE of them nearest its arrival; per request, every such device."""
+    arrival, weight = score.arrival, score.weight
+    movable = _movable(order, by_model)
+    costly = sorted(movable, key=lambda q: -weight[q] * (movable[q].end_s - arrival[q]))
+    for q in costly[:RUIN_SEEDS]:
+        lo, hi = arrival[q], movable[q].end_s
+        near: dict[str, list[str]] = {}
+        for x, r in movable.items():
+            if x != q and r.start_s < hi and r.end_s > lo:
+                near.setdefault(r.device, []).append(x)
+        for d in sorted(near):
+            xs = sorted(near[d], key=lambda x: abs(movable[x].start_s - lo))
+            yield q, xs[:RUIN_SIZE]
+
+
+def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
+                   order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
+                   best_key: tuple[float, ...], q: str, victims: list[str], deadline: float
+                   ) -> tuple[list[Action], tuple[float, ...]] | None:
+    """Several runs moved at once (ruin and recreate): ``q``'s run and those of
+    ``victims`` are taken out (periods left empty go), then put back one by one, ``q``
+    first, the others by arrival, each in its best place (as a move would: any engine
+    of its model, or a period of its own). The plan and its key when it beats
+    ``best_key``."""
+    arrival = score.arrival
+    movable = _movable(order, by_model)
+    out = {id(movable[x]) for x in [q, *victims]}
+    rest = [a for a in order if id(a) not in out]
+    for e in {movable[x].engine for x in [q, *victims]}:
+        rest = _drop_empty(rest, e)
+    for x in [q, *sorted(victims, key=lambda x: arrival[x])]:
+        if time.perf_counter() >= deadline:
+            return None
+        cands = _placements(instance, cost, rest, movable[x], by_model, arrival, score,
+                            (math.inf,), deadline)
+        got = _first_valid(instance, schedule, arrival, cands, partial=True)
+        if got is None:
+            return None
+        rest = got[0]
+    key = score(rest, [a.end_s for a in rest])
+    return (rest, key) if key < best_key else None
 
 
 def _drop_empty(actions: list[Action], engine: str) -> list[Action]:
