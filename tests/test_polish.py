@@ -26,7 +26,7 @@ from planner.domain import (
     Schedule,
 )
 from planner.metrics import compute_metrics, objective_key
-from planner.solver.polish import compact, polish
+from planner.solver.polish import _ruin_recreate, _ruins, _Score, compact, polish
 from tests.test_solver import RoundCost, arch, baselines, instance
 from tests.test_solver_depth import _random_instance
 
@@ -143,6 +143,54 @@ def test_a_run_moves_to_an_engine_the_plan_did_not_have() -> None:
     assert [(a.kind, a.engine, a.start_s, a.end_s) for a in out.actions] == [
         ("load", new.id, 0.0, 2.0), ("run", new.id, 2.0, 12.0), ("unload", new.id, 12.0, 13.0)]
     assert len(out.engines) == 2
+
+
+def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() -> None:
+    """S (40 tokens) on the fast GPU, L (100) on a slow one of 4 GiB (4 of 10 layers,
+    0.22 s per token), both at 0:
+
+    fast: load [0,2] S [2,6] unload [6,7]; slow: load [0,2] L [2,24] unload [24,25]
+
+    responses 6 and 24, mean 15. The first ruin is L (the costliest) with the fast GPU's
+    run that overlaps its stay (S). Both out, both periods go; L back first, in its best
+    place: a period of its own on the fast GPU, load [0,2] L [2,12] (response 12, the
+    slow GPU would give 24); then S: right after the load, before L, gives responses 6
+    and 16 (mean 11), after L 12 and 16 (14), a period of its own on the slow GPU 12 and
+    10.8 (11.4): before L, mean 11.
+    """
+    gpus = (Gpu("fast", "test-gpu", 10 * GIB, "h"), Gpu("slow", "test-gpu", 4 * GIB, "h"))
+    inst = Instance("t", Cluster((Host("h", "test-cpu", 8, 64 * GIB, gpus),)),
+                    (Model("A", arch("A")),), (Request("S", "A", 0.0, 16, 40, 1.0, None),
+                                               Request("L", "A", 0.0, 16, 100, 1.0, None)),
+                    "mean_response")
+    fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
+    slow = Engine("eS", "A", "slow", 4, 512, 4 * GIB, 6 * GIB)
+
+    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
+            n: int = 0) -> Action:
+        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
+
+    plan = Schedule((fast, slow), (
+        act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, 6, "S", 40),
+        act("unload", fast, 6, 7), act("run", slow, 2, 24, "L", 100),
+        act("unload", slow, 24, 25)))
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(15.0)
+    order = list(plan.actions)
+    by_model = {"A": [fast, slow]}
+    score = _Score(inst, "mean_response")
+    ruin = next(_ruins(order, by_model, score))
+    assert ruin == ("L", ["S"])
+    got = _ruin_recreate(inst, RoundCost(), plan, order, by_model, score,
+                         score(order, [a.end_s for a in order]), *ruin,
+                         time.perf_counter() + 5)
+    assert got is not None
+    out = Schedule((fast, slow), tuple(got[0]))
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(11.0)
+    assert [(a.kind, a.engine, a.request, a.start_s, a.end_s) for a in out.actions] == [
+        ("load", "eF", None, 0.0, 2.0), ("run", "eF", "S", 2.0, 6.0),
+        ("run", "eF", "L", 6.0, 16.0), ("unload", "eF", None, 16.0, 17.0)]
 
 
 def test_compact_refuses_an_order_the_executor_would_read_otherwise() -> None:

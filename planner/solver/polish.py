@@ -340,21 +340,30 @@ def _movable(order: list[Action], by_model: dict[str, list[Engine]]) -> dict[str
 
 def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
            ) -> Iterator[tuple[str, list[str]]]:
-    """What a ruin takes out, the likeliest to pay first: one of the RUIN_SEEDS costliest
-    requests, and the runs of one device that overlap its stay (arrival to completion),
-    up to RUIN_SIZE of them nearest its arrival; per request, every such device."""
+    """What a ruin takes out, the likeliest to pay first: one of the costliest requests,
+    and the runs of one device that overlap its stay (arrival to completion), those
+    nearest its arrival; per request, every such device. First RUIN_SEEDS requests
+    and RUIN_SIZE runs, then twice and four times as many of both (each ruin once)."""
     arrival, weight = score.arrival, score.weight
     movable = _movable(order, by_model)
     costly = sorted(movable, key=lambda q: -weight[q] * (movable[q].end_s - arrival[q]))
-    for q in costly[:RUIN_SEEDS]:
-        lo, hi = arrival[q], movable[q].end_s
-        near: dict[str, list[str]] = {}
-        for x, r in movable.items():
-            if x != q and r.start_s < hi and r.end_s > lo:
-                near.setdefault(r.device, []).append(x)
-        for d in sorted(near):
-            xs = sorted(near[d], key=lambda x: abs(movable[x].start_s - lo))
-            yield q, xs[:RUIN_SIZE]
+    near: dict[str, dict[str, list[str]]] = {}
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for scale in (1, 2, 4):
+        for q in costly[:RUIN_SEEDS * scale]:
+            if q not in near:
+                lo, hi = arrival[q], movable[q].end_s
+                near[q] = {}
+                for x, r in movable.items():
+                    if x != q and r.start_s < hi and r.end_s > lo:
+                        near[q].setdefault(r.device, []).append(x)
+                for xs in near[q].values():
+                    xs.sort(key=lambda x: abs(movable[x].start_s - lo))
+            for d in sorted(near[q]):
+                victims = near[q][d][:RUIN_SIZE * scale]
+                if (q, tuple(victims)) not in seen:
+                    seen.add((q, tuple(victims)))
+                    yield q, victims
 
 
 def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
