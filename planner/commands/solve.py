@@ -66,10 +66,11 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
 @click.option("--preemption/--no-preemption", default=True, show_default=True,
               help="Let CP-SAT split long requests (kv_save/kv_restore or recompute).")
 @click.option("--polish/--no-polish", default=True, show_default=True,
-              help="Keep 30% of the time limit for moving single runs (into other periods "
-                   "or new ones, dropping emptied ones) in CP-SAT's plan, or in the best start "
-                   "plan when CP-SAT's is worse; a move is kept only where the objective "
-                   "improves.")
+              help="Keep 30% of the time limit for local moves in CP-SAT's plan, or in the "
+                   "best start plan when CP-SAT's is worse: single runs into other periods "
+                   "or new ones (on any engine of the split pool), and, when none helps, "
+                   "several at once (ruin and recreate); a change is kept only where the "
+                   "objective improves.")
 @click.option("--slots", default="1", show_default=True, metavar="N[,N...]",
               help="Parallel slots (n_parallel) CP-SAT may give each engine, e.g. 1,2,4; "
                    "baselines serve with the largest (OLLAMA_NUM_PARALLEL, concurrencyLimit).")

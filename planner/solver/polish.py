@@ -19,11 +19,15 @@ for the same actions (plan order = the order moved to) and the plan checker acce
 it (the checker shares no code with this module; memory, residency and lanes are its
 to judge).
 
+When no single move helps, several runs move at once (*ruin and recreate*): a costly
+request and runs of one device that overlap its stay are taken out and put back one
+by one, each in its best place; the result is kept when the whole plan is better.
+
 Moves only touch requests served by one run on an engine of one device (preempted
 requests and engines split over GPUs keep their places); a plan with slot engines is
 left as it is (their runs' durations depend on what runs beside them).
-Best-improvement over the requests that cost the objective most first, until no
-move helps or the deadline passes.
+Best-improvement over the requests that cost the objective most first, then ruins,
+until every ruin of the plan failed or the deadline passes.
 """
 
 from __future__ import annotations
