@@ -30,7 +30,7 @@ from dataclasses import replace
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Instance, Schedule
-from planner.executor.deps import dependencies, plan_order, same_dependencies
+from planner.executor.deps import dependencies, plan_order, same_dependencies, spans_of
 from planner.slots import batched_times
 
 ROUNDS = 40
@@ -65,7 +65,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         return schedule
     engines = {e.id: e for e in schedule.engines}
     slots = {e.id: e.n_parallel for e in schedule.engines}
-    deps = dependencies(actions, slots)
+    split = spans_of(schedule)  # engines split over GPUs wait for all their lanes
+    deps = dependencies(actions, slots, split)
     host_of = {d.id: d.host for d in instance.cluster.devices}
     arrival = {r.id: r.arrival_s for r in instance.requests}
     # whole runs on slot engines: the engine's slot driver batches them, so their ends
@@ -125,7 +126,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             if a.kind == "run":
                 runs_on.setdefault(host_of[a.device], []).append(
                     (admit.get(i, start[i]), end[i]))
-        spans_of = {h: _merged(v) for h, v in runs_on.items()}
+        busy_on = {h: _merged(v) for h, v in runs_on.items()}
         changed = any(abs(x - y) > 1e-6 for x, y in zip(before, end, strict=True))
         for i, a in enumerate(actions):
             if factor[i] == 1.0 or idle[i] <= 0:
@@ -133,7 +134,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             # a load's (or KV copy's) work goes at rate 1 alone and 1/factor beside a run:
             # over a span
             # t of which o lies beside runs, t = idle + o * (1 - 1/factor)
-            o = _overlap(start[i], end[i], spans_of.get(host_of[a.device], []))
+            o = _overlap(start[i], end[i], busy_on.get(host_of[a.device], []))
             new = idle[i] + o * (1.0 - 1.0 / factor[i])
             if abs(new - dur[i]) > 1e-6:
                 changed = True
@@ -144,7 +145,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     out: list[Action] = [replace(a, start_s=round(admit.get(i, start[i]), 6),
                                  end_s=round(end[i], 6)) for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))
-    if not same_dependencies(out, deps, timed, slots) or check_plan(instance, timed):
+    if not same_dependencies(out, deps, timed, slots, split) or check_plan(instance, timed):
         return schedule  # the executor would order it otherwise, or a rule would break
     return timed
 

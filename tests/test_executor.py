@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from planner.domain import Action, Engine, Schedule
+from planner.domain import GIB, Action, DeviceShare, Engine, Schedule
 from planner.executor import Replay, dependencies, plan_order
 from tests.test_checker import E1, E2, instance, valid_actions
 
@@ -128,6 +128,29 @@ def test_earliest_times_wait_for_what_dependencies_name() -> None:
             start.append(s)
             end.append(s + (a.end_s - a.start_s))
         assert earliest_times(seq, arrival) == (start, end)
+
+
+def test_an_engine_split_over_gpus_holds_the_lanes_of_every_gpu_it_spans() -> None:
+    """SPEC rule 2 (the checker): a split engine's actions use both lanes of every GPU it
+    spans. Engine S spans g0 and g1; engine B is on g1 alone. S loads [0,4] and runs
+    [4,10]; B's load and run come after in plan order: they wait for S's load and run
+    on g1's lanes (dependencies, lane_dependencies, earliest_times alike); without the
+    spans they would not."""
+    from planner.executor.deps import earliest_times, lane_dependencies, spans_of
+
+    s = Engine("S", "m", "g0", 10, 64, 2 * GIB, 0,
+               shares=(DeviceShare("g0", 0.5, GIB), DeviceShare("g1", 0.5, GIB)))
+    b = Engine("B", "m", "g1", 10, 64, GIB, 0)
+    acts = [Action("load", "S", "g0", 0, 4), Action("run", "S", "g0", 4, 10, "r1", 0, 8),
+            Action("load", "B", "g1", 0, 1), Action("run", "B", "g1", 1, 3, "r2", 0, 8)]
+    spans = spans_of(Schedule((s, b), tuple(acts)))
+    assert spans == {"S": ("g0", "g1")}
+    assert dependencies(acts) == [set(), {0}, set(), {2}]
+    assert dependencies(acts, spans=spans) == [set(), {0}, {0}, {1, 2}]
+    assert lane_dependencies(acts, spans=spans) == [set(), set(), {0}, {1}]
+    arrival = {"r1": 0.0, "r2": 0.0}
+    assert earliest_times(acts, arrival, spans=spans) == ([0, 4, 4, 10], [4, 10, 5, 12])
+    assert earliest_times(acts, arrival) == ([0, 4, 0, 1], [4, 10, 1, 3])
 
 
 def test_replay_runs_everything_in_an_allowed_order(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from planner.domain import (
     GIB,
     Action,
     Cluster,
+    DeviceShare,
     Engine,
     EngineConfig,
     Gpu,
@@ -191,6 +192,50 @@ def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() 
     assert [(a.kind, a.engine, a.request, a.start_s, a.end_s) for a in out.actions] == [
         ("load", "eF", None, 0.0, 2.0), ("run", "eF", "S", 2.0, 6.0),
         ("run", "eF", "L", 6.0, 16.0), ("unload", "eF", None, 16.0, 17.0)]
+
+
+def test_a_plan_with_an_engine_split_over_gpus_is_polished_around_it() -> None:
+    """S serves model A split over g0 and g1 (5 GiB on each); B (model B, 5 of 10 layers,
+    0.2 s per token) is on g1 alone. The plan:
+
+    S: load [0,2] a1 [2,12] (100 tokens); B: load [12,14] b1 [14,16] unload [16,17]
+    load [17,19] b2 [19,21] unload [21,22]
+
+    responses 12, 16, 21 (mean 16.33). The polish serves B's requests first, in one
+    period, and everything of S waits for B's actions on g1's lanes (SPEC rule 2: a
+    split engine holds both lanes of every GPU it spans): B load [0,2] b1 [2,4]
+    b2 [4,6] unload [6,7], S load [7,9] (after B's unload in g1's transfer lane) a1
+    [9,19]: responses 4, 6, 19, mean 9.67. (Before split engines' lanes were counted,
+    compaction let B's actions overlap S's on g1, the checker refused every move and
+    the polish kept none.)"""
+    gpus = (Gpu("g0", "test-gpu", 10 * GIB, "h"), Gpu("g1", "test-gpu", 10 * GIB, "h"))
+    reqs = (Request("a1", "A", 0.0, 16, 100, 1.0, None),
+            Request("b1", "B", 0.0, 16, 10, 1.0, None),
+            Request("b2", "B", 0.0, 16, 10, 1.0, None))
+    inst = Instance("t", Cluster((Host("h", "test-cpu", 8, 64 * GIB, gpus),)),
+                    (Model("A", arch("A")), Model("B", arch("B"))), reqs, "mean_response")
+    split = Engine("S", "A", "g0", 10, 512, 10 * GIB, 0,
+                   shares=(DeviceShare("g0", 0.5, 5 * GIB), DeviceShare("g1", 0.5, 5 * GIB)))
+    b = Engine("B", "B", "g1", 5, 512, 5 * GIB, 5 * GIB)
+
+    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
+            n: int = 0) -> Action:
+        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
+
+    plan = Schedule((split, b), (
+        act("load", split, 0, 2), act("run", split, 2, 12, "a1", 100),
+        act("load", b, 12, 14), act("run", b, 14, 16, "b1", 10), act("unload", b, 16, 17),
+        act("load", b, 17, 19), act("run", b, 19, 21, "b2", 10), act("unload", b, 21, 22)))
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(49 / 3)
+    out, moves = polish(inst, RoundCost(), plan, "mean_response", time.perf_counter() + 5)
+    assert moves >= 1
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(29 / 3)
+    assert [(a.kind, a.engine, a.request or "", a.start_s, a.end_s) for a in out.actions] == [
+        ("load", "B", "", 0.0, 2.0), ("run", "B", "b1", 2.0, 4.0),
+        ("run", "B", "b2", 4.0, 6.0), ("unload", "B", "", 6.0, 7.0),
+        ("load", "S", "", 7.0, 9.0), ("run", "S", "a1", 9.0, 19.0)]
 
 
 def test_compact_refuses_an_order_the_executor_would_read_otherwise() -> None:

@@ -1,12 +1,32 @@
-"""Dependencies: which earlier actions of the plan each action waits for, and plan order."""
+"""Dependencies: which earlier actions of the plan each action waits for, and plan order.
+
+An action waits for the last action before it in its lane (on each device its engine
+spans: an engine split over GPUs keeps both lanes of every one of them busy, SPEC rule
+2), on its engine and of its request. ``spans`` gives the devices of split engines
+(:func:`spans_of`); an engine not in it spans its action's device only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from planner.domain import Action, Schedule
 
+Spans = Mapping[str, tuple[str, ...]]
 
-def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                        ) -> list[tuple[set[int], set[int]]]:
+
+def spans_of(schedule: Schedule) -> dict[str, tuple[str, ...]]:
+    """Engine -> the devices it spans, for the engines split over GPUs."""
+    return {e.id: e.devices for e in schedule.engines if e.shares}
+
+
+def _lanes(a: Action, spans: Spans | None) -> tuple[tuple[str, str], ...]:
+    devs = spans.get(a.engine) if spans else None
+    return tuple((d, a.lane) for d in devs) if devs else ((a.device, a.lane),)
+
+
+def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = None,
+                        spans: Spans | None = None) -> list[tuple[set[int], set[int]]]:
     """For each action (in plan order), (what it waits for through its lane, what it
     waits for through its engine or its request); see :func:`dependencies`."""
     slots = slots or {}
@@ -19,7 +39,7 @@ def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = No
         lane: set[int] = set()
         hard: set[int] = set()
         slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
-        for key, d in (((a.device, a.lane), lane), (("engine", a.engine), hard)):
+        for key, d in (*((k, lane) for k in _lanes(a, spans)), (("engine", a.engine), hard)):
             members = group.get(key, [])
             if slot_run and (not members or group_engine[key] == a.engine):
                 # runs of one slot engine decode together: they wait only for what
@@ -44,17 +64,17 @@ def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = No
     return out
 
 
-def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                      ) -> list[set[int]]:
+def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None,
+                      spans: Spans | None = None) -> list[set[int]]:
     """For each action, the dependencies it has only through its lane (not through its
     engine or its request)."""
-    return [lane - hard for lane, hard in _split_dependencies(actions, slots)]
+    return [lane - hard for lane, hard in _split_dependencies(actions, slots, spans)]
 
 
-def _waits_on(a: Action) -> tuple[tuple[object, object], ...]:
+def _waits_on(a: Action, spans: Spans | None = None) -> tuple[tuple[object, object], ...]:
     """What an action of a one-slot plan waits for: the last action before it in its
-    lane, on its engine and of its request (a key with None second holds nothing)."""
-    return ((a.device, a.lane), ("engine", a.engine), ("request", a.request))
+    lanes, on its engine and of its request (a key with None second holds nothing)."""
+    return (*_lanes(a, spans), ("engine", a.engine), ("request", a.request))
 
 
 class Ends:
@@ -76,7 +96,8 @@ class Ends:
 
 
 def earliest_times(actions: list[Action], arrival: dict[str, float],
-                   ends: Ends | None = None) -> tuple[list[float], list[float]]:
+                   ends: Ends | None = None, spans: Spans | None = None
+                   ) -> tuple[list[float], list[float]]:
     """(start, end) of each action of a one-slot plan, in this order, each as early as
     what it waits for (:func:`dependencies`) allows, with its duration; runs not before
     their request's arrival. The same times as from :func:`dependencies`' sets, without
@@ -87,8 +108,11 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
     start: list[float] = []
     end: list[float] = []
     for a in actions:
+        split = spans.get(a.engine) if spans else None
         lk = (a.device, a.lane)
         s = lane.get(lk, 0.0)
+        if split:
+            s = max(lane.get((d, a.lane), 0.0) for d in split)
         x = engine.get(a.engine, 0.0)
         if x > s:
             s = x
@@ -103,13 +127,16 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
         start.append(s)
         end.append(e)
         lane[lk] = engine[a.engine] = e
+        if split:
+            for d in split:
+                lane[(d, a.lane)] = e
         if q is not None:
             request[q] = e
     return start, end
 
 
-def dependencies(actions: list[Action], slots: dict[str, int] | None = None
-                 ) -> list[set[int]]:
+def dependencies(actions: list[Action], slots: dict[str, int] | None = None,
+                 spans: Spans | None = None) -> list[set[int]]:
     """For each action (in plan order), the indices of the actions it must wait for.
 
     Runs of an engine with several slots (``slots``: engine -> n_parallel) wait only
@@ -124,24 +151,25 @@ def dependencies(actions: list[Action], slots: dict[str, int] | None = None
         last: dict[tuple[object, object], int] = {}
         out: list[set[int]] = []
         for i, a in enumerate(actions):
-            keys = _waits_on(a)
+            keys = _waits_on(a, spans)
             out.append({last[k] for k in keys if k in last})
             for k in keys:
                 if k[1] is not None:
                     last[k] = i
         return out
-    return [lane | hard for lane, hard in _split_dependencies(actions, slots)]
+    return [lane | hard for lane, hard in _split_dependencies(actions, slots, spans)]
 
 
 def same_dependencies(out: list[Action], deps: list[set[int]], timed: Schedule,
-                      slots: dict[str, int] | None = None) -> bool:
+                      slots: dict[str, int] | None = None, spans: Spans | None = None
+                      ) -> bool:
     """Whether the executor, reading ``timed`` in plan order, waits for the same actions
     as ``deps`` (the dependencies of ``out``, the same actions in another order)."""
     pos = {a: i for i, a in enumerate(out)}
     if len(pos) != len(out):
         return False
     order = plan_order(timed)
-    new = dependencies(order, slots)
+    new = dependencies(order, slots, spans)
     return all({pos[order[d]] for d in new[j]} == deps[pos[a]] for j, a in enumerate(order))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from planner.domain import REPORT_FORMAT, Instance, Schedule
 from planner.errors import ExecuteError
-from planner.executor.deps import dependencies, lane_dependencies, plan_order
+from planner.executor.deps import dependencies, lane_dependencies, plan_order, spans_of
 from planner.executor.memory import MemorySampler
 from planner.executor.report import ActionRecord, engine_options, measured_report
 from planner.io import write_json_atomic
@@ -70,9 +70,11 @@ class Replay:
         self.engine_factory = engine_factory
         actions = plan_order(schedule)
         slots = {e.id: e.n_parallel for e in schedule.engines}
+        spans = spans_of(schedule)  # an engine split over GPUs waits for all their lanes
         self.records = [ActionRecord(i, a, d, lane_deps=ld) for i, (a, d, ld)
-                        in enumerate(zip(actions, dependencies(actions, slots),
-                                         lane_dependencies(actions, slots), strict=True))]
+                        in enumerate(zip(actions, dependencies(actions, slots, spans),
+                                         lane_dependencies(actions, slots, spans),
+                                         strict=True))]
         #: why the last report write failed (disk full, folder gone...); None once one works
         self.write_error: str | None = None
         self.drivers: dict[str, Any] = {}  # slot engine -> profiler.batch.SlotDriver

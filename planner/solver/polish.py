@@ -43,10 +43,12 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, EngineConfig, Instance, Schedule
 from planner.executor.deps import (
     Ends,
+    Spans,
     dependencies,
     earliest_times,
     plan_order,
     same_dependencies,
+    spans_of,
 )
 from planner.metrics import compute_metrics, objective_key
 
@@ -54,18 +56,21 @@ RUIN_SEEDS = 10  # a ruin starts from one of this many costliest requests
 RUIN_SIZE = 8  # runs of one device taken out with it, at most
 
 
-def compact(actions: list[Action], arrival: dict[str, float]) -> list[Action] | None:
+def compact(actions: list[Action], arrival: dict[str, float],
+            spans: Spans | None = None) -> list[Action] | None:
     """``actions`` (in the order the executor should see them; no slot engines) at their
     earliest times with their durations, in plan order; None when the executor, reading
-    them in plan order, would wait for other actions."""
-    start, end = earliest_times(actions, arrival)
+    them in plan order, would wait for other actions. ``spans``: the devices of engines
+    split over GPUs (:func:`planner.executor.deps.spans_of`)."""
+    start, end = earliest_times(actions, arrival, spans=spans)
     out = [replace(a, start_s=round(s, 6), end_s=round(e, 6))
            for a, s, e in zip(actions, start, end, strict=True)]
     timed = Schedule((), tuple(out))
     order = plan_order(timed)
     if order == out:
         return out
-    return order if same_dependencies(out, dependencies(out), timed) else None
+    return order if same_dependencies(out, dependencies(out, spans=spans), timed,
+                                      spans=spans) else None
 
 
 class _Score:
@@ -100,15 +105,17 @@ class _Prefix:
     before each of its actions, so that a candidate (``rest`` changed from index k on)
     is timed from k on only."""
 
-    def __init__(self, rest: list[Action], arrival: dict[str, float]) -> None:
+    def __init__(self, rest: list[Action], arrival: dict[str, float],
+                 spans: Spans | None = None) -> None:
         self.rest = rest
         self.arrival = arrival
+        self.spans = spans
         self.states: list[Ends] = []
         ends = Ends()
         self.end: list[float] = []
         for a in rest:
             self.states.append(ends.copy())
-            self.end += earliest_times([a], arrival, ends)[1]
+            self.end += earliest_times([a], arrival, ends, spans)[1]
         self.states.append(ends)
 
     def ends_of(self, cand: list[Action]) -> list[float]:
@@ -117,7 +124,7 @@ class _Prefix:
         while k < n and cand[k] is self.rest[k]:
             k += 1
         return self.end[:k] + earliest_times(cand[k:], self.arrival,
-                                             self.states[k].copy())[1]
+                                             self.states[k].copy(), self.spans)[1]
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
@@ -144,7 +151,8 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     order = plan_order(schedule)
     best_key = score(list(schedule.actions), [a.end_s for a in schedule.actions])
     changed = False
-    key = score(order, earliest_times(order, arrival)[1])
+    spans = spans_of(schedule)
+    key = score(order, earliest_times(order, arrival, spans=spans)[1])
     got = _first_valid(instance, schedule, arrival, [(key, order)] if key < best_key else [])
     if got is not None:  # the plan as it is, at earliest times
         order = got[0]
@@ -181,7 +189,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
         for cand in _stay_resident(order):
             if time.perf_counter() >= deadline:
                 break
-            key = score(cand, earliest_times(cand, arrival)[1])
+            key = score(cand, earliest_times(cand, arrival, spans=spans)[1])
             got = _first_valid(instance, schedule, arrival,
                                [(key, cand)] if key < best_key else [])
             if got is not None:
@@ -232,21 +240,21 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
     run = order[at]
     rest = order[:at] + order[at + 1:]
     cands = _placements(instance, cost, rest, run, by_model, arrival, score, best_key,
-                        deadline, skip=at - 1)
+                        deadline, skip=at - 1, spans=spans_of(schedule))
     return _first_valid(instance, schedule, arrival, cands)
 
 
 def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Action,
                 by_model: dict[str, list[Engine]], arrival: dict[str, float],
-                score: _Score, bar: tuple[float, ...], deadline: float, skip: int = -2
-                ) -> list[tuple[tuple[float, ...], list[Action]]]:
+                score: _Score, bar: tuple[float, ...], deadline: float, skip: int = -2,
+                spans: Spans | None = None) -> list[tuple[tuple[float, ...], list[Action]]]:
     """``rest`` with ``run`` (a whole run, taken out of it) put back in each place it may
     go whose key beats ``bar``, with the keys; ``skip``: the index it came from (after
     that action, on its own engine, is its own place)."""
     assert run.request is not None
     req = instance.request(run.request)
     model = next(e.model for es in by_model.values() for e in es if e.id == run.engine)
-    prefix = _Prefix(rest, arrival)
+    prefix = _Prefix(rest, arrival, spans)
     cands: list[tuple[tuple[float, ...], list[Action]]] = []
     for e in by_model.get(model, []):
         if req.total_tokens > e.n_ctx:
@@ -312,8 +320,9 @@ def _first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, floa
     without changing what the executor waits for and passes the checker, compacted.
     ``partial``: the plans serve some of the requests only (checked as an instance of
     those)."""
+    spans = spans_of(schedule)
     for key, cand in sorted(scored, key=lambda c: c[0]):
-        timed = compact(cand, arrival)
+        timed = compact(cand, arrival, spans)
         if timed is None:
             continue
         inst = instance
@@ -380,6 +389,7 @@ def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
     of its model, or a period of its own). The plan and its key when it beats
     ``best_key``."""
     arrival = score.arrival
+    spans = spans_of(schedule)
     movable = _movable(order, by_model)
     out = {id(movable[x]) for x in [q, *victims]}
     rest = [a for a in order if id(a) not in out]
@@ -389,7 +399,7 @@ def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
         if time.perf_counter() >= deadline:
             return None
         cands = _placements(instance, cost, rest, movable[x], by_model, arrival, score,
-                            (math.inf,), deadline)
+                            (math.inf,), deadline, spans=spans)
         got = _first_valid(instance, schedule, arrival, cands, partial=True)
         if got is None:
             return None
