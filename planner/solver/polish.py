@@ -239,15 +239,21 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
     """The best place for ``order[at]`` (a whole run) that beats ``best_key``."""
     run = order[at]
     rest = order[:at] + order[at + 1:]
+    mine = [a for a in order if a.engine == run.engine]
+    k = next(i for i, a in enumerate(mine) if a is run)
+    alone = 0 < k < len(mine) - 1 and mine[k - 1].kind == "load" and \
+        mine[k + 1].kind == "unload"
     cands = _placements(instance, cost, rest, run, by_model, arrival, score, best_key,
-                        deadline, skip=at - 1, spans=spans_of(schedule))
+                        deadline, skip=at - 1, spans=spans_of(schedule),
+                        until=None if alone else run.end_s)
     return _first_valid(instance, schedule, arrival, cands)
 
 
 def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Action,
                 by_model: dict[str, list[Engine]], arrival: dict[str, float],
                 score: _Score, bar: tuple[float, ...], deadline: float, skip: int = -2,
-                spans: Spans | None = None) -> list[tuple[tuple[float, ...], list[Action]]]:
+                spans: Spans | None = None, until: float | None = None
+                ) -> list[tuple[tuple[float, ...], list[Action]]]:
     """``rest`` with ``run`` (a whole run, taken out of it) put back in each place it may
     go whose key beats ``bar``, with the keys; ``skip``: the index it came from (after
     that action, on its own engine, is its own place)."""
@@ -269,6 +275,8 @@ def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Ac
                 continue
             if e.id == run.engine and j == skip:
                 continue  # its own place
+            if until is not None and x.end_s >= until:
+                continue  # it would end later than it does now
             nxt = _next_on(rest, j, e.id)
             if nxt is not None and rest[nxt].kind == "unload" and \
                     rest[nxt].end_s < arrival[req.id]:
@@ -284,6 +292,8 @@ def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Ac
         load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
         unload = Action("unload", e.id, e.device, 0.0, cost.unload_s(e.config))
         for j in _period_slots(rest, e):
+            if until is not None and j >= 0 and rest[j].end_s >= until:
+                continue
             if time.perf_counter() >= deadline:
                 break
             cand = _drop_empty([*rest[:j + 1], load, moved, unload, *rest[j + 1:]],
