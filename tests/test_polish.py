@@ -36,6 +36,12 @@ def _mean(inst, sched: Schedule) -> float:  # type: ignore[no-untyped-def]
     return compute_metrics(inst, sched.actions).weighted_mean_response_s
 
 
+def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
+        n: int = 0) -> Action:
+    """An action of ``e`` on its device; a run of ``req`` produces tokens 0 to ``n``."""
+    return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
+
+
 def test_a_run_moves_into_an_earlier_period_and_the_empty_one_goes() -> None:
     """A and B (10 GiB each) on a 10 GiB GPU. The plan serves a1, then swaps to B for b,
     then back to A for a2 (arrived at 0.5 s):
@@ -53,10 +59,6 @@ def test_a_run_moves_into_an_earlier_period_and_the_empty_one_goes() -> None:
     ea = Engine("eA", "A", "g0", 10, 64, 10 * GIB, 0)
     eb = Engine("eB", "B", "g0", 10, 64, 10 * GIB, 0)
 
-    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
-            n: int = 0) -> Action:
-        return Action(kind, e.id, "g0", s, t, req, 0 if req else None, n if req else None)
-
     plan = Schedule((ea, eb), (
         act("load", ea, 0, 2), act("run", ea, 2, 4, "a1", 20), act("unload", ea, 4, 5),
         act("load", eb, 5, 7), act("run", eb, 7, 9, "b", 20), act("unload", eb, 9, 10),
@@ -72,10 +74,12 @@ def test_a_run_moves_into_an_earlier_period_and_the_empty_one_goes() -> None:
     assert (a2.engine, a2.start_s, a2.end_s) == ("eA", 2.0, 3.0)
 
 
-def two_gpus(requests: list[tuple[str, float, int]]) -> Instance:
+def two_gpus(requests: list[tuple[str, float, int]], slow_gib: int = 5) -> Instance:
     """Model A's requests on a 10 GiB GPU ("fast": every layer fits, 0.1 s per token)
-    and a 5 GiB one ("slow": half the layers, 0.2 s per token) of one host."""
-    gpus = (Gpu("fast", "test-gpu", 10 * GIB, "h"), Gpu("slow", "test-gpu", 5 * GIB, "h"))
+    and a ``slow_gib`` one ("slow": at 5 GiB half the layers, 0.2 s per token) of one
+    host."""
+    gpus = (Gpu("fast", "test-gpu", 10 * GIB, "h"),
+            Gpu("slow", "test-gpu", slow_gib * GIB, "h"))
     reqs = tuple(Request(rid, "A", t, 16, n, 1.0, None) for rid, t, n in requests)
     return Instance("t", Cluster((Host("h", "test-cpu", 8, 64 * GIB, gpus),)),
                     (Model("A", arch("A")),), reqs, "mean_response")
@@ -94,10 +98,6 @@ def test_a_run_moves_into_a_period_of_its_own_on_a_faster_gpu() -> None:
     inst = two_gpus([("r0", 0.0, 100), ("r1", 20.0, 200)])
     fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
     slow = Engine("eS", "A", "slow", 5, 512, 5 * GIB, 5 * GIB)
-
-    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
-            n: int = 0) -> Action:
-        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
 
     plan = Schedule((fast, slow), (
         act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, 12, "r0", 100),
@@ -159,17 +159,9 @@ def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() 
     and 16 (mean 11), after L 12 and 16 (14), a period of its own on the slow GPU 12 and
     10.8 (11.4): before L, mean 11.
     """
-    gpus = (Gpu("fast", "test-gpu", 10 * GIB, "h"), Gpu("slow", "test-gpu", 4 * GIB, "h"))
-    inst = Instance("t", Cluster((Host("h", "test-cpu", 8, 64 * GIB, gpus),)),
-                    (Model("A", arch("A")),), (Request("S", "A", 0.0, 16, 40, 1.0, None),
-                                               Request("L", "A", 0.0, 16, 100, 1.0, None)),
-                    "mean_response")
+    inst = two_gpus([("S", 0.0, 40), ("L", 0.0, 100)], slow_gib=4)
     fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
     slow = Engine("eS", "A", "slow", 4, 512, 4 * GIB, 6 * GIB)
-
-    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
-            n: int = 0) -> Action:
-        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
 
     plan = Schedule((fast, slow), (
         act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, 6, "S", 40),
@@ -217,10 +209,6 @@ def test_a_plan_with_an_engine_split_over_gpus_is_polished_around_it() -> None:
     split = Engine("S", "A", "g0", 10, 512, 10 * GIB, 0,
                    shares=(DeviceShare("g0", 0.5, 5 * GIB), DeviceShare("g1", 0.5, 5 * GIB)))
     b = Engine("B", "B", "g1", 5, 512, 5 * GIB, 5 * GIB)
-
-    def act(kind: str, e: Engine, s: float, t: float, req: str | None = None,
-            n: int = 0) -> Action:
-        return Action(kind, e.id, e.device, s, t, req, 0 if req else None, n if req else None)
 
     plan = Schedule((split, b), (
         act("load", split, 0, 2), act("run", split, 2, 12, "a1", 100),
