@@ -1,8 +1,10 @@
 """Replay accuracy on CPU instances: predicted against measured on real llama.cpp engines.
 
-For the CPU demo and for freshly generated CPU instances with bursty arrivals (seeds
-never used in development), solve, replay with `planner execute`, and report per
-instance:
+For the CPU demo, for `instances/cpu-preempt.json` (built so that its plan preempts:
+the KV copies and reloads of a preemption, replayed as a server does them; generated
+instances rarely preempt) and for freshly generated CPU instances with bursty arrivals
+(seeds never used in development), solve, replay with `planner execute`, and report
+per instance:
 
 - response time (completion minus arrival) error: median, p90 and max of
   |measured - predicted| / measured: the headline;
@@ -173,7 +175,10 @@ def main() -> int:
                                                            "arrivals")
     ap.add_argument("--solver", default="cp-sat")
     ap.add_argument("--time-limit", default="20")
-    ap.add_argument("--no-demo", action="store_true", help="Only the generated instances.")
+    ap.add_argument("--no-demo", action="store_true", help="Without the CPU demo.")
+    ap.add_argument("--no-preempt", action="store_true",
+                    help="Without instances/cpu-preempt.json (its plan preempts: KV copies "
+                         "and reloads replayed as a server does them).")
     ap.add_argument("--no-recheck", action="store_true",
                     help="Do not probe (and re-profile on drift) before each replay.")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/replay"))
@@ -181,6 +186,8 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cases = [] if args.no_demo else [("cpu-demo", Path("instances/cpu-demo.json"))]
+    if not args.no_preempt:
+        cases.append(("cpu-preempt", Path("instances/cpu-preempt.json")))
     for seed in args.seeds:
         inst = args.out / f"cpu-bursty-{seed}.json"
         sh("instance", "generate", "--like", "instances/cpu-demo.json", "--rate",

@@ -27,7 +27,11 @@ Moves only touch requests served by one run on an engine of one device (preempte
 requests and engines split over GPUs keep their places); a plan with slot engines is
 left as it is (their runs' durations depend on what runs beside them).
 Best-improvement over the requests that cost the objective most first, then ruins,
-until every ruin of the plan failed or the deadline passes.
+until every ruin of the plan failed or the deadline passes. Two clean-ups are kept at
+an equal objective too, since they only spare the machine work: an engine unloaded and
+loaded again with nothing of it between stays loaded, and a request's state saved and
+restored on one engine with nothing else on it between is not saved (its two runs
+become one).
 """
 
 from __future__ import annotations
@@ -186,12 +190,14 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 order, best_key = got
                 kept += 1
                 improved = True
-        for cand in _stay_resident(order):
+        for cand in [*_unsplits(order), *_stay_resident(order)]:
             if time.perf_counter() >= deadline:
                 break
             key = score(cand, earliest_times(cand, arrival, spans=spans)[1])
+            # at an equal objective too: a reload or a KV copy that serves nothing only
+            # costs the machine (each one kept makes the plan shorter)
             got = _first_valid(instance, schedule, arrival,
-                               [(key, cand)] if key < best_key else [])
+                               [(key, cand)] if key <= best_key else [])
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -427,9 +433,38 @@ def _drop_empty(actions: list[Action], engine: str) -> list[Action]:
     return [a for i, a in enumerate(actions) if i not in drop] if drop else actions
 
 
+def _unsplits(actions: list[Action]) -> list[list[Action]]:
+    """Plans in which a request whose state was saved and restored on one engine, with
+    nothing else on that engine between, is not preempted there: the run before the
+    save and the run after the restore become one run (their durations added), the
+    two copies go."""
+    of: dict[str, list[int]] = {}
+    for i, a in enumerate(actions):
+        if a.request is not None:
+            of.setdefault(a.request, []).append(i)
+    out: list[list[Action]] = []
+    for seq in of.values():
+        for k in range(1, len(seq) - 2):
+            r1, sv, rs, r2 = (actions[j] for j in seq[k - 1:k + 3])
+            if not (sv.kind == "kv_save" and rs.kind == "kv_restore" and r1.kind == "run"
+                    and r2.kind == "run" and not r2.recompute
+                    and r1.engine == sv.engine == rs.engine == r2.engine):
+                continue
+            if any(actions[j].engine == r1.engine for j in range(seq[k - 1] + 1, seq[k + 2])
+                   if j not in seq):
+                continue  # the engine served another request meanwhile: a real pause
+            merged = replace(r1, tokens_to=r2.tokens_to,
+                             end_s=r1.end_s + (r2.end_s - r2.start_s))
+            gone = set(seq[k:k + 3])
+            out.append([merged if j == seq[k - 1] else a for j, a in enumerate(actions)
+                        if j not in gone])
+    return out
+
+
 def _stay_resident(actions: list[Action]) -> list[list[Action]]:
     """Plans in which one engine, unloaded and loaded again with nothing of it between,
-    stays loaded instead (the checker judges the memory)."""
+    stays loaded instead (the checker judges the memory); kept when the objective is
+    no worse."""
     last: dict[str, int] = {}
     out = []
     for i, a in enumerate(actions):
