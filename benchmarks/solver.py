@@ -10,6 +10,10 @@ Workloads (bursty arrivals unless said: in each 60 s period a few models are hot
 - ``slo-4gpu``: the study's cluster and models, SLO-attainment objective;
 - ``8gpu-16models``: 8 GPUs (4 hosts), 16 models, about 1,000 requests.
 
+Other shapes, with ``--only`` (not in the default set): ``2gpu-5models`` (RTX 4090 + L4,
+five models), ``4gpu-6models`` (the study's cluster, heavy-tailed lengths, bursty),
+``1gpu-6models`` (one RTX 4090, six models including Llama-2-70B).
+
 For each: the baselines, then ``solve_cpsat`` (60 s by default), and one CSV row:
 objectives, CP-SAT's ratio to every baseline (for SLO attainment the ratio of
 attainments, higher is better), gap to the bound and which bound, KV saves and
@@ -82,6 +86,18 @@ WORKLOADS: dict[str, tuple[dict[str, Any], list[dict[str, str]], float, str, dic
                       0.105, "mean_response", {"hot_models": 4}),
 }
 ORDER = ["mixed", *WORKLOADS]
+# other shapes, run with --only (not in the default set): checks on clusters and model
+# counts the default set lacks
+WORKLOADS.update({
+    "2gpu-5models": (TWO_24, _models(["llama3-8b-q4_k_m", "qwen2.5-14b-f16", "qwen3-8b-f16",
+                                      "qwen2.5-3b-f16", "qwen3-32b-q4_k_m"]), 0.03,
+                     "mean_response", {}),
+    "4gpu-6models": (CLUSTERS["two-servers"], _models(MIXED_MODELS), 0.05, "mean_response",
+                     {"lengths": "pareto"}),
+    "1gpu-6models": (CLUSTERS["one-gpu"], _models(
+        ["llama3-8b-q4_k_m", "qwen2.5-14b-f16", "qwen3-8b-f16", "qwen2.5-3b-f16",
+         "qwen3-32b-q4_k_m", "llama2-70b-q4_k_m"]), 0.015, "mean_response", {}),
+})
 
 
 def make_instance(name: str, seed: int) -> dict[str, Any]:
@@ -157,7 +173,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=60.0, help="per workload")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", action="append", choices=ORDER, help="run only these (repeat)")
+    ap.add_argument("--only", action="append", choices=["mixed", *WORKLOADS],
+                    help="run only these (repeat)")
     ap.add_argument("--no-polish", action="store_true",
                     help="CP-SAT's plan as it ends, without the local moves (polish.py)")
     args = ap.parse_args()
