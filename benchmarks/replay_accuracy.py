@@ -2,7 +2,8 @@
 
 For the CPU demo, for `instances/cpu-preempt.json` (built so that its plan preempts:
 the KV copies and reloads of a preemption, replayed as a server does them; generated
-instances rarely preempt) and for freshly generated CPU instances with bursty arrivals
+instances rarely preempt; re-timed for this machine first, :func:`timed_to_this_machine`)
+and for freshly generated CPU instances with bursty arrivals
 (seeds never used in development), solve, replay with `planner execute`, and report
 per instance:
 
@@ -123,6 +124,47 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+LONG = 500  # output tokens: the long light requests of instances/cpu-preempt.json
+
+
+def timed_to_this_machine(template: Path, out: Path, share: float = 0.35,
+                          gap_s: float = 30.0) -> Path:
+    """``template`` (instances/cpu-preempt.json) with arrival times set from this
+    machine's cost model, so that its plan preempts on a slow machine and a fast one
+    alike: each long request (at least LONG output tokens) opens an episode; the heavier
+    requests after it in the file arrive once it has run ``share`` of its predicted run
+    (its `fcfs-lru` plan alone, from the instance's profiles), keeping their spacing; the
+    next episode starts ``gap_s`` after this one's long request would have ended."""
+    data = json.loads(template.read_text())
+    data["profiles"] = [str((template.parent / p).resolve()) for p in data.get("profiles", [])]
+    reqs = data["requests"]
+    run: dict[str, tuple[float, float]] = {}  # long request -> (start, duration) alone
+    for r in (r for r in reqs if r["output_tokens"] >= LONG):
+        one = out.with_name(f"{out.stem}-{r['id']}.json")
+        one.write_text(json.dumps(dict(data, requests=[dict(r, arrival_s=0.0)])))
+        plan = one.with_suffix(".plan.json")
+        sh("solve", str(one), "--solver", "fcfs-lru", "-o", str(plan))
+        a = next(a for a in json.loads(plan.read_text())["actions"] if a["kind"] == "run")
+        run[r["id"]] = (a["start_s"], a["end_s"] - a["start_s"])
+    t = 0.0
+    first_heavy: float | None = None
+    offset = 0.0
+    for r in reqs:  # in the file's order: a long request, then its heavier ones
+        if r["id"] in run:
+            start, dur = run[r["id"]]
+            r["arrival_s"] = round(t, 3)
+            offset, first_heavy = t + start + share * dur, None
+            t += start + dur + gap_s
+        else:
+            first_heavy = r["arrival_s"] if first_heavy is None else first_heavy
+            r["arrival_s"] = round(offset + r["arrival_s"] - first_heavy, 3)
+    reqs.sort(key=lambda r: (r["arrival_s"], r["id"]))
+    data["description"] += (f" Arrival times set for this machine by "
+                            f"benchmarks/replay_accuracy.py (share {share}).")
+    out.write_text(json.dumps(data, indent=1))
+    return out
+
+
 def kv_check(instance: Path, contexts: tuple[int, ...] = (100, 450, 900), reps: int = 3
              ) -> list[dict[str, Any]]:
     """KV save/restore through /dev/shm files at contexts no sweep measured, against what
@@ -187,7 +229,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cases = [] if args.no_demo else [("cpu-demo", Path("instances/cpu-demo.json"))]
     if not args.no_preempt:
-        cases.append(("cpu-preempt", Path("instances/cpu-preempt.json")))
+        cases.append(("cpu-preempt", timed_to_this_machine(
+            Path("instances/cpu-preempt.json"), args.out / "cpu-preempt.json")))
     for seed in args.seeds:
         inst = args.out / f"cpu-bursty-{seed}.json"
         sh("instance", "generate", "--like", "instances/cpu-demo.json", "--rate",
