@@ -451,7 +451,7 @@ def _unsplits(actions: list[Action]) -> list[list[Action]]:
                     and r1.engine == sv.engine == rs.engine == r2.engine):
                 continue
             if any(actions[j].engine == r1.engine for j in range(seq[k - 1] + 1, seq[k + 2])
-                   if j not in seq):
+                   if j not in (seq[k], seq[k + 1])):
                 continue  # the engine served another request meanwhile: a real pause
             merged = replace(r1, tokens_to=r2.tokens_to,
                              end_s=r1.end_s + (r2.end_s - r2.start_s))
