@@ -45,6 +45,27 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory, smollm2: Path) -> Path:
     return write_synthetic(path, SynthShape(4, 256, 4, 2, 768, "Q8_0"), tokenizer_from=smollm2)
 
 
+def test_gpu_layers_option_is_checked_before_anything_is_measured(tiny_synth: Path,
+                                                                  tmp_path: Path) -> None:
+    """--gpu-layers: a list of integers, within the model's layers + 1, and only on a GPU
+    build; each fault is one line (exit 2) and nothing is written."""
+    import llama_cpp
+
+    out = tmp_path / "profiles"
+    base = ["--model", str(tiny_synth), "--quick", "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(profile_cli, [*base, "--gpu-layers", "two"])
+    assert res.exit_code == 2 and "comma-separated list of integers" in res.output
+    res = CliRunner().invoke(profile_cli, [*base, "--gpu-layers", "-1"])
+    assert res.exit_code == 2 and ">= 0" in res.output
+    res = CliRunner().invoke(profile_cli, [*base, "--gpu-layers", "0,9"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    if llama_cpp.llama_supports_gpu_offload():
+        assert "has 4 layers: n_gpu_layers goes up to 5" in res.output
+    else:
+        assert "no GPU offload" in res.output
+    assert not out.exists() or not list(out.rglob("*.json"))
+
+
 @pytest.fixture(scope="session")
 def quick_profile(tmp_path_factory: pytest.TempPathFactory, smollm2: Path) -> dict[str, Any]:
     """`planner profile --quick` on SmolLM2, run once for the session."""

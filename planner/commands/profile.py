@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -30,11 +31,15 @@ def _console():
 @click.option("--fresh", is_flag=True,
               help="Measure everything again: move the existing profile and its journals "
                    "aside (*.stale-<time>.*.old) instead of resuming from them.")
+@click.option("--gpu-layers", "gpu_layers", default=None, metavar="N,N,...",
+              help="n_gpu_layers values to measure on a GPU build, comma-separated "
+                   "(0 .. layers+1; the largest is the one measured in full) "
+                   "[default: a sparse set in --quick, every value otherwise].")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @click.pass_context
 def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int,
-            fresh: bool, no_progress: bool, as_json: bool) -> None:
+            fresh: bool, gpu_layers: str | None, no_progress: bool, as_json: bool) -> None:
     """Measure a model on this machine's llama.cpp engines and fit cost functions.
 
     Without a subcommand, runs a sweep (decode vs context depth, prefill vs prompt
@@ -48,6 +53,7 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
       planner profile --quick                      # SmolLM2, quick sweep
       planner profile --model my-model.gguf        # full sweep of a GGUF file
       planner profile --model m.gguf --threads 1 --out profiles/local --fresh
+      planner profile --model m.gguf --quick --gpu-layers 0,16,33   # GPU build
       planner profile show profiles/smollm2-135m-instruct.q4-1/*/*.json -o plot.png
     """
     if ctx.invoked_subcommand is not None:
@@ -56,7 +62,7 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     from profiler.models import ModelSourceError, resolve_model
     from profiler.report import fits_table
     from profiler.store import load_profile
-    from profiler.sweep import SweepConfig, run_sweep
+    from profiler.sweep import SweepConfig, SweepSettingError, run_sweep
 
     if threads < 0:
         raise click.BadParameter("must be >= 0", param_hint="--threads")
@@ -65,6 +71,8 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
     except ModelSourceError as exc:
         raise InputError(str(exc)) from None
     config = SweepConfig.quick(threads) if quick else SweepConfig.full(threads)
+    if gpu_layers is not None:
+        config = replace(config, gpu_layers=_gpu_layers(gpu_layers))
     try:
         result = run_sweep(path, out, config, show_progress=not no_progress, fresh=fresh,
                            on_set_aside=lambda moved: click.echo(f"set aside: {moved}",
@@ -73,6 +81,8 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
         raise Interrupted(
             "interrupted; the measurements taken so far are kept - run the same command "
             "again to resume") from None
+    except SweepSettingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpu-layers") from None
     except (EngineCrashed, EngineError, ModelSourceError) as exc:
         raise EngineFailure(f"{exc} (measurements so far are kept; rerun to resume)"
                             ) from None
@@ -94,6 +104,17 @@ def profile(ctx: click.Context, model: str, quick: bool, out: Path, threads: int
                   soft_wrap=True)
     con.print(f"wrote {result.profile_path} ({result.new_rows} new measurements, "
               f"{result.reused_rows} reused) in {result.wall_s:.1f} s")
+
+
+def _gpu_layers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--gpu-layers") from None
+    if not values or values[0] < 0:
+        raise click.BadParameter("give one or more values >= 0", param_hint="--gpu-layers")
+    return values
 
 
 @profile.command(name="show")

@@ -27,10 +27,12 @@ from profiler.sweep.settings import (
     PROMPT_TEXT,
     SweepConfig,
     SweepResult,
+    SweepSettingError,
     evict_from_page_cache,
     gpu_layer_settings,
 )
 from profiler.sweep.steps import Sweep
 
 __all__ = ["PROFILER_REVISION", "PROMPT_TEXT", "Sweep", "SweepConfig", "SweepResult",
-           "evict_from_page_cache", "gpu_layer_settings", "rich_progress", "run_sweep"]
+           "SweepSettingError", "evict_from_page_cache", "gpu_layer_settings", "rich_progress",
+           "run_sweep"]

@@ -34,6 +34,10 @@ PROMPT_TEXT = (
 )
 
 
+class SweepSettingError(ValueError):
+    """A sweep setting this model or build cannot take (e.g. n_gpu_layers past its layers)."""
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """What a sweep measures. Field comments are the help text."""

@@ -33,6 +33,7 @@ from profiler.sweep.settings import (
     Progress,
     SweepConfig,
     SweepResult,
+    SweepSettingError,
     _Budget,
     _device_of,
     evict_from_page_cache,
@@ -56,6 +57,13 @@ class Sweep:
             layers = (gpu_layer_settings(self.arch.n_layers, cfg.mode)
                       if self.device["kind"] == "gpu" else (0,))
             cfg = replace(cfg, gpu_layers=layers)
+        elif self.device["kind"] != "gpu" and any(cfg.gpu_layers):
+            raise SweepSettingError(
+                "this llama.cpp build has no GPU offload: only n_gpu_layers 0 can be measured")
+        elif max(cfg.gpu_layers, default=0) > self.arch.n_layers + 1:
+            raise SweepSettingError(
+                f"{self.model_path.name} has {self.arch.n_layers} layers: n_gpu_layers goes "
+                f"up to {self.arch.n_layers + 1} (the output layer)")
         self.cfg = cfg
         self.csv_path, self.json_path = profile_paths(
             Path(out_root), self.arch.key, self.device["type"], self.build.slug)
