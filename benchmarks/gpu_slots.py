@@ -178,15 +178,10 @@ def wmean(plan: Path) -> float:
 
 
 def response_errors(report: Path, inst: Path) -> list[float]:
+    from slots_replay import response_errors as errors  # type: ignore[import-not-found]
+
     arrival = {q["id"]: q["arrival_s"] for q in json.loads(inst.read_text())["requests"]}
-    errs = []
-    for q in json.loads(report.read_text())["requests"]:
-        if q["measured_completion_s"] is None:
-            continue
-        pred = q["predicted_completion_s"] - arrival[q["id"]]
-        meas = q["measured_completion_s"] - arrival[q["id"]]
-        errs.append(abs(meas - pred) / meas)
-    return errs
+    return list(errors(json.loads(report.read_text()), arrival))
 
 
 def pct(v: list[float], q: float) -> str:
