@@ -12,8 +12,9 @@ stage skipped when the time left (``--deadline``) cannot hold it:
 2. synthetic llama models of a few shapes (random weights; timing does not
    depend on them);
 3. a profile of each (``planner profile``'s sweep with fewer repetitions, every
-   layer on the GPU, plus the slot step): its fits and the slot fit's held-out
-   MAPE, with the step time at 1/2/4/8 active sequences;
+   layer on the GPU and, with ``--partial``, half of them, plus the slot step):
+   its fits and the slot fit's held-out MAPE, with the step time at 1/2/4/8
+   active sequences;
 4. per seed, a generated workload on this GPU with overlapping requests per
    model, solved by CP-SAT with one slot and with slots 1/2/4, and by fcfs-lru
    (Ollama with OLLAMA_NUM_PARALLEL=4);
@@ -109,14 +110,16 @@ def write_models(root: Path, names: list[str], tokenizer: Path | None) -> dict[s
     return paths
 
 
-def profile_model(model: Path, profiles: Path, threads: int, gpu: bool) -> dict[str, Any]:
-    """The sweep with fewer repetitions (every layer on the GPU), then the slot step."""
+def profile_model(model: Path, profiles: Path, threads: int, gpu: bool,
+                  partial: bool) -> dict[str, Any]:
+    """The sweep with fewer repetitions (every layer on the GPU, and half of them with
+    ``partial``), then the slot step."""
     from profiler.models import read_arch
     from profiler.sweep import SweepConfig, run_sweep
 
-    arch = read_arch(model)
-    cfg = replace(SweepConfig.quick(threads), gpu_layers=(arch.n_layers + 1 if gpu else 0,),
-                  warm_reps=2,
+    n = read_arch(model).n_layers
+    layers = ((n // 2, n + 1) if partial else (n + 1,)) if gpu else (0,)
+    cfg = replace(SweepConfig.quick(threads), gpu_layers=layers, warm_reps=2,
                   cold_reps=1, first_reps=2, busy_reps=1, load_n_ctx=(512, 1024, 2048))
     t = time.perf_counter()
     res = run_sweep(model, profiles, cfg, show_progress=False)
@@ -202,6 +205,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--time-limit", type=float, default=20.0)
     ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument("--partial", action="store_true",
+                    help="also profile half the layers on the GPU (the rest on the CPU)")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds for everything")
     ap.add_argument("--allow-cpu", action="store_true",
                     help="without a GPU, run the stages on the CPU (to try the script out)")
@@ -224,6 +229,12 @@ def main() -> int:
     names = [n for n in args.models.split(",") if n]
     models = write_models(out / "models", names, args.tokenizer_from)
     say(clock, f"models {[p.name for p in models.values()]}")
+    from dataclasses import asdict
+
+    from planner.gguf_arch import read_gguf_arch
+
+    # each model's architecture, for an instance that names it inline (no GGUF needed)
+    summary["archs"] = {n: asdict(read_gguf_arch(p)) for n, p in models.items()}
     from profiler.models import read_arch
 
     first = models[names[0]]
@@ -243,7 +254,7 @@ def main() -> int:
             break
         try:
             summary["profiles"][name] = r = profile_model(path, profiles, args.threads,
-                                                              on_gpu)
+                                                              on_gpu, args.partial)
             say(clock, f"profile {name}: {r['wall_s']} s, slot MAPE "
                 f"{r['mape'].get('batch_step_s')}, step ms {r['step_ms']}")
         except Exception as exc:
