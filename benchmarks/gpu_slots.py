@@ -152,9 +152,7 @@ def planner(*args: str, timeout: float | None = None) -> None:
 
 
 def template(path: Path, gpu: dict[str, Any] | None, models: dict[str, Path],
-             profiles: Path) -> None:
-    import os
-
+             profiles: Path, threads: int) -> None:
     import psutil
 
     doc = {
@@ -163,7 +161,7 @@ def template(path: Path, gpu: dict[str, Any] | None, models: dict[str, Path],
                        "benchmarks/gpu_slots.py",
         "cluster": {"hosts": [{
             "id": "gpuhost", "cpu": "local",
-            "threads": len(os.sched_getaffinity(0)),
+            "threads": threads,  # as profiled: the replay runs engines with these
             "memory_gib": round(psutil.virtual_memory().total / 2**30 * 0.8, 1),
             "gpus": [{"id": "gpu0", "type": gpu["type"],
                       "memory_gib": round(gpu["memory_bytes"] / 2**30 * 0.9, 1)}]
@@ -267,7 +265,8 @@ def main() -> int:
     tpl = out / "gpu-template.json"
     # the GPU's type as the profiles name it
     dev = json.loads(Path(summary["profiles"][next(iter(done))]["profile"]).read_text())["device"]
-    template(tpl, facts["gpus"][0] | {"type": dev["type"]} if on_gpu else None, done, profiles)
+    template(tpl, facts["gpus"][0] | {"type": dev["type"]} if on_gpu else None, done, profiles,
+             args.threads)
     summary["plans"] = {}
     for seed in args.seeds:
         if clock.left() < 3 * args.time_limit + 30:
@@ -293,7 +292,9 @@ def main() -> int:
         say(clock, f"seed {seed}: {rec}")
         save()
         for label, p in (("slots", multi), ("fcfs_lru4", lru)):
-            if args.no_replay or clock.left() < args.duration + 60:
+            if args.no_replay:
+                continue
+            if clock.left() < args.duration + 60:
                 say(clock, f"no time left to replay {label} plan of seed {seed}")
                 continue
             rep = p.with_suffix(".report.json")
