@@ -112,13 +112,15 @@ def write_models(root: Path, names: list[str], tokenizer: Path | None) -> dict[s
 
 def profile_model(model: Path, profiles: Path, threads: int, gpu: bool,
                   partial: bool) -> dict[str, Any]:
-    """The sweep with fewer repetitions (every layer on the GPU, and half of them with
-    ``partial``), then the slot step."""
+    """The sweep with fewer repetitions (every layer on the GPU; with ``partial`` also
+    all but the output layer and half of them), then the slot step."""
     from profiler.models import read_arch
     from profiler.sweep import SweepConfig, run_sweep
 
     n = read_arch(model).n_layers
-    layers = ((n // 2, n + 1) if partial else (n + 1,)) if gpu else (0,)
+    # n and n + 1 both: whether the output layer sits on the GPU is what tells the
+    # fit's GPU and host weight bytes apart near full offload
+    layers = ((n // 2, n, n + 1) if partial else (n + 1,)) if gpu else (0,)
     cfg = replace(SweepConfig.quick(threads), gpu_layers=layers, warm_reps=2,
                   cold_reps=1, first_reps=2, busy_reps=1, load_n_ctx=(512, 1024, 2048))
     t = time.perf_counter()
@@ -203,6 +205,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--time-limit", type=float, default=20.0)
     ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument("--no-smoke", action="store_true")
+    ap.add_argument("--profiles-from", type=Path, default=None,
+                    help="start from these profiles and journals (the sweep resumes)")
     ap.add_argument("--partial", action="store_true",
                     help="also profile half the layers on the GPU (the rest on the CPU)")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds for everything")
@@ -236,7 +241,7 @@ def main() -> int:
     from profiler.models import read_arch
 
     first = models[names[0]]
-    if on_gpu:
+    if on_gpu and not args.no_smoke:
         try:
             summary["smoke"] = smoke(first, read_arch(first).n_layers)
             say(clock, f"smoke {summary['smoke']}")
@@ -245,6 +250,10 @@ def main() -> int:
             say(clock, f"smoke FAILED: {exc!r}")
         save()
     profiles = out / "profiles"
+    if args.profiles_from is not None:
+        import shutil
+
+        shutil.copytree(args.profiles_from, profiles, dirs_exist_ok=True)
     summary["profiles"] = {}
     for name, path in models.items():
         if clock.left() < 60:
@@ -277,21 +286,25 @@ def main() -> int:
                 str(args.rate / len(done)), "--duration", str(args.duration),
                 "--prompt-median", "256", "--output-median", "128", "--max-prompt", "1024",
                 "--max-output", "512", "--seed", str(seed), "-o", str(inst))
-        one, multi, lru = (out / f"gpu-slots{seed}.{k}.json" for k in ("one", "multi", "lru"))
+        one, multi, lru, grouped = (out / f"gpu-slots{seed}.{k}.json"
+                                    for k in ("one", "multi", "lru", "grouped"))
         tl = str(args.time_limit)
         planner("solve", str(inst), "--slots", "1", "--time-limit", tl, "-o", str(one))
         planner("solve", str(inst), "--slots", "1,2,4", "--time-limit", tl, "-o", str(multi))
         planner("solve", str(inst), "--solver", "fcfs-lru", "--slots", "4", "-o", str(lru))
+        planner("solve", str(inst), "--solver", "grouped", "--slots", "4", "-o", str(grouped))
         plan = json.loads(multi.read_text())
         rec: dict[str, Any] = {
             "requests": len(json.loads(inst.read_text())["requests"]),
             "slots_used": sorted({e.get("n_parallel", 1) for e in plan["engines"]}),
-            "one_slot_s": wmean(one), "slots_s": wmean(multi), "fcfs_lru4_s": wmean(lru)}
+            "status": plan["solver"]["status"],
+            "one_slot_s": wmean(one), "slots_s": wmean(multi), "fcfs_lru4_s": wmean(lru),
+            "grouped4_s": wmean(grouped)}
         rec["cut_vs_one_slot"] = 1 - rec["slots_s"] / rec["one_slot_s"]
         summary["plans"][seed] = rec
         say(clock, f"seed {seed}: {rec}")
         save()
-        for label, p in (("slots", multi), ("fcfs_lru4", lru)):
+        for label, p in (("slots", multi), ("grouped4", grouped), ("fcfs_lru4", lru)):
             if args.no_replay:
                 continue
             if clock.left() < args.duration + 60:

@@ -48,9 +48,15 @@ class QuantitySpec:
 
 #: The quantities a profile fits, by measurement ``kind``.
 QUANTITIES: dict[str, QuantitySpec] = {q.kind: q for q in (
+    # host weight bytes first: one model's GPU and host weight bytes add up to its whole
+    # weight, so only one of them adds rank beyond the intercept, and only the host one
+    # can take the positive slope (bytes read at host bandwidth per token) that a GPU
+    # profile needs (with the GPU one first, its slope had to be negative, was clamped
+    # to 0, and a model with its output layer on the host predicted as fast as one with
+    # every layer on the GPU: measured 2x slower on an H200)
     QuantitySpec("decode_s_per_token", "s",
-                 ("gpu_weight_bytes", "host_weight_bytes", "kv_cells", "kv_cells_x_host_frac"),
-                 doc="a + b*gpu_weight_bytes + c*host_weight_bytes + d*kv_cells, where "
+                 ("host_weight_bytes", "gpu_weight_bytes", "kv_cells", "kv_cells_x_host_frac"),
+                 doc="a + c*host_weight_bytes (+ b*gpu_weight_bytes) + d*kv_cells, where "
                      "kv_cells = context+1 rounded up to the KV padding (256)"),
     QuantitySpec("prefill_s", "s",
                  ("prompt_tokens", "prompt_tokens_sq", "prompt_tokens_x_host_frac"),

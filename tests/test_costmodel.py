@@ -20,7 +20,7 @@ def cost() -> AnalyticCostModel:
 
 
 def _throughput_curve(cost: AnalyticCostModel, model: str, device: str) -> np.ndarray:
-    n = cost.n_layers(model)
+    n = cost.max_gpu_layers(model)  # every block, then the output layer as well
     return np.array([1.0 / cost.decode_s_per_token(EngineConfig(model, device, g, 4096), 512)
                      for g in range(n + 1)])
 

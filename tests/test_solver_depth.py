@@ -401,10 +401,11 @@ def test_split_curve_every_layer_small_models_and_3pct_steps_large_ones() -> Non
                     "mean_response")
     cost = AnalyticCostModel.for_instance(inst)
     small = split_curve(cost, "small", "g", 512, True, 24 * 2**30, 64 * 2**30)
-    assert sorted(s.cfg.n_gpu_layers for s in small) == list(range(33))  # every split
+    # every split, the output layer on the GPU (33) included
+    assert sorted(s.cfg.n_gpu_layers for s in small) == list(range(34))
     big = split_curve(cost, "big", "g", 512, True, 24 * 2**30, 64 * 2**30)
     layers = [s.cfg.n_gpu_layers for s in big]
-    fits = [g for g in range(81) if cost.gpu_bytes(replace(big[0].cfg, n_gpu_layers=g))
+    fits = [g for g in range(82) if cost.gpu_bytes(replace(big[0].cfg, n_gpu_layers=g))
             <= 24 * 2**30]
     assert 0 in layers and max(fits) in layers and len(layers) < len(fits)
     times = [s.decode_s for s in big]  # fastest first

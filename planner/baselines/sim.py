@@ -94,7 +94,7 @@ class Simulator:
             cfg = EngineConfig(model, device, 0, self.n_ctx[model], self.slots)
             return cfg if self.cost.host_bytes(cfg) <= host_cap else None
         cap = d.memory_bytes if gpu_free is None else gpu_free
-        for g in range(self.cost.n_layers(model), -1, -1):
+        for g in range(self.cost.max_gpu_layers(model), -1, -1):
             cfg = EngineConfig(model, device, g, self.n_ctx[model], self.slots)
             if self.cost.gpu_bytes(cfg) <= cap and self.cost.host_bytes(cfg) <= host_cap:
                 return cfg

@@ -114,6 +114,16 @@ class AnalyticCostModel(CostModel):
     def n_layers(self, model: str) -> int:
         return self._arch(model).n_layers
 
+    def max_gpu_layers(self, model: str) -> int:
+        return self._arch(model).n_layers + 1
+
+    def _head_on_gpu(self, cfg: EngineConfig) -> bool:
+        """llama.cpp offloads the output layer (half of ``other_bytes``; the token
+        embeddings stay on the host) only with ``n_gpu_layers`` above the block count:
+        ``-ngl <n_layers>`` leaves it on the host (measured 2x slower per token)."""
+        return (self._dev(cfg.device).kind == "gpu"
+                and cfg.n_gpu_layers > self._arch(cfg.model).n_layers)
+
     # --- memory ---------------------------------------------------------------
     def gpu_bytes(self, cfg: EngineConfig) -> int:
         return sum(self.gpu_shares(cfg).values())
@@ -125,7 +135,8 @@ class AnalyticCostModel(CostModel):
         out: dict[str, int] = {}
         parts = cfg.split or ((cfg.device, 1.0),)
         for i, ((d, _f), n) in enumerate(zip(parts, split_layers(g, parts), strict=True)):
-            head = arch.other_bytes // 2 if g == arch.n_layers and i == len(parts) - 1 else 0
+            head = arch.other_bytes // 2 if self._head_on_gpu(cfg) and i == len(parts) - 1 \
+                else 0
             kv = arch.kv_bytes_per_token * cfg.kv_cells * n // arch.n_layers
             out[d] = n * arch.layer_bytes + head + kv + GPU_RUNTIME_BYTES
         return out
@@ -133,7 +144,7 @@ class AnalyticCostModel(CostModel):
     def host_bytes(self, cfg: EngineConfig) -> int:
         arch, _dev, g = self._split(cfg)
         host_layers = arch.n_layers - g
-        other = arch.other_bytes - (arch.other_bytes // 2 if g == arch.n_layers else 0)
+        other = arch.other_bytes - (arch.other_bytes // 2 if self._head_on_gpu(cfg) else 0)
         kv = arch.kv_bytes_per_token * cfg.kv_cells * host_layers // arch.n_layers
         return host_layers * arch.layer_bytes + other + kv + HOST_RUNTIME_BYTES
 
@@ -155,7 +166,7 @@ class AnalyticCostModel(CostModel):
         base = DECODE_OVERHEAD_S[dev.kind]
         if 0 < g < arch.n_layers:
             base += SPLIT_OVERHEAD_S
-        head_on_gpu = g == arch.n_layers and dev.kind == "gpu"
+        head_on_gpu = self._head_on_gpu(cfg)
         head_bytes = arch.other_bytes / 2
         kv_tok = arch.kv_bytes_per_token / arch.n_layers
         slope = host_layers * kv_tok / host_bw

@@ -26,7 +26,13 @@ class CostModel(ABC):
     # --- per-model facts -------------------------------------------------
     @abstractmethod
     def n_layers(self, model: str) -> int:
-        """Number of repeating blocks, the largest useful ``n_gpu_layers``."""
+        """Number of repeating blocks."""
+
+    def max_gpu_layers(self, model: str) -> int:
+        """The largest useful ``n_gpu_layers``: the block count where the model has no
+        output layer of its own to place. llama.cpp's models do: ``n_layers + 1`` puts
+        the output layer on the GPU as well (the cost models of real engines say so)."""
+        return self.n_layers(model)
 
     # --- memory -------------------------------------------------------------
     @abstractmethod

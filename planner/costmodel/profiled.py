@@ -16,7 +16,7 @@ model's keys (its id, its name, its GGUF file stem, its reference name, and the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.costmodel.base import CostModel, CostModelError
@@ -157,6 +157,9 @@ class ProfiledCostModel(CostModel):
             return self.fallback.n_layers(model)
         raise CostModelError(f"unknown model {model!r}")
 
+    def max_gpu_layers(self, model: str) -> int:
+        return self.n_layers(model) + 1  # the output layer too (profiler.fit's features)
+
     # -- memory
     def gpu_bytes(self, cfg: EngineConfig) -> int:
         e = self._entry(cfg)
@@ -214,14 +217,30 @@ class ProfiledCostModel(CostModel):
         return float(total)
 
     def step_s(self, cfg: EngineConfig, active: int, depth: int, prompt_tokens: int = 0) -> float:
-        """From the profile's batched-step fit (``batch_step_s``) where it has one."""
+        """From the profile's batched-step fit (``batch_step_s``) where it has one.
+
+        The slot steps are measured at one ``n_gpu_layers`` (the sweep's primary one);
+        at another, a step also reads the weights that moved between host and GPU once,
+        as a single-sequence decode step does: the difference of the decode fit at the
+        two settings is added (on an H200, the output layer on the host doubled a step).
+        """
         e = self._entry(cfg)
         if e is None:
             return self._fb().step_s(cfg, active, depth, prompt_tokens)
-        fit = e.profile.doc.get("fits", {}).get(BATCH_QUANTITY)
+        doc = e.profile.doc
+        fit = doc.get("fits", {}).get(BATCH_QUANTITY)
         if fit is None:
             return super().step_s(cfg, active, depth, prompt_tokens)
-        return predict_step(fit, active, depth, prompt_tokens)
+        step = predict_step(fit, active, depth, prompt_tokens)
+        measured_at = (doc.get("batch", {}).get("settings", {}).get("n_gpu_layers")
+                       if isinstance(doc.get("batch"), dict) else None)
+        if measured_at is None:
+            measured_at = doc.get("settings", {}).get("primary_n_gpu_layers")
+        if measured_at is not None and int(measured_at) != cfg.n_gpu_layers:
+            at = replace(cfg, n_gpu_layers=int(measured_at))
+            step += (self.decode_s_per_token(cfg, depth)
+                     - self.decode_s_per_token(at, depth))
+        return max(1e-6, step)
 
     def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
         e = self._entry(cfg)

@@ -44,7 +44,7 @@ def split_curve(cost: CostModel, model: str, device: str, n_ctx: int, on_gpu: bo
         return [Split(cfg, 0, hb, cost.decode_s_per_token(cfg, ref_ctx))] if hb <= host_cap \
             else []
     fits: list[Split] = []
-    for g in range(cost.n_layers(model), -1, -1):
+    for g in range(cost.max_gpu_layers(model), -1, -1):
         cfg = EngineConfig(model, device, g, n_ctx, n_parallel)
         gb, hb = cost.gpu_bytes(cfg), cost.host_bytes(cfg)
         if (gpu_cap is None or gb <= gpu_cap) and hb <= host_cap:

@@ -79,7 +79,7 @@ def request_bounds(instance: Instance, cost: CostModel) -> tuple[
         dev = instance.cluster.device(d)
         if dev.kind == "gpu":  # dominated splits too: any split that fits
             host_cap = instance.cluster.host(dev.host).memory_bytes
-            for g in range(cost.n_layers(m) + 1):
+            for g in range(cost.max_gpu_layers(m) + 1):
                 cfg = EngineConfig(m, d, g, c[0].n_ctx)
                 if cost.fits(cfg, dev.memory_bytes, host_cap):
                     load[(m, d)] = min(load[(m, d)], cost.load_s(cfg))

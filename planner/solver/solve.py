@@ -65,6 +65,10 @@ PERIODS = 2  # optional load/unload periods per candidate engine (monolithic mod
 WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horizon)
 SMITH = "smith-with-loads"  # the start plan of greedy.py, beside the baselines'
 MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
+#: pairwise no-overlap constraints (a slot engine's runs against other engines' runs on a
+#: device, constraints.py) above which slot engines are left out: 128 requests on one
+#: H200 gave 458,612 of them, and CP-SAT's presolve alone outran a 10 s limit
+MAX_SLOT_PAIRS = 30_000
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish.py)
 PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
@@ -96,6 +100,22 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
     n = -(-len(reqs) // size)
     size = -(-len(reqs) // n)
     return [reqs[i:i + size] for i in range(0, len(reqs), size)]
+
+
+def slot_pairs(data: ProblemData, periods: int) -> int:
+    """How many pairwise no-overlap constraints the compute lanes of ``data`` need: each
+    run option on a slot engine against every option of another engine on its devices."""
+    per: dict[str, dict[int, int]] = {}
+    for rd in data.requests:
+        for key in rd.run:
+            for d in next(e for e in data.engines if e.key == key).devices:
+                per.setdefault(d, {})[key] = per.setdefault(d, {}).get(key, 0) + periods
+    slots = {e.key for e in data.engines if e.slots > 1}
+    total = 0
+    for counts in per.values():
+        n = sum(counts.values())
+        total += sum(c * (n - c) for k, c in counts.items() if k in slots)
+    return total
 
 
 def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
@@ -256,6 +276,14 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         decomposition = (f"two stages: engines (placement, n_gpu_layers) from the "
                          f"{decomposition} plan{'s' if ',' in decomposition else ''}, then "
                          f"CP-SAT over loads, unloads, routing and order")
+    slot_note = ""
+    if any(e.slots > 1 for e in data.engines) and \
+            (pairs := slot_pairs(data, PERIODS)) > MAX_SLOT_PAIRS:
+        # the slot model's compute lanes are pairwise (constraints.py): too many pairs and
+        # CP-SAT does not get past its presolve; plan one slot per engine instead
+        data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+        slot_note = (f"; slots left out: their model would need {pairs:,} pairwise "
+                     f"no-overlap constraints (limit {MAX_SLOT_PAIRS:,})")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
     windows = _windows(reqs, options(data))
     if len(windows) > 1 and any(e.slots > 1 for e in data.engines):
@@ -396,6 +424,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                  f"requests by arrival, each a CP-SAT model over what earlier windows "
                  f"committed (window statuses: {', '.join(sorted(set(statuses)))}); "
                  f"{bound_note}")
+    notes += slot_note
     if moves is not None:
         notes += (f"; polish: {moves} run{'s' if moves != 1 else ''} moved after the search "
                   "(local moves kept when the objective improves)")

@@ -250,7 +250,8 @@ def add_batch_profile(model_path: Path, csv_path: Path, json_path: Path, cfg: Ba
         "settings": {"actives": list(cfg.actives), "depths": list(cfg.depths),
                      "prompts": list(cfg.prompts), "block": cfg.block,
                      "prompt_steps": cfg.prompt_steps, "reps": cfg.reps,
-                     "n_parallel": cfg.n_parallel, "n_ctx_per_slot": cfg.n_ctx},
+                     "n_parallel": cfg.n_parallel, "n_ctx_per_slot": cfg.n_ctx,
+                     "n_gpu_layers": n_gpu_layers},
         "columns": list(BATCH_COLUMNS),
         "rows": [[r.get(c) for c in BATCH_COLUMNS] for r in rows]}
     write_profile(doc, Path(json_path))
