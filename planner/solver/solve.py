@@ -66,8 +66,9 @@ WINDOW_PERIODS = 1  # new periods per candidate engine and window (rolling horiz
 SMITH = "smith-with-loads"  # the start plan of greedy.py, beside the baselines'
 MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where it pays most)
 #: pairwise no-overlap constraints (a slot engine's runs against other engines' runs on a
-#: device, constraints.py) above which slot engines are left out: 128 requests on one
-#: H200 gave 458,612 of them, and CP-SAT's presolve alone outran a 10 s limit
+#: device, constraints.py; counted by slot_pairs over both periods) above which slot
+#: engines are left out: 128 requests on one H200 count 655,072 (CP-SAT's log showed
+#: 458,612 no-overlap constraints), and CP-SAT's presolve alone outran a 10 s limit
 MAX_SLOT_PAIRS = 30_000
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish.py)
