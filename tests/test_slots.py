@@ -31,7 +31,7 @@ def _rows(coef: dict[str, float], noise: float = 0.0, seed: int = 0) -> list[dic
     return rows
 
 
-COEF = {"a": 0.006, "batched": 0.008, "batch_tokens": 0.004, "n_outputs": 0.001,
+COEF = {"a": 0.006, "batched": 0.008, "wide": 0.003, "batch_tokens": 0.004, "n_outputs": 0.001,
         "attn_cells": 2e-8}
 
 
@@ -54,6 +54,9 @@ def test_fit_held_out_error_reflects_noise() -> None:
 def test_step_features_grow_with_slots_and_context() -> None:
     one, four = step_features(1, 100), step_features(4, 100)
     assert one["batched"] == 0 and four["batched"] == 1
+    # wider than 8 tokens: llama.cpp's CUDA backend leaves its batched matrix-vector kernels
+    assert four["wide"] == 0 and step_features(8, 100)["wide"] == 0
+    assert step_features(9, 100)["wide"] == 1 and step_features(1, 100, 16)["wide"] == 1
     assert four["attn_cells"] > one["attn_cells"]
     assert step_features(4, 1000)["attn_cells"] > four["attn_cells"]
     mixed = step_features(3, 100, 64)

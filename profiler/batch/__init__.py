@@ -15,9 +15,11 @@ llama.cpp split a prompt that joins decoding sequences into one micro-batch per
 token, many times slower on the CPU.)
 
 A step's time is fitted (:func:`fit_batch`) as
-``a + e*batched + b*batch_tokens + c*n_outputs + d*attn_cells``: the weights are
-read once per step (a), a batch of more than one token switches llama.cpp from
-matrix-vector to matrix-matrix kernels (e), every token in the batch costs its
+``a + e*batched + w*wide + b*batch_tokens + c*n_outputs + d*attn_cells``: the
+weights are read once per step (a), a batch of more than one token switches
+llama.cpp's CPU backend from matrix-vector to matrix-matrix kernels (e), one of
+more than 8 tokens switches its CUDA backend from batched matrix-vector kernels
+to matrix-matrix ones (w), every token in the batch costs its
 share of the matrix products (b), every sequence that produces a token its
 output-layer row and sampling (c), and every token attends over the cache's
 used cells, rounded up to llama.cpp's KV padding (d).

@@ -11,11 +11,18 @@ import numpy as np
 from profiler.fit import KV_PAD, LinearFit, _fit_weighted, _mape, _select_features
 
 BATCH_QUANTITY = "batch_step_s"
-BATCH_FEATURES = ("batched", "batch_tokens", "n_outputs", "attn_cells")
+BATCH_FEATURES = ("batched", "wide", "batch_tokens", "n_outputs", "attn_cells")
+#: batch tokens up to which llama.cpp's CUDA backend multiplies quantized and float
+#: weights with its batched matrix-vector kernels (MMVQ_MAX_BATCH_SIZE and
+#: MMVF_MAX_BATCH_SIZE in ggml-cuda); wider batches go to matrix-matrix kernels
+NARROW_BATCH = 8
 BATCH_DOC = ("seconds of one llama_decode over a batch of several sequences: a + "
-             "e*batched + b*batch_tokens + c*n_outputs + d*attn_cells; batched = 1 when the "
-             "batch holds more than one token (matrix-matrix kernels instead of "
-             "matrix-vector), attn_cells = batch_tokens times the unified cache's used cells "
+             "e*batched + w*wide + b*batch_tokens + c*n_outputs + d*attn_cells; batched = 1 "
+             "when the batch holds more than one token (matrix-matrix kernels instead of "
+             "matrix-vector on a CPU), wide = 1 when it holds more than 8 (where llama.cpp's "
+             "CUDA backend leaves its batched matrix-vector kernels: on an H200 a step of 8 "
+             "decoding sequences took 2.1 ms, one with a 16-token prompt beside a single "
+             "sequence 2.7), attn_cells = batch_tokens times the unified cache's used cells "
              "(cached tokens of all slots after the step, rounded up to the KV padding)")
 #: columns of the batch measurement journal (``<build>.batch.csv``)
 BATCH_COLUMNS = ("kind", "setting", "n_gpu_layers", "n_ctx", "n_parallel", "active", "depth",
@@ -32,6 +39,7 @@ def batch_features(batch_tokens: float, n_outputs: float, attn_cells: float
                    ) -> dict[str, float]:
     """Features of one step: tokens in the batch, rows of logits, attention cells."""
     return {"batched": 1.0 if batch_tokens > 1 else 0.0,
+            "wide": 1.0 if batch_tokens > NARROW_BATCH else 0.0,
             "batch_tokens": float(batch_tokens), "n_outputs": float(n_outputs),
             "attn_cells": float(attn_cells)}
 
