@@ -275,11 +275,17 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
             best, best_n, best_key = cand, n, key
     if best is schedule:
         return schedule, info
+    from planner.solver.bound import gap_of, slot_plan_bound
+
     before = objective_value(compute_metrics(instance, schedule.actions), objective)
     after = objective_value(compute_metrics(instance, best.actions), objective)
-    return best, replace(info, objective=after, notes=(
-        f"{info.notes}; slots: the plan's GPU runs re-dispatched on {best_n}-slot engines "
-        f"with continuous batching (batching.py), objective {before:.3f} -> {after:.3f}"))
+    # the one-slot plan's bound assumed one request at a time per device
+    bound, name = slot_plan_bound(instance, cost, objective)
+    return best, replace(info, objective=after, bound=bound, gap=gap_of(after, bound, objective),
+                         notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on "
+                                f"{best_n}-slot engines with continuous batching (batching.py), "
+                                f"objective {before:.3f} -> {after:.3f}; bound of the slot "
+                                f"plan: {name}"))
 
 
 def _as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,

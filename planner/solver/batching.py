@@ -64,20 +64,27 @@ def _periods(schedule: Schedule) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def _whole_runs(schedule: Schedule) -> Schedule:
-    """Preempted requests (pieces, KV copies, recomputes) as one whole run on the engine
-    of their last piece: batching gives them the slot they waited for."""
+def _whole_runs(instance: Instance, schedule: Schedule) -> Schedule:
+    """Preempted requests with a piece on a GPU (pieces, KV copies, recomputes) as one
+    whole run on the engine of their last GPU piece: batching gives them the slot they
+    waited for. Requests preempted on CPUs only keep their pieces (CPU lanes keep their
+    times)."""
     pieces: dict[str, list[Action]] = {}
     for a in schedule.actions:
         if a.kind == "run" and a.request is not None:
             pieces.setdefault(a.request, []).append(a)
-    split = {r for r, ps in pieces.items() if len(ps) > 1 or ps[0].tokens_from != 0}
+
+    def on_gpu(a: Action) -> bool:
+        return instance.cluster.device(a.device).kind == "gpu"
+
+    split = {r for r, ps in pieces.items()
+             if (len(ps) > 1 or ps[0].tokens_from != 0) and any(on_gpu(a) for a in ps)}
     if not split:
         return schedule
     actions = [a for a in schedule.actions
                if a.request not in split or a.kind not in ("run", "kv_save", "kv_restore")]
     for r in split:
-        last = max(pieces[r], key=lambda a: a.start_s)
+        last = max((a for a in pieces[r] if on_gpu(a)), key=lambda a: a.start_s)
         actions.append(replace(last, tokens_from=0, recompute=False))
     return replace(schedule, actions=tuple(sorted(actions, key=lambda a: (a.start_s, a.end_s))))
 
@@ -137,11 +144,7 @@ def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule, n_paral
     the checker), or is no better."""
     if n_parallel <= 1 or any(e.shares or e.n_parallel != 1 for e in schedule.engines):
         return None
-    whole = _whole_runs(schedule)
-    if any(a.kind == "run" and instance.cluster.device(a.device).kind != "gpu"
-           and a not in schedule.actions for a in whole.actions):
-        return None  # a preempted request ends on a CPU: its lane would need a replay too
-    schedule = whole
+    schedule = _whole_runs(instance, schedule)
     engines: dict[str, Engine] = {}
     for e in schedule.engines:
         if instance.cluster.device(e.device).kind != "gpu":

@@ -297,6 +297,12 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
     return lp_bound(jobs, [len(ids) for ids in classes.values()], uses, horizon, time_limit_s)
 
 
+def slot_plan_bound(instance: Instance, cost: CostModel, objective: str) -> tuple[float, str]:
+    """The bound for a plan with slot engines (the per-request bound; the others assume
+    one request at a time per device), as ``lower_bound`` gives it for such data."""
+    return _lower_bound(instance, cost, True, objective)
+
+
 def gap_of(obj: float, bound: float, objective: str) -> float:
     if objective == "slo_attainment":  # maximised; bound is an upper bound
         return max(0.0, (bound - obj) / bound) if bound > 0 else 0.0
