@@ -106,10 +106,11 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
 def slot_pairs(data: ProblemData, periods: int) -> int:
     """How many pairwise no-overlap constraints the compute lanes of ``data`` need: each
     run option on a slot engine against every option of another engine on its devices."""
+    devices = {e.key: e.devices for e in data.engines}
     per: dict[str, dict[int, int]] = {}
     for rd in data.requests:
         for key in rd.run:
-            for d in next(e for e in data.engines if e.key == key).devices:
+            for d in devices[key]:
                 per.setdefault(d, {})[key] = per.setdefault(d, {}).get(key, 0) + periods
     slots = {e.key for e in data.engines if e.slots > 1}
     total = 0
