@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -132,19 +131,12 @@ def profile_model(model: Path, profiles: Path, threads: int, gpu: bool,
 
 
 def step_ms(profile_path: Path) -> dict[int, float]:
+    from slots_fit import step_ms as steps  # type: ignore[import-not-found]
+
     from profiler.batch import batch_journal, read_batch_rows
 
     rows = read_batch_rows(batch_journal(profile_path.with_suffix(".csv")))
-    if not rows:
-        return {}
-    d0 = min(r["depth"] for r in rows)
-    out = {}
-    for k in sorted({r["active"] for r in rows}):
-        v = [r["value"] for r in rows if r["active"] == k and r["depth"] == d0
-             and not r["prompt_tokens"]]
-        if v:
-            out[k] = round(1000 * statistics.median(v), 3)
-    return out
+    return {k: round(v, 3) for k, v in steps(rows).items()}
 
 
 def planner(*args: str, timeout: float | None = None) -> None:
@@ -238,12 +230,9 @@ def main() -> int:
 
     # each model's architecture, for an instance that names it inline (no GGUF needed)
     summary["archs"] = {n: asdict(read_gguf_arch(p)) for n, p in models.items()}
-    from profiler.models import read_arch
-
-    first = models[names[0]]
     if on_gpu and not args.no_smoke:
         try:
-            summary["smoke"] = smoke(first, read_arch(first).n_layers)
+            summary["smoke"] = smoke(models[names[0]], summary["archs"][names[0]]["n_layers"])
             say(clock, f"smoke {summary['smoke']}")
         except Exception as exc:  # the point of this stage is to see the failure
             summary["smoke"] = {"error": repr(exc)}

@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from profiler.batch import (
     BATCH_QUANTITY,
@@ -25,6 +26,22 @@ from profiler.batch import (
     read_batch_rows,
 )
 from profiler.store import find_profiles, load_profile
+
+
+def step_ms(rows: list[dict[str, Any]], threads: int | None = None) -> dict[int, float]:
+    """Median decode step in ms per active count at the shallowest depth measured, no
+    prompt joining (rows of ``threads`` llama.cpp threads only, where given)."""
+    rows = [r for r in rows if threads is None or r["threads"] == threads]
+    if not rows:
+        return {}
+    d0 = min(r["depth"] for r in rows)
+    out = {}
+    for k in sorted({r["active"] for r in rows}):
+        v = [r["value"] for r in rows if r["active"] == k and r["depth"] == d0
+             and r["prompt_tokens"] == 0]
+        if v:
+            out[k] = 1000 * statistics.median(v)
+    return out
 
 
 def main() -> None:
@@ -54,13 +71,8 @@ def main() -> None:
                                         "primary_n_gpu_layers", 0)))
             wall = time.perf_counter() - t0
             fit = doc["fits"][BATCH_QUANTITY]
-            rows = read_batch_rows(batch_journal(csv_path))
-            d0 = min(r["depth"] for r in rows)
-            ms = []
-            for k in cfg.actives:
-                v = [r["value"] for r in rows if r["active"] == k and r["depth"] == d0
-                     and r["prompt_tokens"] == 0 and r["threads"] == args.threads]
-                ms.append(f"{1000 * statistics.median(v):.1f}" if v else "-")
+            steps = step_ms(read_batch_rows(batch_journal(csv_path)), args.threads)
+            ms = [f"{steps[k]:.1f}" if k in steps else "-" for k in cfg.actives]
             print(f"| {prof.model_key} | {fit['n_settings']} | {100 * fit['cv']['mape']:.1f}% "
                   f"({100 * fit['cv']['max_ape']:.1f}%) | {' / '.join(ms)} | {wall:.0f} s |")
 

@@ -29,7 +29,7 @@ from planner.domain import (
 )
 from planner.errors import BaselineError, InputError, SolveError
 from planner.io import load_instance, load_plan, plan_to_json, write_json_atomic
-from planner.metrics import Metrics, compute_metrics, objective_key, objective_value
+from planner.metrics import Metrics, compute_metrics, objective_value
 from planner.retime import retime
 
 
@@ -263,27 +263,19 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
     """The plan with its GPU engines' runs re-dispatched on slot engines (continuous
     batching, planner/solver/batching.py), where that is better at some slot count."""
     from planner.solver.batching import batch_slots
-
-    best, best_n = schedule, 1
-    best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
-    for n in sorted({s for s in slots if s > 1}):
-        cand = batch_slots(instance, cost, schedule, n, objective)
-        if cand is None:
-            continue
-        key = objective_key(compute_metrics(instance, cand.actions), objective)
-        if key < best_key:
-            best, best_n, best_key = cand, n, key
-    if best is schedule:
-        return schedule, info
     from planner.solver.bound import gap_of, slot_plan_bound
 
+    got = batch_slots(instance, cost, schedule, slots, objective)
+    if got is None:
+        return schedule, info
+    best, n = got
     before = objective_value(compute_metrics(instance, schedule.actions), objective)
     after = objective_value(compute_metrics(instance, best.actions), objective)
     # the one-slot plan's bound assumed one request at a time per device
     bound, name = slot_plan_bound(instance, cost, objective)
     return best, replace(info, objective=after, bound=bound, gap=gap_of(after, bound, objective),
                          notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on "
-                                f"{best_n}-slot engines with continuous batching (batching.py), "
+                                f"{n}-slot engines with continuous batching (batching.py), "
                                 f"objective {before:.3f} -> {after:.3f}; bound of the slot "
                                 f"plan: {name}"))
 

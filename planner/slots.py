@@ -18,6 +18,26 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, EngineConfig, Instance, Schedule
 
 
+def batch_step(cost: CostModel, cfg: EngineConfig, t: float, active: dict[int, list[int]],
+               joining: list[tuple[int, int, int]]) -> tuple[float, list[int]]:
+    """One continuous-batching step of a slot engine starting at ``t``: every run in
+    ``active`` (run -> [cached tokens, tokens still to generate]) gains a token, the
+    ``joining`` runs ``(run, prompt_tokens, output_tokens)`` have their prompts prefilled
+    in it and become active. Returns the step's end and the runs that finished (they
+    leave ``active``)."""
+    depth = (sum(a[0] for a in active.values()) // len(active)) if active else 0
+    t += cost.step_s(cfg, len(active), depth, sum(p for _i, p, _n in joining))
+    for a in active.values():
+        a[0] += 1
+        a[1] -= 1
+    for i, p, n in joining:
+        active[i] = [p, n]
+    done = [i for i, a in active.items() if a[1] <= 0]
+    for i in done:
+        del active[i]
+    return t, done
+
+
 def batched_times(cost: CostModel, cfg: EngineConfig,
                   runs: list[tuple[float, int, int]]) -> list[tuple[float, float]]:
     """(admission, end) of each run ``(join time, prompt_tokens, output_tokens)`` on one
@@ -38,17 +58,11 @@ def batched_times(cost: CostModel, cfg: EngineConfig,
             joining.append(order[k])
             admitted[order[k]] = t
             k += 1
-        depth = (sum(a[0] for a in active.values()) // len(active)) if active else 0
-        prompt = sum(runs[i][1] for i in joining)
-        t += cost.step_s(cfg, len(active), depth, prompt) if (active or joining) else 0.0
-        for a in active.values():
-            a[0] += 1
-            a[1] -= 1
-        for i in joining:
-            active[i] = [runs[i][1], runs[i][2]]
-        for i in [i for i, a in active.items() if a[1] <= 0]:
-            out[i] = (admitted[i], t)
-            del active[i]
+        if active or joining:
+            t, done = batch_step(cost, cfg, t, active,
+                                 [(i, runs[i][1], runs[i][2]) for i in joining])
+            for i in done:
+                out[i] = (admitted[i], t)
         if not active and not joining and k < len(order):
             t = max(t, runs[order[k]][0])
     return out

@@ -89,5 +89,5 @@ def test_batching_leaves_a_plan_alone_when_the_slots_do_not_fit(inst) -> None:  
     tight = dataclasses.replace(inst, cluster=Cluster((dataclasses.replace(
         host, gpus=(gpu,)),)))
     assert check_plan(tight, sched) == []
-    assert batch_slots(tight, cost, sched, 8, "mean_response") is None
-    assert batch_slots(inst, cost, sched, 8, "mean_response") is not None
+    assert batch_slots(tight, cost, sched, (8,), "mean_response") is None
+    assert batch_slots(inst, cost, sched, (8,), "mean_response") is not None

@@ -18,8 +18,8 @@ lane with continuous batching:
   waiting run is the oldest;
 - each patience in ``PATIENCE`` (multiples of the lane's mean run time) and each slot
   count is tried, and the best plan kept;
-- steps take the cost model's batched step time (:meth:`CostModel.step_s`), as in
-  :func:`planner.slots.batched_times`.
+- steps are :func:`planner.slots.batch_step`'s, as in the slot replay
+  (:func:`planner.slots.batched_times`).
 
 The result is kept only when every run ends before its engine's unload, the plan
 checker finds nothing, and the objective improves.
@@ -27,12 +27,14 @@ checker finds nothing, and the objective improves.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Schedule
 from planner.metrics import compute_metrics, objective_key
+from planner.slots import batch_step
 
 #: patience values tried, in units of the lane's mean run time in the one-slot plan
 PATIENCE = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, float("inf"))
@@ -117,47 +119,37 @@ def _lane(cost: CostModel, engines: dict[str, Engine], runs: list[_Run],
                         joining.append(r)
             if not active and not joining:
                 break
-            depth = (sum(a[0] for a in active.values()) // len(active)) if active else 0
-            step_start = t
-            t += cost.step_s(cfg, len(active), depth, sum(r.prompt for r in joining))
-            for a in active.values():
-                a[0] += 1
-                a[1] -= 1
             for r in joining:
-                r.admitted = step_start  # its prompt is prefilled in this step
-                active[r.index] = [r.prompt, r.tokens]
-            for i in [i for i, a in active.items() if a[1] <= 0]:
+                r.admitted = t  # its prompt is prefilled in this step
+            t, done = batch_step(cost, cfg, t, active,
+                                 [(r.index, r.prompt, r.tokens) for r in joining])
+            for i in done:
                 run = by_index[i]
                 run.end = t
-                del active[i]
                 pending.remove(run)
                 if run.end > run.unload + 1e-9:
                     return False
     return True
 
 
-def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule, n_parallel: int,
-                objective: str) -> Schedule | None:
-    """``schedule`` with its GPU engines given ``n_parallel`` slots and their runs
-    re-dispatched with continuous batching (module docstring); None where that does not
-    apply (split or slot engines already), does not hold (a run past its engine's unload,
-    the checker), or is no better."""
-    if n_parallel <= 1 or any(e.shares or e.n_parallel != 1 for e in schedule.engines):
+def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule,
+                slots: Iterable[int], objective: str) -> tuple[Schedule, int] | None:
+    """The best of ``schedule`` with its GPU engines given each slot count above 1 in
+    ``slots`` and their runs re-dispatched with continuous batching (module docstring),
+    with that count; None where that does not apply (split or slot engines already),
+    does not hold (a run past its engine's unload, the checker), or is no better."""
+    counts = sorted({n for n in slots if n > 1})
+    if not counts or any(e.shares or e.n_parallel != 1 for e in schedule.engines):
         return None
+    best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
     schedule = _whole_runs(instance, schedule)
-    engines: dict[str, Engine] = {}
-    for e in schedule.engines:
-        if instance.cluster.device(e.device).kind != "gpu":
-            engines[e.id] = e  # on a CPU a batch costs more than it gains (README)
-            continue
-        cfg = replace(e.config, n_parallel=n_parallel)
-        engines[e.id] = replace(e, n_parallel=n_parallel, gpu_bytes=cost.gpu_bytes(cfg),
-                                host_bytes=cost.host_bytes(cfg))
+    # on a CPU a batch costs more than it gains (README): CPU lanes keep their times
+    gpu = {e.id for e in schedule.engines if instance.cluster.device(e.device).kind == "gpu"}
     periods = _periods(schedule)
     lanes: dict[str, list[_Run]] = {}
     for i, a in enumerate(schedule.actions):
-        if a.kind != "run" or engines[a.engine].n_parallel == 1:
-            continue  # CPU lanes keep their times
+        if a.kind != "run" or a.engine not in gpu:
+            continue
         req = instance.request(a.request or "")
         period = next((p for p in periods.get(a.engine, []) if p[0] <= a.start_s + 1e-9
                        and a.end_s <= p[1] + 1e-9), None)
@@ -166,26 +158,32 @@ def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule, n_paral
         lanes.setdefault(a.device, []).append(_Run(
             i, a.engine, max(req.arrival_s, period[0]), req.prompt_tokens,
             (a.tokens_to or 0) - (a.tokens_from or 0), period[1]))
-    best: Schedule | None = None
-    best_key = objective_key(compute_metrics(instance, schedule.actions), objective)
-    for factor in PATIENCE:
-        actions: list[Action] = list(schedule.actions)
-        ok = True
-        for runs in lanes.values():
-            # patience in units of the lane's mean run time in the one-slot plan
-            mean = sum(schedule.actions[r.index].end_s - schedule.actions[r.index].start_s
-                       for r in runs) / len(runs)
-            if not _lane(cost, engines, runs, factor * mean):
-                ok = False
-                break
-            for r in runs:
-                actions[r.index] = replace(actions[r.index], start_s=r.admitted, end_s=r.end)
-        if not ok:
-            continue
-        out = Schedule(tuple(engines[e.id] for e in schedule.engines),
-                       tuple(sorted(actions, key=lambda a: (a.start_s, a.end_s))))
-        key = objective_key(compute_metrics(instance, out.actions), objective)
-        if key < best_key and not check_plan(instance, out):
-            best, best_key = out, key
+    # patience in units of each lane's mean run time in the one-slot plan
+    mean = {d: sum(schedule.actions[r.index].end_s - schedule.actions[r.index].start_s
+                   for r in runs) / len(runs) for d, runs in lanes.items()}
+    best: tuple[Schedule, int] | None = None
+    for n in counts:
+        engines = {e.id: _with_slots(cost, e, n) if e.id in gpu else e
+                   for e in schedule.engines}
+        for factor in PATIENCE:
+            actions: list[Action] = list(schedule.actions)
+            if not all(_lane(cost, engines, runs, factor * mean[d])
+                       for d, runs in lanes.items()):
+                continue
+            for runs in lanes.values():
+                for r in runs:
+                    actions[r.index] = replace(actions[r.index], start_s=r.admitted,
+                                               end_s=r.end)
+            out = Schedule(tuple(engines[e.id] for e in schedule.engines),
+                           tuple(sorted(actions, key=lambda a: (a.start_s, a.end_s))))
+            key = objective_key(compute_metrics(instance, out.actions), objective)
+            if key < best_key and not check_plan(instance, out):
+                best, best_key = (out, n), key
     return best
 
+
+def _with_slots(cost: CostModel, engine: Engine, n_parallel: int) -> Engine:
+    """``engine`` with ``n_parallel`` slots and the memory that takes (a KV cache each)."""
+    cfg = replace(engine.config, n_parallel=n_parallel)
+    return replace(engine, n_parallel=n_parallel, gpu_bytes=cost.gpu_bytes(cfg),
+                   host_bytes=cost.host_bytes(cfg))

@@ -120,6 +120,11 @@ def slot_pairs(data: ProblemData, periods: int) -> int:
     return total
 
 
+def _one_slot(data: ProblemData) -> ProblemData:
+    """``data`` without its slot engines (one slot per engine)."""
+    return restrict(data, {e.key for e in data.engines if e.slots == 1})
+
+
 def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
     """The requests a window's model may preempt: those given alternatives (build_data
     picks where preemption can pay most), at most ``limit``."""
@@ -253,7 +258,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         start_better = best_base == SMITH and reported is not None
         if slots != (1,):
             # the decomposition plans one slot per engine (docs/solver.md)
-            data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+            data = _one_slot(data)
             opts = copy.copy(opts)
             opts.slots = (1,)
         return solve_by_parts(solve_cpsat, instance, cost, objective, opts,
@@ -283,7 +288,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             (pairs := slot_pairs(data, PERIODS)) > MAX_SLOT_PAIRS:
         # the slot model's compute lanes are pairwise (constraints.py): too many pairs and
         # CP-SAT does not get past its presolve; plan one slot per engine instead
-        data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+        data = _one_slot(data)
         slot_note = (f"; slots left out: their model would need {pairs:,} pairwise "
                      f"no-overlap constraints (limit {MAX_SLOT_PAIRS:,})")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
@@ -291,7 +296,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if len(windows) > 1 and any(e.slots > 1 for e in data.engines):
         # slot engines are planned in one window (runs frozen from an earlier window
         # may overlap on them); a larger instance keeps one slot per engine
-        data = restrict(data, {e.key for e in data.engines if e.slots == 1})
+        data = _one_slot(data)
         reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
         windows = _windows(reqs, options(data))
     params.hooks = _hooks(opts, instance, cost, data, objective, len(windows) == 1, t0,
