@@ -91,3 +91,41 @@ def test_batching_leaves_a_plan_alone_when_the_slots_do_not_fit(inst) -> None:  
     assert check_plan(tight, sched) == []
     assert batch_slots(tight, cost, sched, (8,), "mean_response") is None
     assert batch_slots(inst, cost, sched, (8,), "mean_response") is not None
+
+
+def test_profiles_cover_a_gpu_type_without_reference_data(tmp_path: Path) -> None:
+    """A GPU type gpus.json lacks is planned from its profiles (the analytic fallback
+    complains only when asked about that GPU); engines split over two such GPUs, which
+    no profile measures, are left out rather than failing the solve; the analytic model
+    alone still refuses the type with a one-line reason."""
+    import json
+    import shutil
+
+    from planner.costmodel import CostModelError
+
+    prof = tmp_path / "prof"
+    shutil.copytree(ROOT / "profiles" / "h200", prof)
+    for d in list(prof.glob("*/h200")):
+        for f in d.glob("*.json"):
+            f.write_text(f.read_text().replace('"h200"', '"b300-custom"'))
+        d.rename(d.parent / "b300-custom")
+    doc = json.loads(INSTANCE.read_text())
+    doc["profiles"] = [str(prof)]
+    doc["requests"] = doc["requests"][:12]
+    gpus = doc["cluster"]["hosts"][0]["gpus"]
+    gpus[0]["type"] = "b300-custom"
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(doc))
+    gpus[0]["memory_gib"] = 3  # the 8B model (4 GB) fits neither GPU alone
+    gpus.append({"id": "gpu1", "type": "b300-custom", "memory_gib": 3})
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(doc))
+    for path in (one, two):
+        inst = load_instance(path)
+        cost = cost_model_for(inst)
+        assert cost.covered("8b", "gpu0")
+        plan = solve(inst, cost, SolveOptions(time_limit_s=2))
+        assert check_plan(inst, plan.schedule) == []
+        assert not any(e.shares for e in plan.schedule.engines)
+    with pytest.raises(CostModelError, match=r"b300-custom.*no reference data"):
+        cost_model_for(load_instance(one), "analytic")

@@ -17,11 +17,12 @@ def cost_model_for(instance: Instance, kind: str = "auto",
     device) pair and the analytic model elsewhere; ``analytic`` ignores profiles.
     ``pcie_gen`` (what if) puts every GPU of the analytic model on that generation.
     """
-    analytic = AnalyticCostModel.for_instance(instance, pcie_gen)
     if kind == "analytic" or (kind == "auto" and not instance.profiles):
-        return analytic
+        return AnalyticCostModel.for_instance(instance, pcie_gen)
     from planner.costmodel.profiled import profiled_for_instance
 
+    # a GPU type without reference data is fine where the profiles cover it
+    analytic = AnalyticCostModel.for_instance(instance, pcie_gen, strict=False)
     return profiled_for_instance(instance, fallback=analytic)
 
 

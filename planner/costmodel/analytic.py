@@ -51,28 +51,39 @@ class AnalyticCostModel(CostModel):
 
     name = "analytic"
 
-    def __init__(self, models: dict[str, ModelArch], devices: dict[str, DeviceInfo]) -> None:
+    def __init__(self, models: dict[str, ModelArch], devices: dict[str, DeviceInfo],
+                 missing: dict[str, str] | None = None) -> None:
         self.models = models
         self.devices = devices
+        # devices without reference data (a GPU type gpus.json lacks): asking about
+        # them raises this message, so that profiles may cover them instead
+        self.missing = dict(missing or {})
         t = transfers()
         self._eff = t["efficiency"]
         self._reload = t["reload"]
 
     @classmethod
-    def for_instance(cls, instance: Instance, pcie_gen: int | None = None) -> AnalyticCostModel:
-        """The model for an instance's cluster; ``pcie_gen`` puts every GPU on that generation."""
+    def for_instance(cls, instance: Instance, pcie_gen: int | None = None,
+                     strict: bool = True) -> AnalyticCostModel:
+        """The model for an instance's cluster; ``pcie_gen`` puts every GPU on that generation.
+
+        A GPU type without reference data fails at once when ``strict``; otherwise only
+        when a prediction for that GPU is asked for (a fallback behind profiles that
+        cover it)."""
         devices: dict[str, DeviceInfo] = {}
+        missing: dict[str, str] = {}
         for h in instance.cluster.hosts:
             cpu = cpu_spec(h.cpu)
             devices[h.id] = DeviceInfo("cpu", None, cpu, h.memory_bytes)
             for g in h.gpus:
                 spec = gpu_spec(g.type, pcie_gen)
                 if spec is None:
-                    raise CostModelError(
-                        f"GPU type {g.type!r} of {g.id} has no reference data; "
-                        f"profile it or use one of the known types")
+                    missing[g.id] = (f"GPU type {g.type!r} of {g.id} has no reference data; "
+                                     f"profile it or use one of the known types")
+                    if strict:
+                        raise CostModelError(missing[g.id])
                 devices[g.id] = DeviceInfo("gpu", spec, cpu, g.memory_bytes)
-        return cls({m.id: m.arch for m in instance.models}, devices)
+        return cls({m.id: m.arch for m in instance.models}, devices, missing)
 
     # --- lookups --------------------------------------------------------------
     def _arch(self, model: str) -> ModelArch:
@@ -82,6 +93,8 @@ class AnalyticCostModel(CostModel):
             raise CostModelError(f"unknown model {model!r}") from None
 
     def _dev(self, device: str) -> DeviceInfo:
+        if device in self.missing:
+            raise CostModelError(self.missing[device])
         try:
             return self.devices[device]
         except KeyError:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from planner.baselines.sim import context_sizes
-from planner.costmodel.base import CostModel
+from planner.costmodel.base import CostModel, CostModelError
 from planner.domain import EngineConfig, Instance, Request, Schedule
 from planner.solver.candidates import curves, solver_devices, working_set
 from planner.solver.preempt import SplitData, build_alternative, split_points
@@ -116,10 +116,13 @@ def split_config(instance: Instance, cost: CostModel, model: str, host_id: str,
     split = tuple((g.id, g.memory_bytes / total) for g in host.gpus)
     cfg = EngineConfig(model, host.gpus[0].id, cost.n_layers(model) + 1, n_ctx, n_parallel,
                        split)
-    shares = cost.gpu_shares(cfg)
-    if any(shares.get(g.id, 0) > g.memory_bytes for g in host.gpus):
+    try:
+        shares = cost.gpu_shares(cfg)
+        if any(shares.get(g.id, 0) > g.memory_bytes for g in host.gpus):
+            return None
+        return cfg if cost.host_bytes(cfg) <= host.memory_bytes else None
+    except CostModelError:  # profiles measure one GPU; no reference data for the split
         return None
-    return cfg if cost.host_bytes(cfg) <= host.memory_bytes else None
 
 
 def with_slots(instance: Instance, cost: CostModel, cfg: EngineConfig,
