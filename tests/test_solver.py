@@ -487,3 +487,39 @@ def test_preemption_off_keeps_whole_runs() -> None:
     assert info.objective == pytest.approx(25 / 3, abs=3e-3)
     assert all(a.kind != "run" or a.tokens_from == 0 for a in sched.actions)
     assert "preemption off" in info.notes
+
+
+def test_solve_never_hands_back_a_plan_worse_than_a_baseline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`planner solve` compares CP-SAT's plan with the baselines as the executor would
+    dispatch them (after re-timing); where a baseline is better there, its plan is
+    written, with the reason in the notes. CP-SAT's plan is made the worst baseline's."""
+    import planner.solver as solver_pkg
+    from planner.domain import SolverInfo
+    from planner.service import SolveOptions
+    from planner.service import solve as service_solve
+
+    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)],
+                    host_gib=1)
+    cost = RoundCost()
+    base = baselines(inst, cost)
+
+    def mean(s: Schedule) -> float:
+        return compute_metrics(inst, s.actions).weighted_mean_response_s
+
+    worst = max(base.values(), key=mean)
+    best_name = min(base, key=lambda k: mean(base[k]))
+    assert mean(worst) > mean(base[best_name])
+
+    def fake(instance, cost, objective, opts, hints):  # type: ignore[no-untyped-def]
+        return worst, SolverInfo("cp-sat", "FEASIBLE", mean(worst), 1.0, 0.5, 0.1,
+                                 notes="fake search")
+
+    monkeypatch.setattr(solver_pkg, "solve_cpsat", fake)
+    plan = service_solve(inst, cost, SolveOptions(time_limit_s=1))
+    assert check_plan(inst, plan.schedule) == []
+    assert mean(plan.schedule) == pytest.approx(mean(base[best_name]))
+    assert plan.solver.status == f"FEASIBLE (baseline {best_name} kept)"
+    assert f"the {best_name} plan kept" in plan.solver.notes
+    assert plan.solver.objective == pytest.approx(mean(plan.schedule))
+    assert plan.solver.gap == pytest.approx(1 - 1.0 / mean(plan.schedule))
