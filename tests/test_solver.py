@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -281,6 +282,19 @@ def test_no_solution_in_time_keeps_best_baseline(monkeypatch: pytest.MonkeyPatch
     assert check_plan(inst, sched) == []
 
 
+def _swap_case() -> tuple[Instance, RoundCost, dict[str, Schedule], Any]:
+    """A1 and B (10 GiB each) on a 10 GiB GPU, a2 (A) arriving at 0.5 s; the baselines'
+    plans, and the weighted mean response of a plan."""
+    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)],
+                    host_gib=1)
+    cost = RoundCost()
+
+    def mean(s: Schedule) -> float:
+        return compute_metrics(inst, s.actions).weighted_mean_response_s
+
+    return inst, cost, baselines(inst, cost), mean
+
+
 def test_the_start_plan_is_polished_when_cp_sat_ends_worse(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """When CP-SAT's plan at the limit is worse than the best start plan (a slow machine,
@@ -291,13 +305,7 @@ def test_the_start_plan_is_polished_when_cp_sat_ends_worse(
     from planner.solver import solve as solve_mod
     from planner.solver.greedy import start_plan
 
-    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)],
-                    host_gib=1)
-    cost = RoundCost()
-    base = baselines(inst, cost)
-
-    def mean(s: Schedule) -> float:
-        return compute_metrics(inst, s.actions).weighted_mean_response_s
+    inst, cost, base, mean = _swap_case()
 
     starts = [*base.values(), start_plan(inst, cost, "mean_response")]
     worst = max(base.values(), key=mean)
@@ -499,13 +507,7 @@ def test_solve_never_hands_back_a_plan_worse_than_a_baseline(
     from planner.service import SolveOptions
     from planner.service import solve as service_solve
 
-    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.5, 10)],
-                    host_gib=1)
-    cost = RoundCost()
-    base = baselines(inst, cost)
-
-    def mean(s: Schedule) -> float:
-        return compute_metrics(inst, s.actions).weighted_mean_response_s
+    inst, cost, base, mean = _swap_case()
 
     worst = max(base.values(), key=mean)
     best_name = min(base, key=lambda k: mean(base[k]))
