@@ -181,6 +181,16 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         hints = {k: v.schedule for k, v in ok.items() if v.schedule is not None}
         run_opts: Any = opts
         if max(opts.slots) > 1:
+            # the slot plans' bound (an LP, seconds) inside the time limit, as the one-slot
+            # search does with its own; the batching pass below reads it from the cache
+            from planner.solver.bound import slot_plan_bound
+            from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
+
+            t0 = time.perf_counter()
+            slot_plan_bound(instance, cost, objective, max(opts.slots),
+                            lp_time_s=min(LP_TIME_S, opts.time_limit_s / 6))
+            left = max(0.2, opts.time_limit_s - (time.perf_counter() - t0))
+            opts = dataclasses.replace(opts, time_limit_s=left)
             # slots widen the search: first the one-slot model for half the time, whose
             # plan then seeds (and bounds) the search with slots
             half = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2, slots=(1,),
@@ -276,7 +286,7 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
     before = objective_value(compute_metrics(instance, schedule.actions), objective)
     after = objective_value(compute_metrics(instance, best.actions), objective)
     # the one-slot plan's bound assumed one request at a time per device
-    bound, name = slot_plan_bound(instance, cost, objective)
+    bound, name = slot_plan_bound(instance, cost, objective, max(slots))
     return best, replace(info, objective=after, bound=bound, gap=gap_of(after, bound, objective),
                          notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on "
                                 f"{n}-slot engines with continuous batching (batching.py), "
@@ -308,7 +318,8 @@ def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: 
     if any(e.n_parallel > 1 for e in chosen.engines) and \
             not any(e.n_parallel > 1 for e in schedule.engines):
         # the one-slot bounds assume one request at a time per device
-        bound, name = slot_plan_bound(instance, cost, objective)
+        bound, name = slot_plan_bound(instance, cost, objective,
+                                      max(e.n_parallel for e in chosen.engines))
         note = f"; bound of the slot plan: {name}"
     mine = objective_value(own, objective)
     return chosen, replace(

@@ -7,6 +7,7 @@ unloads 1 s, free prefill).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from dataclasses import replace
@@ -415,3 +416,79 @@ def test_split_curve_every_layer_small_models_and_3pct_steps_large_ones() -> Non
     # a host with room for nothing but the GPU-resident layers leaves only large splits
     tight = split_curve(cost, "small", "g", 512, True, 24 * 2**30, 2**30)
     assert tight and min(s.cfg.n_gpu_layers for s in tight) > 20
+
+
+# --- the bound for plans with slot engines ------------------------------------------------
+
+class StepCost(RoundCost):
+    """RoundCost with slot steps: a step of ``c`` sequences takes one decode step times
+    ``1 + 0.3 (c - 1)`` (two sequences: 1.3x one, so 0.65x the device time per token)."""
+
+    def step_s(self, cfg, active, depth, prompt_tokens=0):  # type: ignore[no-untyped-def]
+        if active <= 0:
+            return self.prefill_s(cfg, prompt_tokens)
+        return self.decode_s_per_token(cfg, depth) * (1 + 0.3 * (active - 1))
+
+
+def _slot_plans(inst: Instance, cost: StepCost) -> list[object]:
+    """Plans with slot engines: the baselines with 2 and 4 slots, and CP-SAT's one-slot
+    plan (also a plan with at most 4 slots) and its runs re-dispatched on slot engines."""
+    from planner.baselines.policies import BASELINES
+    from planner.baselines.sim import BaselineError
+    from planner.slots import retime_slot_runs
+    from planner.solver.batching import batch_slots
+
+    plans = []
+    for k in (2, 4):
+        for fn in BASELINES.values():
+            with contextlib.suppress(BaselineError):
+                plans.append(retime_slot_runs(inst, cost, fn(inst, cost, slots=k)))
+    one, _ = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=1),
+                         baselines(inst, cost))
+    plans.append(one)
+    got = batch_slots(inst, cost, one, (1, 2, 4), "mean_response")
+    if got is not None:
+        plans.append(got[0])
+    return plans
+
+
+def test_slot_bound_sees_the_queue_of_a_full_engine() -> None:
+    """Eight requests of 20 tokens at t=0 for one model, engines of up to 2 slots. The
+    per-request bound is the load and one request alone: 2 + 20 x 0.1 = 4 s. Run in
+    pairs (a pair's step 0.13 s, 2.6 s per pair) they end at 4.6, 7.2, 9.8 and 12.4,
+    mean 8.5 s (fcfs-lru with 2 slots: 8.65 s). The LP sees that the tokens need
+    8 x 20 x 0.065 = 10.4 s of the GPU, so its bound lies well above 4 s, and below
+    8.5 s."""
+    from planner.solver.bound import slot_plan_bound
+
+    inst = instance(10, [(f"r{i}", "A", 0.0, 20) for i in range(8)])
+    cost = StepCost()
+    bound, name = slot_plan_bound(inst, cost, "mean_response", 2)
+    assert "LP bound for slot engines" in name
+    assert 5.0 < bound <= 8.5 + 1e-6, bound
+    for plan in _slot_plans(inst, cost):
+        assert check_plan(inst, plan) == []  # type: ignore[arg-type]
+        assert bound <= compute_metrics(
+            inst, plan.actions).weighted_mean_response_s + 1e-6  # type: ignore[attr-defined]
+
+
+def test_slot_bound_below_every_slot_plan_on_random_tiny_instances() -> None:
+    """40 random instances (1 GPU of 10-20 GiB, models A and B of 10 GiB, 3-6 requests
+    arriving within 3 s, random lengths and weights): the bound for plans of up to 4
+    slots is below every plan made for them (baselines with 2 and 4 slots, CP-SAT with
+    one, and that plan batched), and every such plan passes the checker."""
+    from planner.solver.bound import slot_plan_bound
+
+    rng = random.Random(29)
+    for _ in range(40):
+        reqs = [(f"r{i}", rng.choice("AB"), round(rng.uniform(0, 3), 1),
+                 rng.choice([5, 10, 20, 30])) for i in range(rng.randint(3, 6))]
+        inst = instance(rng.choice([10, 15, 20]), reqs)
+        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
+                                            for r in inst.requests))
+        cost = StepCost()
+        bound = slot_plan_bound(inst, cost, "mean_response", 4)[0]
+        for plan in _slot_plans(inst, cost):
+            assert check_plan(inst, plan) == []  # type: ignore[arg-type]
+            obj = compute_metrics(inst, plan.actions).weighted_mean_response_s  # type: ignore[attr-defined]
+            assert bound <= obj + 1e-6, (reqs, bound, obj)

@@ -177,33 +177,109 @@ def fluid_wspt(jobs: list[tuple[float, float, float]],
     return total_wm, t
 
 
-_CACHE: list[tuple[Instance, CostModel, bool, str, tuple[float, str]]] = []
+_CACHE: list[tuple[Instance, CostModel, int, str, tuple[float, str]]] = []
 
 
 def lower_bound(instance: Instance, cost: CostModel, data: ProblemData | None,
                 objective: str, lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
     """(bound, the bound's name) for ``objective``; see the module docstring. The last
     few answers are kept (the pipeline asks more than once; the LP takes seconds)."""
-    batched = data is not None and any(e.slots > 1 for e in data.engines)
-    for inst, cm, b, obj, out in _CACHE:
-        if inst is instance and cm is cost and b == batched and obj == objective:
+    slots = max((e.slots for e in data.engines), default=1) if data is not None else 1
+    return _cached(instance, cost, slots, objective, lp_time_s)
+
+
+def _cached(instance: Instance, cost: CostModel, slots: int, objective: str,
+            lp_time_s: float) -> tuple[float, str]:
+    for inst, cm, k, obj, out in _CACHE:
+        if inst is instance and cm is cost and k == slots and obj == objective:
             return out
-    out = _lower_bound(instance, cost, batched, objective, lp_time_s)
-    _CACHE.append((instance, cost, batched, objective, out))
+    out = _lower_bound(instance, cost, slots, objective, lp_time_s)
+    _CACHE.append((instance, cost, slots, objective, out))
     del _CACHE[:-4]
     return out
 
 
-def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
+def _slot_configs(instance: Instance, cost: CostModel, slots: int, model: str,
+                  dev: str) -> list[EngineConfig]:
+    """Every engine of ``model`` on ``dev`` (``split:<host>`` too) the bound considers:
+    the split pool's configurations with 1 to ``slots`` slots."""
+    if dev.startswith(SPLIT):
+        one = split_config(instance, cost, model, dev[len(SPLIT):],
+                           context_sizes(instance)[model])
+        base = [one] if one is not None else []
+    else:
+        base = curves(instance, cost, [instance.cluster.device(dev)]).get((model, dev), [])
+    return [EngineConfig(c.model, c.device, c.n_gpu_layers, c.n_ctx, k, c.split)
+            for c in base for k in range(1, slots + 1)]
+
+
+def slot_rates(cost: CostModel, cfgs: list[EngineConfig]) -> tuple[float, float]:
+    """``(s, b)`` over engines ``cfgs``: the least seconds one output token of a request
+    takes (a one-sequence decode step at an empty cache, or a step of ``c <= n_parallel``
+    sequences) and the least device seconds per token (such a step shared by its ``c``
+    tokens). Steps are taken to grow with the cache depth and with a joining prompt (the
+    fits' coefficients are non-negative), so that every step of a plan costs at least
+    its depth-0, prompt-free step."""
+    s = b = math.inf
+    for cfg in cfgs:
+        if cfg.n_parallel == 1:
+            one = cost.decode_s_per_token(cfg, 0)
+            s, b = min(s, one), min(b, one)
+            continue
+        for c in range(1, cfg.n_parallel + 1):
+            step = cost.step_s(cfg, c, 0)
+            s, b = min(s, step), min(b, step / c)
+    return s, b
+
+
+def _slot_times(instance: Instance, cost: CostModel, slots: int,
+                pd: dict[str, dict[str, float]]) -> tuple[
+        dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per request and device, on engines of up to ``slots`` slots: the least duration of
+    its output tokens (``p'_jd``), the least device time they take (``w_jd``), and the
+    least duration of the whole request (its prompt's step, or prefill, first)."""
+    dur: dict[str, dict[str, float]] = {r.id: {} for r in instance.requests}
+    work: dict[str, dict[str, float]] = {r.id: {} for r in instance.requests}
+    whole: dict[str, dict[str, float]] = {r.id: {} for r in instance.requests}
+    keys = sorted({(r.model, d) for r in instance.requests for d in pd[r.id]})
+    for m, d in keys:
+        cfgs = _slot_configs(instance, cost, slots, m, d)
+        s, b = slot_rates(cost, cfgs)
+        prompt: dict[int, float] = {}
+        for r in instance.requests:
+            if r.model != m or d not in pd[r.id]:
+                continue
+            if r.prompt_tokens not in prompt:
+                prompt[r.prompt_tokens] = min(
+                    (cost.prefill_s(c, r.prompt_tokens) if c.n_parallel == 1 else
+                     cost.step_s(c, 0, 0, r.prompt_tokens) for c in cfgs), default=0.0)
+            # never above the one-slot run (a smaller duration only weakens the bound)
+            dur[r.id][d] = min(pd[r.id][d], r.output_tokens * s)
+            work[r.id][d] = min(dur[r.id][d], r.output_tokens * b)
+            whole[r.id][d] = min(pd[r.id][d], prompt[r.prompt_tokens] + dur[r.id][d])
+    return dur, work, whole
+
+
+def _lower_bound(instance: Instance, cost: CostModel, slots: int,
                  objective: str, lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
     p, pd, load = request_bounds(instance, cost)
     reqs = instance.requests
     devices = solver_devices(instance, True)
+    work: dict[str, dict[str, float]] | None = None
+    whole = pd  # per request and device: least duration of the whole request
+    if slots > 1:  # the LP's durations: output tokens only (the prompt in `whole`)
+        pd, work, whole = _slot_times(instance, cost, slots, pd)
+        p = {r.id: min(pd[r.id].values()) if pd[r.id] else math.inf for r in reqs}
     first: dict[str, float] = {}  # per request: least (load + run) over devices
     for r in reqs:
-        first[r.id] = min((load[(r.model, d)] + s for d, s in pd[r.id].items()), default=math.inf)
-    min_resp = {r.id: max(p[r.id], first[r.id] - r.arrival_s) for r in reqs}
+        first[r.id] = min((load[(r.model, d)] + s for d, s in whole[r.id].items()),
+                          default=math.inf)
+    min_resp = {r.id: max(min(whole[r.id].values(), default=math.inf),
+                          first[r.id] - r.arrival_s) for r in reqs}
     per_request = "per-request bound (fastest run; first load + run, engines start unloaded)"
+    if slots > 1:
+        per_request = ("per-request bound (fastest token steps on engines of up to "
+                       f"{slots} slots; first load + tokens, engines start unloaded)")
     if objective == "tardiness":
         return (sum(r.weight * max(0.0, min_resp[r.id] - r.slo_s) for r in reqs
                     if r.slo_s is not None), per_request)
@@ -213,13 +289,22 @@ def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
             return 1.0, per_request
         ok = sum(1 for r in with_slo if r.slo_s is not None and min_resp[r.id] <= r.slo_s + 1e-6)
         return ok / len(with_slo), per_request
-    if batched:
-        if objective == "makespan":
-            return max(r.arrival_s + min_resp[r.id] for r in reqs), per_request
-        return (sum(r.weight * min_resp[r.id] for r in reqs) / sum(r.weight for r in reqs),
-                per_request)
     release = {r.id: max(r.arrival_s, min((load[(r.model, d)] for d in pd[r.id]),
                                           default=r.arrival_s)) for r in reqs}
+    wsum = sum(r.weight for r in reqs)
+    arr = sum(r.weight * r.arrival_s for r in reqs)
+    simple = sum(r.weight * min_resp[r.id] for r in reqs) / wsum
+    if work is not None:
+        if objective == "makespan":
+            return max(r.arrival_s + min_resp[r.id] for r in reqs), per_request
+        lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp,
+                              lp_time_s, work)
+        if (lp - arr) / wsum > simple:
+            return ((lp - arr) / wsum, "interval-indexed LP bound for slot engines (a "
+                    "request's tokens at its fastest step, a device's time at the best "
+                    "batching, one device at a time, release after arrival and first load, "
+                    "dual value)")
+        return simple, per_request
 
     def pooled(group: list[Request], model: str | None) -> tuple[float, float]:
         """sum w (M^WSPT + p/2) and the finishing time, for ``group`` on the machine of
@@ -251,9 +336,6 @@ def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
         if finish > per:
             return finish, "pooled-machine bound (all work on the devices' pooled speed)"
         return per, per_request
-    wsum = sum(r.weight for r in reqs)
-    arr = sum(r.weight * r.arrival_s for r in reqs)
-    simple = sum(r.weight * min_resp[r.id] for r in reqs) / wsum
     lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp, lp_time_s)
     best = max(((total - arr) / wsum, "pooled-machine queueing bound (preemptive WSPT on "
                 "the devices' pooled speed with release times, C_j >= M_j + p_j/2)"),
@@ -268,14 +350,16 @@ def _lower_bound(instance: Instance, cost: CostModel, batched: bool,
 def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: list[Device],
                      p: dict[str, float], pd: dict[str, dict[str, float]],
                      load: dict[tuple[str, str], float], release: dict[str, float],
-                     min_resp: dict[str, float], time_limit_s: float = TIME_LIMIT_S) -> float:
+                     min_resp: dict[str, float], time_limit_s: float = TIME_LIMIT_S,
+                     work: dict[str, dict[str, float]] | None = None) -> float:
     """``sum w_j C_j`` bound of :func:`planner.solver.bound_lp.lp_bound`: devices with the
-    same run and load times form one class."""
+    same run and load times (and device times ``work``, for slot engines) form one class."""
     models = sorted({r.model for r in reqs})
-    classes: dict[tuple[tuple[float, ...], tuple[float, ...]], list[str]] = {}
+    classes: dict[tuple[tuple[float, ...], ...], list[str]] = {}
     for d in devices:
         key = (tuple(pd[r.id].get(d.id, math.inf) for r in reqs),
-               tuple(load.get((m, d.id), math.inf) for m in models))
+               tuple(load.get((m, d.id), math.inf) for m in models),
+               tuple(work[r.id].get(d.id, math.inf) for r in reqs) if work else ())
         classes.setdefault(key, []).append(d.id)
     cls_of = {d: i for i, ids in enumerate(classes.values()) for d in ids}
     options = [ids[0] for ids in classes.values()]
@@ -288,7 +372,8 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
         uses.append(use)
     jobs = [LPJob(r.weight, p[r.id], r.arrival_s + min_resp[r.id],
                   tuple(pd[r.id].get(d, math.inf) for d in options),
-                  tuple(max(r.arrival_s, load.get((r.model, d), math.inf)) for d in options))
+                  tuple(max(r.arrival_s, load.get((r.model, d), math.inf)) for d in options),
+                  tuple(work[r.id].get(d, math.inf) for d in options) if work else None)
             for r in reqs]
     if any(j.p == math.inf for j in jobs):
         return 0.0
@@ -297,10 +382,11 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
     return lp_bound(jobs, [len(ids) for ids in classes.values()], uses, horizon, time_limit_s)
 
 
-def slot_plan_bound(instance: Instance, cost: CostModel, objective: str) -> tuple[float, str]:
-    """The bound for a plan with slot engines (the per-request bound; the others assume
-    one request at a time per device), as ``lower_bound`` gives it for such data."""
-    return _lower_bound(instance, cost, True, objective)
+def slot_plan_bound(instance: Instance, cost: CostModel, objective: str, slots: int,
+                    lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
+    """The bound for plans whose engines have up to ``slots`` slots, as ``lower_bound``
+    gives it for such data (the one-slot bounds assume one request at a time per device)."""
+    return _cached(instance, cost, max(2, slots), objective, lp_time_s)
 
 
 def gap_of(obj: float, bound: float, objective: str) -> float:

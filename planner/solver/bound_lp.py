@@ -8,6 +8,8 @@ maps to a feasible point of this LP with an objective no larger than its own
   (devices with identical speeds and load times, ``n_i`` of them) in slot ``t``
   of a time grid; a share ``x`` takes at least ``x * p_ji`` seconds there.
 - capacity: ``sum_j x[j,i,t] p_ji <= n_i * len_t`` (one compute lane per device);
+  with slot engines ``w_ji <= p_ji`` (``LPJob.work``) in place of ``p_ji`` here: the
+  device time a request's tokens take at the best batching;
 - a request runs on one device at a time (its runs never overlap, SPEC rule 5):
   ``sum_i x[j,i,t] p_ji <= len_t``;
 - nothing of ``j`` runs on ``i`` before ``r_ji = max(a_j, L_mi)`` (its arrival and
@@ -64,6 +66,10 @@ class LPJob:
     per_request: float  # a lower bound on its completion time from elsewhere
     times: tuple[float, ...]  # p_ji per device class (inf: cannot run there)
     release: tuple[float, ...]  # r_ji per device class
+    #: device seconds a whole request takes from a device of each class, where that is
+    #: less than its own duration (slot engines: a step serves several requests); None:
+    #: ``times``
+    work: tuple[float, ...] | None = None
 
 
 def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
@@ -145,6 +151,7 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         for i, (p, r) in enumerate(zip(job.times, job.release, strict=True)):
             if p == math.inf:
                 continue
+            w = p if job.work is None else job.work[i]
             ts = np.arange(int(np.searchsorted(starts, r - 1e-9)), n_slot)
             k = len(ts)
             ids = np.arange(col, col + k)
@@ -152,7 +159,7 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
             for ci, cnt in uses[i].items():
                 rows.append(ci * n_slot + ts)
                 cols.append(ids)
-                vals.append(np.full(k, p * cnt))
+                vals.append(np.full(k, w * cnt))
             if one_device:
                 rows.append(job_row0 + jn * n_slot + ts)
                 cols.append(ids)
