@@ -7,7 +7,9 @@ arrived), and on a real machine two kinds of load, and KV copies, differ from
 idle, repeated ones:
 
 - an engine's **first load** in a replay happens in a freshly started worker
-  (``CostModel.first_load_s``);
+  (``CostModel.first_load_s``), and so does every load of an engine with layers on a
+  GPU (``domain.fresh_worker_per_load``: the executor starts a new worker after each
+  unload, since a CUDA process keeps its context);
 - a load that **overlaps a run on the same host** competes with it for memory
   bandwidth and caches (``CostModel.busy_load_s``); the part of the load that
   overlaps runs is stretched by ``busy_load_s / load_s``;
@@ -29,7 +31,7 @@ from dataclasses import replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Instance, Schedule
+from planner.domain import Action, Instance, Schedule, fresh_worker_per_load
 from planner.executor.deps import dependencies, plan_order, same_dependencies, spans_of
 from planner.slots import batched_times
 
@@ -64,6 +66,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     if not actions:
         return schedule
     engines = {e.id: e for e in schedule.engines}
+    fresh = {e.id: fresh_worker_per_load(instance, e) for e in schedule.engines}
     slots = {e.id: e.n_parallel for e in schedule.engines}
     split = spans_of(schedule)  # engines split over GPUs wait for all their lanes
     deps = dependencies(actions, slots, split)
@@ -91,7 +94,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         elif a.kind == "load":
             cfg = engines[a.engine].config
             warm = cost.load_s(cfg)
-            first = a.engine not in seen
+            first = a.engine not in seen or fresh[a.engine]
             seen.add(a.engine)
             idle.append(cost.first_load_s(cfg) if first else warm)
             factor.append(cost.busy_load_s(cfg) / warm if warm > 0 else 1.0)

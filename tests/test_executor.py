@@ -315,3 +315,56 @@ def test_a_failing_memory_check_fails_its_action_not_the_replay(tmp_path: Path) 
     assert loads and all(x.status == "failed" and "psutil gone" in (x.error or "")
                          for x in loads)
     assert all(x.status in ("done", "failed", "not_run") for x in r.records)
+
+
+class CountingEngine(FakeEngine):
+    """A FakeEngine that counts the workers started and closed and records which one
+    each load went to; starting one after the first two takes 0.3 s (a process start)."""
+
+    started: ClassVar[int] = 0
+    closed: ClassVar[int] = 0
+    loads: ClassVar[list[tuple[str, int]]] = []
+
+    def __init__(self, threads: int | None) -> None:
+        super().__init__(threads)
+        CountingEngine.started += 1
+        self.number = CountingEngine.started
+        if CountingEngine.started > 2:
+            time.sleep(0.3)
+
+    def load(self, path: Path, n_gpu_layers: int, n_ctx: int) -> Any:
+        CountingEngine.loads.append((str(path), self.number))
+        return super().load(path, n_gpu_layers, n_ctx)
+
+    def close(self) -> None:
+        CountingEngine.closed += 1
+
+
+def test_gpu_engines_get_a_fresh_worker_after_each_unload(tmp_path: Path) -> None:
+    """e1 and e2 have layers on a GPU: after each unload the engine's worker is closed
+    and a new one started beside the replay (a CUDA process keeps its context until it
+    ends). The 0.3 s start does not hold up e2's load, which follows e1's unload on the
+    GPU's transfer lane; e1's second load goes to its new worker. On the host CPU (the
+    plan's GPU mapped to it) workers stay."""
+    FakeEngine.crash_on = set()
+    actions = [*valid_actions(), Action("unload", "e2", "box-gpu0", 31, 31.2),
+               Action("load", "e1", "box-gpu0", 31.2, 33),
+               Action("unload", "e1", "box-gpu0", 33, 33.2)]
+    for layers, workers in ((None, 5), ({"e1": 0, "e2": 0}, 2)):
+        CountingEngine.started = CountingEngine.closed = 0
+        CountingEngine.loads = []
+        r = Replay(fast_instance(), Schedule((E1, E2), tuple(actions)),
+                   {"llama3-8b": Path("x"), "qwen14b": Path("y")}, tmp_path / "report.json",
+                   engine_factory=CountingEngine, gpu_layers=layers)
+        assert r.run()["status"] == "complete"
+        # e1, e2; then fresh ones after e1's, e2's and e1's second unload
+        assert CountingEngine.started == CountingEngine.closed == workers
+        if layers is None:
+            assert CountingEngine.loads == [("x", 1), ("y", 2), ("x", 3)]
+            unload_e1 = next(x for x in r.records if x.action.kind == "unload")
+            load_e2 = next(x for x in r.records if x.action.kind == "load"
+                           and x.action.engine == "e2")
+            assert unload_e1.action.engine == "e1"
+            assert 0 <= load_e2.measured_start_s - unload_e1.measured_end_s < 0.2
+        else:
+            assert CountingEngine.loads == [("x", 1), ("y", 2), ("x", 1)]

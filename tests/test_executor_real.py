@@ -81,6 +81,35 @@ def test_replay_with_migration_and_recompute(tmp_path: Path, smollm2: Path) -> N
     assert report["devices"][0]["measured_peak_host_bytes"] > 50 * 2**20  # a real model's RSS
 
 
+def test_fresh_worker_after_an_unload_on_real_engines(tmp_path: Path, smollm2: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counterpart of test_executor.py's fresh-worker test, on real engines: with
+    every engine taken for a GPU one (a new worker after each unload; this CPU has
+    none), the engine's second load runs in a new worker process, and its tokens are
+    those of a worker that never unloaded."""
+    import planner.executor.replay as replay_mod
+
+    monkeypatch.setattr(replay_mod, "fresh_worker_per_load", lambda *a, **k: True)
+    inst = load_instance(demo_instance(tmp_path, smollm2))
+    e1 = Engine("e1", "smol", "here", 0, 256, 0, 300 * 2**20)
+    acts = [Action("load", "e1", "here", 0, 1),
+            Action("run", "e1", "here", 1, 2, request="a", tokens_from=0, tokens_to=8),
+            Action("unload", "e1", "here", 2, 2.1),
+            Action("load", "e1", "here", 2.1, 3.1),
+            Action("run", "e1", "here", 3.1, 4, request="b", tokens_from=0, tokens_to=8)]
+    pids: list[int] = []
+    r = Replay(inst, Schedule((e1,), tuple(acts)), {"smol": smollm2}, tmp_path / "f.json",
+               threads=1, on_action=lambda rec: pids.append(r.engines["e1"].pid)
+               if rec.action.kind == "run" else None)
+    report = r.run()
+    assert report["status"] == "complete", [a for a in report["actions"] if a.get("error")]
+    assert len(set(pids)) == 2  # the two runs on two worker processes
+    straight = Replay(inst, Schedule((e1,), (acts[0], acts[4])), {"smol": smollm2},
+                      tmp_path / "s.json", threads=1)
+    straight.run()
+    assert r.generated["b"] == straight.generated["b"]
+
+
 def test_kv_restore_continues_exactly_where_it_stopped(tmp_path: Path, smollm2: Path) -> None:
     """Greedy tokens after save -> other request -> restore equal an uninterrupted run."""
     inst = load_instance(demo_instance(tmp_path, smollm2))

@@ -53,23 +53,33 @@ def test_first_and_busy_loads_by_hand() -> None:
     assert (out[("run", "e2")].start_s, out[("run", "e2")].end_s) == (6, 8)
 
 
-def test_a_later_load_is_warm_and_an_idle_one_not_stretched() -> None:
+def test_a_later_load_is_warm_on_a_cpu_and_fresh_on_a_gpu() -> None:
+    """e1 loaded, unloaded and loaded again, nothing beside its loads. On the host CPU
+    the second load is warm (1 s): the worker stays. With layers on the GPU the executor
+    starts a new worker after each unload (a CUDA process keeps its context), so every
+    load is a first load (2 s)."""
     inst = two_requests()
     cost = Loads.for_instance(inst)  # type: ignore[arg-type]
-    acts = (Action("load", "e1", "box-gpu0", 0, 1),
+    on_cpu = dataclasses.replace(E1, device="box", n_gpu_layers=0, gpu_bytes=0)
+    inst2 = dataclasses.replace(instance(), requests=tuple(
+        q for q in instance().requests if q.id in ("a", "c")))
+    for eng, second in ((on_cpu, 1.0), (E1, 2.0)):
+        acts = tuple(dataclasses.replace(a, device=eng.device) for a in (
+            Action("load", "e1", "box-gpu0", 0, 1),
             Action("run", "e1", "box-gpu0", 1, 2, request="a", tokens_from=0, tokens_to=64),
             Action("unload", "e1", "box-gpu0", 2, 2.5),
             Action("load", "e1", "box-gpu0", 2.5, 3.5),
             Action("run", "e1", "box-gpu0", 3.5, 4.5, request="c", tokens_from=0,
-                   tokens_to=128))
-    inst2 = dataclasses.replace(instance(), requests=tuple(
-        q for q in instance().requests if q.id in ("a", "c")))
-    out = retime(inst2, cost, Schedule((E1, E2), acts)).actions  # type: ignore[arg-type]
-    loads = [a for a in out if a.kind == "load"]
-    assert loads[0].end_s - loads[0].start_s == pytest.approx(2.0)  # first
-    assert loads[1].end_s - loads[1].start_s == pytest.approx(1.0)  # warm, nothing beside it
-    run_c = next(a for a in out if a.request == "c")
-    assert run_c.start_s == pytest.approx(loads[1].end_s)  # as soon as its engine is loaded
+                   tokens_to=128)))
+        sched = Schedule((eng,), acts)
+        assert check_plan(inst2, sched) == []  # type: ignore[arg-type]
+        out = retime(inst2, cost, sched).actions  # type: ignore[arg-type]
+        assert out != acts  # re-timed (the checker passed it)
+        loads = [a for a in out if a.kind == "load"]
+        assert loads[0].end_s - loads[0].start_s == pytest.approx(2.0)  # first
+        assert loads[1].end_s - loads[1].start_s == pytest.approx(second)
+        run_c = next(a for a in out if a.request == "c")
+        assert run_c.start_s == pytest.approx(loads[1].end_s)  # as soon as it is loaded
 
 
 def test_an_invalid_plan_is_returned_untouched() -> None:

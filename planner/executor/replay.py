@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from planner.domain import REPORT_FORMAT, Instance, Schedule
+from planner.domain import REPORT_FORMAT, Instance, Schedule, fresh_worker_per_load
 from planner.errors import ExecuteError
 from planner.executor.deps import dependencies, lane_dependencies, plan_order, spans_of
 from planner.executor.memory import MemorySampler
@@ -86,6 +86,9 @@ class Replay:
         self.generated: dict[str, list[int]] = {}
         self.vocab: dict[str, int] = {}
         self.loaded: set[str] = set()
+        #: engine -> the fresh worker being started after its unload (GPU engines)
+        self._respawn: dict[str, Future[Any]] = {}
+        self._spawner = ThreadPoolExecutor(max_workers=2)
         self._abort = threading.Event()
         self.t0 = 0.0
         self.status = "not started"
@@ -205,6 +208,15 @@ class Replay:
             rec.status = "failed"
             rec.error = f"{type(exc).__name__}: {exc}"
             return
+        spawn = self._respawn.pop(a.engine, None)
+        if spawn is not None:  # the engine's fresh worker (started at its last unload)
+            try:
+                self.engines[a.engine] = spawn.result()
+            except Exception as exc:
+                rec.measured_start_s = rec.measured_end_s = time.perf_counter() - self.t0
+                rec.status = "failed"
+                rec.error = f"fresh worker did not start: {type(exc).__name__}: {exc}"
+                return
         rec.measured_start_s = time.perf_counter() - self.t0
         try:
             rec.detail = self._do(rec)
@@ -216,6 +228,21 @@ class Replay:
         if rec.cleanup is not None:
             with contextlib.suppress(OSError):
                 os.unlink(rec.cleanup)
+        if a.kind == "unload" and rec.status == "done" and self._fresh(a.engine):
+            # as a deployment's server process ends with its model: the old worker goes
+            # (freeing its CUDA context) and a new one starts beside the replay; only
+            # this engine's next action waits for it
+            old = self.engines[a.engine]
+            self._respawn[a.engine] = self._spawner.submit(self._replace_worker, old)
+
+    def _fresh(self, engine: str) -> bool:
+        e = self.schedule.engine(engine)
+        return fresh_worker_per_load(self.inst, e, self.gpu_layers.get(e.id, e.n_gpu_layers))
+
+    def _replace_worker(self, old: Any) -> Any:
+        with contextlib.suppress(Exception):  # a crashed worker is already gone
+            old.close()
+        return self.engine_factory(self.threads)
 
     # --- dispatch --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -283,6 +310,11 @@ class Replay:
                 by_index[i].error = "replay interrupted"
         finally:
             pool.shutdown(wait=True)  # actions already running finish (or fail)
+            for eid, spawn in self._respawn.items():  # fresh workers no action used
+                with contextlib.suppress(Exception):
+                    self.engines[eid] = spawn.result()  # (closed with the others below)
+            self._respawn.clear()
+            self._spawner.shutdown(wait=True)
             gil.close()
             for driver in self.drivers.values():
                 driver.stop()
