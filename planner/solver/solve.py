@@ -24,6 +24,7 @@ import copy
 import time
 from typing import Any
 
+from planner.baselines.policies import BASELINES
 from planner.baselines.sim import BaselineError
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
@@ -374,6 +375,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     wall = time.perf_counter() - t0
     base_info = base_info_of(opts)
 
+    # what the start plan kept is: a baseline (fcfs-lru, ...) or another start plan (the
+    # one-slot CP-SAT plan a slot search starts from, the greedy start plan)
+    kept = (f"baseline {best_base}" if best_base in BASELINES else
+            f"start plan {best_base}")
+
     def keep_baseline(status: str, notes: str) -> tuple[Schedule, SolverInfo]:
         if best_base is None:
             raise _error(f"{instance.name}: {status}; no baseline plan either "
@@ -385,10 +391,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
 
     bound_note = f"bound: {bound_name}"
     if failed is not None:
-        return keep_baseline(f"UNKNOWN: no CP-SAT solution in time, best baseline "
-                             f"{best_base} written" if "INFEASIBLE" not in failed else
-                             f"INFEASIBLE restricted model ({failed}), best baseline "
-                             f"{best_base} written", bound_note)
+        return keep_baseline(f"UNKNOWN: no CP-SAT solution in time, best {kept} written"
+                             if "INFEASIBLE" not in failed else
+                             f"INFEASIBLE restricted model ({failed}), best {kept} written",
+                             bound_note)
 
     sched = builder.schedule()
     moves: int | None = None  # runs the polish moved; None: no polish
@@ -440,7 +446,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                       f"{own_obj:.3f})")
     if best_base is not None and objective_key(base_metrics[best_base], objective) < \
             objective_key(m, objective):
-        return keep_baseline(f"FEASIBLE (baseline {best_base} kept)",
+        return keep_baseline(f"FEASIBLE ({kept} kept)",
                              notes + f"; CP-SAT plan's objective was {obj:.3f}")
     first = None
     reported = min((k for k in base_metrics if k != SMITH),
