@@ -199,8 +199,8 @@ def _cached(instance: Instance, cost: CostModel, slots: int, objective: str,
     return out
 
 
-def _slot_configs(instance: Instance, cost: CostModel, slots: int, model: str,
-                  dev: str) -> list[EngineConfig]:
+def _slot_configs(instance: Instance, cost: CostModel, slots: int, model: str, dev: str,
+                  pool: dict[tuple[str, str], list[EngineConfig]]) -> list[EngineConfig]:
     """Every engine of ``model`` on ``dev`` (``split:<host>`` too) the bound considers:
     the split pool's configurations with 1 to ``slots`` slots."""
     if dev.startswith(SPLIT):
@@ -208,7 +208,7 @@ def _slot_configs(instance: Instance, cost: CostModel, slots: int, model: str,
                            context_sizes(instance)[model])
         base = [one] if one is not None else []
     else:
-        base = curves(instance, cost, [instance.cluster.device(dev)]).get((model, dev), [])
+        base = pool.get((model, dev), [])
     return [EngineConfig(c.model, c.device, c.n_gpu_layers, c.n_ctx, k, c.split)
             for c in base for k in range(1, slots + 1)]
 
@@ -242,8 +242,9 @@ def _slot_times(instance: Instance, cost: CostModel, slots: int,
     work: dict[str, dict[str, float]] = {r.id: {} for r in instance.requests}
     whole: dict[str, dict[str, float]] = {r.id: {} for r in instance.requests}
     keys = sorted({(r.model, d) for r in instance.requests for d in pd[r.id]})
+    pool = curves(instance, cost, solver_devices(instance, True))
     for m, d in keys:
-        cfgs = _slot_configs(instance, cost, slots, m, d)
+        cfgs = _slot_configs(instance, cost, slots, m, d, pool)
         s, b = slot_rates(cost, cfgs)
         prompt: dict[int, float] = {}
         for r in instance.requests:
