@@ -55,19 +55,21 @@ def test_slots_cut_the_h200_workload_by_more_than_30_percent(inst) -> None:  # t
     re-dispatched on slot engines), and fcfs-lru (Ollama) with 4 slots: the slot plan is
     valid, uses slots, and beats both."""
     cost = cost_model_for(inst)
+    # 6 s: the slot search also computes its bound (about 1 s here) within its limit
     plans = {k: solve(inst, cost, o) for k, o in (
-        ("one", SolveOptions(time_limit_s=4, slots=(1,))),
-        ("multi", SolveOptions(time_limit_s=4, slots=(1, 2, 4))),
+        ("one", SolveOptions(time_limit_s=6, slots=(1,))),
+        ("multi", SolveOptions(time_limit_s=6, slots=(1, 2, 4))),
         ("lru", SolveOptions(solver="fcfs-lru", slots=(4,))))}
     w = {k: compute_metrics(inst, p.schedule.actions).weighted_mean_response_s
          for k, p in plans.items()}
-    assert w["multi"] <= 0.7 * w["one"], w
-    assert w["multi"] < w["lru"], w
-    sched = plans["multi"].schedule
-    assert max(e.n_parallel for e in sched.engines) > 1
-    assert check_plan(inst, sched) == []
     info = plans["multi"].solver
-    assert "re-dispatched on" in (info.notes or "")
+    said = (w, info.status, info.notes)  # what a failure reports
+    assert w["multi"] <= 0.7 * w["one"], said
+    assert w["multi"] < w["lru"], said
+    sched = plans["multi"].schedule
+    assert max(e.n_parallel for e in sched.engines) > 1, said
+    assert check_plan(inst, sched) == []
+    assert "re-dispatched on" in (info.notes or ""), said
     # the bound reported is one for plans with slots (the one-slot bound assumed one
     # request at a time per device and was above this plan)
     assert info.bound is not None and info.bound <= w["multi"] + 1e-9
