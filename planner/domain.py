@@ -354,8 +354,8 @@ def fresh_worker_per_load(instance: Instance, engine: Engine,
     GPU. A CUDA process keeps its context after the model is freed (one H200 replay with
     10 workers kept measured about 490 MiB of GPU memory and 340 MiB of host RSS per
     worker above its prediction), so a worker kept across an unload holds memory no
-    deployment would. ``n_gpu_layers``: the layers it really
-    gets on this machine (a replay may map a GPU to the host CPU), else the engine's."""
+    deployment would. ``n_gpu_layers``: the layers it really gets on this machine (a
+    replay may map a GPU to the host CPU), else the engine's."""
     layers = engine.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
     return layers > 0 and instance.cluster.device(engine.device).kind == "gpu"
 

@@ -315,11 +315,9 @@ def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: 
     chosen = with_engine_options(instance, cost, timed[best.name])
     obj = objective_value(best.metrics, objective)
     bound, note = info.bound, ""
-    if any(e.n_parallel > 1 for e in chosen.engines) and \
-            not any(e.n_parallel > 1 for e in schedule.engines):
-        # the one-slot bounds assume one request at a time per device
-        bound, name = slot_plan_bound(instance, cost, objective,
-                                      max(e.n_parallel for e in chosen.engines))
+    slots = max((e.n_parallel for e in chosen.engines), default=1)
+    if slots > 1:  # the one-slot bounds assume one request at a time per device
+        bound, name = slot_plan_bound(instance, cost, objective, slots)
         note = f"; bound of the slot plan: {name}"
     mine = objective_value(own, objective)
     return chosen, replace(

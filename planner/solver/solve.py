@@ -112,7 +112,8 @@ def slot_pairs(data: ProblemData, periods: int) -> int:
     for rd in data.requests:
         for key in rd.run:
             for d in devices[key]:
-                per.setdefault(d, {})[key] = per.setdefault(d, {}).get(key, 0) + periods
+                counts = per.setdefault(d, {})
+                counts[key] = counts.get(key, 0) + periods
     slots = {e.key for e in data.engines if e.slots > 1}
     total = 0
     for counts in per.values():
