@@ -50,6 +50,24 @@ def test_optimum_uses_an_intermediate_split() -> None:
     assert layers == {"A": 10, "B": 6}  # 6: neither the most that fit (10) nor half (8)
 
 
+def test_time_the_polish_leaves_goes_to_more_split_rounds() -> None:
+    """The polish ends at once on this small plan; the rest of the time limit goes to
+    more rounds of the split search (with more load periods per engine once CP-SAT has
+    solved its model and no configuration is left to add), and the plan stays optimal
+    and valid."""
+    import re
+
+    inst = instance(16, INTERLEAVED)
+    cost = RoundCost()
+    sched, info = solve_cpsat(inst, cost, "mean_response",
+                              Opts(time_limit_s=15, preemption=False), baselines(inst, cost))
+    assert check_plan(inst, sched) == []
+    assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
+    got = re.search(r"(\d+) more rounds in the time the polish left", info.notes)
+    assert got is not None, info.notes
+    assert int(got.group(1)) >= 1
+
+
 def test_old_candidates_only_are_worse(monkeypatch: pytest.MonkeyPatch) -> None:
     import planner.solver.data as data_mod
 

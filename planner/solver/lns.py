@@ -24,6 +24,11 @@ from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams,
 RADII = (1, 2, 4, 8)
 MIN_ROUND_S = 1.0
 ROUND_SHARE = 0.2  # of the whole time limit, per round at most
+#: once the split search has nothing new to add and CP-SAT has solved its model, rounds
+#: give every engine up to this many more load periods than the plan uses (one more per
+#: round): the model's other restriction. A plan whose engine is loaded as often as
+#: the warm start's was could otherwise never swap more, however much time is left.
+MAX_EXTRA_PERIODS = 3
 
 Key = tuple[str, str, int, int, tuple[tuple[str, float], ...]]
 
@@ -83,6 +88,7 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     """Rounds until ``deadline`` (perf_counter); returns (data, solution, rounds, better)."""
     rounds = better = 0
     ri = 0
+    extra = 0  # load periods per engine beyond what the current plan uses
     start = [e.cfg for e in data.engines]
     stop = params.hooks.stop if params.hooks is not None else None
     while deadline - time.perf_counter() > MIN_ROUND_S and not (stop and stop.is_set()) \
@@ -93,13 +99,17 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
             if ri + 1 < len(RADII):
                 ri += 1
                 continue
-            if sol.status == "OPTIMAL":  # nothing new to try, and this model is solved
-                break
+            if sol.status == "OPTIMAL":
+                # no configuration left to add and this model is solved: what still
+                # restricts it is how often each engine may be loaded (its periods)
+                if extra >= MAX_EXTRA_PERIODS:
+                    break
+                extra += 1
         new = build(configs)
         hint = remap_hint(sol, data, new)
-        n_periods = {e.key: periods for e in new.engines}
+        n_periods = {e.key: periods + extra for e in new.engines}
         for ek, ps in hint.periods.items():
-            n_periods[ek] = max(n_periods[ek], len(ps))
+            n_periods[ek] = max(n_periods[ek], len(ps) + extra)
         reqs = sorted(new.requests, key=lambda rd: (rd.arrival, rd.req.id))
         cp = CPModel(new, reqs, objective, n_periods, Frozen(), horizon, splits(new))
         cp.add_hint(hint)

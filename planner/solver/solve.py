@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from planner.baselines.policies import BASELINES
@@ -73,6 +74,10 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 MAX_SLOT_PAIRS = 30_000
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish.py)
+#: when the polish ends with at least this much of the time limit left (and MORE_MIN_S),
+#: the split search goes on from CP-SAT's solution and the polish runs again
+MORE_SHARE = 0.1
+MORE_MIN_S = 3.0
 PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
 
 
@@ -317,6 +322,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     horizon = max(hint_end, serial) + unloads + 10 * TICKS_PER_S
 
     builder = PlanBuilder(data)
+    more_rounds: Callable[[ProblemData, WindowSolution, float], tuple[
+        ProblemData, WindowSolution, int, int]] | None = None
     statuses: list[str] = []
     mono: WindowSolution | None = None
     failed = None
@@ -359,10 +366,13 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 return build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
                                   cpu, n_ctx, cfgs, max_splits, slots)
 
-            data, sol, rounds, better = refine_splits(
-                data, sol, objective, PERIODS, horizon, build,
-                lambda d: split_candidates(list(d.requests), max_splits), params,
-                t0 + limit - 0.3)
+            def more_rounds(d: ProblemData, s: WindowSolution, until: float) -> tuple[
+                    ProblemData, WindowSolution, int, int]:
+                return refine_splits(d, s, objective, PERIODS, horizon, build,
+                                     lambda d: split_candidates(list(d.requests), max_splits),
+                                     params, until)
+
+            data, sol, rounds, better = more_rounds(data, sol, t0 + limit - 0.3)
             decomposition = (f"monolithic CP-SAT model with a search over layer splits "
                              f"({rounds} rounds, {better} improving)")
             builder = PlanBuilder(data)
@@ -415,6 +425,27 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         elif polished is not target:  # moves kept, or compacted
             sched, from_start = polished, best_base
             own_obj = objective_value(own, objective)
+        left = t0 + full - time.perf_counter()
+        if more_rounds is not None and mono is not None and from_start is None and \
+                left >= max(MORE_MIN_S, MORE_SHARE * full) and stop_reason() is None and \
+                not (stop is not None and stop.is_set()):
+            # the polish ended early (no move left): more split rounds from CP-SAT's
+            # solution in the time it left, then the polish again on what they found
+            data2, sol2, r2, b2 = more_rounds(
+                data, mono, time.perf_counter() + left * (1.0 - POLISH_SHARE))
+            later = f"; {r2} more rounds in the time the polish left ({b2} improving)"
+            if b2:
+                b = PlanBuilder(data2)
+                b.commit(sol2, True)
+                again, moves2 = polish(instance, cost, b.schedule(), objective,
+                                       t0 + full - 0.2, polish_engines(instance, cost,
+                                                                       data2.pool))
+                if objective_key(compute_metrics(instance, again.actions), objective) < \
+                        objective_key(compute_metrics(instance, sched.actions), objective):
+                    sched, moves, data, mono = again, moves2, data2, sol2
+                else:
+                    later += ", the plan before them kept"
+            decomposition += later
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
