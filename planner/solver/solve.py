@@ -446,6 +446,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 else:
                     later += ", the plan before them kept"
             decomposition += later
+    wall = time.perf_counter() - t0  # the search, the polish and any rounds after it
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
