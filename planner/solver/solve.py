@@ -369,7 +369,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             def more_rounds(d: ProblemData, s: WindowSolution, until: float) -> tuple[
                     ProblemData, WindowSolution, int, int]:
                 return refine_splits(d, s, objective, PERIODS, horizon, build,
-                                     lambda d: split_candidates(list(d.requests), max_splits),
+                                     lambda dd: split_candidates(list(dd.requests), max_splits),
                                      params, until)
 
             data, sol, rounds, better = more_rounds(data, sol, t0 + limit - 0.3)
