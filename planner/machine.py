@@ -96,6 +96,11 @@ def _predicted_probe_s(prof: Profile) -> float | None:
                         context=PROBE_PROMPT + PROBE_TOKENS // 2)
 
 
+def _drift(predicted: float, measured: float) -> float:
+    """|predicted / measured - 1|, the decode probe's drift as ``compare`` reckons it."""
+    return abs(predicted / measured - 1.0) if measured > 0 else float("inf")
+
+
 def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
                    decode: bool = True) -> list[ProfileCheck]:
     """Distance from this machine to every profile the instance uses (probes included)."""
@@ -131,6 +136,20 @@ def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
                     engines[t] = Engine(threads=t)
                 ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
                 meas = decode_probe(engines[t], gguf, ngl, reps=reps)
+                if pred and _drift(pred, meas) > DRIFT_LIMIT and \
+                        time.perf_counter() - t0 <= budget_s - 4:
+                    # one process's probe can be off by 10-17 % while its repetitions
+                    # agree (measured: a replay's runs within 2 % minutes after a probe
+                    # that said 17 %): a drift counts only when a second, fresh worker
+                    # confirms it; the probe nearer the profile is kept
+                    engines[t].close()
+                    engines[t] = Engine(threads=t)
+                    again: list[float] = []
+                    second = decode_probe(engines[t], gguf, ngl, reps=again)
+                    note = (f"decode probe repeated in a fresh worker: {_drift(pred, meas):.0%} "
+                            f"then {_drift(pred, second):.0%} off")
+                    if _drift(pred, second) < _drift(pred, meas):
+                        meas, reps = second, again
             dist = compare(prof.doc.get("fingerprint"), here,
                            (pred, meas) if pred and meas else None)
             out.append(ProfileCheck(models, path, t, dist, pred, meas, note, spread(reps)))

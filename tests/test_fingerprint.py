@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,66 @@ def test_demo_reprofiles_a_profile_that_drifts_at_the_check_once(
     demo.prepare_profiles(Path("instances/cpu-demo.json"), said.append)
     assert calls.count("profile") == profiled and calls.count("check") == len(checks)
     assert any("re-profiling what still drifts" in s for s in said) == (profiled == 2)
+
+
+@pytest.mark.parametrize("probes, matches, runs", [
+    ((0.0100,), True, 1),                 # within the limit: probed once
+    ((0.0085, 0.0099), True, 2),          # one worker 18% off, a fresh one agrees: matches
+    ((0.0085, 0.0086), False, 2),         # both workers off: the drift stands
+])
+def test_a_drifting_decode_probe_is_confirmed_in_a_fresh_worker(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        probes: tuple[float, ...], matches: bool, runs: int) -> None:
+    """`planner profile check`: a decode probe beyond the 10% limit is repeated in a new
+    worker process, and the probe nearer the profile is kept (one process's probe was
+    seen 17% off while replays minutes later ran within 2%). Fake engine and probe; the
+    real probe runs in `test_profile_check_cli_on_a_fresh_profile`."""
+    import planner.machine as machine
+    import profiler.engine as engine_mod
+    from tests.test_checker import instance
+
+    class FakeProfile:
+        device_kind = "cpu"
+
+        def __init__(self) -> None:
+            self.doc = {"fingerprint": HERE, "settings": {"threads": 1}}
+
+        def has(self, q: str) -> bool:
+            return q == "decode_s_per_token"
+
+        def predict(self, q: str, **kw: Any) -> float:
+            return 0.0100
+
+    started: list[int] = []
+
+    class FakeEngine:
+        def __init__(self, threads: int) -> None:
+            started.append(threads)
+
+        def close(self) -> None:
+            pass
+
+    seq = list(probes)
+
+    def probe(eng: Any, path: Any, ngl: int = 0, n_ctx: int = 256,
+              reps: list[float] | None = None) -> float:
+        v = seq.pop(0)
+        if reps is not None:
+            reps.extend([v, v])
+        return v
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x")
+    inst = instance()
+    inst = replace(inst, models=tuple(replace(m, gguf_path=str(gguf)) for m in inst.models))
+    model = inst.models[0].id
+    monkeypatch.setattr(machine, "used_profiles",
+                        lambda i: {tmp_path / "p.json": (FakeProfile(), [model])})
+    monkeypatch.setattr(machine, "fingerprint", lambda t: HERE)
+    monkeypatch.setattr(machine, "decode_probe", probe)
+    monkeypatch.setattr(machine, "_write_cache", lambda checks: None)
+    monkeypatch.setattr(engine_mod, "Engine", FakeEngine)
+    (c,) = machine.check_instance(inst)
+    assert c.matches is matches
+    assert len(started) == runs and not seq
+    assert ("fresh worker" in c.note) is (runs == 2)
