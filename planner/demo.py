@@ -48,6 +48,7 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                     local: Path = LOCAL, reference: Path = REFERENCE) -> None:
     """Profiles of this machine for the demo's models in ``local``, re-measured when the one
     there was made elsewhere or drifts by more than 10% (each decision is said)."""
+    from planner.machine import confirmed_probe
     from profiler.engine import Engine
     from profiler.fingerprint import compare, decode_probe, fingerprint
     from profiler.store import ProfileError, load_profile
@@ -70,17 +71,18 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                 except ProfileError as exc:
                     reason = f"unreadable ({exc})"
                 else:
+                    pred = predicted_probe_s(prof)
                     measured = decode_probe(eng, p)
-                    dist = compare(prof.doc.get("fingerprint"), here,
-                                   (predicted_probe_s(prof), measured))
-                    if dist.same_machine and dist.drifts:
+                    dist = compare(prof.doc.get("fingerprint"), here, (pred, measured))
+                    if dist.same_machine:
                         # as `planner profile check` does: a drift counts only when a
                         # fresh worker's probe confirms it (the nearer one is kept)
-                        with Engine(threads=threads) as fresh_eng:
-                            again = compare(prof.doc.get("fingerprint"), here,
-                                            (predicted_probe_s(prof), decode_probe(fresh_eng, p)))
-                        if (again.max_drift or 0.0) < (dist.max_drift or 0.0):
-                            dist = again
+                        def probe_again(reps: list[float], p: Path = p) -> float:
+                            with Engine(threads=threads) as fresh_eng:
+                                return decode_probe(fresh_eng, p, reps=reps)
+
+                        measured, _, _ = confirmed_probe(pred, measured, [], probe_again)
+                        dist = compare(prof.doc.get("fingerprint"), here, (pred, measured))
                     current = prof.has("busy_load_s") and int(
                         prof.doc.get("profiler_revision", 1)) >= PROFILER_REVISION
                     if dist.matches and current:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,26 @@ def _drift(predicted: float, measured: float) -> float:
     return abs(predicted / measured - 1.0) if measured > 0 else float("inf")
 
 
+def confirmed_probe(predicted: float, measured: float, reps: list[float],
+                    probe_again: Callable[[list[float]], float]) -> tuple[
+        float, list[float], str]:
+    """A decode probe past the drift limit, repeated in a fresh worker: one process's
+    probe can be off by 10-17 % while its repetitions agree (measured: a replay's runs
+    within 2 % minutes after a probe that said 17 %), so a drift counts only when a
+    second worker confirms it. ``probe_again(reps)`` probes in a fresh worker (filling
+    ``reps``). Returns the probe nearer the profile, its repetitions, and a note ("" when
+    the first probe was within the limit)."""
+    if _drift(predicted, measured) <= DRIFT_LIMIT:
+        return measured, reps, ""
+    again: list[float] = []
+    second = probe_again(again)
+    note = (f"decode probe repeated in a fresh worker: {_drift(predicted, measured):.0%} "
+            f"then {_drift(predicted, second):.0%} off")
+    if _drift(predicted, second) < _drift(predicted, measured):
+        return second, again, note
+    return measured, reps, note
+
+
 def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
                    decode: bool = True) -> list[ProfileCheck]:
     """Distance from this machine to every profile the instance uses (probes included)."""
@@ -136,20 +157,14 @@ def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
                     engines[t] = Engine(threads=t)
                 ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
                 meas = decode_probe(engines[t], gguf, ngl, reps=reps)
-                if pred and _drift(pred, meas) > DRIFT_LIMIT and \
-                        time.perf_counter() - t0 <= budget_s - 4:
-                    # one process's probe can be off by 10-17 % while its repetitions
-                    # agree (measured: a replay's runs within 2 % minutes after a probe
-                    # that said 17 %): a drift counts only when a second, fresh worker
-                    # confirms it; the probe nearer the profile is kept
-                    engines[t].close()
-                    engines[t] = Engine(threads=t)
-                    again: list[float] = []
-                    second = decode_probe(engines[t], gguf, ngl, reps=again)
-                    note = (f"decode probe repeated in a fresh worker: {_drift(pred, meas):.0%} "
-                            f"then {_drift(pred, second):.0%} off")
-                    if _drift(pred, second) < _drift(pred, meas):
-                        meas, reps = second, again
+                if pred and time.perf_counter() - t0 <= budget_s - 4:
+                    def probe_again(again: list[float], t: int = t, ngl: int = ngl,
+                                    gguf: str = gguf) -> float:
+                        engines[t].close()
+                        engines[t] = Engine(threads=t)
+                        return decode_probe(engines[t], gguf, ngl, reps=again)
+
+                    meas, reps, note = confirmed_probe(pred, meas, reps, probe_again)
             dist = compare(prof.doc.get("fingerprint"), here,
                            (pred, meas) if pred and meas else None)
             out.append(ProfileCheck(models, path, t, dist, pred, meas, note, spread(reps)))

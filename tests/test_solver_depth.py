@@ -17,7 +17,7 @@ import pytest
 from planner.baselines.policies import static
 from planner.checker import check_plan
 from planner.costmodel import AnalyticCostModel
-from planner.domain import GIB, Cluster, Gpu, Host, Instance, Model, Request
+from planner.domain import GIB, Cluster, Gpu, Host, Instance, Model, Request, Schedule, SolverInfo
 from planner.generate import WorkloadSpec, generate_requests
 from planner.metrics import compute_metrics
 from planner.reference import reference_arch
@@ -30,6 +30,20 @@ INTERLEAVED = [("a1", "A", 0.0, 40), ("b1", "B", 0.5, 10), ("a2", "A", 1.0, 40),
                ("b2", "B", 1.5, 10), ("a3", "A", 2.0, 40), ("a4", "A", 3.0, 40)]
 
 
+def _interleaved_optimum(time_limit_s: float) -> tuple[Schedule, SolverInfo]:
+    """INTERLEAVED on a 16 GiB GPU solved as ``planner solve`` does (the baselines' plans
+    given, preemption off); the plan passes the checker and is the optimum, 63.8 / 6 s
+    (worked out below)."""
+    inst = instance(16, INTERLEAVED)
+    cost = RoundCost()
+    sched, info = solve_cpsat(inst, cost, "mean_response",
+                              Opts(time_limit_s=time_limit_s, preemption=False),
+                              baselines(inst, cost))
+    assert check_plan(inst, sched) == []
+    assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
+    return sched, info
+
+
 def test_optimum_uses_an_intermediate_split() -> None:
     """A at 10 layers (4 s per request) beside B at 6 (1.8 s) fills the 16 GiB GPU.
     Load B [0,2], b1 [2,3.8], b2 [3.8,5.6]; load A [2,4]; a1..a4 [5.6,9.6,13.6,17.6,
@@ -40,12 +54,7 @@ def test_optimum_uses_an_intermediate_split() -> None:
     about splits (preemption cannot beat 10.633 here, it only enlarges the model).
     As ``planner solve`` does, the baselines' plans are given: the static baseline's
     split search proposes A 10 + B 6 (in arrival order, 11.733); CP-SAT orders it."""
-    inst = instance(16, INTERLEAVED)
-    cost = RoundCost()
-    sched, info = solve_cpsat(inst, cost, "mean_response",
-                              Opts(time_limit_s=8, preemption=False), baselines(inst, cost))
-    assert check_plan(inst, sched) == []
-    assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
+    sched, _info = _interleaved_optimum(8)
     layers = {e.model: e.n_gpu_layers for e in sched.engines}
     assert layers == {"A": 10, "B": 6}  # 6: neither the most that fit (10) nor half (8)
 
@@ -57,12 +66,7 @@ def test_time_the_polish_leaves_goes_to_more_split_rounds() -> None:
     and valid."""
     import re
 
-    inst = instance(16, INTERLEAVED)
-    cost = RoundCost()
-    sched, info = solve_cpsat(inst, cost, "mean_response",
-                              Opts(time_limit_s=15, preemption=False), baselines(inst, cost))
-    assert check_plan(inst, sched) == []
-    assert info.objective == pytest.approx(63.8 / 6, abs=3e-3)
+    _sched, info = _interleaved_optimum(15)
     got = re.search(r"(\d+) more rounds in the time the polish left", info.notes)
     assert got is not None, info.notes
     assert int(got.group(1)) >= 1
