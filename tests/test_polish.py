@@ -147,6 +147,23 @@ def test_a_run_moves_to_an_engine_the_plan_did_not_have() -> None:
     assert len(out.engines) == 2
 
 
+def s_fast_l_slow(n_s: int, n_l: int, slow_gib: int
+                  ) -> tuple[Instance, Engine, Engine, Schedule]:
+    """Requests S and L (``n_s`` and ``n_l`` tokens, both at 0) on :func:`two_gpus`, and
+    the plan that loads an engine on each GPU at once and runs S on the fast one, L on
+    the slow one (``slow_gib`` layers), each followed by its unload."""
+    inst = two_gpus([("S", 0.0, n_s), ("L", 0.0, n_l)], slow_gib=slow_gib)
+    fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
+    slow = Engine("eS", "A", "slow", slow_gib, 512, slow_gib * GIB, (10 - slow_gib) * GIB)
+    s_end = 2 + 0.1 * n_s
+    l_end = 2 + 0.1 * (1 + (10 - slow_gib) / 5) * n_l
+    plan = Schedule((fast, slow), (
+        act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, s_end, "S", n_s),
+        act("unload", fast, s_end, s_end + 1), act("run", slow, 2, l_end, "L", n_l),
+        act("unload", slow, l_end, l_end + 1)))
+    return inst, fast, slow, plan
+
+
 def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() -> None:
     """S (40 tokens) on the fast GPU, L (100) on a slow one of 4 GiB (4 of 10 layers,
     0.22 s per token), both at 0:
@@ -160,14 +177,7 @@ def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() 
     and 16 (mean 11), after L 12 and 16 (14), a period of its own on the slow GPU 12 and
     10.8 (11.4): before L, mean 11.
     """
-    inst = two_gpus([("S", 0.0, 40), ("L", 0.0, 100)], slow_gib=4)
-    fast = Engine("eF", "A", "fast", 10, 512, 10 * GIB, 0)
-    slow = Engine("eS", "A", "slow", 4, 512, 4 * GIB, 6 * GIB)
-
-    plan = Schedule((fast, slow), (
-        act("load", fast, 0, 2), act("load", slow, 0, 2), act("run", fast, 2, 6, "S", 40),
-        act("unload", fast, 6, 7), act("run", slow, 2, 24, "L", 100),
-        act("unload", slow, 24, 25)))
+    inst, fast, slow, plan = s_fast_l_slow(40, 100, slow_gib=4)
     assert check_plan(inst, plan) == []
     assert _mean(inst, plan) == pytest.approx(15.0)
     order = list(plan.actions)
@@ -185,6 +195,42 @@ def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() 
     assert [(a.kind, a.engine, a.request, a.start_s, a.end_s) for a in out.actions] == [
         ("load", "eF", None, 0.0, 2.0), ("run", "eF", "S", 2.0, 6.0),
         ("run", "eF", "L", 6.0, 16.0), ("unload", "eF", None, 16.0, 17.0)]
+
+
+def test_random_ruins_go_on_once_the_listed_ones_fail(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """S (60 tokens) and L (100), both at 0, weight 1; a fast GPU (0.1 s per token) and
+    a slow one of 8 GiB (8 of 10 layers, 0.14 s per token). The plan:
+
+    fast: load [0,2] S [2,8] unload [8,9]; slow: load [0,2] L [2,16] unload [16,17]
+
+    mean 12. Swapping them (L on the fast GPU, 12; S on the slow one, 10.4) gives 11.2,
+    but no single move does: L after S on the fast GPU ends at 18 (mean 13), L before S
+    makes S end at 18 (mean 15), S beside L on the slow GPU waits for it. A ruin of L
+    with the fast GPU's run (S) finds the swap. With the listed ruins taken away (as if
+    each had failed) the polish stops at 12; random ruins (a request drawn by its
+    weighted response, runs of a random device near a random instant of its stay) go on
+    and one of them is that ruin.
+    """
+    import planner.solver.polish as pol
+
+    inst, _fast, _slow, plan = s_fast_l_slow(60, 100, slow_gib=8)
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(12.0)
+    monkeypatch.setattr(pol, "_ruins", lambda *args: iter(()))
+    monkeypatch.setattr(pol, "RANDOM_RUINS", False)
+    t = time.perf_counter()
+    alone, moves = polish(inst, RoundCost(), plan, "mean_response", t + 5)
+    assert moves == 0 and alone is plan
+    assert time.perf_counter() - t < 4  # it stopped: nothing left to try
+    monkeypatch.setattr(pol, "RANDOM_RUINS", True)
+    t = time.perf_counter()
+    out, moves = polish(inst, RoundCost(), plan, "mean_response", t + 5)
+    assert time.perf_counter() - t < 4  # the random ruins stalled and stopped
+    assert moves >= 2
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(11.2)
+    assert sorted((a.engine, a.request) for a in out.actions if a.kind == "run") == [
+        ("eF", "L"), ("eS", "S")]
 
 
 def test_a_plan_with_an_engine_split_over_gpus_is_polished_around_it() -> None:

@@ -26,18 +26,22 @@ by one, each in its best place; the result is kept when the whole plan is better
 Moves only touch requests served by one run on an engine of one device (preempted
 requests and engines split over GPUs keep their places); a plan with slot engines is
 left as it is (their runs' durations depend on what runs beside them).
-Best-improvement over the requests that cost the objective most first, then ruins,
-until every ruin of the plan failed or the deadline passes. Two clean-ups are kept at
-an equal objective too, since they only spare the machine work: an engine unloaded and
-loaded again with nothing of it between stays loaded, and a request's state saved and
-restored on one engine with nothing else on it between is not saved (its two runs
-become one).
+Best-improvement over the requests that cost the objective most first, then ruins:
+the listed ones (the costliest requests with the runs nearest their arrival), then
+random ones (a request drawn by its weighted response, 2 to 24 runs of a random device
+near a random instant of its stay, put back by arrival or in random order), until
+``RANDOM_STALL`` random ruins per movable request in a row failed or the deadline
+passes. Two clean-ups are kept at an equal objective too, since they only spare the
+machine work: an engine unloaded and loaded again with nothing of it between stays
+loaded, and a request's state saved and restored on one engine with nothing else on it
+between is not saved (its two runs become one).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -58,6 +62,13 @@ from planner.metrics import compute_metrics, objective_key
 
 RUIN_SEEDS = 10  # a ruin starts from one of this many costliest requests
 RUIN_SIZE = 8  # runs of one device taken out with it, at most
+#: once every listed ruin failed, random ones until the deadline: up to this many runs
+#: of one device taken out with the request (RUIN_SIZE times 3)
+RANDOM_RUIN_SIZE = 3 * RUIN_SIZE
+RANDOM_RUINS = True
+#: random ruins stop after this many in a row failed, per request the plan can move
+#: (plus one): a small plan is done in moments, a large one goes on to the deadline
+RANDOM_STALL = 50
 
 
 def compact(actions: list[Action], arrival: dict[str, float],
@@ -165,18 +176,29 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     kept = 0
     improved = True
     ruins: Iterator[tuple[str, list[str]]] | None = None
+    rng = random.Random(0)  # the random ruins: the same plan polishes the same way
+    stalled = 0  # random ruins in a row that failed
     while time.perf_counter() < deadline:
         if not improved:  # no one move helps: several at once (ruin and recreate)
             ruins = ruins or _ruins(order, by_model, score)
             ruin = next(ruins, None)
+            shuffle = None
+            drawn = ruin is None  # every listed ruin failed on this plan: random ones
+            if ruin is None and RANDOM_RUINS and \
+                    stalled < RANDOM_STALL * (1 + len(_movable(order, by_model))):
+                ruin = _random_ruin(order, by_model, score, rng)
+                shuffle = rng if rng.random() < 0.5 else None
             if ruin is None:
-                break  # every ruin tried on this plan
+                break  # nothing left to try
+            q, victims = ruin
             got = _ruin_recreate(instance, cost, schedule, order, by_model, score, best_key,
-                                 *ruin, deadline)
+                                 q, victims, deadline, shuffle)
             if got is None:
+                stalled += drawn
                 continue
+            stalled = 0
             order, best_key = got
-            kept += 1 + len(ruin[1])
+            kept += 1 + len(victims)
         ruins = None  # the next ruins start from the plan as the moves leave it
         improved = False
         movable = _movable(order, by_model)
@@ -395,15 +417,35 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
                     yield q, victims
 
 
+def _random_ruin(order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
+                 rng: random.Random) -> tuple[str, list[str]] | None:
+    """A random ruin, for when every listed one failed: a request drawn in proportion
+    to its weighted response, and 2 to RANDOM_RUIN_SIZE runs of a random device, those
+    that start nearest a random instant of the request's stay."""
+    arrival, weight = score.arrival, score.weight
+    movable = _movable(order, by_model)
+    if len(movable) < 2:
+        return None
+    qs = sorted(movable)
+    cost = {x: weight[x] * (movable[x].end_s - arrival[x]) + 1e-9 for x in qs}
+    q = rng.choices(qs, weights=[cost[x] for x in qs])[0]
+    d = rng.choice(sorted({r.device for r in movable.values()}))
+    at = rng.uniform(arrival[q], movable[q].end_s)
+    near = sorted((x for x in qs if x != q and movable[x].device == d),
+                  key=lambda x: (abs(movable[x].start_s - at), x))
+    return q, near[:rng.randint(2, RANDOM_RUIN_SIZE)]
+
+
 def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
                    order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
-                   best_key: tuple[float, ...], q: str, victims: list[str], deadline: float
+                   best_key: tuple[float, ...], q: str, victims: list[str], deadline: float,
+                   shuffle: random.Random | None = None
                    ) -> tuple[list[Action], tuple[float, ...]] | None:
     """Several runs moved at once (ruin and recreate): ``q``'s run and those of
     ``victims`` are taken out (periods left empty go), then put back one by one, ``q``
-    first, the others by arrival, each in its best place (as a move would: any engine
-    of its model, or a period of its own). The plan and its key when it beats
-    ``best_key``."""
+    first, the others by arrival (in random order with ``shuffle``), each in its best
+    place (as a move would: any engine of its model, or a period of its own). The plan
+    and its key when it beats ``best_key``."""
     arrival = score.arrival
     spans = spans_of(schedule)
     movable = _movable(order, by_model)
@@ -411,7 +453,10 @@ def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
     rest = [a for a in order if id(a) not in out]
     for e in {movable[x].engine for x in [q, *victims]}:
         rest = _drop_empty(rest, e)
-    for x in [q, *sorted(victims, key=lambda x: arrival[x])]:
+    back = sorted(victims, key=lambda x: arrival[x])
+    if shuffle is not None:
+        shuffle.shuffle(back)
+    for x in [q, *back]:
         if time.perf_counter() >= deadline:
             return None
         cands = _placements(instance, cost, rest, movable[x], by_model, arrival, score,
