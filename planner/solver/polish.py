@@ -65,7 +65,7 @@ RUIN_SIZE = 8  # runs of one device taken out with it, at most
 #: once every listed ruin failed, random ones until the deadline: up to this many runs
 #: of one device taken out with the request (RUIN_SIZE times 3)
 RANDOM_RUIN_SIZE = 3 * RUIN_SIZE
-RANDOM_RUINS = True
+RANDOM_RUINS = True  # off in a test only, to show what they add
 #: random ruins stop after this many in a row failed, per request the plan can move
 #: (plus one): a small plan is done in moments, a large one goes on to the deadline
 RANDOM_STALL = 50
@@ -420,8 +420,9 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
 def _random_ruin(order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
                  rng: random.Random) -> tuple[str, list[str]] | None:
     """A random ruin, for when every listed one failed: a request drawn in proportion
-    to its weighted response, and 2 to RANDOM_RUIN_SIZE runs of a random device, those
-    that start nearest a random instant of the request's stay."""
+    to its weighted response, and the runs of a random device that start nearest a
+    random instant of the request's stay, as many as a draw from 2 to RANDOM_RUIN_SIZE
+    (fewer where the device has fewer)."""
     arrival, weight = score.arrival, score.weight
     movable = _movable(order, by_model)
     if len(movable) < 2:
