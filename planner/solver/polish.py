@@ -68,7 +68,7 @@ RANDOM_RUIN_SIZE = 3 * RUIN_SIZE
 RANDOM_RUINS = True  # off in a test only, to show what they add
 #: random ruins stop after this many in a row failed, per request the plan can move
 #: (plus one): a small plan is done in moments, a large one goes on to the deadline
-RANDOM_STALL = 50
+RANDOM_STALL = 10
 
 
 def compact(actions: list[Action], arrival: dict[str, float],
