@@ -219,13 +219,13 @@ def test_random_ruins_go_on_once_the_listed_ones_fail(monkeypatch) -> None:  # t
     monkeypatch.setattr(pol, "_ruins", lambda *args: iter(()))
     monkeypatch.setattr(pol, "RANDOM_RUINS", False)
     t = time.perf_counter()
-    alone, moves = polish(inst, RoundCost(), plan, "mean_response", t + 5)
+    alone, moves = polish(inst, RoundCost(), plan, "mean_response", t + 30)
     assert moves == 0 and alone is plan
-    assert time.perf_counter() - t < 4  # it stopped: nothing left to try
+    assert time.perf_counter() - t < 15  # it stopped long before its deadline
     monkeypatch.setattr(pol, "RANDOM_RUINS", True)
     t = time.perf_counter()
-    out, moves = polish(inst, RoundCost(), plan, "mean_response", t + 5)
-    assert time.perf_counter() - t < 4  # the random ruins stalled and stopped
+    out, moves = polish(inst, RoundCost(), plan, "mean_response", t + 30)
+    assert time.perf_counter() - t < 15  # the random ruins stalled: it stopped early
     assert moves >= 2
     assert check_plan(inst, out) == []
     assert _mean(inst, out) == pytest.approx(11.2)
