@@ -184,10 +184,11 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             ruin = next(ruins, None)
             shuffle = None
             drawn = ruin is None  # every listed ruin failed on this plan: random ones
-            if ruin is None and RANDOM_RUINS and \
-                    stalled < RANDOM_STALL * (1 + len(_movable(order, by_model))):
-                ruin = _random_ruin(order, by_model, score, rng)
-                shuffle = rng if rng.random() < 0.5 else None
+            if ruin is None and RANDOM_RUINS:
+                movable = _movable(order, by_model)
+                if stalled < RANDOM_STALL * (1 + len(movable)):
+                    ruin = _random_ruin(movable, score, rng)
+                    shuffle = rng if rng.random() < 0.5 else None
             if ruin is None:
                 break  # nothing left to try
             q, victims = ruin
@@ -417,14 +418,13 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
                     yield q, victims
 
 
-def _random_ruin(order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
-                 rng: random.Random) -> tuple[str, list[str]] | None:
-    """A random ruin, for when every listed one failed: a request drawn in proportion
-    to its weighted response, and the runs of a random device that start nearest a
-    random instant of the request's stay, as many as a draw from 2 to RANDOM_RUIN_SIZE
-    (fewer where the device has fewer)."""
+def _random_ruin(movable: dict[str, Action], score: _Score, rng: random.Random
+                 ) -> tuple[str, list[str]] | None:
+    """A random ruin, for when every listed one failed: of the ``movable`` requests
+    (:func:`_movable`), one drawn in proportion to its weighted response, and the runs of
+    a random device that start nearest a random instant of the request's stay, as many as
+    a draw from 2 to RANDOM_RUIN_SIZE (fewer where the device has fewer)."""
     arrival, weight = score.arrival, score.weight
-    movable = _movable(order, by_model)
     if len(movable) < 2:
         return None
     qs = sorted(movable)
