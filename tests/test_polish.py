@@ -363,3 +363,84 @@ def test_a_plan_with_slot_engines_is_left_as_it_is() -> None:
     slots = replace(sched, engines=tuple(replace(e, n_parallel=2) for e in sched.engines))
     out, moves = polish(inst, RoundCost(), slots, "mean_response", time.perf_counter() + 2)
     assert out is slots and moves == 0
+
+
+def _without_and_with_pauses(monkeypatch, inst: Instance, cost: RoundCost,  # type: ignore[no-untyped-def]
+                             plan: Schedule) -> tuple[Schedule, Schedule]:
+    """``plan`` (checked valid) polished without pauses, then with them (checked valid)."""
+    import planner.solver.polish as pol
+
+    assert check_plan(inst, plan) == []
+    out = []
+    for on in (False, True):
+        monkeypatch.setattr(pol, "PAUSES", on)
+        got, _ = polish(inst, cost, plan, "mean_response", time.perf_counter() + 10)
+        assert check_plan(inst, got) == []
+        out.append(got)
+    return out[0], out[1]
+
+
+class PrefillCost(RoundCost):
+    """RoundCost with a prefill of 0.1 s per prompt token (16 tokens: 1.6 s), so that
+    recomputing a paused request's context costs more than its KV save and restore."""
+
+    def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
+        return 0.1 * prompt_tokens
+
+
+def test_a_long_light_request_is_paused_for_a_short_one_on_its_engine(monkeypatch  # type: ignore[no-untyped-def]
+                                                                      ) -> None:
+    """L (100 tokens, at 0) and S (10, at 5 s), weight 1, one engine of A on a 10 GiB
+    GPU; prefill 1.6 s, 0.1 s per token, KV save and restore 0.5 s each. The plan:
+
+    load [0,2] L [2,13.6] S [13.6,16.2] unload: responses 13.6 and 11.2, mean 12.4.
+
+    S first (a single move) gives S [5,7.6] L [7.6,19.2]: 19.2 and 2.6, mean 10.9. Pausing
+    L when S arrives (14 tokens done by 5 s): L [2,5] save [5,5.5] S [5.5,8.1]
+    restore [8.1,8.6] L's rest [8.6,17.2]: 17.2 and 3.1, mean 10.15 (recomputing L's 30
+    tokens of context instead costs 3 s: 10.9 again). Without pauses the polish stops at
+    10.9; with them it finds the pause.
+    """
+    inst = instance(10, [("L", "A", 0.0, 100), ("S", "A", 5.0, 10)], host_gib=1)
+    ea = Engine("eA", "A", "g0", 10, 512, 10 * GIB, 0)
+    plan = Schedule((ea,), (
+        act("load", ea, 0, 2), act("run", ea, 2, 13.6, "L", 100),
+        act("run", ea, 13.6, 16.2, "S", 10), act("unload", ea, 16.2, 17.2)))
+    assert _mean(inst, plan) == pytest.approx(12.4)
+    without, out = _without_and_with_pauses(monkeypatch, inst, PrefillCost(), plan)
+    assert _mean(inst, without) == pytest.approx(10.9)
+    assert _mean(inst, out) == pytest.approx(10.15)
+    assert [(a.kind, a.request, a.tokens_from, a.tokens_to, a.start_s, a.end_s)
+            for a in out.actions if a.kind != "unload"] == [
+        ("load", None, None, None, 0.0, 2.0), ("run", "L", 0, 14, 2.0, 5.0),
+        ("kv_save", "L", None, None, 5.0, 5.5), ("run", "S", 0, 10, 5.5, 8.1),
+        ("kv_restore", "L", None, None, 8.1, 8.6), ("run", "L", 14, 100, 8.6, 17.2)]
+
+
+def test_a_run_is_paused_for_another_models_request_without_copying_its_state(
+        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """L (model A, 100 tokens, at 0) and S (model B, 10 tokens, at 5 s) on a 20 GiB GPU
+    that holds an engine of each (10 GiB apiece); 0.1 s per token, no prefill. The plan:
+
+    load A [0,2] load B [2,4]; L [2,12] S [12,13]: responses 12 and 8, mean 10.
+
+    S first gives S [5,6] L [6,16]: mean 8.5. Pausing L when S arrives, on A's engine,
+    which stays resident with L's state (no copy: nothing else ran on it):
+    L [2,5] S [5,6] L's rest [6,13]: responses 13 and 1, mean 7.
+    """
+    inst = instance(20, [("L", "A", 0.0, 100), ("S", "B", 5.0, 10)], host_gib=1)
+    ea = Engine("eA", "A", "g0", 10, 512, 10 * GIB, 0)
+    eb = Engine("eB", "B", "g0", 10, 512, 10 * GIB, 0)
+    plan = Schedule((ea, eb), (
+        act("load", ea, 0, 2), act("load", eb, 2, 4), act("run", ea, 2, 12, "L", 100),
+        act("run", eb, 12, 13, "S", 10), act("unload", ea, 12, 13),
+        act("unload", eb, 13, 14)))
+    assert _mean(inst, plan) == pytest.approx(10.0)
+    without, out = _without_and_with_pauses(monkeypatch, inst, RoundCost(), plan)
+    assert _mean(inst, without) == pytest.approx(8.5)
+    assert _mean(inst, out) == pytest.approx(7.0)
+    assert [(a.engine, a.request, a.tokens_from, a.tokens_to, a.start_s, a.end_s)
+            for a in out.actions if a.kind == "run"] == [
+        ("eA", "L", 0, 30, 2.0, 5.0), ("eB", "S", 0, 10, 5.0, 6.0),
+        ("eA", "L", 30, 100, 6.0, 13.0)]
+    assert not any(a.kind in ("kv_save", "kv_restore") for a in out.actions)

@@ -23,18 +23,25 @@ When no single move helps, several runs move at once (*ruin and recreate*): a co
 request and runs of one device that overlap its stay are taken out and put back one
 by one, each in its best place; the result is kept when the whole plan is better.
 
-Moves only touch requests served by one run on an engine of one device (preempted
-requests and engines split over GPUs keep their places); a plan with slot engines is
-left as it is (their runs' durations depend on what runs beside them).
+Moves only touch requests served by one run on an engine of one device, and ruins also
+requests paused on one engine (preempted requests otherwise, and engines split over
+GPUs, keep their places); a plan with slot engines is left as it is (their runs'
+durations depend on what runs beside them).
 Best-improvement over the requests that cost the objective most first, then ruins:
 the listed ones (the costliest requests with the runs nearest their arrival), then
 random ones (a request drawn by its weighted response, 2 to 24 runs of a random device
 near a random instant of its stay, put back by arrival or in random order), until
 ``RANDOM_STALL`` random ruins per movable request in a row failed or the deadline
-passes. Two clean-ups are kept at an equal objective too, since they only spare the
-machine work: an engine unloaded and loaded again with nothing of it between stays
-loaded, and a request's state saved and restored on one engine with nothing else on it
-between is not saved (its two runs become one).
+passes. Once ``PAUSE_WAIT`` random ruins per movable request in a row failed, *pauses*
+are tried on each new plan: a request runs until a heavier one arrives, which runs on the
+same device (on its engine, with the state saved and restored or recomputed; or on an
+engine resident beside it, nothing copied), then the paused one goes on. A ruin may take
+a pause back (it puts the request back whole).
+
+Two clean-ups are kept at an equal objective too, since they only spare the machine
+work: an engine unloaded and loaded again with nothing of it between stays loaded, and a
+request's state saved and restored on one engine with nothing else on it between is not
+saved (its two runs become one).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from planner.executor.deps import (
 )
 from planner.metrics import compute_metrics, objective_key
 
+PREFIX_STRIDE = 16  # a candidate is timed from at most this many actions before its change
 RUIN_SEEDS = 10  # a ruin starts from one of this many costliest requests
 RUIN_SIZE = 8  # runs of one device taken out with it, at most
 #: once every listed ruin failed, random ones until the deadline: up to this many runs
@@ -69,6 +77,12 @@ RANDOM_RUINS = True  # off in a test only, to show what they add
 #: random ruins stop after this many in a row failed, per request the plan can move
 #: (plus one): a small plan is done in moments, a large one goes on to the deadline
 RANDOM_STALL = 10
+PAUSES = True  # pauses (off in a test only, to show what they add)
+PAUSE_MIN_TOKENS = 4  # neither part of a paused run shorter than this
+#: pauses are tried once this many random ruins per movable request failed in a row (a
+#: pause fixes two requests in place; tried earlier, its small gains blocked the ruins'
+#: bigger ones on some plans)
+PAUSE_WAIT = 1
 
 
 def compact(actions: list[Action], arrival: dict[str, float],
@@ -117,8 +131,8 @@ class _Score:
 
 class _Prefix:
     """Earliest times of ``rest`` (a plan less the run being moved) and the waiting state
-    before each of its actions, so that a candidate (``rest`` changed from index k on)
-    is timed from k on only."""
+    before every PREFIX_STRIDE-th of its actions, so that a candidate (``rest`` changed
+    from index k on) is timed from the last kept state at or before k only."""
 
     def __init__(self, rest: list[Action], arrival: dict[str, float],
                  spans: Spans | None = None) -> None:
@@ -128,9 +142,9 @@ class _Prefix:
         self.states: list[Ends] = []
         ends = Ends()
         self.end: list[float] = []
-        for a in rest:
+        for i in range(0, len(rest), PREFIX_STRIDE):
             self.states.append(ends.copy())
-            self.end += earliest_times([a], arrival, ends, spans)[1]
+            self.end += earliest_times(rest[i:i + PREFIX_STRIDE], arrival, ends, spans)[1]
         self.states.append(ends)
 
     def ends_of(self, cand: list[Action]) -> list[float]:
@@ -138,8 +152,17 @@ class _Prefix:
         n = min(len(cand), len(self.rest))
         while k < n and cand[k] is self.rest[k]:
             k += 1
+        base = k // PREFIX_STRIDE  # cand[:k] is rest's: its times are known
+        k = base * PREFIX_STRIDE
         return self.end[:k] + earliest_times(cand[k:], self.arrival,
-                                             self.states[k].copy(), self.spans)[1]
+                                             self.states[base].copy(), self.spans)[1]
+
+    def state_at(self, k: int) -> Ends:
+        """The waiting state before ``rest[k]`` (a copy of its own)."""
+        base = k // PREFIX_STRIDE
+        ends = self.states[base].copy()
+        earliest_times(self.rest[base * PREFIX_STRIDE:k], self.arrival, ends, self.spans)
+        return ends
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
@@ -176,31 +199,48 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     kept = 0
     improved = True
     ruins: Iterator[tuple[str, list[str]]] | None = None
+    paused_on: list[Action] | None = None  # the plan the pauses were last tried on
+    relist = True
     rng = random.Random(0)  # the random ruins: the same plan polishes the same way
     stalled = 0  # random ruins in a row that failed
     while time.perf_counter() < deadline:
         if not improved:  # no one move helps: several at once (ruin and recreate)
             ruins = ruins or _ruins(order, by_model, score)
             ruin = next(ruins, None)
-            shuffle = None
-            drawn = ruin is None  # every listed ruin failed on this plan: random ones
-            if ruin is None and RANDOM_RUINS:
-                movable = _movable(order, by_model)
-                if stalled < RANDOM_STALL * (1 + len(movable)):
-                    ruin = _random_ruin(movable, score, rng)
-                    shuffle = rng if rng.random() < 0.5 else None
-            if ruin is None:
-                break  # nothing left to try
-            q, victims = ruin
-            got = _ruin_recreate(instance, cost, schedule, order, by_model, score, best_key,
-                                 q, victims, deadline, shuffle)
-            if got is None:
-                stalled += drawn
-                continue
-            stalled = 0
-            order, best_key = got
-            kept += 1 + len(victims)
-        ruins = None  # the next ruins start from the plan as the moves leave it
+            paused = None
+            if ruin is None and PAUSES and paused_on is not order and \
+                    stalled >= PAUSE_WAIT * len(_movable(order, by_model, paused=True)):
+                # the listed ruins failed on this plan, and random ones for a while: a
+                # pause? (a kept one leaves the count of failed random ruins as it is)
+                paused_on = order
+                paused = _pause_moves(instance, cost, schedule, order, by_model, score,
+                                      best_key, deadline)
+            if paused is not None:
+                order, best_key = paused
+                kept += 1
+                relist = False  # the listed ruins just failed: not again for a pause
+            else:
+                shuffle = None
+                drawn = ruin is None  # every listed ruin failed on this plan: random ones
+                if ruin is None and RANDOM_RUINS:
+                    movable = _movable(order, by_model, paused=True)
+                    if stalled < RANDOM_STALL * (1 + len(movable)):
+                        ruin = _random_ruin(movable, score, rng)
+                        shuffle = rng if rng.random() < 0.5 else None
+                if ruin is None:
+                    break  # nothing left to try
+                q, victims = ruin
+                got = _ruin_recreate(instance, cost, schedule, order, by_model, score,
+                                     best_key, q, victims, deadline, shuffle)
+                if got is None:
+                    stalled += drawn
+                    continue
+                stalled = 0
+                order, best_key = got
+                kept += 1 + len(victims)
+        if relist:  # the next ruins start from the plan as the moves leave it
+            ruins = None
+        relist = True
         improved = False
         movable = _movable(order, by_model)
         for q in sorted(movable, key=lambda q: -weight[q] * (movable[q].end_s - arrival[q])):
@@ -276,6 +316,104 @@ def _best_move(instance: Instance, cost: CostModel, schedule: Schedule,
                         deadline, skip=at - 1, spans=spans_of(schedule),
                         until=None if alone else run.end_s)
     return _first_valid(instance, schedule, arrival, cands)
+
+
+def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
+                 order: list[Action], by_model: dict[str, list[Engine]], score: _Score,
+                 best_key: tuple[float, ...], deadline: float
+                 ) -> tuple[list[Action], tuple[float, ...]] | None:
+    """The best pause that beats ``best_key``: a request ``q`` runs until a heavier
+    request ``x`` arrives (the tokens it has by then at its engine's speed), ``x`` runs
+    on an engine of its model on the same device, then ``q``'s rest. On ``q``'s own
+    engine its state is handed over, both ways tried: a KV save and restore (the save
+    delays ``x``) or the rest recomputed (that delays ``q`` only); on another engine
+    (another model's, or another split of the model, resident beside it: the checker
+    judges) ``q``'s engine keeps the state and nothing is copied. Both requests are taken
+    out of their places and put back where the first of them was. Only pairs where ``x``
+    arrives after ``q`` and before both are done, and ``x`` is heavier (weight per second
+    of its run there), are tried."""
+    arrival, weight = score.arrival, score.weight
+    spans = spans_of(schedule)
+    movable = _movable(order, by_model)
+    engines = {e.id: e for es in by_model.values() for e in es}
+    index = {id(a): i for i, a in enumerate(order)}
+    prefix = _Prefix(order, arrival, spans)  # the pair goes in at j: order[:j] stays
+    cands: list[tuple[tuple[float, ...], list[Action]]] = []
+    for q, run in movable.items():
+        e = engines[run.engine]
+        rq = instance.request(q)
+        out = rq.output_tokens
+        if out < 2 * PAUSE_MIN_TOKENS:
+            continue
+        ratio_q = weight[q] / max(run.end_s - run.start_s, 1e-9)
+        for x, xrun in movable.items():
+            ax = arrival[x]
+            if x == q or not arrival[q] < ax < max(run.end_s, xrun.end_s):
+                continue  # x arrives before q, or after both are done
+            if time.perf_counter() >= deadline:
+                break
+            rx = instance.request(x)
+            j = min(index[id(run)], index[id(xrun)])  # where the first of them was
+            k: int | None = -1
+            for e2 in by_model.get(rx.model, []):
+                if e2.device != e.device or rx.total_tokens > e2.n_ctx:
+                    continue
+                dx = (xrun.end_s - xrun.start_s) if xrun.engine == e2.id else \
+                    cost.run_s(e2.config, rx.prompt_tokens, 0, rx.output_tokens)
+                if weight[x] / max(dx, 1e-9) <= ratio_q:
+                    continue
+                if k == -1:  # q's tokens when x arrives, were q to start here
+                    state = prefix.state_at(j)
+                    s1 = earliest_times([run], arrival, state.copy(), spans)[0][0]
+                    k = _tokens_by(cost, e.config, rq.prompt_tokens, out, ax - s1)
+                    after = [a for a in order[j:] if a is not run and a is not xrun]
+                if k is None or k < 0:
+                    break
+                r1 = replace(run, tokens_to=k, start_s=0.0,
+                             end_s=cost.run_s(e.config, rq.prompt_tokens, 0, k))
+                moved = replace(xrun, engine=e2.id, device=e2.device, start_s=0.0, end_s=dx)
+                r2 = replace(run, tokens_from=k, start_s=0.0,
+                             end_s=cost.run_s(e.config, rq.prompt_tokens, k, out))
+                if e2.id != e.id:
+                    mids = [[moved, r2]]
+                else:
+                    ctx = rq.prompt_tokens + k
+                    b = cost.kv_bytes(e.config, ctx)
+                    save = Action("kv_save", e.id, e.device, 0.0,
+                                  cost.kv_save_s(e.config, ctx), q, bytes=b)
+                    restore = Action("kv_restore", e.id, e.device, 0.0,
+                                     cost.kv_restore_s(e.config, ctx), q, bytes=b)
+                    again = replace(r2, recompute=True, end_s=cost.run_s(
+                        e.config, rq.prompt_tokens, k, out, recompute=True))
+                    mids = [[save, moved, restore, r2], [moved, again]]
+                for mid in mids:
+                    cand = _drop_empty([*order[:j], r1, *mid, *after], xrun.engine)
+                    if all(a is b for a, b in zip(cand[:j], order[:j], strict=True)):
+                        ends = prefix.end[:j] + earliest_times(cand[j:], arrival,
+                                                               state.copy(), spans)[1]
+                    else:  # x's emptied period began before j
+                        ends = earliest_times(cand, arrival, spans=spans)[1]
+                    key = score(cand, ends)
+                    if key < best_key:
+                        cands.append((key, cand))
+    return _first_valid(instance, schedule, arrival, cands)
+
+
+def _tokens_by(cost: CostModel, cfg: EngineConfig, prompt: int, out: int, seconds: float
+               ) -> int | None:
+    """The most output tokens a run from token 0 has made within ``seconds`` (its
+    prefill first), when that leaves at least PAUSE_MIN_TOKENS on both sides."""
+    lo, hi = PAUSE_MIN_TOKENS, out - PAUSE_MIN_TOKENS
+    seconds += 1e-9  # float sums of per-token times: 30 tokens at 0.1 s end at 3 s
+    if hi < lo or cost.run_s(cfg, prompt, 0, lo) > seconds:
+        return None
+    while lo < hi:  # the largest k in [lo, hi] whose run fits
+        mid = (lo + hi + 1) // 2
+        if cost.run_s(cfg, prompt, 0, mid) <= seconds:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _placements(instance: Instance, cost: CostModel, rest: list[Action], run: Action,
@@ -374,20 +512,31 @@ def _first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, floa
     return None
 
 
-def _movable(order: list[Action], by_model: dict[str, list[Engine]]) -> dict[str, Action]:
+def _movable(order: list[Action], by_model: dict[str, list[Engine]],
+             paused: bool = False) -> dict[str, Action]:
     """Request -> its run, for requests served by one run on an engine of one device
-    and no KV copy (a preempted request stays as it is)."""
+    and no KV copy (a preempted request stays as it is). ``paused``: also requests
+    paused on one such engine (its runs there, with KV copies between, none
+    recomputed), each as one whole run from its first run's start (the runs' seconds
+    added: the same tokens at the same contexts), so that a ruin may take a pause back."""
     runs: dict[str, list[Action]] = {}
-    fixed: set[str] = set()
+    copies: dict[str, list[Action]] = {}
     for a in order:
         if a.request is not None:
-            if a.kind == "run":
-                runs.setdefault(a.request, []).append(a)
-            else:
-                fixed.add(a.request)
+            (runs if a.kind == "run" else copies).setdefault(a.request, []).append(a)
     one = {e.id for es in by_model.values() for e in es}
-    return {q: rs[0] for q, rs in runs.items()
-            if len(rs) == 1 and q not in fixed and rs[0].engine in one}
+    out: dict[str, Action] = {}
+    for q, rs in runs.items():
+        if rs[0].engine not in one:
+            continue
+        if len(rs) == 1 and q not in copies:
+            out[q] = rs[0]
+        elif paused and len(rs) > 1 and all(
+                a.engine == rs[0].engine and not a.recompute for a in rs) and \
+                all(c.engine == rs[0].engine for c in copies.get(q, [])):
+            out[q] = replace(rs[0], tokens_to=rs[-1].tokens_to, end_s=rs[0].start_s + sum(
+                a.end_s - a.start_s for a in rs))
+    return out
 
 
 def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
@@ -397,7 +546,7 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
     nearest its arrival; per request, every such device. First RUIN_SEEDS requests
     and RUIN_SIZE runs, then twice and four times as many of both (each ruin once)."""
     arrival, weight = score.arrival, score.weight
-    movable = _movable(order, by_model)
+    movable = _movable(order, by_model, paused=True)
     costly = sorted(movable, key=lambda q: -weight[q] * (movable[q].end_s - arrival[q]))
     near: dict[str, dict[str, list[str]]] = {}
     seen: set[tuple[str, tuple[str, ...]]] = set()
@@ -449,9 +598,9 @@ def _ruin_recreate(instance: Instance, cost: CostModel, schedule: Schedule,
     and its key when it beats ``best_key``."""
     arrival = score.arrival
     spans = spans_of(schedule)
-    movable = _movable(order, by_model)
-    out = {id(movable[x]) for x in [q, *victims]}
-    rest = [a for a in order if id(a) not in out]
+    movable = _movable(order, by_model, paused=True)
+    taken = {q, *victims}  # their runs go, and the KV copies of a paused one
+    rest = [a for a in order if a.request not in taken]
     for e in {movable[x].engine for x in [q, *victims]}:
         rest = _drop_empty(rest, e)
     back = sorted(victims, key=lambda x: arrival[x])
