@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -444,3 +445,48 @@ def test_a_run_is_paused_for_another_models_request_without_copying_its_state(
         ("eA", "L", 0, 30, 2.0, 5.0), ("eB", "S", 0, 10, 5.0, 6.0),
         ("eA", "L", 30, 100, 6.0, 13.0)]
     assert not any(a.kind in ("kv_save", "kv_restore") for a in out.actions)
+
+
+def test_a_long_run_is_paused_and_its_model_swapped_out_for_a_heavy_request() -> None:
+    """L (model A, 1,000 tokens, weight 1, at 0) and S (model B, 10 tokens, weight 10, at
+    50 s) on a 10 GiB GPU that holds one engine at a time (10 GiB each); 0.1 s per
+    token, no prefill (a recompute is free), loads 2 s, unloads 1 s. The plan, L then S:
+
+    load A [0,2] L [2,102] unload A load B [103,105] S [105,106]: weighted sum
+    102 + 10 * 56 = 662.
+
+    The pause move pauses L when S arrives (480 tokens done) and swaps A out for B:
+    L [2,50] unload A [50,51] load B [51,53] S [53,54] unload B [54,55] load A [55,57]
+    L's rest recomputed [57,109]: 109 + 10 * 4 = 149 (with a KV save and restore
+    instead: 155). (S first, L waiting for it, is the best plan without a pause: 164;
+    the whole polish finds that one first, by a ruin, and in it L cannot start before S
+    arrives, so the move is shown on its own.)
+    """
+    import planner.solver.polish as pol
+
+    inst = instance(10, [("L", "A", 0.0, 1000), ("S", "B", 50.0, 10)], host_gib=64)
+    inst = replace(inst, requests=tuple(replace(r, weight=10.0) if r.id == "S" else r
+                                        for r in inst.requests))
+    ea = Engine("eA", "A", "g0", 10, 2048, 10 * GIB, 0)
+    eb = Engine("eB", "B", "g0", 10, 2048, 10 * GIB, 0)
+    plan = Schedule((ea, eb), (
+        act("load", ea, 0, 2), act("run", ea, 2, 102, "L", 1000), act("unload", ea, 102, 103),
+        act("load", eb, 103, 105), act("run", eb, 105, 106, "S", 10),
+        act("unload", eb, 106, 107)))
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(662 / 11)
+    score = _Score(inst, "mean_response")
+    order = list(plan.actions)
+    got = pol._pause_moves(inst, RoundCost(), plan, order, {"A": [ea], "B": [eb]}, score,
+                           score(order, [a.end_s for a in order]), time.perf_counter() + 10)
+    assert got is not None
+    out = replace(plan, actions=tuple(got[0]))
+    assert check_plan(inst, out) == []
+    assert _mean(inst, out) == pytest.approx(149 / 11)
+    assert [(a.kind, a.engine, a.start_s, a.end_s) for a in out.actions][:7] == [
+        ("load", "eA", 0.0, 2.0), ("run", "eA", 2.0, 50.0), ("unload", "eA", 50.0, 51.0),
+        ("load", "eB", 51.0, 53.0), ("run", "eB", 53.0, 54.0), ("unload", "eB", 54.0, 55.0),
+        ("load", "eA", 55.0, 57.0)]
+    rest = out.actions[7]
+    assert (rest.request, rest.tokens_from, rest.recompute, rest.end_s) == ("L", 480, True,
+                                                                            109.0)

@@ -166,12 +166,13 @@ class _Prefix:
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
-           deadline: float, extra: Sequence[EngineConfig] = ()) -> tuple[Schedule, int]:
+           deadline: float, extra: Sequence[EngineConfig] = (), pauses: bool = True
+           ) -> tuple[Schedule, int]:
     """(the polished plan, moves kept); ``schedule`` itself when nothing helped.
 
     ``extra``: engine configurations (one device, one slot) a run may also move to, in
     a period of its own; those the plan already has are skipped, those used join the
-    plan's engines.
+    plan's engines. ``pauses``: whether pauses may be added (off with preemption off).
     """
     if any(e.n_parallel > 1 for e in schedule.engines):
         # a slot engine's runs last longer side by side (planner.slots): moving or
@@ -208,7 +209,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             ruins = ruins or _ruins(order, by_model, score)
             ruin = next(ruins, None)
             paused = None
-            if ruin is None and PAUSES and paused_on is not order and \
+            if ruin is None and pauses and PAUSES and paused_on is not order and \
                     stalled >= PAUSE_WAIT * len(_movable(order, by_model, paused=True)):
                 # the listed ruins failed on this plan, and random ones for a while: a
                 # pause? (a kept one leaves the count of failed random ruins as it is)
@@ -328,7 +329,9 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
     engine its state is handed over, both ways tried: a KV save and restore (the save
     delays ``x``) or the rest recomputed (that delays ``q`` only); on another engine
     (another model's, or another split of the model, resident beside it: the checker
-    judges) ``q``'s engine keeps the state and nothing is copied. Both requests are taken
+    judges) ``q``'s engine keeps the state and nothing is copied; or, on a GPU, in place of
+    ``q``'s engine (unloaded, ``x``'s loaded, ``x``, unloaded, ``q``'s loaded again, the
+    state saved and restored or recomputed). Both requests are taken
     out of their places and put back where the first of them was. Only pairs where ``x``
     arrives after ``q`` and before both are done, and ``x`` is heavier (weight per second
     of its run there), are tried."""
@@ -338,6 +341,7 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
     engines = {e.id: e for es in by_model.values() for e in es}
     index = {id(a): i for i, a in enumerate(order)}
     prefix = _Prefix(order, arrival, spans)  # the pair goes in at j: order[:j] stays
+    gpu = {d.id: d.kind == "gpu" for d in instance.cluster.devices}
     cands: list[tuple[tuple[float, ...], list[Action]]] = []
     for q, run in movable.items():
         e = engines[run.engine]
@@ -374,20 +378,44 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
                 moved = replace(xrun, engine=e2.id, device=e2.device, start_s=0.0, end_s=dx)
                 r2 = replace(run, tokens_from=k, start_s=0.0,
                              end_s=cost.run_s(e.config, rq.prompt_tokens, k, out))
-                if e2.id != e.id:
-                    mids = [[moved, r2]]
-                else:
-                    ctx = rq.prompt_tokens + k
-                    b = cost.kv_bytes(e.config, ctx)
-                    save = Action("kv_save", e.id, e.device, 0.0,
-                                  cost.kv_save_s(e.config, ctx), q, bytes=b)
-                    restore = Action("kv_restore", e.id, e.device, 0.0,
-                                     cost.kv_restore_s(e.config, ctx), q, bytes=b)
-                    again = replace(r2, recompute=True, end_s=cost.run_s(
-                        e.config, rq.prompt_tokens, k, out, recompute=True))
+                ctx = rq.prompt_tokens + k
+                b = cost.kv_bytes(e.config, ctx)
+                save = Action("kv_save", e.id, e.device, 0.0,
+                              cost.kv_save_s(e.config, ctx), q, bytes=b)
+                restore = Action("kv_restore", e.id, e.device, 0.0,
+                                 cost.kv_restore_s(e.config, ctx), q, bytes=b)
+                again = replace(r2, recompute=True, end_s=cost.run_s(
+                    e.config, rq.prompt_tokens, k, out, recompute=True))
+                others: list[tuple[str, float]] = []  # other requests a swap serves
+                if e2.id == e.id:
                     mids = [[save, moved, restore, r2], [moved, again]]
+                else:
+                    mids = [[moved, r2]]  # beside q's engine, which keeps the state
+                    if gpu[e.device]:  # or swapped for x's: unloaded, x, loaded again
+                        # (with x, its model's requests that arrive while x's engine
+                        # loads and runs it, as a variant: a swap rarely pays for one)
+                        swap = [Action("unload", e.id, e.device, 0.0,
+                                       cost.unload_s(e.config)),
+                                Action("load", e2.id, e2.device, 0.0, cost.load_s(e2.config))]
+                        back = [Action("unload", e2.id, e2.device, 0.0,
+                                       cost.unload_s(e2.config)),
+                                Action("load", e.id, e.device, 0.0, cost.load_s(e.config))]
+                        until = ax + swap[0].end_s + swap[1].end_s + dx
+                        others = _joining(instance, cost, movable, e2, x, q, ax, until)
+                        more = [replace(movable[y], engine=e2.id, device=e2.device,
+                                        start_s=0.0, end_s=dur) for y, dur in others]
+                        for served in ([moved], [moved, *more] if more else None):
+                            if served is not None:
+                                off = [*swap, *served, *back]
+                                mids += [[save, *off, restore, r2], [*off, again]]
                 for mid in mids:
-                    cand = _drop_empty([*order[:j], r1, *mid, *after], xrun.engine)
+                    cand = [*order[:j], r1, *mid, *after]
+                    taken = {id(movable[y]) for y, _ in others}
+                    if taken and any(a.request in {y for y, _ in others} for a in mid):
+                        cand = [a for a in cand if id(a) not in taken]  # their old runs go
+                        for y, _ in others:
+                            cand = _drop_empty(cand, movable[y].engine)
+                    cand = _drop_empty(cand, xrun.engine)
                     if all(a is b for a, b in zip(cand[:j], order[:j], strict=True)):
                         ends = prefix.end[:j] + earliest_times(cand[j:], arrival,
                                                                state.copy(), spans)[1]
@@ -397,6 +425,22 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
                     if key < best_key:
                         cands.append((key, cand))
     return _first_valid(instance, schedule, arrival, cands)
+
+
+def _joining(instance: Instance, cost: CostModel, movable: dict[str, Action], e2: Engine,
+             x: str, q: str, ax: float, until: float) -> list[tuple[str, float]]:
+    """(request, seconds of its run on ``e2``) of the movable requests of ``e2``'s model
+    (not ``x`` or ``q``) that arrive in ``[ax, until]``, by arrival: the requests a swap
+    to ``e2`` for ``x`` may serve too."""
+    out: list[tuple[str, float]] = []
+    for y in sorted(movable, key=lambda y: (instance.request(y).arrival_s, y)):
+        ry, run = instance.request(y), movable[y]
+        if y in (x, q) or ry.model != e2.model or not ax <= ry.arrival_s <= until or \
+                ry.total_tokens > e2.n_ctx:
+            continue
+        out.append((y, run.end_s - run.start_s if run.engine == e2.id else
+                    cost.run_s(e2.config, ry.prompt_tokens, 0, ry.output_tokens)))
+    return out
 
 
 def _tokens_by(cost: CostModel, cfg: EngineConfig, prompt: int, out: int, seconds: float

@@ -229,7 +229,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
-    max_splits = MAX_SPLITS if bool(getattr(opts, "preemption", True)) else 0
+    preempt = bool(getattr(opts, "preemption", True))  # off: whole runs only, polish too
+    max_splits = MAX_SPLITS if preempt else 0
     # start plans: the baselines', and Smith's rule with model loads (greedy.py)
     baseline_schedules = dict(baselines)
     with contextlib.suppress(RuntimeError, BaselineError):
@@ -419,7 +420,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             < objective_key(own, objective)
         target = baseline_schedules[best_base] if worse and best_base else sched
         polished, moves = polish(instance, cost, target, objective, t0 + full - 0.2,
-                                 polish_engines(instance, cost, data.pool))
+                                 polish_engines(instance, cost, data.pool), pauses=preempt)
         if not worse:
             sched = polished
         elif polished is not target:  # moves kept, or compacted
@@ -439,7 +440,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 b.commit(sol2, True)
                 again, moves2 = polish(instance, cost, b.schedule(), objective,
                                        t0 + full - 0.2, polish_engines(instance, cost,
-                                                                       data2.pool))
+                                                                       data2.pool),
+                                       pauses=preempt)
                 if objective_key(compute_metrics(instance, again.actions), objective) < \
                         objective_key(compute_metrics(instance, sched.actions), objective):
                     sched, moves, data, mono = again, moves2, data2, sol2
