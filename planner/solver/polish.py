@@ -34,9 +34,11 @@ near a random instant of its stay, put back by arrival or in random order), unti
 ``RANDOM_STALL`` random ruins per movable request in a row failed or the deadline
 passes. Once ``PAUSE_WAIT`` random ruins per movable request in a row failed, *pauses*
 are tried on each new plan: a request runs until a heavier one arrives, which runs on the
-same device (on its engine, with the state saved and restored or recomputed; or on an
-engine resident beside it, nothing copied), then the paused one goes on. A ruin may take
-a pause back (it puts the request back whole).
+same device (on its engine, with the state saved and restored or recomputed; on an
+engine resident beside it, nothing copied; or, on a GPU, with the paused engine unloaded
+and the other's loaded for it and the requests of its model that arrive meanwhile, then
+back), then the paused one goes on. A ruin may take a pause back (it puts the request
+back whole). With preemption off (``pauses=False``) no pause is added.
 
 Two clean-ups are kept at an equal objective too, since they only spare the machine
 work: an engine unloaded and loaded again with nothing of it between stays loaded, and a
@@ -329,12 +331,13 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
     engine its state is handed over, both ways tried: a KV save and restore (the save
     delays ``x``) or the rest recomputed (that delays ``q`` only); on another engine
     (another model's, or another split of the model, resident beside it: the checker
-    judges) ``q``'s engine keeps the state and nothing is copied; or, on a GPU, in place of
-    ``q``'s engine (unloaded, ``x``'s loaded, ``x``, unloaded, ``q``'s loaded again, the
-    state saved and restored or recomputed). Both requests are taken
-    out of their places and put back where the first of them was. Only pairs where ``x``
-    arrives after ``q`` and before both are done, and ``x`` is heavier (weight per second
-    of its run there), are tried."""
+    judges) ``q``'s engine keeps the state and nothing is copied; or, on a GPU, in place
+    of ``q``'s engine (unloaded, ``x``'s loaded, ``x`` alone or with the requests of its
+    model that arrive meanwhile, unloaded, ``q``'s loaded again, the state saved and
+    restored or recomputed). Both requests are taken out of their places and put back
+    where the first of them was. Only pairs where ``x`` arrives after ``q`` and before
+    both are done, and ``x`` is heavier (weight per second of its run there), are
+    tried."""
     arrival, weight = score.arrival, score.weight
     spans = spans_of(schedule)
     movable = _movable(order, by_model)
