@@ -68,6 +68,7 @@ from planner.executor.deps import (
     spans_of,
 )
 from planner.metrics import compute_metrics, objective_key
+from planner.solver.preempt import MIN_PART
 
 PREFIX_STRIDE = 16  # a candidate is timed from at most this many actions before its change
 RUIN_SEEDS = 10  # a ruin starts from one of this many costliest requests
@@ -80,7 +81,6 @@ RANDOM_RUINS = True  # off in a test only, to show what they add
 #: (plus one): a small plan is done in moments, a large one goes on to the deadline
 RANDOM_STALL = 10
 PAUSES = True  # pauses (off in a test only, to show what they add)
-PAUSE_MIN_TOKENS = 4  # neither part of a paused run shorter than this
 #: pauses are tried once this many random ruins per movable request failed in a row (a
 #: pause fixes two requests in place; tried earlier, its small gains blocked the ruins'
 #: bigger ones on some plans)
@@ -211,8 +211,10 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             ruins = ruins or _ruins(order, by_model, score)
             ruin = next(ruins, None)
             paused = None
+            # what a random ruin may take, once every listed ruin failed on this plan
+            takeable = _movable(order, by_model, paused=True) if ruin is None else {}
             if ruin is None and pauses and PAUSES and paused_on is not order and \
-                    stalled >= PAUSE_WAIT * len(_movable(order, by_model, paused=True)):
+                    stalled >= PAUSE_WAIT * len(takeable):
                 # the listed ruins failed on this plan, and random ones for a while: a
                 # pause? (a kept one leaves the count of failed random ruins as it is)
                 paused_on = order
@@ -225,11 +227,10 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
             else:
                 shuffle = None
                 drawn = ruin is None  # every listed ruin failed on this plan: random ones
-                if ruin is None and RANDOM_RUINS:
-                    movable = _movable(order, by_model, paused=True)
-                    if stalled < RANDOM_STALL * (1 + len(movable)):
-                        ruin = _random_ruin(movable, score, rng)
-                        shuffle = rng if rng.random() < 0.5 else None
+                if ruin is None and RANDOM_RUINS and \
+                        stalled < RANDOM_STALL * (1 + len(takeable)):
+                    ruin = _random_ruin(takeable, score, rng)
+                    shuffle = rng if rng.random() < 0.5 else None
                 if ruin is None:
                     break  # nothing left to try
                 q, victims = ruin
@@ -350,7 +351,7 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
         e = engines[run.engine]
         rq = instance.request(q)
         out = rq.output_tokens
-        if out < 2 * PAUSE_MIN_TOKENS:
+        if out < 2 * MIN_PART:
             continue
         ratio_q = weight[q] / max(run.end_s - run.start_s, 1e-9)
         for x, xrun in movable.items():
@@ -389,11 +390,13 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
                                  cost.kv_restore_s(e.config, ctx), q, bytes=b)
                 again = replace(r2, recompute=True, end_s=cost.run_s(
                     e.config, rq.prompt_tokens, k, out, recompute=True))
-                others: list[tuple[str, float]] = []  # other requests a swap serves
+                # each variant: the actions between q's two parts, and the other
+                # requests it serves (their old runs go)
+                mids: list[tuple[list[Action], list[str]]]
                 if e2.id == e.id:
-                    mids = [[save, moved, restore, r2], [moved, again]]
+                    mids = [([save, moved, restore, r2], []), ([moved, again], [])]
                 else:
-                    mids = [[moved, r2]]  # beside q's engine, which keeps the state
+                    mids = [([moved, r2], [])]  # beside q's engine, which keeps the state
                     if gpu[e.device]:  # or swapped for x's: unloaded, x, loaded again
                         # (with x, its model's requests that arrive while x's engine
                         # loads and runs it, as a variant: a swap rarely pays for one)
@@ -407,16 +410,18 @@ def _pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
                         others = _joining(instance, cost, movable, e2, x, q, ax, until)
                         more = [replace(movable[y], engine=e2.id, device=e2.device,
                                         start_s=0.0, end_s=dur) for y, dur in others]
-                        for served in ([moved], [moved, *more] if more else None):
-                            if served is not None:
-                                off = [*swap, *served, *back]
-                                mids += [[save, *off, restore, r2], [*off, again]]
-                for mid in mids:
+                        variants: list[tuple[list[Action], list[str]]] = [([moved], [])]
+                        if others:
+                            variants.append(([moved, *more], [y for y, _ in others]))
+                        for served, gone in variants:
+                            off = [*swap, *served, *back]
+                            mids += [([save, *off, restore, r2], gone), ([*off, again], gone)]
+                for mid, gone in mids:
                     cand = [*order[:j], r1, *mid, *after]
-                    taken = {id(movable[y]) for y, _ in others}
-                    if taken and any(a.request in {y for y, _ in others} for a in mid):
+                    if gone:
+                        taken = {id(movable[y]) for y in gone}
                         cand = [a for a in cand if id(a) not in taken]  # their old runs go
-                        for y, _ in others:
+                        for y in gone:
                             cand = _drop_empty(cand, movable[y].engine)
                     cand = _drop_empty(cand, xrun.engine)
                     if all(a is b for a, b in zip(cand[:j], order[:j], strict=True)):
@@ -449,8 +454,9 @@ def _joining(instance: Instance, cost: CostModel, movable: dict[str, Action], e2
 def _tokens_by(cost: CostModel, cfg: EngineConfig, prompt: int, out: int, seconds: float
                ) -> int | None:
     """The most output tokens a run from token 0 has made within ``seconds`` (its
-    prefill first), when that leaves at least PAUSE_MIN_TOKENS on both sides."""
-    lo, hi = PAUSE_MIN_TOKENS, out - PAUSE_MIN_TOKENS
+    prefill first), when that leaves at least MIN_PART (as CP-SAT's split points) on both
+    sides."""
+    lo, hi = MIN_PART, out - MIN_PART
     seconds += 1e-9  # float sums of per-token times: 30 tokens at 0.1 s end at 3 s
     if hi < lo or cost.run_s(cfg, prompt, 0, lo) > seconds:
         return None
