@@ -490,3 +490,65 @@ def test_a_long_run_is_paused_and_its_model_swapped_out_for_a_heavy_request() ->
     rest = out.actions[7]
     assert (rest.request, rest.tokens_from, rest.recompute, rest.end_s) == ("L", 480, True,
                                                                             109.0)
+
+
+def test_a_pause_timed_too_early_runs_on_until_the_heavier_request_comes(monkeypatch  # type: ignore[no-untyped-def]
+                                                                         ) -> None:
+    """The case above, paused too early (as when a move has started L's first part
+    sooner than its pause was timed for): L's 4 tokens [2,4] save [4,4.5], the GPU idle
+    until S arrives at 5 s, S [5,7.6] restore [7.6,8.1] L's rest [8.1,17.7]: responses
+    17.7 and 2.6, mean 10.15. The first part made as long as the idle time allows (9
+    tokens by 4.5 s) leaves S where it was and L's rest shorter: L [2,4.5] save
+    [4.5,5] S [5,7.6] restore [7.6,8.1] L's rest [8.1,17.2]: mean 9.9 (better than
+    pausing when S arrives, which delays S by the save: 10.15)."""
+    import planner.solver.polish as pol
+
+    inst = instance(10, [("L", "A", 0.0, 100), ("S", "A", 5.0, 10)], host_gib=1)
+    ea = Engine("eA", "A", "g0", 10, 512, 10 * GIB, 0)
+    part = [act("run", ea, 2, 4, "L", 4),
+            Action("kv_save", "eA", "g0", 4, 4.5, "L", bytes=1),
+            act("run", ea, 5, 7.6, "S", 10),
+            Action("kv_restore", "eA", "g0", 7.6, 8.1, "L", bytes=1),
+            replace(act("run", ea, 8.1, 17.7, "L", 100), tokens_from=4)]
+    plan = Schedule((ea,), (act("load", ea, 0, 2), *part, act("unload", ea, 17.7, 18.7)))
+    assert check_plan(inst, plan) == []
+    assert _mean(inst, plan) == pytest.approx(10.15)
+    got = []
+    for on in (False, True):
+        monkeypatch.setattr(pol, "RESPLITS", on)
+        monkeypatch.setattr(pol, "PAUSES", False)
+        out, _ = polish(inst, PrefillCost(), plan, "mean_response", time.perf_counter() + 5)
+        assert check_plan(inst, out) == []
+        got.append(out)
+    assert _mean(inst, got[0]) == pytest.approx(10.15)
+    assert _mean(inst, got[1]) == pytest.approx(9.9)
+    assert [(a.kind, a.request, a.tokens_from, a.tokens_to, a.start_s, a.end_s)
+            for a in got[1].actions if a.kind != "unload"] == [
+        ("load", None, None, None, 0.0, 2.0), ("run", "L", 0, 9, 2.0, 4.5),
+        ("kv_save", "L", None, None, 4.5, 5.0), ("run", "S", 0, 10, 5.0, 7.6),
+        ("kv_restore", "L", None, None, 7.6, 8.1), ("run", "L", 9, 100, 8.1, 17.2)]
+
+
+def test_the_runs_of_each_period_and_of_two_periods_in_a_row_are_ruins() -> None:
+    """A GPU serves A (a1, a2), then B (b), then A again (a3): each period's runs, and
+    those of each two periods one after the other, are ruins (the most runs first), so
+    that a period can move whole or two can trade places."""
+    import planner.solver.polish as pol
+
+    inst = instance(10, [("a1", "A", 0.0, 10), ("a2", "A", 0.0, 10), ("b", "B", 0.0, 10),
+                         ("a3", "A", 0.0, 10)], host_gib=1)
+    ea = Engine("eA", "A", "g0", 10, 64, 10 * GIB, 0)
+    eb = Engine("eB", "B", "g0", 10, 64, 10 * GIB, 0)
+    plan = Schedule((ea, eb), (
+        act("load", ea, 0, 2), act("run", ea, 2, 3, "a1", 10), act("run", ea, 3, 4, "a2", 10),
+        act("unload", ea, 4, 5), act("load", eb, 5, 7), act("run", eb, 7, 8, "b", 10),
+        act("unload", eb, 8, 9), act("load", ea, 9, 11), act("run", ea, 11, 12, "a3", 10),
+        act("unload", ea, 12, 13)))
+    assert check_plan(inst, plan) == []
+    order = list(plan.actions)
+    movable = pol._movable(order, {"A": [ea], "B": [eb]})
+    assert pol._periods(order, movable) == [["a1", "a2", "b"], ["a1", "a2"], ["b", "a3"],
+                                            ["b"], ["a3"]]
+    ruins = [{q, *xs} for q, xs in _ruins(order, {"A": [ea], "B": [eb]},
+                                          _Score(inst, "mean_response"))]
+    assert {"a1", "a2", "b"} in ruins and {"a1", "a2"} in ruins and {"b", "a3"} in ruins

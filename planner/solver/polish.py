@@ -28,7 +28,9 @@ requests paused on one engine (preempted requests otherwise, and engines split o
 GPUs, keep their places); a plan with slot engines is left as it is (their runs'
 durations depend on what runs beside them).
 Best-improvement over the requests that cost the objective most first, then ruins:
-the listed ones (the costliest requests with the runs nearest their arrival), then
+the listed ones (the costliest requests with the runs nearest their arrival; then the
+runs of each period of an engine, and of each two periods in a row on a device, so
+that a period can move whole or two can trade places), then
 random ones (a request drawn by its weighted response, 2 to 24 runs of a random device
 near a random instant of its stay, put back by arrival or in random order), until
 ``RANDOM_STALL`` random ruins per movable request in a row failed or the deadline
@@ -39,6 +41,10 @@ engine resident beside it, nothing copied; or, on a GPU, with the paused engine 
 and the other's loaded for it and the requests of its model that arrive meanwhile, then
 back), then the paused one goes on. A ruin may take a pause back (it puts the request
 back whole). With preemption off (``pauses=False``) no pause is added.
+
+A paused request whose first part ends before its device's next run could start (a
+move started it sooner than its pause was timed for) makes more tokens before the pause
+(``_fills``), when that pays.
 
 Two clean-ups are kept at an equal objective too, since they only spare the machine
 work: an engine unloaded and loaded again with nothing of it between stays loaded, and a
@@ -85,6 +91,8 @@ PAUSES = True  # pauses (off in a test only, to show what they add)
 #: pause fixes two requests in place; tried earlier, its small gains blocked the ruins'
 #: bigger ones on some plans)
 PAUSE_WAIT = 1
+PERIOD_RUINS = True  # the runs of each period (and of two in a row) as ruins; off in a test
+RESPLITS = True  # a pause timed too early made longer (_fills); off in a test
 
 
 def compact(actions: list[Action], arrival: dict[str, float],
@@ -189,6 +197,7 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     for e in schedule.engines:
         if not e.shares:
             by_model.setdefault(e.model, []).append(e)
+    engines = {e.id: e for e in schedule.engines}
     order = plan_order(schedule)
     best_key = score(list(schedule.actions), [a.end_s for a in schedule.actions])
     changed = False
@@ -257,14 +266,18 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                 order, best_key = got
                 kept += 1
                 improved = True
-        for cand in [*_unsplits(order), *_stay_resident(order)]:
+        # at an equal objective too: a reload or a KV copy that serves nothing only costs
+        # the machine (each one kept makes the plan shorter); a pause's first part made
+        # longer, for a gain only
+        cleans = [(c, True) for c in [*_unsplits(order), *_stay_resident(order)]]
+        if RESPLITS:
+            cleans += [(c, False) for c in _fills(instance, cost, order, engines)]
+        for cand, even in cleans:
             if time.perf_counter() >= deadline:
                 break
             key = score(cand, earliest_times(cand, arrival, spans=spans)[1])
-            # at an equal objective too: a reload or a KV copy that serves nothing only
-            # costs the machine (each one kept makes the plan shorter)
-            got = _first_valid(instance, schedule, arrival,
-                               [(key, cand)] if key <= best_key else [])
+            got = _first_valid(instance, schedule, arrival, [(key, cand)] if key < best_key
+                               or (even and key == best_key) else [])
             if got is not None:
                 order, best_key = got
                 kept += 1
@@ -618,6 +631,34 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
                 if (q, tuple(victims)) not in seen:
                     seen.add((q, tuple(victims)))
                     yield q, victims
+    if PERIOD_RUINS:
+        for group in _periods(order, movable):
+            q = max(group, key=lambda x: weight[x] * (movable[x].end_s - arrival[x]))
+            victims = [x for x in group if x != q]
+            if victims and (q, tuple(victims)) not in seen:
+                seen.add((q, tuple(victims)))
+                yield q, victims
+
+
+def _periods(order: list[Action], movable: dict[str, Action]) -> list[list[str]]:
+    """The movable requests run in each period of an engine (load to unload),
+    and those of each two periods one after the other on a device, the longest first."""
+    gpu = {r.engine for r in movable.values()}
+    open_: dict[str, list[str]] = {}
+    done: dict[str, list[list[str]]] = {}
+    for a in order:
+        if a.engine not in gpu:
+            continue
+        if a.kind == "run" and a.request in movable:
+            open_.setdefault(a.engine, []).append(a.request)
+        elif a.kind == "unload" and open_.get(a.engine):
+            done.setdefault(a.device, []).append(open_.pop(a.engine))
+    for qs in open_.values():
+        if qs:
+            done.setdefault(movable[qs[0]].device, []).append(qs)
+    out = [g for gs in done.values() for g in gs]
+    out += [a + b for gs in done.values() for a, b in itertools.pairwise(gs)]
+    return sorted(out, key=len, reverse=True)
 
 
 def _random_ruin(movable: dict[str, Action], score: _Score, rng: random.Random
@@ -706,6 +747,61 @@ def _unsplits(actions: list[Action]) -> list[list[Action]]:
             gone = set(seq[k:k + 3])
             out.append([merged if j == seq[k - 1] else a for j, a in enumerate(actions)
                         if j not in gone])
+    return out
+
+
+def _fills(instance: Instance, cost: CostModel, actions: list[Action],
+           engines: dict[str, Engine]) -> list[list[Action]]:
+    """Plans in which a request paused on one engine (two runs there, its state saved
+    and restored or recomputed) makes more tokens before its pause, by as long as its
+    device's actions between its first part and the next run there leave that run
+    waiting after the first part (a move may have started the first part earlier than
+    the pause was timed for); as many as fit, with MIN_PART left for the second part."""
+    runs: dict[str, list[int]] = {}
+    copies: dict[str, list[int]] = {}
+    for i, a in enumerate(actions):
+        if a.request is not None:
+            (runs if a.kind == "run" else copies).setdefault(a.request, []).append(i)
+    out = []
+    for q, (i1, i2) in ((q, rs) for q, rs in runs.items() if len(rs) == 2):
+        r1, r2 = actions[i1], actions[i2]
+        cs = copies.get(q, [])
+        if r1.engine != r2.engine or r1.tokens_from != 0 or \
+                any(actions[c].engine != r1.engine for c in cs) or \
+                len(cs) != (0 if r2.recompute else 2):
+            continue
+        busy = 0.0  # the device's actions after the first part, up to its next run
+        nxt = None
+        for k in range(i1 + 1, i2):
+            a = actions[k]
+            if a.device != r1.device:
+                continue
+            if a.kind == "run":
+                nxt = a
+                break
+            busy += a.end_s - a.start_s
+        if nxt is None:
+            continue
+        idle = nxt.start_s - r1.end_s - busy
+        if idle <= 1e-6:
+            continue
+        rq = instance.request(q)
+        cfg = engines[r1.engine].config
+        made = _tokens_by(cost, cfg, rq.prompt_tokens, rq.output_tokens,
+                          r1.end_s - r1.start_s + idle)
+        if made is None or r1.tokens_to is None or made <= r1.tokens_to:
+            continue
+        new = {i1: replace(r1, tokens_to=made, end_s=r1.start_s + cost.run_s(
+                   cfg, rq.prompt_tokens, 0, made)),
+               i2: replace(r2, tokens_from=made, end_s=r2.start_s + cost.run_s(
+                   cfg, rq.prompt_tokens, made, rq.output_tokens, recompute=r2.recompute))}
+        ctx = rq.prompt_tokens + made
+        for c in cs:
+            a = actions[c]
+            dur = cost.kv_save_s(cfg, ctx) if a.kind == "kv_save" else \
+                cost.kv_restore_s(cfg, ctx)
+            new[c] = replace(a, bytes=cost.kv_bytes(cfg, ctx), end_s=a.start_s + dur)
+        out.append([new.get(i, a) for i, a in enumerate(actions)])
     return out
 
 
