@@ -133,6 +133,7 @@ def run_one(name: str, seed: int, time_limit: float, workers: int,
     m = compute_metrics(inst, sched.actions)
     obj = objective_value(m, objective)
     bound_kind = ("pooled" if "bound: pooled" in info.notes else
+                  "swap MIP" if "bound: swap-aware" in info.notes else
                   "LP" if "bound: interval-indexed LP" in info.notes else "per-request")
     row: dict[str, Any] = {
         "workload": name, "seed": seed, "requests": len(inst.requests),

@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import Device, EngineConfig, Instance, Request
 from planner.solver.bound_lp import TIME_LIMIT_S, LPJob, lp_bound
+from planner.solver.bound_modes import mode_bound
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.data import ProblemData, split_config
 
@@ -388,6 +390,33 @@ def slot_plan_bound(instance: Instance, cost: CostModel, objective: str, slots: 
     """The bound for plans whose engines have up to ``slots`` slots, as ``lower_bound``
     gives it for such data (the one-slot bounds assume one request at a time per device)."""
     return _cached(instance, cost, max(2, slots), objective, lp_time_s)
+
+
+SWAP_BOUND_NAME = ("swap-aware bound on one GPU (the interval-indexed LP with the GPU's "
+                   "engines in memory groups that never fit together and, per window, which "
+                   "groups run: a MIP, HiGHS's dual bound)")
+
+
+def swap_bound(instance: Instance, cost: CostModel, objective: str,
+               time_limit_s: float) -> float:
+    """The weighted mean response bound of :func:`planner.solver.bound_modes.mode_bound`
+    (an instance with one GPU, weighted mean response; 0.0 where it does not apply)."""
+    if objective != "mean_response" or not instance.requests:
+        return 0.0
+    started = time.perf_counter()
+    p, pd, load = request_bounds(instance, cost)
+    done_by: dict[str, float] = {}
+    for r in instance.requests:
+        if not pd[r.id]:
+            return 0.0
+        first = min(load[(r.model, d)] + s for d, s in pd[r.id].items())
+        done_by[r.id] = r.arrival_s + max(p[r.id], first - r.arrival_s)
+    value = mode_bound(instance, cost, pd, load, done_by,
+                       time_limit_s - (time.perf_counter() - started))
+    if value <= 0:
+        return 0.0
+    wsum = sum(r.weight for r in instance.requests)
+    return (value - sum(r.weight * r.arrival_s for r in instance.requests)) / wsum
 
 
 def gap_of(obj: float, bound: float, objective: str) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
 from planner.interrupt import stop_reason
 from planner.metrics import completions, compute_metrics, objective_key, objective_value
-from planner.solver.bound import gap_of, lower_bound
+from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound, swap_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.candidates import polish_engines
 from planner.solver.data import (
@@ -86,6 +87,35 @@ def _error(msg: str) -> Exception:
 
 
 # --- bounds ----------------------------------------------------------------------------
+
+#: the swap-aware bound's MIP ends this long before the time limit, and is waited for at
+#: most this long after it
+SWAP_BOUND_MARGIN_S = 0.5
+
+
+class _SwapBound:
+    """:func:`planner.solver.bound.swap_bound`, computed in a thread while the polish runs
+    (HiGHS leaves Python's lock to the polish, and the core CP-SAT's workers had is free).
+    It applies to one-GPU instances under weighted mean response; elsewhere it returns at
+    once."""
+
+    def __init__(self, instance: Instance, cost: CostModel, objective: str,
+                 deadline: float) -> None:
+        self._out: list[float] = []
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # a bound that fails is only left out
+                self._out.append(swap_bound(instance, cost, objective,
+                                            deadline - time.perf_counter()))
+
+        self._thread = threading.Thread(target=run, name="swap-bound", daemon=True)
+        self._thread.start()
+
+    def value(self, wait_until: float) -> float | None:
+        """The bound, or None when it did not end by ``wait_until`` or does not apply."""
+        self._thread.join(max(0.0, wait_until - time.perf_counter()))
+        return self._out[0] if self._out and self._out[0] > 0 else None
+
 
 def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) -> str:
     """The monolithic model's own CP-SAT bound, in the objective's units, for the notes."""
@@ -415,6 +445,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     stop = getattr(opts, "stop", None)
     if polishing and stop_reason() is None and not (stop is not None and stop.is_set()):
         # (a stop request ends the search; the plan is written as it is, at once)
+        swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S) \
+            if want_bound and max((e.slots for e in data.engines), default=1) == 1 else None
         own = compute_metrics(instance, sched.actions)
         worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
             < objective_key(own, objective)
@@ -448,6 +480,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 else:
                     later += ", the plan before them kept"
             decomposition += later
+        if swaps is not None:
+            swap_value = swaps.value(t0 + full + SWAP_BOUND_MARGIN_S)
+            if swap_value is not None and swap_value > bound:
+                bound, bound_name = swap_value, SWAP_BOUND_NAME
+                bound_note = f"bound: {bound_name}"
     wall = time.perf_counter() - t0  # the search, the polish and any rounds after it
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)

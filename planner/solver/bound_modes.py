@@ -1,0 +1,282 @@
+"""Swap-aware bound on one GPU: the interval-indexed LP with the GPU's engines in memory
+groups, and per window of time which groups run there (a MIP).
+
+Derivation in ``docs/solver.md`` ("Swaps in the bound"). In short: engines are put in
+groups by the bytes they hold on the GPU so that any two engines of different groups do
+not fit on it together:
+
+- ``big``: engines of the model whose fastest split holds the most, ``B > cap / 2``
+  (and of any other model whose fastest split holds as much), holding at least ``B``
+  (two of different models never fit together);
+- ``mid``: every other engine holding more than ``cap - B`` (none fits beside a big one);
+- the rest are free: their runs are not part of the argument.
+
+When every model's fastest split holds more than half the GPU, each model's engines
+holding more than half are a group of their own instead (a shared ``mid`` group would let
+two models' large splits, which do not fit together, take turns for free). Measured on
+the one-GPU benchmark workloads, where small models' fastest splits hold a fifth of the
+GPU: groups per model for every split over half the GPU leave those small models free,
+and the bound lost its grip; the largest model against the rest did best.
+
+Memory is held from the start of a load to the end of an unload (SPEC rule 4), so after
+a run of a group-``g`` engine, a run of a group-``h`` engine (``h != g``) can start only
+once the first engine's unload and the second's load are done: the GPU runs no group's
+work for at least ``S_gh = U_g + L_h`` (least unload of ``g``, least load of ``h``).
+Cut time into windows; ``y[g, k] = 1`` when group ``g``'s engines run in window ``k``:
+
+- group work in a window is at most its length times ``y``;
+- two groups in one window: a change lies inside it, so the groups' work there is at
+  most its length less ``S`` per group beyond the first (``S`` the least change);
+- group ``g`` in window ``k`` and another, ``h``, in a later window ``k2``: a change
+  lies between, so the groups' work in windows ``k`` to ``k2`` is at most their length
+  less ``max(S_out(g), S_in(h))`` (the least change out of ``g`` and into ``h``); rows
+  for each ``k2`` whose windows strictly between are shorter than the longest change.
+
+Every plan gives a feasible point (its LP point as in ``bound_lp``, each request's work
+per group at the group's fastest run time, and its ``y``), so the MIP's optimum, and any
+dual bound of it, bounds every plan. The fractional LP cannot charge a change (a mix of
+"group g only" and "group h only" time-shares the GPU for free), which is why the MIP
+branches on ``y``. The value returned is HiGHS's dual bound, less a relative 1e-6 for
+its tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from planner.baselines.sim import context_sizes
+from planner.costmodel.base import CostModel
+from planner.domain import EngineConfig, Instance
+
+VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
+MIN_SLOT_S = 0.25
+WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
+HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
+SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
+
+
+@dataclass(frozen=True)
+class Option:
+    group: int  # -1: a free engine on the GPU; -2: another device (its own capacity row)
+    device: str
+    seconds: float
+    release: float
+
+
+def groups(instance: Instance, cost: CostModel, gpu: str) -> tuple[
+        dict[str, list[tuple[int, EngineConfig]]], list[tuple[float, float]]] | None:
+    """Per model, (group, configuration) of every split on ``gpu`` that fits; and per
+    group its (least unload, least load) seconds. None when fewer than two groups."""
+    dev = instance.cluster.device(gpu)
+    cap = dev.memory_bytes
+    if cap is None:
+        return None
+    host_cap = instance.cluster.host(dev.host).memory_bytes
+    n_ctx = context_sizes(instance)
+    cfgs: dict[str, list[EngineConfig]] = {}
+    for m in sorted({r.model for r in instance.requests}):
+        every = [EngineConfig(m, gpu, g, n_ctx[m]) for g in range(cost.max_gpu_layers(m) + 1)]
+        cfgs[m] = [c for c in every if cost.fits(c, cap, host_cap)]
+    # B_m: the bytes of the model's fastest split, when more than half the GPU
+    fastest = {m: min(cs, key=lambda c: (cost.run_s(c, 128, 0, 128), -cost.gpu_bytes(c)))
+               for m, cs in cfgs.items() if cs}
+    held = {m: cost.gpu_bytes(c) for m, c in fastest.items()}
+    top = max(held.values(), default=0)
+    if 2 * top <= cap:
+        return None
+    big_b = {m: b for m, b in held.items() if b >= top}
+    if all(2 * b > cap for b in held.values()):
+        # every model's fastest split holds more than half the GPU: a group per model of
+        # its splits holding more than half (no mid group, whose splits of different
+        # models could not fit together yet would change group for free)
+        big_b = {m: cap // 2 + 1 for m in held}
+    least = min(big_b.values())
+    big_ids = {m: i for i, m in enumerate(sorted(big_b))}
+    mid = len(big_ids)
+    out: dict[str, list[tuple[int, EngineConfig]]] = {}
+    for m, cs in cfgs.items():
+        row = []
+        for c in cs:
+            b = cost.gpu_bytes(c)
+            if m in big_b and b >= big_b[m]:
+                row.append((big_ids[m], c))
+            elif b > cap - least:
+                row.append((mid, c))
+            else:
+                row.append((-1, c))
+        out[m] = row
+    used = {g for row in out.values() for g, _ in row if g >= 0}
+    if len(used) < 2:
+        return None
+    changes = []
+    for g in range(mid + 1):
+        cs = [c for row in out.values() for gg, c in row if gg == g]
+        changes.append((min((cost.unload_s(c) for c in cs), default=math.inf),
+                        min((cost.load_s(c) for c in cs), default=math.inf)))
+    return out, changes
+
+
+def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
+               load: dict[tuple[str, str], float], per_request: dict[str, float],
+               time_limit_s: float) -> float:
+    """A lower bound on ``sum_j w_j C_j`` (module docstring) for an instance with one GPU;
+    0.0 when it does not apply (no GPU, several, fewer than two groups, no time).
+    ``per_device``: each request's least run per other device (``bound.request_bounds``);
+    ``load``: least load per (model, device); ``per_request``: a lower bound on each
+    request's completion time."""
+    started = time.perf_counter()
+    gpus = [d for d in instance.cluster.devices if d.kind == "gpu"]
+    if len(gpus) != 1 or time_limit_s <= 0.5:
+        return 0.0
+    gpu = gpus[0].id
+    got = groups(instance, cost, gpu)
+    if got is None:
+        return 0.0
+    by_model, changes = got
+    n_grp = len(changes)
+    reqs = list(instance.requests)
+    opts: list[list[Option]] = []
+    for r in reqs:
+        row: list[Option] = []
+        for g in sorted({g for g, _ in by_model.get(r.model, [])}):
+            cs = [c for gg, c in by_model[r.model] if gg == g and r.total_tokens <= c.n_ctx]
+            if cs:
+                row.append(Option(g, gpu, min(cost.run_s(c, r.prompt_tokens, 0, r.output_tokens)
+                                              for c in cs),
+                                  max(r.arrival_s, min(cost.load_s(c) for c in cs))))
+        for d, s in per_device[r.id].items():
+            if d != gpu and not d.startswith("split:"):
+                row.append(Option(-2, d, s, max(r.arrival_s, load[(r.model, d)])))
+        if not row:
+            return 0.0
+        opts.append(row)
+    p = [min(o.seconds for o in row) for row in opts]
+    s_min = min(changes[g][0] + changes[h][1] for g in range(n_grp) for h in range(n_grp)
+                if g != h)
+    s_max = max(changes[g][0] + changes[h][1] for g in range(n_grp) for h in range(n_grp)
+                if g != h and changes[g][0] + changes[h][1] < math.inf)
+    # any horizon is valid (work after it is counted at it, without capacity); this one
+    # leaves room for the last requests and HORIZON_CHANGES changes of group
+    horizon = max(o.release for row in opts for o in row) + sum(p) + HORIZON_CHANGES * s_max
+    span = sum(max(0.0, horizon - o.release) for row in opts for o in row)
+    dt = max(MIN_SLOT_S, span / VAR_BUDGET)
+    # a regular grid plus every release time (as in bound_lp: resolution where it matters)
+    pts = {k * dt for k in range(math.ceil(horizon / dt))}
+    pts.update(o.release for row in opts for o in row if o.release < horizon)
+    grid = np.array(sorted(pts | {horizon}))
+    starts, lens = grid[:-1], np.diff(grid)
+    n_slot = len(starts)
+    win_len = max(dt, WINDOW_CHANGES * s_max)
+    win_of = (starts // win_len).astype(int)
+    n_win = int(win_of[-1]) + 1
+    win_lens = np.bincount(win_of, weights=lens, minlength=n_win)
+
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    hi: list[float] = []
+    lo: list[float] = []
+
+    def add(entries: list[tuple[int, float]], upper: float, lower: float = -np.inf) -> None:
+        r = len(hi)
+        for c, v in entries:
+            rows.append(r)
+            cols.append(c)
+            vals.append(v)
+        hi.append(upper)
+        lo.append(lower)
+
+    col = 0
+    x_ub: list[float] = []
+    cap_rows: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
+    group_work: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
+    job_slot: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
+    mean_row: list[list[tuple[int, float]]] = []
+    share_row: list[list[tuple[int, float]]] = []
+    for jn, row in enumerate(opts):
+        mine: list[tuple[int, float]] = []
+        shares: list[tuple[int, float]] = []
+        for o in row:
+            for s in range(int(np.searchsorted(starts, o.release - 1e-9)), n_slot):
+                cap_rows[(o.device, s)].append((col, o.seconds))
+                if o.group >= 0:
+                    group_work[(o.group, int(win_of[s]))].append((col, o.seconds))
+                job_slot[(jn, s)].append((col, o.seconds))
+                mine.append((col, float(starts[s])))
+                shares.append((col, 1.0))
+                x_ub.append(min(1.0, float(lens[s]) / o.seconds))
+                col += 1
+        mean_row.append(mine)
+        share_row.append(shares)
+        if time.perf_counter() - started > time_limit_s / 4:
+            return 0.0
+    n_x = col
+    n_job = len(reqs)
+    tail0, c0, y0 = n_x, n_x + n_job, n_x + 2 * n_job
+    v0 = y0 + n_grp * n_win  # v[g, k]: group g's work in window k (device seconds)
+    n = v0 + n_grp * n_win
+    for (_d, s), entries in cap_rows.items():
+        add(entries, float(lens[s]))  # one compute lane per device
+    for (_j, s), entries in job_slot.items():
+        if len(entries) > 1:
+            add(entries, float(lens[s]))  # a request on one device at a time
+    for jn in range(n_job):
+        add([*share_row[jn], (tail0 + jn, 1.0)], 1.0, 1.0)
+        add([*mean_row[jn], (tail0 + jn, horizon), (c0 + jn, -1.0)], -p[jn] / 2)
+
+    def y(g: int, k: int) -> int:
+        return y0 + g * n_win + k
+
+    def v(g: int, k: int) -> int:
+        return v0 + g * n_win + k
+
+    pairs = [(g, h, max(min(changes[g][0] + changes[f][1] for f in range(n_grp) if f != g),
+                        min(changes[f][0] + changes[h][1] for f in range(n_grp) if f != h)))
+             for g in range(n_grp) for h in range(n_grp) if g != h]
+    cum = np.concatenate([[0.0], np.cumsum(win_lens)])
+    for k in range(n_win):
+        length = float(win_lens[k])
+        for g in range(n_grp):
+            add([*group_work.get((g, k), []), (v(g, k), -1.0)], 0.0, 0.0)
+            add([(v(g, k), 1.0), (y(g, k), -length)], 0.0)
+        # two groups in one window: a change inside it
+        add([*((v(g, k), 1.0) for g in range(n_grp)), *((y(g, k), s_min) for g in range(n_grp))],
+            length + s_min)
+        # g in window k, h in a later window k2: a change between them
+        for k2 in range(k + 1, n_win):
+            span_len = float(cum[k2 + 1] - cum[k])
+            inner = float(cum[k2] - cum[k + 1])  # the windows strictly between
+            if inner >= s_max:
+                break  # the windows between can hold the change (no grip)
+            work = [(v(g, kk), 1.0) for g in range(n_grp) for kk in range(k, k2 + 1)]
+            for g, h, gap in pairs:
+                if gap < math.inf:
+                    add([*work, (y(g, k), gap), (y(h, k2), gap)], span_len + gap)
+    weights = np.array([r.weight for r in reqs])
+    c = np.zeros(n)
+    c[c0:c0 + n_job] = weights
+    lb = np.zeros(n)
+    ub = np.ones(n)
+    ub[:n_x] = x_ub
+    lb[c0:c0 + n_job] = [per_request[r.id] for r in reqs]
+    ub[c0:c0 + n_job] = horizon + max(p) + max(per_request.values()) + 1.0
+    integrality = np.zeros(n)
+    integrality[y0:v0] = 1
+    ub[v0:] = win_lens.max()
+    a = coo_matrix((vals, (rows, cols)), shape=(len(hi), n)).tocsr()
+    left = time_limit_s - (time.perf_counter() - started)
+    if left <= 0.2:
+        return 0.0
+    res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integrality,
+               bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
+    value = getattr(res, "mip_dual_bound", None)
+    if value is None or not math.isfinite(value) or res.status not in (0, 1):
+        return 0.0
+    return float(value) * (1.0 - SAFETY)
