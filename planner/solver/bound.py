@@ -401,7 +401,8 @@ def swap_bound(instance: Instance, cost: CostModel, objective: str,
                time_limit_s: float) -> float:
     """The weighted mean response bound of :func:`planner.solver.bound_modes.mode_bound`
     (an instance with one GPU, weighted mean response; 0.0 where it does not apply)."""
-    if objective != "mean_response" or not instance.requests:
+    if objective != "mean_response" or not instance.requests or \
+            sum(1 for d in instance.cluster.devices if d.kind == "gpu") != 1:
         return 0.0
     started = time.perf_counter()
     p, pd, load = request_bounds(instance, cost)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -88,14 +89,15 @@ def _error(msg: str) -> Exception:
 
 # --- bounds ----------------------------------------------------------------------------
 
-#: the swap-aware bound's MIP ends this long before the time limit, and is waited for at
-#: most this long after it
-SWAP_BOUND_MARGIN_S = 0.5
+#: the swap-aware bound's MIP is given until this long before the time limit (HiGHS
+#: overran its limit by up to half a second), and waited for until the limit at most
+SWAP_BOUND_MARGIN_S = 1.0
 
 
 class _SwapBound:
     """:func:`planner.solver.bound.swap_bound`, computed in a thread while the polish runs
-    (HiGHS leaves Python's lock to the polish, and the core CP-SAT's workers had is free).
+    (HiGHS leaves Python's lock to the polish, and the core CP-SAT's workers had is free),
+    or from the search's start where the machine has more cores than CP-SAT has workers.
     It applies to one-GPU instances under weighted mean response; elsewhere it returns at
     once."""
 
@@ -280,6 +282,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     want_bound = bool(getattr(opts, "bound", True))
     if want_bound:
         lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
+    one_slot = max((e.slots for e in data.engines), default=1) == 1
+    swaps: _SwapBound | None = None  # the swap-aware bound's thread, once started
+    if want_bound and polishing and one_slot and (os.cpu_count() or 1) > workers:
+        # a core CP-SAT's workers leave free: the swap-aware bound from now on
+        swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
     base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
     best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
                     default=None)
@@ -445,8 +452,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     stop = getattr(opts, "stop", None)
     if polishing and stop_reason() is None and not (stop is not None and stop.is_set()):
         # (a stop request ends the search; the plan is written as it is, at once)
-        swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S) \
-            if want_bound and max((e.slots for e in data.engines), default=1) == 1 else None
+        if swaps is None and want_bound and one_slot:  # on the core the search had
+            swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
         own = compute_metrics(instance, sched.actions)
         worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
             < objective_key(own, objective)
@@ -481,7 +488,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                     later += ", the plan before them kept"
             decomposition += later
         if swaps is not None:
-            swap_value = swaps.value(t0 + full + SWAP_BOUND_MARGIN_S)
+            swap_value = swaps.value(t0 + full - 0.05)
             if swap_value is not None and swap_value > bound:
                 bound, bound_name = swap_value, SWAP_BOUND_NAME
                 bound_note = f"bound: {bound_name}"
