@@ -11,13 +11,25 @@ import contextlib
 import itertools
 import random
 from dataclasses import replace
+from typing import ClassVar
 
 import pytest
 
 from planner.baselines.policies import static
 from planner.checker import check_plan
 from planner.costmodel import AnalyticCostModel
-from planner.domain import GIB, Cluster, Gpu, Host, Instance, Model, Request, Schedule, SolverInfo
+from planner.domain import (
+    GIB,
+    Cluster,
+    EngineConfig,
+    Gpu,
+    Host,
+    Instance,
+    Model,
+    Request,
+    Schedule,
+    SolverInfo,
+)
 from planner.generate import WorkloadSpec, generate_requests
 from planner.metrics import compute_metrics
 from planner.reference import reference_arch
@@ -579,3 +591,43 @@ def test_swap_bound_applies_to_one_gpu_and_mean_response_only() -> None:
     two = replace(inst, cluster=Cluster((replace(host, gpus=(
         host.gpus[0], replace(host.gpus[0], id="g1"))),)))
     assert swap_bound(two, cost, "mean_response", 10.0) == 0.0
+
+
+class SizedCost(RoundCost):
+    """RoundCost with models of different sizes: A's layers 1 GiB, B's 0.7, C's 0.3."""
+
+    SIZE: ClassVar[dict[str, float]] = {"A": 1.0, "B": 0.7, "C": 0.3}
+
+    def gpu_bytes(self, cfg: EngineConfig) -> int:
+        return int(cfg.n_gpu_layers * self.SIZE[cfg.model] * GIB)
+
+    def host_bytes(self, cfg: EngineConfig) -> int:
+        return int((self.LAYERS - cfg.n_gpu_layers) * self.SIZE[cfg.model] * GIB)
+
+
+def test_swap_bound_with_models_of_several_sizes_below_exhaustive_optimum() -> None:
+    """60 random one-GPU instances with models of 10, 7 and 3 GiB on a GPU of 10-13 GiB
+    (the host holding them or not), 2-4 requests: the swap bound, with a group system
+    for each model whose fastest split holds more than half the GPU (several on some),
+    never exceeds the exhaustive optimum and is above every other bound on some."""
+    from planner.solver import bound_modes
+    from planner.solver.bound import swap_bound
+
+    rng = random.Random(3)
+    above = several = 0
+    for _ in range(60):
+        n = rng.randint(2, 4)
+        reqs = [(f"r{i}", rng.choice("ABC"), round(rng.uniform(0, 4), 1),
+                 rng.choice([5, 10, 20, 30])) for i in range(n)]
+        inst = instance(rng.choice([10, 11, 12, 13]), reqs, host_gib=rng.choice([1, 64]))
+        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
+                                            for r in inst.requests))
+        cost = SizedCost()
+        best = brute_force(inst, cost, {})
+        other, _name = lower_bound(inst, cost, None, "mean_response")
+        value = swap_bound(inst, cost, "mean_response", 10.0)
+        assert value <= best + 1e-6, (inst, value, best)
+        got = bound_modes.systems(inst, cost, "g0")
+        several += got is not None and len(got[1]) > 1
+        above += value > other + 1e-6
+    assert several > 4 and above > 10, (several, above)

@@ -5,18 +5,26 @@ Derivation in ``docs/solver.md`` ("Swaps in the bound"). In short: engines are p
 groups by the bytes they hold on the GPU so that any two engines of different groups do
 not fit on it together:
 
-- ``big``: engines of the model whose fastest split holds the most, ``B > cap / 2``
-  (and of any other model whose fastest split holds as much), holding at least ``B``
-  (two of different models never fit together);
+- ``big``: for a model whose fastest split holds ``B > cap / 2`` bytes, its engines (and
+  those of any model whose fastest split holds as much) holding at least ``B`` (two of
+  different models never fit together);
 - ``mid``: every other engine holding more than ``cap - B`` (none fits beside a big one);
 - the rest are free: their runs are not part of the argument.
 
-When every model's fastest split holds more than half the GPU, each model's engines
-holding more than half are a group of their own instead (a shared ``mid`` group would let
-two models' large splits, which do not fit together, take turns for free). Measured on
-the one-GPU benchmark workloads, where small models' fastest splits hold a fifth of the
-GPU: groups per model for every split over half the GPU leave those small models free,
-and the bound lost its grip; the largest model against the rest did best.
+There is one such *system* of groups per model whose fastest split holds more than half
+the GPU (``B`` being that split's bytes; its engines holding at least ``B`` are ``big``),
+each with binaries of its own: a swap between the 32B model (19 GiB) and the 8B F16 one
+(14.7 GiB) is charged by the 32B model's system, while the largest model's (the 14B F16,
+23.8 GiB) puts both in ``mid``. All systems constrain the same work variables (a split's
+work counts in its group of each system).
+
+When every model's fastest split holds more than half the GPU, there is one system with
+a group per model, of its engines holding more than half (a shared ``mid`` group would
+let two models' large splits, which do not fit together, take turns for free). Where small
+models' fastest splits hold a fifth of the GPU (the one-GPU benchmark workloads), such
+groups would leave the small models free, and the bound lost its grip; a system per large
+model did best (seed 5 pareto, 16 s of MIP: 19.93 s, against 19.45 s with the largest
+model's system alone, 18.33 s for the LP).
 
 Memory is held from the start of a load to the end of an unload (SPEC rule 4), so after
 a run of a group-``g`` engine, a run of a group-``h`` engine (``h != g``) can start only
@@ -59,21 +67,31 @@ VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x var
 MIN_SLOT_S = 0.25
 WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
 HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
+MULTI = True  # a group system per model over half the GPU (else the largest model's only)
 SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
 
 
 @dataclass(frozen=True)
 class Option:
-    group: int  # -1: a free engine on the GPU; -2: another device (its own capacity row)
+    groups: tuple[int, ...]  # the groups (global ids) its engines are in; () elsewhere
     device: str
     seconds: float
     release: float
 
 
-def groups(instance: Instance, cost: CostModel, gpu: str) -> tuple[
-        dict[str, list[tuple[int, EngineConfig]]], list[tuple[float, float]]] | None:
-    """Per model, (group, configuration) of every split on ``gpu`` that fits; and per
-    group its (least unload, least load) seconds. None when fewer than two groups."""
+@dataclass(frozen=True)
+class System:
+    """A partition of the GPU's splits into groups that never fit together."""
+    group_of: dict[tuple[str, int], int]  # (model, n_gpu_layers) -> group; absent: free
+    changes: list[tuple[float, float]]  # per group: (least unload, least load) seconds
+
+
+def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
+        dict[str, list[EngineConfig]], list[System]] | None:
+    """Every split of each model on ``gpu`` that fits, and the group systems (module
+    docstring): one per model whose fastest split holds more than half the GPU (with
+    MULTI; else the largest only), or, when every model's does, one with a group per
+    model. None when no system has two groups."""
     dev = instance.cluster.device(gpu)
     cap = dev.memory_bytes
     if cap is None:
@@ -91,36 +109,38 @@ def groups(instance: Instance, cost: CostModel, gpu: str) -> tuple[
     top = max(held.values(), default=0)
     if 2 * top <= cap:
         return None
-    big_b = {m: b for m, b in held.items() if b >= top}
     if all(2 * b > cap for b in held.values()):
         # every model's fastest split holds more than half the GPU: a group per model of
         # its splits holding more than half (no mid group, whose splits of different
         # models could not fit together yet would change group for free)
-        big_b = {m: cap // 2 + 1 for m in held}
-    least = min(big_b.values())
-    big_ids = {m: i for i, m in enumerate(sorted(big_b))}
-    mid = len(big_ids)
-    out: dict[str, list[tuple[int, EngineConfig]]] = {}
-    for m, cs in cfgs.items():
-        row = []
-        for c in cs:
-            b = cost.gpu_bytes(c)
-            if m in big_b and b >= big_b[m]:
-                row.append((big_ids[m], c))
-            elif b > cap - least:
-                row.append((mid, c))
-            else:
-                row.append((-1, c))
-        out[m] = row
-    used = {g for row in out.values() for g, _ in row if g >= 0}
-    if len(used) < 2:
-        return None
-    changes = []
-    for g in range(mid + 1):
-        cs = [c for row in out.values() for gg, c in row if gg == g]
-        changes.append((min((cost.unload_s(c) for c in cs), default=math.inf),
-                        min((cost.load_s(c) for c in cs), default=math.inf)))
-    return out, changes
+        bigs = [{m: cap // 2 + 1 for m in held}]
+    else:
+        levels = sorted({b for b in held.values() if 2 * b > cap}, reverse=True)
+        bigs = [{m: b for m, b in held.items() if b == level}
+                for level in (levels if MULTI else levels[:1])]
+    out: list[System] = []
+    for big_b in bigs:
+        least = min(big_b.values())
+        big_ids = {m: i for i, m in enumerate(sorted(big_b))}
+        mid = len(big_ids)
+        group_of: dict[tuple[str, int], int] = {}
+        for m, cs in cfgs.items():
+            for c in cs:
+                b = cost.gpu_bytes(c)
+                if m in big_b and b >= big_b[m]:
+                    group_of[(m, c.n_gpu_layers)] = big_ids[m]
+                elif b > cap - least:
+                    group_of[(m, c.n_gpu_layers)] = mid
+        if len(set(group_of.values())) < 2:
+            continue
+        changes = []
+        for g in range(mid + 1):
+            cs = [c for m, row in cfgs.items() for c in row
+                  if group_of.get((m, c.n_gpu_layers)) == g]
+            changes.append((min((cost.unload_s(c) for c in cs), default=math.inf),
+                            min((cost.load_s(c) for c in cs), default=math.inf)))
+        out.append(System(group_of, changes))
+    return (cfgs, out) if out else None
 
 
 def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
@@ -136,32 +156,42 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     if len(gpus) != 1 or time_limit_s <= 0.5:
         return 0.0
     gpu = gpus[0].id
-    got = groups(instance, cost, gpu)
+    got = systems(instance, cost, gpu)
     if got is None:
         return 0.0
-    by_model, changes = got
-    n_grp = len(changes)
+    cfgs, systs = got
+    offset = [0]
+    for sy in systs:
+        offset.append(offset[-1] + len(sy.changes))
+    n_grp = offset[-1]
     reqs = list(instance.requests)
     opts: list[list[Option]] = []
     for r in reqs:
-        row: list[Option] = []
-        for g in sorted({g for g, _ in by_model.get(r.model, [])}):
-            cs = [c for gg, c in by_model[r.model] if gg == g and r.total_tokens <= c.n_ctx]
-            if cs:
-                row.append(Option(g, gpu, min(cost.run_s(c, r.prompt_tokens, 0, r.output_tokens)
-                                              for c in cs),
-                                  max(r.arrival_s, min(cost.load_s(c) for c in cs))))
-        for d, s in per_device[r.id].items():
+        cells: dict[tuple[int, ...], list[EngineConfig]] = defaultdict(list)
+        for cfg in cfgs.get(r.model, []):
+            if r.total_tokens <= cfg.n_ctx:
+                at = (r.model, cfg.n_gpu_layers)
+                key = tuple(base + sy.group_of[at] for base, sy in zip(offset, systs, strict=False)
+                            if at in sy.group_of)
+                cells[key].append(cfg)
+        row: list[Option] = [
+            Option(key, gpu, min(cost.run_s(x, r.prompt_tokens, 0, r.output_tokens) for x in cs),
+                   max(r.arrival_s, min(cost.load_s(x) for x in cs)))
+            for key, cs in sorted(cells.items())]
+        for d, sec in per_device[r.id].items():
             if d != gpu and not d.startswith("split:"):
-                row.append(Option(-2, d, s, max(r.arrival_s, load[(r.model, d)])))
+                row.append(Option((), d, sec, max(r.arrival_s, load[(r.model, d)])))
         if not row:
             return 0.0
         opts.append(row)
     p = [min(o.seconds for o in row) for row in opts]
-    s_min = min(changes[g][0] + changes[h][1] for g in range(n_grp) for h in range(n_grp)
-                if g != h)
-    s_max = max(changes[g][0] + changes[h][1] for g in range(n_grp) for h in range(n_grp)
-                if g != h and changes[g][0] + changes[h][1] < math.inf)
+
+    def spread(ch: list[tuple[float, float]]) -> tuple[float, float]:
+        """(least, longest finite) change between two groups of a system"""
+        both = [ch[g][0] + ch[h][1] for g in range(len(ch)) for h in range(len(ch)) if g != h]
+        return min(both), max(x for x in both if x < math.inf)
+
+    s_max = max(spread(sy.changes)[1] for sy in systs)
     # any horizon is valid (work after it is counted at it, without capacity); this one
     # leaves room for the last requests and HORIZON_CHANGES changes of group
     horizon = max(o.release for row in opts for o in row) + sum(p) + HORIZON_CHANGES * s_max
@@ -206,8 +236,8 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
         for o in row:
             for s in range(int(np.searchsorted(starts, o.release - 1e-9)), n_slot):
                 cap_rows[(o.device, s)].append((col, o.seconds))
-                if o.group >= 0:
-                    group_work[(o.group, int(win_of[s]))].append((col, o.seconds))
+                for g in o.groups:
+                    group_work[(g, int(win_of[s]))].append((col, o.seconds))
                 job_slot[(jn, s)].append((col, o.seconds))
                 mine.append((col, float(starts[s])))
                 shares.append((col, 1.0))
@@ -237,28 +267,34 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     def v(g: int, k: int) -> int:
         return v0 + g * n_win + k
 
-    pairs = [(g, h, max(min(changes[g][0] + changes[f][1] for f in range(n_grp) if f != g),
-                        min(changes[f][0] + changes[h][1] for f in range(n_grp) if f != h)))
-             for g in range(n_grp) for h in range(n_grp) if g != h]
     cum = np.concatenate([[0.0], np.cumsum(win_lens)])
-    for k in range(n_win):
-        length = float(win_lens[k])
-        for g in range(n_grp):
-            add([*group_work.get((g, k), []), (v(g, k), -1.0)], 0.0, 0.0)
-            add([(v(g, k), 1.0), (y(g, k), -length)], 0.0)
-        # two groups in one window: a change inside it
-        add([*((v(g, k), 1.0) for g in range(n_grp)), *((y(g, k), s_min) for g in range(n_grp))],
-            length + s_min)
-        # g in window k, h in a later window k2: a change between them
-        for k2 in range(k + 1, n_win):
-            span_len = float(cum[k2 + 1] - cum[k])
-            inner = float(cum[k2] - cum[k + 1])  # the windows strictly between
-            if inner >= s_max:
-                break  # the windows between can hold the change (no grip)
-            work = [(v(g, kk), 1.0) for g in range(n_grp) for kk in range(k, k2 + 1)]
-            for g, h, gap in pairs:
-                if gap < math.inf:
-                    add([*work, (y(g, k), gap), (y(h, k2), gap)], span_len + gap)
+    for base, sy in zip(offset, systs, strict=False):
+        ch = sy.changes
+        ids = range(base, base + len(ch))
+        s_min, s_far = spread(ch)
+        out_of = [min(ch[g][0] + ch[f][1] for f in range(len(ch)) if f != g)
+                  for g in range(len(ch))]
+        into = [min(ch[f][0] + ch[h][1] for f in range(len(ch)) if f != h) for h in range(len(ch))]
+        pairs = [(base + g, base + h, max(out_of[g], into[h]))
+                 for g in range(len(ch)) for h in range(len(ch)) if g != h]
+        for k in range(n_win):
+            length = float(win_lens[k])
+            for g in ids:
+                add([*group_work.get((g, k), []), (v(g, k), -1.0)], 0.0, 0.0)
+                add([(v(g, k), 1.0), (y(g, k), -length)], 0.0)
+            # two groups in one window: a change inside it
+            add([*((v(g, k), 1.0) for g in ids), *((y(g, k), s_min) for g in ids)],
+                length + s_min)
+            # g in window k, h in a later window k2: a change between them
+            for k2 in range(k + 1, n_win):
+                span_len = float(cum[k2 + 1] - cum[k])
+                inner = float(cum[k2] - cum[k + 1])  # the windows strictly between
+                if inner >= s_far:
+                    break  # the windows between can hold the change (no grip)
+                work = [(v(g, kk), 1.0) for g in ids for kk in range(k, k2 + 1)]
+                for g, h, gap in pairs:
+                    if gap < math.inf:
+                        add([*work, (y(g, k), gap), (y(h, k2), gap)], span_len + gap)
     weights = np.array([r.weight for r in reqs])
     c = np.zeros(n)
     c[c0:c0 + n_job] = weights
