@@ -18,18 +18,8 @@ import pytest
 from planner.baselines.policies import static
 from planner.checker import check_plan
 from planner.costmodel import AnalyticCostModel
-from planner.domain import (
-    GIB,
-    Cluster,
-    EngineConfig,
-    Gpu,
-    Host,
-    Instance,
-    Model,
-    Request,
-    Schedule,
-    SolverInfo,
-)
+from planner.domain import GIB, Cluster, Gpu, Host, Instance, Model, Request, Schedule, SolverInfo
+from planner.domain import EngineConfig as Config
 from planner.generate import WorkloadSpec, generate_requests
 from planner.metrics import compute_metrics
 from planner.reference import reference_arch
@@ -598,10 +588,10 @@ class SizedCost(RoundCost):
 
     SIZE: ClassVar[dict[str, float]] = {"A": 1.0, "B": 0.7, "C": 0.3}
 
-    def gpu_bytes(self, cfg: EngineConfig) -> int:
+    def gpu_bytes(self, cfg: Config) -> int:
         return int(cfg.n_gpu_layers * self.SIZE[cfg.model] * GIB)
 
-    def host_bytes(self, cfg: EngineConfig) -> int:
+    def host_bytes(self, cfg: Config) -> int:
         return int((self.LAYERS - cfg.n_gpu_layers) * self.SIZE[cfg.model] * GIB)
 
 
