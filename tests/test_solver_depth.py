@@ -621,3 +621,17 @@ def test_swap_bound_with_models_of_several_sizes_below_exhaustive_optimum() -> N
         several += got is not None and len(got[1]) > 1
         above += value > other + 1e-6
     assert several > 4 and above > 10, (several, above)
+
+
+def test_solve_reports_the_swap_bound_where_it_is_the_largest() -> None:
+    """The hand case above through ``solve_cpsat`` (3 s): the swap bound, computed while
+    the polish runs, is the reported bound (named in the notes), below the plan."""
+    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.0, 20)],
+                    host_gib=1)
+    cost = RoundCost()
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=3, workers=1),
+                              baselines(inst, cost))
+    assert check_plan(inst, sched) == []
+    assert "bound: swap-aware" in info.notes, info.notes
+    assert info.bound is not None and info.objective is not None
+    assert 6.5 < info.bound <= info.objective == pytest.approx(7.0)

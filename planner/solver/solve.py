@@ -488,7 +488,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                     later += ", the plan before them kept"
             decomposition += later
         if swaps is not None:
-            swap_value = swaps.value(t0 + full - 0.05)
+            stopped = stop_reason() is not None or (stop is not None and stop.is_set())
+            swap_value = swaps.value(time.perf_counter() if stopped else t0 + full - 0.05)
             if swap_value is not None and swap_value > bound:
                 bound, bound_name = swap_value, SWAP_BOUND_NAME
                 bound_note = f"bound: {bound_name}"
