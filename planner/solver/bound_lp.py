@@ -115,6 +115,18 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
         budget, last_dt = budget * REFINE, dt
 
 
+def slot_grid(t0: float, dt: float, horizon: float, releases: list[float]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the slots of a regular grid of ``dt`` from ``t0`` plus every
+    release time before ``horizon``. The horizon closes the last slot: work after it is
+    the tail, counted at the horizon; work before it must be in a slot (counted at the
+    slot's start)."""
+    pts = {t0 + k * dt for k in range(math.ceil((horizon - t0) / dt) + 1)}
+    pts.update(r for r in releases if r < horizon)
+    grid = np.array(sorted({t for t in pts if t < horizon - 1e-9} | {horizon}))
+    return grid[:-1], np.diff(grid)
+
+
 def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
                 horizon: float, t0: float, dt: float, time_limit_s: float,
                 one_device: bool = True) -> float | None:
@@ -122,14 +134,8 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
     when it would have more than ``MAX_VARS`` variables. ``one_device=False`` leaves
     out the rows that keep a request on one device at a time (a relaxation)."""
     n_cls = len(capacity)
-    pts = {t0 + k * dt for k in range(math.ceil((horizon - t0) / dt) + 1)}
-    pts.update(r for j in jobs for r, p in zip(j.release, j.times, strict=True)
-               if p < math.inf and r < horizon)
-    # the horizon closes the last slot: work after it is the tail, counted at the
-    # horizon; work before it must be in a slot (counted at the slot's start)
-    pts = {t for t in pts if t < horizon - 1e-9} | {horizon}
-    grid = np.array(sorted(pts))
-    starts, lens = grid[:-1], np.diff(grid)
+    starts, lens = slot_grid(t0, dt, horizon, [r for j in jobs for r, p in zip(
+        j.release, j.times, strict=True) if p < math.inf])
     n_slot = len(starts)
     if sum(n_slot - int(np.searchsorted(starts, r - 1e-9))
            for j in jobs for r, p in zip(j.release, j.times, strict=True)

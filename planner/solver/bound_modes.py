@@ -62,12 +62,12 @@ from scipy.sparse import coo_matrix
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance
+from planner.solver.bound_lp import slot_grid
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
 MIN_SLOT_S = 0.25
 WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
 HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
-MULTI = True  # a group system per model over half the GPU (else the largest model's only)
 SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
 
 
@@ -89,9 +89,9 @@ class System:
 def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
         dict[str, list[EngineConfig]], list[System]] | None:
     """Every split of each model on ``gpu`` that fits, and the group systems (module
-    docstring): one per model whose fastest split holds more than half the GPU (with
-    MULTI; else the largest only), or, when every model's does, one with a group per
-    model. None when no system has two groups."""
+    docstring): one per model whose fastest split holds more than half the GPU, or, when
+    every model's does, one with a group per model. None when no system has two
+    groups."""
     dev = instance.cluster.device(gpu)
     cap = dev.memory_bytes
     if cap is None:
@@ -116,8 +116,7 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
         bigs = [{m: cap // 2 + 1 for m in held}]
     else:
         levels = sorted({b for b in held.values() if 2 * b > cap}, reverse=True)
-        bigs = [{m: b for m, b in held.items() if b == level}
-                for level in (levels if MULTI else levels[:1])]
+        bigs = [{m: b for m, b in held.items() if b == level} for level in levels]
     out: list[System] = []
     for big_b in bigs:
         least = min(big_b.values())
@@ -197,11 +196,8 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     horizon = max(o.release for row in opts for o in row) + sum(p) + HORIZON_CHANGES * s_max
     span = sum(max(0.0, horizon - o.release) for row in opts for o in row)
     dt = max(MIN_SLOT_S, span / VAR_BUDGET)
-    # a regular grid plus every release time (as in bound_lp: resolution where it matters)
-    pts = {k * dt for k in range(math.ceil(horizon / dt))}
-    pts.update(o.release for row in opts for o in row if o.release < horizon)
-    grid = np.array(sorted(pts | {horizon}))
-    starts, lens = grid[:-1], np.diff(grid)
+    # a regular grid plus every release time (as the LP's: resolution where it matters)
+    starts, lens = slot_grid(0.0, dt, horizon, [o.release for row in opts for o in row])
     n_slot = len(starts)
     win_len = max(dt, WINDOW_CHANGES * s_max)
     win_of = (starts // win_len).astype(int)

@@ -643,11 +643,11 @@ def _ruins(order: list[Action], by_model: dict[str, list[Engine]], score: _Score
 def _periods(order: list[Action], movable: dict[str, Action]) -> list[list[str]]:
     """The movable requests run in each period of an engine (load to unload),
     and those of each two periods one after the other on a device, the longest first."""
-    gpu = {r.engine for r in movable.values()}
+    serving = {r.engine for r in movable.values()}
     open_: dict[str, list[str]] = {}
     done: dict[str, list[list[str]]] = {}
     for a in order:
-        if a.engine not in gpu:
+        if a.engine not in serving:
             continue
         if a.kind == "run" and a.request in movable:
             open_.setdefault(a.engine, []).append(a.request)
@@ -798,9 +798,8 @@ def _fills(instance: Instance, cost: CostModel, actions: list[Action],
         ctx = rq.prompt_tokens + made
         for c in cs:
             a = actions[c]
-            dur = cost.kv_save_s(cfg, ctx) if a.kind == "kv_save" else \
-                cost.kv_restore_s(cfg, ctx)
-            new[c] = replace(a, bytes=cost.kv_bytes(cfg, ctx), end_s=a.start_s + dur)
+            new[c] = replace(a, bytes=cost.kv_bytes(cfg, ctx),
+                             end_s=a.start_s + cost.kv_s(a.kind, cfg, ctx))
         out.append([new.get(i, a) for i, a in enumerate(actions)])
     return out
 
