@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from profiler.models import cache_dir, fetch_smollm2
 from profiler.synth import SynthShape, write_synthetic
@@ -48,7 +47,7 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                     local: Path = LOCAL, reference: Path = REFERENCE) -> None:
     """Profiles of this machine for the demo's models in ``local``, re-measured when the one
     there was made elsewhere or drifts by more than 10% (each decision is said)."""
-    from planner.machine import confirmed_probe
+    from planner.machine import confirmed_probe, predicted_probe_s
     from profiler.engine import Engine
     from profiler.fingerprint import compare, decode_probe, fingerprint
     from profiler.store import ProfileError, load_profile
@@ -73,8 +72,9 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                 else:
                     pred = predicted_probe_s(prof)
                     measured = decode_probe(eng, p)
-                    dist = compare(prof.doc.get("fingerprint"), here, (pred, measured))
-                    if dist.same_machine:
+                    dist = compare(prof.doc.get("fingerprint"), here,
+                                   (pred, measured) if pred else None)
+                    if dist.same_machine and pred:
                         # as `planner profile check` does: a drift counts only when a
                         # fresh worker's probe confirms it (the nearer one is kept)
                         def probe_again(reps: list[float], p: Path = p) -> float:
@@ -109,8 +109,9 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                     with contextlib.suppress(ProfileError):
                         rp = load_profile(ref[0])
                         measured = decode_probe(eng, p)
+                        rp_pred = predicted_probe_s(rp)
                         dist = compare(rp.doc.get("fingerprint"), here,
-                                       (predicted_probe_s(rp), measured))
+                                       (rp_pred, measured) if rp_pred else None)
                         note = (f"; the committed {ref[0]} is reference data from another "
                                 f"machine ({dist.describe()})")
                 say(f"{sweep.arch.key}: no profile of this machine in {local}{note}; "
@@ -120,15 +121,6 @@ def ensure_profiles(paths: list[Path], say: Callable[[str], None], threads: int 
                             fresh=fresh)
             say(f"profile {res.profile_path} ({res.new_rows} new measurements, "
                 f"{res.wall_s:.0f} s)")
-
-
-def predicted_probe_s(prof: Any) -> float:
-    """What a profile predicts for the fingerprint's decode probe (seconds per token)."""
-    from profiler.fingerprint import PROBE_PROMPT, PROBE_TOKENS
-
-    ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
-    return float(prof.predict("decode_s_per_token", n_gpu_layers=ngl, n_ctx=256,
-                              context=PROBE_PROMPT + PROBE_TOKENS // 2))
 
 
 def check_profiles(instance_path: Path, say: Callable[[str], None]) -> bool:

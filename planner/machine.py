@@ -89,7 +89,9 @@ def _threads(prof: Profile) -> int:
     return int(prof.doc.get("settings", {}).get("threads") or 1)
 
 
-def _predicted_probe_s(prof: Profile) -> float | None:
+def predicted_probe_s(prof: Profile) -> float | None:
+    """What a profile predicts for the fingerprint's decode probe (seconds per token);
+    None when it has no decode fit."""
     if not prof.has("decode_s_per_token"):
         return None
     ngl = int(prof.doc.get("settings", {}).get("primary_n_gpu_layers") or 0)
@@ -137,7 +139,7 @@ def check_instance(instance: Instance, budget_s: float = PROBE_BUDGET_S,
             if t not in here_by_threads:
                 here_by_threads[t] = fingerprint(t)
             here = here_by_threads[t]
-            pred = _predicted_probe_s(prof)
+            pred = predicted_probe_s(prof)
             meas = None
             note = ""
             reps: list[float] = []
