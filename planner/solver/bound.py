@@ -263,6 +263,19 @@ def _slot_times(instance: Instance, cost: CostModel, slots: int,
     return dur, work, whole
 
 
+def least_responses(reqs: tuple[Request, ...], whole: dict[str, dict[str, float]],
+                    load: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Per request, the least response time: its fastest run (``whole``: per device), and
+    its model's least first load there plus that run (engines start unloaded); inf for a
+    request no device runs."""
+    out: dict[str, float] = {}
+    for r in reqs:
+        first = min((load[(r.model, d)] + s for d, s in whole[r.id].items()),
+                    default=math.inf)
+        out[r.id] = max(min(whole[r.id].values(), default=math.inf), first - r.arrival_s)
+    return out
+
+
 def _lower_bound(instance: Instance, cost: CostModel, slots: int,
                  objective: str, lp_time_s: float = TIME_LIMIT_S) -> tuple[float, str]:
     p, pd, load = request_bounds(instance, cost)
@@ -273,12 +286,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
     if slots > 1:  # the LP's durations: output tokens only (the prompt in `whole`)
         pd, work, whole = _slot_times(instance, cost, slots, pd)
         p = {r.id: min(pd[r.id].values()) if pd[r.id] else math.inf for r in reqs}
-    first: dict[str, float] = {}  # per request: least (load + run) over devices
-    for r in reqs:
-        first[r.id] = min((load[(r.model, d)] + s for d, s in whole[r.id].items()),
-                          default=math.inf)
-    min_resp = {r.id: max(min(whole[r.id].values(), default=math.inf),
-                          first[r.id] - r.arrival_s) for r in reqs}
+    min_resp = least_responses(reqs, whole, load)
     per_request = "per-request bound (fastest run; first load + run, engines start unloaded)"
     if slots > 1:
         per_request = ("per-request bound (fastest token steps on engines of up to "
@@ -405,13 +413,11 @@ def swap_bound(instance: Instance, cost: CostModel, objective: str,
             sum(1 for d in instance.cluster.devices if d.kind == "gpu") != 1:
         return 0.0
     started = time.perf_counter()
-    p, pd, load = request_bounds(instance, cost)
-    done_by: dict[str, float] = {}
-    for r in instance.requests:
-        if not pd[r.id]:
-            return 0.0
-        first = min(load[(r.model, d)] + s for d, s in pd[r.id].items())
-        done_by[r.id] = r.arrival_s + max(p[r.id], first - r.arrival_s)
+    _, pd, load = request_bounds(instance, cost)
+    least = least_responses(instance.requests, pd, load)
+    if any(math.isinf(v) for v in least.values()):
+        return 0.0
+    done_by = {r.id: r.arrival_s + least[r.id] for r in instance.requests}
     value = mode_bound(instance, cost, pd, load, done_by,
                        time_limit_s - (time.perf_counter() - started))
     if value <= 0:

@@ -450,7 +450,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
     own_obj = 0.0  # then CP-SAT's plan's objective
     stop = getattr(opts, "stop", None)
-    if polishing and stop_reason() is None and not (stop is not None and stop.is_set()):
+
+    def stopped() -> bool:
+        """a stop request came: a signal, or the caller's stop event"""
+        return stop_reason() is not None or (stop is not None and stop.is_set())
+
+    if polishing and not stopped():
         # (a stop request ends the search; the plan is written as it is, at once)
         if swaps is None and want_bound and one_slot:  # on the core the search had
             swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
@@ -467,8 +472,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             own_obj = objective_value(own, objective)
         left = t0 + full - time.perf_counter()
         if more_rounds is not None and mono is not None and from_start is None and \
-                left >= max(MORE_MIN_S, MORE_SHARE * full) and stop_reason() is None and \
-                not (stop is not None and stop.is_set()):
+                left >= max(MORE_MIN_S, MORE_SHARE * full) and not stopped():
             # the polish ended early (no move left): more split rounds from CP-SAT's
             # solution in the time it left, then the polish again on what they found
             data2, sol2, r2, b2 = more_rounds(
@@ -488,8 +492,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                     later += ", the plan before them kept"
             decomposition += later
         if swaps is not None:
-            stopped = stop_reason() is not None or (stop is not None and stop.is_set())
-            swap_value = swaps.value(time.perf_counter() if stopped else t0 + full - 0.05)
+            swap_value = swaps.value(time.perf_counter() if stopped() else t0 + full - 0.05)
             if swap_value is not None and swap_value > bound:
                 bound, bound_name = swap_value, SWAP_BOUND_NAME
                 bound_note = f"bound: {bound_name}"
