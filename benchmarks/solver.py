@@ -108,7 +108,7 @@ def make_instance(name: str, seed: int) -> dict[str, Any]:
 
 
 def _polish_moves(notes: str) -> int | str:
-    """Runs the polish moved (``planner/solver/polish.py``), from the plan's notes."""
+    """Runs the polish moved (``planner/solver/polish/``), from the plan's notes."""
     import re
 
     got = re.search(r"polish: (\d+) run", notes)
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=["mixed", *WORKLOADS],
                     help="run only these (repeat)")
     ap.add_argument("--no-polish", action="store_true",
-                    help="CP-SAT's plan as it ends, without the local moves (polish.py)")
+                    help="CP-SAT's plan as it ends, without the local moves (solver/polish/)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

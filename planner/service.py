@@ -145,7 +145,7 @@ class SolveOptions:
     #: once set, the search ends and keeps its best plan so far
     stop: threading.Event | None = field(default=None, compare=False, repr=False)
     cpu_engines: bool = True  # CP-SAT may place engines on host CPUs beside the GPUs
-    #: keep 30 % of the time limit for local moves on the plan (solver/polish.py)
+    #: keep 30 % of the time limit for local moves on the plan (solver/polish/)
     polish: bool = True
 
 

@@ -28,7 +28,9 @@ from planner.domain import (
     Schedule,
 )
 from planner.metrics import compute_metrics, objective_key
-from planner.solver.polish import _ruin_recreate, _ruins, _Score, compact, polish
+from planner.solver.polish import compact, polish
+from planner.solver.polish.ruins import listed_ruins, ruin_recreate
+from planner.solver.polish.timing import Score
 from tests.test_solver import RoundCost, arch, baselines, instance
 from tests.test_solver_depth import _random_instance
 
@@ -183,12 +185,12 @@ def test_ruin_and_recreate_puts_the_runs_back_one_by_one_in_their_best_places() 
     assert _mean(inst, plan) == pytest.approx(15.0)
     order = list(plan.actions)
     by_model = {"A": [fast, slow]}
-    score = _Score(inst, "mean_response")
-    ruin = next(_ruins(order, by_model, score))
+    score = Score(inst, "mean_response")
+    ruin = next(listed_ruins(order, by_model, score))
     assert ruin == ("L", ["S"])
-    got = _ruin_recreate(inst, RoundCost(), plan, order, by_model, score,
-                         score(order, [a.end_s for a in order]), *ruin,
-                         time.perf_counter() + 5)
+    got = ruin_recreate(inst, RoundCost(), plan, order, by_model, score,
+                        score(order, [a.end_s for a in order]), *ruin,
+                        time.perf_counter() + 5)
     assert got is not None
     out = Schedule((fast, slow), tuple(got[0]))
     assert check_plan(inst, out) == []
@@ -212,18 +214,18 @@ def test_random_ruins_go_on_once_the_listed_ones_fail(monkeypatch) -> None:  # t
     weighted response, runs of a random device near a random instant of its stay) go on
     and one of them is that ruin.
     """
-    import planner.solver.polish as pol
+    from planner.solver.polish import loop
 
     inst, _fast, _slow, plan = s_fast_l_slow(60, 100, slow_gib=8)
     assert check_plan(inst, plan) == []
     assert _mean(inst, plan) == pytest.approx(12.0)
-    monkeypatch.setattr(pol, "_ruins", lambda *args: iter(()))
-    monkeypatch.setattr(pol, "RANDOM_RUINS", False)
+    monkeypatch.setattr(loop, "listed_ruins", lambda *args: iter(()))
+    monkeypatch.setattr(loop, "RANDOM_RUINS", False)
     t = time.perf_counter()
     alone, moves = polish(inst, RoundCost(), plan, "mean_response", t + 30)
     assert moves == 0 and alone is plan
     assert time.perf_counter() - t < 15  # it stopped long before its deadline
-    monkeypatch.setattr(pol, "RANDOM_RUINS", True)
+    monkeypatch.setattr(loop, "RANDOM_RUINS", True)
     t = time.perf_counter()
     out, moves = polish(inst, RoundCost(), plan, "mean_response", t + 30)
     assert time.perf_counter() - t < 15  # the random ruins stalled: it stopped early
@@ -369,12 +371,12 @@ def test_a_plan_with_slot_engines_is_left_as_it_is() -> None:
 def _without_and_with_pauses(monkeypatch, inst: Instance, cost: RoundCost,  # type: ignore[no-untyped-def]
                              plan: Schedule) -> tuple[Schedule, Schedule]:
     """``plan`` (checked valid) polished without pauses, then with them (checked valid)."""
-    import planner.solver.polish as pol
+    from planner.solver.polish import loop
 
     assert check_plan(inst, plan) == []
     out = []
     for on in (False, True):
-        monkeypatch.setattr(pol, "PAUSES", on)
+        monkeypatch.setattr(loop, "PAUSES", on)
         got, _ = polish(inst, cost, plan, "mean_response", time.perf_counter() + 10)
         assert check_plan(inst, got) == []
         out.append(got)
@@ -462,7 +464,7 @@ def test_a_long_run_is_paused_and_its_model_swapped_out_for_a_heavy_request() ->
     the whole polish finds that one first, by a ruin, and in it L cannot start before S
     arrives, so the move is shown on its own.)
     """
-    import planner.solver.polish as pol
+    from planner.solver.polish.pauses import pause_moves
 
     inst = instance(10, [("L", "A", 0.0, 1000), ("S", "B", 50.0, 10)], host_gib=64)
     inst = replace(inst, requests=tuple(replace(r, weight=10.0) if r.id == "S" else r
@@ -475,10 +477,10 @@ def test_a_long_run_is_paused_and_its_model_swapped_out_for_a_heavy_request() ->
         act("unload", eb, 106, 107)))
     assert check_plan(inst, plan) == []
     assert _mean(inst, plan) == pytest.approx(662 / 11)
-    score = _Score(inst, "mean_response")
+    score = Score(inst, "mean_response")
     order = list(plan.actions)
-    got = pol._pause_moves(inst, RoundCost(), plan, order, {"A": [ea], "B": [eb]}, score,
-                           score(order, [a.end_s for a in order]), time.perf_counter() + 10)
+    got = pause_moves(inst, RoundCost(), plan, order, {"A": [ea], "B": [eb]}, score,
+                      score(order, [a.end_s for a in order]), time.perf_counter() + 10)
     assert got is not None
     out = replace(plan, actions=tuple(got[0]))
     assert check_plan(inst, out) == []
@@ -501,7 +503,7 @@ def test_a_pause_timed_too_early_runs_on_until_the_heavier_request_comes(monkeyp
     tokens by 4.5 s) leaves S where it was and L's rest shorter: L [2,4.5] save
     [4.5,5] S [5,7.6] restore [7.6,8.1] L's rest [8.1,17.2]: mean 9.9 (better than
     pausing when S arrives, which delays S by the save: 10.15)."""
-    import planner.solver.polish as pol
+    from planner.solver.polish import loop
 
     inst = instance(10, [("L", "A", 0.0, 100), ("S", "A", 5.0, 10)], host_gib=1)
     ea = Engine("eA", "A", "g0", 10, 512, 10 * GIB, 0)
@@ -515,8 +517,8 @@ def test_a_pause_timed_too_early_runs_on_until_the_heavier_request_comes(monkeyp
     assert _mean(inst, plan) == pytest.approx(10.15)
     got = []
     for on in (False, True):
-        monkeypatch.setattr(pol, "RESPLITS", on)
-        monkeypatch.setattr(pol, "PAUSES", False)
+        monkeypatch.setattr(loop, "RESPLITS", on)
+        monkeypatch.setattr(loop, "PAUSES", False)
         out, _ = polish(inst, PrefillCost(), plan, "mean_response", time.perf_counter() + 5)
         assert check_plan(inst, out) == []
         got.append(out)
@@ -533,7 +535,8 @@ def test_the_runs_of_each_period_and_of_two_periods_in_a_row_are_ruins() -> None
     """A GPU serves A (a1, a2), then B (b), then A again (a3): each period's runs, and
     those of each two periods one after the other, are ruins (the most runs first), so
     that a period can move whole or two can trade places."""
-    import planner.solver.polish as pol
+    from planner.solver.polish.moves import movable_runs
+    from planner.solver.polish.ruins import _periods
 
     inst = instance(10, [("a1", "A", 0.0, 10), ("a2", "A", 0.0, 10), ("b", "B", 0.0, 10),
                          ("a3", "A", 0.0, 10)], host_gib=1)
@@ -546,9 +549,9 @@ def test_the_runs_of_each_period_and_of_two_periods_in_a_row_are_ruins() -> None
         act("unload", ea, 12, 13)))
     assert check_plan(inst, plan) == []
     order = list(plan.actions)
-    movable = pol._movable(order, {"A": [ea], "B": [eb]})
-    assert pol._periods(order, movable) == [["a1", "a2", "b"], ["a1", "a2"], ["b", "a3"],
-                                            ["b"], ["a3"]]
-    ruins = [{q, *xs} for q, xs in _ruins(order, {"A": [ea], "B": [eb]},
-                                          _Score(inst, "mean_response"))]
+    movable = movable_runs(order, {"A": [ea], "B": [eb]})
+    assert _periods(order, movable) == [["a1", "a2", "b"], ["a1", "a2"], ["b", "a3"],
+                                        ["b"], ["a3"]]
+    ruins = [{q, *xs} for q, xs in listed_ruins(order, {"A": [ea], "B": [eb]},
+                                                Score(inst, "mean_response"))]
     assert {"a1", "a2", "b"} in ruins and {"a1", "a2"} in ruins and {"b", "a3"} in ruins

@@ -75,7 +75,7 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 #: 458,612 no-overlap constraints), and CP-SAT's presolve alone outran a 10 s limit
 MAX_SLOT_PAIRS = 30_000
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
-POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish.py)
+POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish/)
 #: when the polish ends with at least this much of the time limit left (and MORE_MIN_S),
 #: the split search goes on from CP-SAT's solution and the polish runs again
 MORE_SHARE = 0.1
@@ -255,7 +255,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     """
     t0 = time.perf_counter()
     full = float(getattr(opts, "time_limit_s", 60.0))
-    # the search stops early enough to leave the polish its share (polish.py)
+    # the search stops early enough to leave the polish its share (polish/)
     polishing = bool(getattr(opts, "polish", True))
     limit = full * (1.0 - POLISH_SHARE) if polishing else full
     workers = int(getattr(opts, "workers", 2))
