@@ -635,3 +635,28 @@ def test_solve_reports_the_swap_bound_where_it_is_the_largest() -> None:
     assert "bound: swap-aware" in info.notes, info.notes
     assert info.bound is not None and info.objective is not None
     assert 6.5 < info.bound <= info.objective == pytest.approx(7.0)
+
+
+def test_the_swap_bound_is_computed_without_the_polish_where_a_core_is_free(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the polish off (``--no-polish``) the swap bound runs from the search's start on
+    a core CP-SAT's workers leave free, and is reported; without a free core it is not
+    computed (the search keeps every core)."""
+    import os
+    from dataclasses import dataclass
+
+    @dataclass
+    class NoPolish(Opts):
+        polish: bool = False
+
+    inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.0, 20)],
+                    host_gib=1)
+    cost = RoundCost()
+    for cores, named in ((4, True), (1, False)):
+        monkeypatch.setattr(os, "cpu_count", lambda n=cores: n)
+        sched, info = solve_cpsat(inst, cost, "mean_response",
+                                  NoPolish(time_limit_s=3, workers=1), baselines(inst, cost))
+        assert check_plan(inst, sched) == []
+        assert "polish:" not in info.notes, info.notes
+        assert ("bound: swap-aware" in info.notes) is named, (cores, info.notes)
+        assert info.bound is not None and info.bound <= info.objective + 1e-9

@@ -284,8 +284,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
     one_slot = max((e.slots for e in data.engines), default=1) == 1
     swaps: _SwapBound | None = None  # the swap-aware bound's thread, once started
-    if want_bound and polishing and one_slot and (os.cpu_count() or 1) > workers:
-        # a core CP-SAT's workers leave free: the swap-aware bound from now on
+    if want_bound and one_slot and (os.cpu_count() or 1) > workers:
+        # a core CP-SAT's workers leave free: the swap-aware bound from now on (with the
+        # polish off too)
         swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
     base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
     best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
@@ -491,11 +492,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 else:
                     later += ", the plan before them kept"
             decomposition += later
-        if swaps is not None:
-            swap_value = swaps.value(time.perf_counter() if stopped() else t0 + full - 0.05)
-            if swap_value is not None and swap_value > bound:
-                bound, bound_name = swap_value, SWAP_BOUND_NAME
-                bound_note = f"bound: {bound_name}"
+    if swaps is not None:
+        swap_value = swaps.value(time.perf_counter() if stopped() else t0 + full - 0.05)
+        if swap_value is not None and swap_value > bound:
+            bound, bound_name = swap_value, SWAP_BOUND_NAME
+            bound_note = f"bound: {bound_name}"
     wall = time.perf_counter() - t0  # the search, the polish and any rounds after it
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
