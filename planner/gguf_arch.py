@@ -16,8 +16,9 @@ from planner.errors import GgufError
 def read_gguf_arch(path: str | Path) -> ModelArch:
     """Architecture metadata and weight bytes (per block and outside the blocks).
 
-    Reading a GGUF's metadata parses its whole tokenizer (about a second for a
-    49k-token vocabulary), so results are kept per (file, size, modification time).
+    Reading a GGUF's metadata parses its whole tokenizer (about 2 s for a 49k-token
+    vocabulary), so results are kept per (file, size, modification time): here for the
+    process, and on disk by ``profiler.models.read_arch`` for later commands.
     """
     try:
         st = Path(path).stat()

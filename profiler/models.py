@@ -6,6 +6,8 @@ bytes per repeating block (``blk.N.``) and outside the blocks (embeddings, outpu
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -105,11 +107,78 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
         return default
 
 
+#: entries the on-disk cache of :func:`read_arch` keeps (the most recent)
+ARCH_CACHE_ENTRIES = 256
+_ARCH_CACHE_VERSION = 1
+
+
+def arch_cache_path() -> Path:
+    """The on-disk cache of :func:`read_arch`, beside the models folder."""
+    return cache_dir().parent / "gguf-arch.json"
+
+
 def read_arch(path: str | Path) -> GgufArch:
-    """Read architecture metadata and per-block weight bytes from a GGUF file."""
+    """Read architecture metadata and per-block weight bytes from a GGUF file.
+
+    The ``gguf`` reader parses every metadata field, the tokenizer's too (about 2 s for a
+    49k-token vocabulary), so results are kept on disk (:func:`arch_cache_path`) per
+    (resolved path, size, modification time): a file that changes is read again.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return _read_arch(path)  # missing or unreadable: reported there
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    entries = _arch_cache()
+    hit = entries.get(key)
+    if isinstance(hit, dict):
+        try:
+            return GgufArch(**hit)
+        except TypeError:
+            pass  # written by another version: read the file again
+    arch = _read_arch(path)
+    entries.pop(key, None)
+    entries[key] = asdict(arch)
+    _write_arch_cache(entries)
+    return arch
+
+
+def _arch_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(arch_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _ARCH_CACHE_VERSION or \
+            not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _write_arch_cache(entries: dict[str, Any]) -> None:
+    """Written whole to a temporary file, then renamed (readers never see half a file);
+    a cache that cannot be written is only a shortcut lost."""
+    keep = dict(list(entries.items())[-ARCH_CACHE_ENTRIES:])
+    p = arch_cache_path()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": _ARCH_CACHE_VERSION, "files": keep}, f)
+        os.replace(tmp, p)
+    except BaseException as exc:  # an interrupt too: no temporary file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if not isinstance(exc, OSError):
+            raise
+
+
+def _read_arch(path: Path) -> GgufArch:
     from gguf import GGUFReader
 
-    path = Path(path)
     if not path.is_file():
         raise ModelSourceError(f"model file not found: {path}")
     try:

@@ -345,3 +345,54 @@ def test_round_robin_takes_one_of_each_per_round() -> None:
 
     assert list(round_robin([("a", 2), ("b", 0), ("c", 3)])) == ["a", "c", "a", "c", "c"]
     assert list(round_robin([])) == []
+
+
+def _tiny_gguf(path: Path, layers: int) -> Path:
+    """A GGUF of ``layers`` blocks with zero weights (no tokenizer: read_arch needs none)."""
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_embedding_length(8)
+    w.add_head_count(2)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((8, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_read_arch_is_cached_on_disk_until_the_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GGUF's metadata is parsed once (the reader parses the whole tokenizer, seconds):
+    later reads come from the cache file while the model file is unchanged; a changed
+    file, a corrupt cache or one that cannot be written only mean reading the file."""
+    import gguf
+
+    from profiler.models import arch_cache_path, read_arch
+
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    model = _tiny_gguf(tmp_path / "m.gguf", layers=2)
+    first = read_arch(model)
+    assert first.n_layers == 2 and arch_cache_path().is_file()
+    reader = gguf.GGUFReader
+
+    def not_again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the file was parsed again")
+
+    monkeypatch.setattr(gguf, "GGUFReader", not_again)
+    assert read_arch(model) == first
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+    _tiny_gguf(model, layers=3)  # another size: parsed again
+    assert read_arch(model).n_layers == 3
+    arch_cache_path().write_text("{not json")
+    assert read_arch(model).n_layers == 3
+    assert json.loads(arch_cache_path().read_text())["version"] == 1  # rewritten whole
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("PLANNER_CACHE", str(blocker))  # no folder can be made there
+    assert read_arch(model).n_layers == 3
+    assert not list(tmp_path.glob("**/*.tmp"))
