@@ -269,6 +269,11 @@ def test_matches_exhaustive_search(gib: float, reqs: list[tuple[str, str, float,
 
 # --- fallbacks and errors ------------------------------------------------------------
 
+@dataclass
+class NoPolish(Opts):
+    polish: bool = False
+
+
 def test_no_solution_in_time_keeps_best_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
     from planner.solver import model
 
@@ -276,10 +281,30 @@ def test_no_solution_in_time_keeps_best_baseline(monkeypatch: pytest.MonkeyPatch
     inst = instance(10, [("a", "A", 0.0, 20), ("b", "B", 0.0, 20)])
     cost = RoundCost()
     base = baselines(inst, cost)
-    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(), base)
+    sched, info = solve_cpsat(inst, cost, "mean_response", NoPolish(), base)
     assert info.status.startswith("UNKNOWN: no CP-SAT solution in time")
     assert sched in base.values()
     assert check_plan(inst, sched) == []
+
+
+def test_no_solution_in_time_polishes_the_start_plan_in_the_time_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CP-SAT finds nothing within its share (a large instance, a short limit: 10 s on
+    `mixed.json` on a 2-vCPU VM): the time it leaves goes to the polish, on the best
+    start plan, instead of writing that plan as it is. The swap case: the start plans
+    serve a1 first; the polish puts a2 right after A's load (responses 5, 2.5, 10)."""
+    from planner.solver import model
+    from planner.solver.greedy import start_plan
+
+    monkeypatch.setattr(model.CPModel, "solve", lambda self, params: None)
+    inst, cost, base, mean = _swap_case()
+    starts = [*base.values(), start_plan(inst, cost, "mean_response")]
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=2.0), base)
+    assert check_plan(inst, sched) == []
+    assert info.status.startswith("UNKNOWN: no CP-SAT solution in time")
+    assert "polished" in info.status and "in the time left" in info.notes, info
+    assert mean(sched) < min(mean(s) for s in starts)
+    assert info.objective == pytest.approx(mean(sched)) == pytest.approx(17.5 / 3)
 
 
 def _swap_case() -> tuple[Instance, RoundCost, dict[str, Schedule], Any]:

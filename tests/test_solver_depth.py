@@ -25,7 +25,7 @@ from planner.metrics import compute_metrics
 from planner.reference import reference_arch
 from planner.solver import solve_cpsat
 from planner.solver.bound import fluid_wspt, lower_bound
-from tests.test_solver import Opts, RoundCost, baselines, brute_force, instance
+from tests.test_solver import NoPolish, Opts, RoundCost, baselines, brute_force, instance
 
 # A: four requests of 40 tokens, B: two of 10, interleaved, on a 16 GiB GPU.
 INTERLEAVED = [("a1", "A", 0.0, 40), ("b1", "B", 0.5, 10), ("a2", "A", 1.0, 40),
@@ -643,11 +643,6 @@ def test_the_swap_bound_is_computed_without_the_polish_where_a_core_is_free(
     a core CP-SAT's workers leave free, and is reported; without a free core it is not
     computed (the search keeps every core)."""
     import os
-    from dataclasses import dataclass
-
-    @dataclass
-    class NoPolish(Opts):
-        polish: bool = False
 
     inst = instance(10, [("a1", "A", 0.0, 20), ("b", "B", 0.0, 20), ("a2", "A", 0.0, 20)],
                     host_gib=1)

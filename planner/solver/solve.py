@@ -440,21 +440,36 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             notes=notes)
 
     bound_note = f"bound: {bound_name}"
-    if failed is not None:
-        return keep_baseline(f"UNKNOWN: no CP-SAT solution in time, best {kept} written"
-                             if "INFEASIBLE" not in failed else
-                             f"INFEASIBLE restricted model ({failed}), best {kept} written",
-                             bound_note)
-
-    sched = builder.schedule()
-    moves: int | None = None  # runs the polish moved; None: no polish
-    from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
-    own_obj = 0.0  # then CP-SAT's plan's objective
     stop = getattr(opts, "stop", None)
 
     def stopped() -> bool:
         """a stop request came: a signal, or the caller's stop event"""
         return stop_reason() is not None or (stop is not None and stop.is_set())
+
+    if failed is not None:
+        status = (f"UNKNOWN: no CP-SAT solution in time, best {kept} written"
+                  if "INFEASIBLE" not in failed else
+                  f"INFEASIBLE restricted model ({failed}), best {kept} written")
+        if polishing and best_base is not None and not stopped() and \
+                t0 + full - time.perf_counter() > 0.5:
+            # the time CP-SAT would have had goes to local moves on the start plan
+            start = baseline_schedules[best_base]
+            polished, n = polish(instance, cost, start, objective, t0 + full - 0.2,
+                                 polish_engines(instance, cost, data.pool), pauses=preempt)
+            if polished is not start:
+                obj = objective_value(compute_metrics(instance, polished.actions), objective)
+                return polished, SolverInfo(
+                    "cp-sat", status.replace(" written", f" polished ({n} runs moved)"),
+                    obj, bound, gap_of(obj, bound, objective), time.perf_counter() - t0,
+                    **base_info, notes=f"{bound_note}; polish: {n} run"
+                    f"{'s' if n != 1 else ''} moved in the time left, on the {best_base} "
+                    f"plan (local moves kept when the objective improves)")
+        return keep_baseline(status, bound_note)
+
+    sched = builder.schedule()
+    moves: int | None = None  # runs the polish moved; None: no polish
+    from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
+    own_obj = 0.0  # then CP-SAT's plan's objective
 
     if polishing and not stopped():
         # (a stop request ends the search; the plan is written as it is, at once)
