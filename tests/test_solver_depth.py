@@ -413,6 +413,49 @@ def test_decomposition_parts_compute_no_bound(monkeypatch: pytest.MonkeyPatch) -
 
 
 
+def test_short_limit_solves_the_costliest_parts_first_and_keeps_the_rest() -> None:
+    """Each part's sub-solve takes its share plus a set-up no share covers (here a fake
+    sub-solve sleeps 0.3 s beyond its share and returns the part's plan as it is). With
+    1.2 s in all, one part fits: the costlier one (weighted response in the start plan),
+    and the other keeps its start plan; the notes say so, and the plan stays valid."""
+    import time
+
+    from planner.solver.decompose import solve_by_parts
+    from tests.test_solver import PreemptCost, weighted_instance
+
+    reqs = [(f"r{i}", "AB"[i % 2], float(i), 10 + 5 * (i % 3), 1.0 + 4 * (i % 2))
+            for i in range(10)]
+    inst = weighted_instance([10, 10], 24, reqs)
+    cost = PreemptCost()
+    base = baselines(inst, cost)["fcfs-lru"]
+    gpu_of = {a.request: a.device for a in base.actions if a.kind == "run"}
+    done = {a.request: a.end_s for a in base.actions if a.kind == "run"}
+    weighted: dict[str, float] = {}
+    for r in inst.requests:
+        weighted[gpu_of[r.id]] = weighted.get(gpu_of[r.id], 0.0) + \
+            r.weight * (done[r.id] - r.arrival_s)
+    assert len(weighted) == 2 and len(set(weighted.values())) == 2
+    costliest = max(weighted, key=lambda d: weighted[d])
+    calls: list[tuple[str, float]] = []
+
+    def sub_solve(sub: Instance, cost: object, objective: str, opts: object,
+                  starts: dict[str, Schedule], n_ctx: object = None
+                  ) -> tuple[Schedule, SolverInfo]:
+        limit = float(opts.time_limit_s)  # type: ignore[attr-defined]
+        calls.append((sub.name, limit))
+        time.sleep(limit + 0.3)
+        return starts["current"], SolverInfo("cp-sat", "FEASIBLE", 0.0, None, None, limit)
+
+    sched, info = solve_by_parts(sub_solve, inst, cost, "mean_response",
+                                 Opts(time_limit_s=1.2), base, "fcfs-lru",
+                                 None, time.perf_counter())  # type: ignore[arg-type]
+    assert [name.split("@")[1] for name, _ in calls] == [costliest]
+    assert "1 of them, the least costly, kept their start plans" in info.notes
+    assert check_plan(inst, sched) == []
+    assert info.objective == pytest.approx(
+        compute_metrics(inst, base.actions).weighted_mean_response_s)
+
+
 # --- the split curve ------------------------------------------------------------------------
 
 def test_split_curve_every_layer_small_models_and_3pct_steps_large_ones() -> None:

@@ -83,11 +83,20 @@ class Simulator:
         self.ledger: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
         self.engines: list[Engine] = []
         self.actions: list[Action] = []
+        self._fits: dict[tuple[str, str, int | None], EngineConfig | None] = {}
 
     # --- configuration ------------------------------------------------------------
     def fit_config(self, model: str, device: str,
                    gpu_free: int | None = None) -> EngineConfig | None:
-        """Most GPU layers that fit in ``gpu_free`` (default: the whole GPU), like ``--fit``."""
+        """Most GPU layers that fit in ``gpu_free`` (default: the whole GPU), like ``--fit``
+        (kept per argument: list schedules ask again at every decision)."""
+        k = (model, device, gpu_free)
+        if k not in self._fits:
+            self._fits[k] = self._fit_config(model, device, gpu_free)
+        return self._fits[k]
+
+    def _fit_config(self, model: str, device: str,
+                    gpu_free: int | None) -> EngineConfig | None:
         d = self.devices[device].device
         host_cap = self.inst.cluster.host(d.host).memory_bytes
         if d.kind == "cpu":

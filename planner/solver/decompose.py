@@ -35,6 +35,7 @@ from planner.solver.bound import gap_of, lower_bound
 from planner.solver.data import ProblemData
 
 FIRST_PASS = 0.7  # share of the time for solving each part once
+MIN_PART_S = 0.5  # the least time limit a part's sub-solve gets
 
 
 @dataclass(frozen=True)
@@ -142,23 +143,33 @@ def solve_by_parts(solve_cpsat: Callable[..., tuple[Schedule, SolverInfo]], inst
     def stopped() -> bool:
         return (stop is not None and stop.is_set()) or stop_reason() is not None
 
-    active = [p for p in parts if n_runs([p])]
+    def cost_of(p: Part) -> float:
+        """the part's weighted response in the start plan: what solving it may gain"""
+        sub, s = _sub(instance, current[key[p]], [p])
+        return compute_metrics(sub, s.actions).weighted_mean_response_s * n_runs([p])
+
+    # the costliest parts first: under a short limit the last ones may keep their start
+    # plans (a sub-solve takes its share plus its own set-up, which no share covers)
+    active = sorted((p for p in parts if n_runs([p])), key=lambda p: -cost_of(p))
     budget = FIRST_PASS * (limit - (time.perf_counter() - t0))
+    over = 0.0  # the most a sub-solve has taken beyond its share so far
+    skipped = 0
     for i, p in enumerate(active):
-        if stopped():
+        left = limit - (time.perf_counter() - t0)
+        if stopped() or left - over < MIN_PART_S:
+            skipped = len(active) - i
             break
-        share = budget * n_runs([p]) / max(1, n_runs(active[i:]))
+        share = min(max(MIN_PART_S, budget * n_runs([p]) / max(1, n_runs(active[i:]))),
+                    left - over)
         tb = time.perf_counter()
         resolve([p], share)
-        budget -= time.perf_counter() - tb
+        took = time.perf_counter() - tb
+        over = max(over, took - share)
+        budget -= took
     rounds = 0
     total = max(1, n_runs(active))
-    while limit - (time.perf_counter() - t0) > 2.0 and not stopped():
-        load = {}
-        for p in active:
-            sub, s = _sub(instance, current[key[p]], [p])
-            load[p] = compute_metrics(sub, s.actions).weighted_mean_response_s * n_runs([p])
-        order = sorted(active, key=lambda p: -load[p])
+    while limit - (time.perf_counter() - t0) - over > 2.0 and not stopped():
+        order = sorted(active, key=lambda p: -cost_of(p))
         pair = None
         for worst in order:
             mates = [q for q in parts if q.host == worst.host and q != worst and
@@ -168,16 +179,21 @@ def solve_by_parts(solve_cpsat: Callable[..., tuple[Schedule, SolverInfo]], inst
                 break
         if pair is None:
             pair = [order[rounds % len(order)]]
-        left = limit - (time.perf_counter() - t0) - 0.5
-        resolve(pair, min(left, max(2.0, 2 * limit * n_runs(pair) / total)))
+        left = limit - (time.perf_counter() - t0) - 0.5 - over
+        share = min(left, max(2.0, 2 * limit * n_runs(pair) / total))
+        tb = time.perf_counter()
+        resolve(pair, share)
+        over = max(over, time.perf_counter() - tb - share)
         rounds += 1
     sched = _merge(current)
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
     bound, bound_name = lower_bound(instance, cost, data, objective)
     kinds = ", ".join(f"{s} x{statuses.count(s)}" for s in sorted(set(statuses)))
+    kept = (f" ({skipped} of them, the least costly, kept their start plans: no time left)"
+            if skipped else "")
     notes = (f"decomposition from the {base_name} plan: {len(active)} parts (a GPU each, "
-             f"or a host) solved apart, then {rounds} rounds re-solving the worst part with "
+             f"or a host) solved apart{kept}, then {rounds} rounds re-solving the worst part with "
              f"another GPU of its host (sub-solve statuses: {kinds}); bound: {bound_name}; "
              f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used")
     wall = time.perf_counter() - t0

@@ -27,7 +27,7 @@ import math
 
 from planner.baselines.sim import DeviceState, Resident, Simulator
 from planner.costmodel.base import CostModel
-from planner.domain import Instance, Request, Schedule
+from planner.domain import EngineConfig, Instance, Request, Schedule
 from planner.metrics import compute_metrics, objective_key
 
 Choice = tuple[float, Request, Resident | None]
@@ -52,6 +52,7 @@ def smith_with_loads(instance: Instance, cost: CostModel,
     waiting = sorted(instance.requests, key=lambda r: (r.arrival_s, r.id))
     arrivals = sorted({r.arrival_s for r in waiting})
     cold: dict[tuple[str, str], float] = {}
+    runs: dict[tuple[str, EngineConfig], float] = {}  # (request, engine) -> run seconds
     while waiting:
         ds = min(sim.devices.values(), key=lambda d: (d.free_at, d.device.id))
         t = ds.free_at
@@ -59,7 +60,7 @@ def smith_with_loads(instance: Instance, cost: CostModel,
         if not ready:
             ds.free_at = min(a for a in arrivals if a > t)
             continue
-        best = _choose(sim, cost, ds, t, ready, earliest_completion, cold)
+        best = _choose(sim, cost, ds, t, ready, earliest_completion, cold, runs)
         if best is None:  # nothing this device should take: wait for another to act
             later = [d.free_at for d in sim.devices.values() if d.free_at > t]
             later += [a for a in arrivals if a > t]
@@ -67,7 +68,8 @@ def smith_with_loads(instance: Instance, cost: CostModel,
                 ds.free_at = min(later)
                 continue
             # nothing changes later: this device takes what it can after all
-            best = _choose(sim, cost, ds, t, ready, False, cold) if earliest_completion else None
+            best = _choose(sim, cost, ds, t, ready, False, cold, runs) \
+                if earliest_completion else None
             if best is None:
                 raise RuntimeError("no device can serve the waiting requests")
         _score, req, res = best
@@ -82,8 +84,11 @@ def smith_with_loads(instance: Instance, cost: CostModel,
 
 def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
             ready: list[Request], earliest_completion: bool,
-            cold: dict[tuple[str, str], float]) -> Choice | None:
-    """The best (score, request, resident engine or None: load its model) for ``ds``."""
+            cold: dict[tuple[str, str], float],
+            memo: dict[tuple[str, EngineConfig], float]) -> Choice | None:
+    """The best (score, request, resident engine or None: load its model) for ``ds``.
+    ``memo``: run seconds per (request, engine configuration), filled as asked (each
+    decision weighs every waiting request again)."""
     here = {r.engine.model: r for r in ds.resident}
     best: Choice | None = None
     by_model: dict[str, list[Request]] = {}
@@ -103,7 +108,12 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
         opt = sim.plan_load(model, ds.device.id, t)
         if opt is None:
             continue
-        runs = [(r, cost.run_s(opt.cfg, r.prompt_tokens, 0, r.output_tokens)) for r in reqs]
+        runs = []
+        for r in reqs:
+            k = (r.id, opt.cfg)
+            if k not in memo:
+                memo[k] = cost.run_s(opt.cfg, r.prompt_tokens, 0, r.output_tokens)
+            runs.append((r, memo[k]))
         if earliest_completion:
             runs = [(r, d) for r, d in runs
                     if opt.ready_at + d <= _elsewhere(sim, cost, ds, r, t, cold)]
