@@ -1,4 +1,4 @@
-"""Polish (``planner/solver/polish.py``): local moves on a finished plan.
+"""Polish (``planner/solver/polish/``): local moves on a finished plan.
 
 The hand-made cost model of ``tests/test_solver.py`` (10 layers of 1 GiB, loads 2 s,
 unloads 1 s, 0.1 s per token with every layer on the GPU).
