@@ -64,6 +64,12 @@ def stop_reason() -> str | None:
     return _reason
 
 
+def stop_requested(stop: threading.Event | None = None) -> bool:
+    """A stop was requested: a signal (:func:`stop_reason`), or the caller's ``stop`` event
+    (the planning service's jobs) is set."""
+    return _reason is not None or (stop is not None and stop.is_set())
+
+
 def reset() -> None:
     """Forget a stop request (a new command in the same process)."""
     global _reason

@@ -29,7 +29,7 @@ from planner.baselines.sim import context_sizes
 from planner.checker import memory_peaks
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Cluster, Engine, Instance, Schedule, SolverInfo
-from planner.interrupt import stop_reason
+from planner.interrupt import stop_requested
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.bound import gap_of, lower_bound
 from planner.solver.data import ProblemData
@@ -141,7 +141,7 @@ def solve_by_parts(solve_cpsat: Callable[..., tuple[Schedule, SolverInfo]], inst
     stop = getattr(opts, "stop", None)
 
     def stopped() -> bool:
-        return (stop is not None and stop.is_set()) or stop_reason() is not None
+        return stop_requested(stop)
 
     def cost_of(p: Part) -> float:
         """the part's weighted response in the start plan: what solving it may gain"""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from planner.domain import EngineConfig
-from planner.interrupt import stop_reason
+from planner.interrupt import stop_requested
 from planner.solver.data import ProblemData
 from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams, WindowSolution
 
@@ -91,8 +91,7 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     extra = 0  # load periods per engine beyond what the current plan uses
     start = [e.cfg for e in data.engines]
     stop = params.hooks.stop if params.hooks is not None else None
-    while deadline - time.perf_counter() > MIN_ROUND_S and not (stop and stop.is_set()) \
-            and stop_reason() is None:
+    while deadline - time.perf_counter() > MIN_ROUND_S and not stop_requested(stop):
         ri %= len(RADII)
         configs = neighbourhood(data, sol, RADII[ri], start)
         if {_key(c) for c in configs} <= {_key(e.cfg) for e in data.engines}:

@@ -32,7 +32,7 @@ from planner.baselines.sim import BaselineError
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
-from planner.interrupt import stop_reason
+from planner.interrupt import stop_requested
 from planner.metrics import completions, compute_metrics, objective_key, objective_value
 from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound, swap_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
@@ -444,7 +444,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
 
     def stopped() -> bool:
         """a stop request came: a signal, or the caller's stop event"""
-        return stop_reason() is not None or (stop is not None and stop.is_set())
+        return stop_requested(stop)
 
     if failed is not None:
         status = (f"UNKNOWN: no CP-SAT solution in time, best {kept} written"
