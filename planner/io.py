@@ -12,8 +12,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -44,6 +43,9 @@ from planner.domain import (
 from planner.errors import DomainError, GgufError, InputError
 from planner.gguf_arch import read_gguf_arch
 from planner.reference import arch_from_fields, model_names, reference_arch
+
+# re-exported: the planner's writers import it from here
+from profiler.atomic import write_atomic as write_atomic
 
 
 @cache
@@ -240,38 +242,6 @@ def load_instance(path: str | Path) -> Instance:
     instance = parse_instance(data, str(path), Path(path).resolve().parent,
                               hashlib.sha256(raw).hexdigest())
     return replace(instance, path=str(Path(path).resolve()))
-
-
-def _read_umask() -> int:
-    """The process umask (read once, at import, before any writer thread exists)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Have ``write`` fill a temporary file beside ``path``, then rename it into place.
-
-    Nothing half-written is ever left at ``path``: on any failure the temporary
-    file is removed and the old file, if any, stays as it was.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + p.suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        # (the old file's, or 0666 less the umask)
-        os.chmod(tmp, p.stat().st_mode & 0o7777 if p.exists() else 0o666 & ~_UMASK)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

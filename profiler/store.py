@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from profiler.atomic import write_text_atomic
 from profiler.fit import LinearFit, derive_features, fit_all
 from profiler.models import GgufArch
 
@@ -166,12 +167,9 @@ def build_profile(*, rows: list[dict[str, Any]], arch: GgufArch, device: Mapping
 
 
 def write_profile(doc: Mapping[str, Any], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """The profile at ``path``, written whole or not at all (an interrupted write
+    leaves the old profile, if any)."""
+    return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from click.testing import CliRunner
 from hypothesis import strategies as st
 
 from planner.cli import cli
+from planner.domain import PLAN_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ["mean_response", "makespan", "slo_attainment", "tardiness"]
@@ -254,7 +255,7 @@ def whole_plan(stats: Stats, path: Path, instance: str) -> None:
     """A plan ``solve`` reported as written: complete JSON that passes the checker."""
     try:
         data = json.loads(path.read_bytes())
-        ok = isinstance(data, dict) and data.get("format") == "planner.plan/1"
+        ok = isinstance(data, dict) and data.get("format") in PLAN_FORMATS  # 1.1: split engines
     except (OSError, ValueError):
         ok = False
     if not ok or run(stats, "validate plan", "validate", str(path), "--instance",

@@ -396,3 +396,28 @@ def test_read_arch_is_cached_on_disk_until_the_file_changes(
     monkeypatch.setenv("PLANNER_CACHE", str(blocker))  # no folder can be made there
     assert read_arch(model).n_layers == 3
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_a_profile_write_that_fails_keeps_the_old_profile_and_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store writes through ``profiler.atomic``: a write that fails half-way (here the
+    rename) leaves the profile that was there, whole, and nothing beside it."""
+    import profiler.atomic
+
+    path = write_fake_profile(tmp_path)
+    before = path.read_bytes()
+    doc = json.loads(before)
+    doc["created"] = "later"
+
+    def no_rename(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(profiler.atomic.os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        write_profile(doc, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    monkeypatch.undo()
+    write_profile(doc, path)
+    assert json.loads(path.read_text())["created"] == "later"
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode

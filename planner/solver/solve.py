@@ -458,12 +458,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                                  polish_engines(instance, cost, data.pool), pauses=preempt)
             if polished is not start:
                 obj = objective_value(compute_metrics(instance, polished.actions), objective)
+                runs = f"{n} run{'s' if n != 1 else ''} moved"
                 return polished, SolverInfo(
-                    "cp-sat", status.replace(" written", f" polished ({n} runs moved)"),
+                    "cp-sat", status.replace(" written", f" polished ({runs})"),
                     obj, bound, gap_of(obj, bound, objective), time.perf_counter() - t0,
-                    **base_info, notes=f"{bound_note}; polish: {n} run"
-                    f"{'s' if n != 1 else ''} moved in the time left, on the {best_base} "
-                    f"plan (local moves kept when the objective improves)")
+                    **base_info, notes=f"{bound_note}; polish: {runs} in the time left, on "
+                    f"the {best_base} plan (local moves kept when the objective improves)")
         return keep_baseline(status, bound_note)
 
     sched = builder.schedule()

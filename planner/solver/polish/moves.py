@@ -130,6 +130,17 @@ def _period_slots(actions: list[Action], engine: Engine) -> list[int]:
     return out
 
 
+def by_request(actions: list[Action]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per request, the indices of its runs and of its other actions (KV copies), in
+    plan order."""
+    runs: dict[str, list[int]] = {}
+    copies: dict[str, list[int]] = {}
+    for i, a in enumerate(actions):
+        if a.request is not None:
+            (runs if a.kind == "run" else copies).setdefault(a.request, []).append(i)
+    return runs, copies
+
+
 def movable_runs(order: list[Action], by_model: dict[str, list[Engine]],
                  paused: bool = False) -> dict[str, Action]:
     """Request -> its run, for requests served by one run on an engine of one device
@@ -137,21 +148,18 @@ def movable_runs(order: list[Action], by_model: dict[str, list[Engine]],
     paused on one such engine (its runs there, with KV copies between, none
     recomputed), each as one whole run from its first run's start (the runs' seconds
     added: the same tokens at the same contexts), so that a ruin may take a pause back."""
-    runs: dict[str, list[Action]] = {}
-    copies: dict[str, list[Action]] = {}
-    for a in order:
-        if a.request is not None:
-            (runs if a.kind == "run" else copies).setdefault(a.request, []).append(a)
+    run_at, copies = by_request(order)
     one = {e.id for es in by_model.values() for e in es}
     out: dict[str, Action] = {}
-    for q, rs in runs.items():
+    for q, ix in run_at.items():
+        rs = [order[i] for i in ix]
         if rs[0].engine not in one:
             continue
         if len(rs) == 1 and q not in copies:
             out[q] = rs[0]
         elif paused and len(rs) > 1 and all(
                 a.engine == rs[0].engine and not a.recompute for a in rs) and \
-                all(c.engine == rs[0].engine for c in copies.get(q, [])):
+                all(order[c].engine == rs[0].engine for c in copies.get(q, [])):
             out[q] = replace(rs[0], tokens_to=rs[-1].tokens_to, end_s=rs[0].start_s + sum(
                 a.end_s - a.start_s for a in rs))
     return out

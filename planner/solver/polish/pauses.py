@@ -9,7 +9,7 @@ from dataclasses import replace
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, EngineConfig, Instance, Schedule
 from planner.executor.deps import earliest_times, spans_of
-from planner.solver.polish.moves import drop_empty, movable_runs
+from planner.solver.polish.moves import by_request, drop_empty, movable_runs
 from planner.solver.polish.timing import Prefix, Score, first_valid
 from planner.solver.preempt import MIN_PART
 
@@ -168,11 +168,7 @@ def fills(instance: Instance, cost: CostModel, actions: list[Action],
     device's actions between its first part and the next run there leave that run
     waiting after the first part (a move may have started the first part earlier than
     the pause was timed for); as many as fit, with MIN_PART left for the second part."""
-    runs: dict[str, list[int]] = {}
-    copies: dict[str, list[int]] = {}
-    for i, a in enumerate(actions):
-        if a.request is not None:
-            (runs if a.kind == "run" else copies).setdefault(a.request, []).append(i)
+    runs, copies = by_request(actions)
     out = []
     for q, (i1, i2) in ((q, rs) for q, rs in runs.items() if len(rs) == 2):
         r1, r2 = actions[i1], actions[i2]
