@@ -30,6 +30,16 @@ class RequestOutcome:
         return {"id": self.id, "completion_s": c, "response_s": r, "slo_met": self.slo_met}
 
 
+# the metrics a person compares plans by, in the order tables show them (solve's summary,
+# the plan page)
+METRIC_LABELS: tuple[tuple[str, str], ...] = (
+    ("weighted_mean_response_s", "weighted mean response (s)"),
+    ("mean_response_s", "mean response (s)"), ("p95_response_s", "p95 response (s)"),
+    ("makespan_s", "makespan (s)"), ("slo_attainment", "SLO attainment"),
+    ("weighted_tardiness_s", "weighted tardiness (s)"), ("n_loads", "loads"),
+    ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes"))
+
+
 @dataclass(frozen=True)
 class Metrics:
     makespan_s: float

@@ -18,14 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from planner.domain import Instance
+from planner.metrics import METRIC_LABELS
 
 COLORS = {"load": "#4c72b0", "unload": "#8c8c8c", "run": "#55a868", "kv_save": "#c44e52",
           "kv_restore": "#dd8452"}
 LEFT, WIDTH, ROW = 170, 1000, 16
-METRICS = [("weighted_mean_response_s", "weighted mean response (s)"),
-           ("mean_response_s", "mean response (s)"), ("p95_response_s", "p95 response (s)"),
-           ("makespan_s", "makespan (s)"), ("slo_attainment", "SLO attainment"),
-           ("n_loads", "loads"), ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes")]
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
@@ -269,7 +266,7 @@ def _metrics_table(plan: dict[str, Any]) -> str:
     head = "".join(f'<th class="{"plan" if i == 0 else ""}">{_e(c)}</th>'
                    for i, (c, _, _) in enumerate(cols))
     rows = []
-    for key, label in METRICS:
+    for key, label in METRIC_LABELS:
         cells = "".join(f"<td>{_fmt(m.get(key)) if m else '-'}</td>" for _, m, _ in cols)
         rows.append(f"<tr><td>{_e(label)}</td>{cells}</tr>")
     errors = "".join(f'<p class="err">{_e(c)}: {_e(err)}</p>' for c, m, err in cols

@@ -25,6 +25,7 @@ def test_solve_baseline_writes_checked_plan(tmp_path: Path) -> None:
     assert data["solver"]["name"] == "grouped"
     assert set(data["baselines"]) == {"fcfs-lru", "grouped", "static"}
     assert "grouped" in res.output and "weighted mean response" in res.output
+    assert "weighted tardiness (s)" in res.output  # every objective's metric is in the table
     res = invoke("validate", str(out), "--instance", str(ROOT / "instances" / "tiny.json"))
     assert res.exit_code == 0 and "valid" in res.output
 

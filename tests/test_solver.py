@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,12 +174,14 @@ def test_makespan_and_tardiness_objectives() -> None:
 
 # --- exhaustive search ---------------------------------------------------------------
 
-def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule]) -> float:
+def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule],
+                tardiness: bool = False) -> float:
     """Best weighted mean response over request orders and one candidate engine per
     request (on any GPU, or split over a host's GPUs: then on all their lanes), simulated
     with both lanes of every GPU: a load evicts
     least-recently-used engines of its GPU when its memory is short (unloads wait for
-    their engine's last run), and may overlap runs of other engines."""
+    their engine's last run), and may overlap runs of other engines. ``tardiness``: the
+    least weighted tardiness (``sum w max(0, response - slo)``) instead."""
     data = build_data(inst, cost, base, cpu_engines=False)
     cap = {g.id: g.memory_bytes for h in inst.cluster.hosts for g in h.gpus}
     options = [[e.cfg for e in data.engines if e.cfg.model == r.model] for r in inst.requests]
@@ -215,8 +218,9 @@ def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule]) -> f
                 for x in devs:
                     comp[x] = end
                 resident[cfg] = (resident[cfg][0], end)
-                total += r.weight * (end - r.arrival_s)
-            best = min(best, total / wsum)
+                total += r.weight * (max(0.0, end - r.arrival_s - (r.slo_s or math.inf))
+                                     if tardiness else end - r.arrival_s)
+            best = min(best, total if tardiness else total / wsum)
     return best
 
 

@@ -172,6 +172,27 @@ def test_bound_below_exhaustive_optimum_on_random_tiny_instances() -> None:
     assert len(names) > 1, names
 
 
+def test_tardiness_bound_below_exhaustive_optimum_on_random_tiny_instances() -> None:
+    """The tardiness bound (the mean-response LP with T_j >= C_j - a_j - slo_j) stays at
+    or below the exhaustive search's least weighted tardiness on 120 random tiny instances
+    (the same kinds as above, SLOs drawn so that some requests must queue past theirs);
+    on some the LP is above the per-request bound (it sees queueing)."""
+    rng = random.Random(13)
+    lp_wins = late = 0
+    for k in range(120):
+        inst = _random_instance(rng, many=k >= 40)
+        inst = replace(inst, objective="tardiness", requests=tuple(
+            replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
+        cost = RoundCost()
+        best = brute_force(inst, cost, {}, tardiness=True)
+        bound, name = lower_bound(inst, cost, None, "tardiness")
+        assert bound <= best + 1e-9, (inst, bound, best)
+        late += best > 0
+        lp_wins += "LP" in name and bound > 1e-6
+    assert late > 30  # the SLOs bite
+    assert lp_wins > 0
+
+
 def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a coarse first grid (few variables, short slots allowed) the LP refines its
     grid while its time allows: on random tiny instances every LP value it reports stays

@@ -198,11 +198,18 @@ def static(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
                 if cand[0] < now and (best is None or cand[:2] < best[:2]):
                     best = cand
         if best is None:
-            gpu, _host = used(level)
-            free = ", ".join(f"{d} {(sim.devices[d].device.memory_bytes - b) / 2**30:.1f} GiB"
-                             for d, b in gpu.items())
+            gpu, host = used(level)
+            def gib(n: int) -> str:
+                return f"{n / 2**30:.1f} GiB" if n >= 0.05 * 2**30 else "under 0.1 GiB"
+
+            over = [f"{d} by {gib(b - sim.devices[d].device.memory_bytes)}"
+                    for d, b in gpu.items() if sim.devices[d].device.kind == "gpu" and
+                    b > sim.devices[d].device.memory_bytes]
+            over += [f"host {h}'s memory by {gib(b - host_cap[h])}"
+                     for h, b in host.items() if b > host_cap[h]]
             raise BaselineError(f"the models do not fit together at any layer split the "
-                                f"search reached (free memory: {free}); use a swapping solver")
+                                f"search reached (over {', '.join(over)}: layers moved off "
+                                f"a GPU take its host's memory); use a swapping solver")
         level[best[2]] = best[3]
     while True:
         best_gain, best_move = 0.0, None

@@ -13,6 +13,7 @@ from planner.commands.common import FiniteFloat, console, err, fmt
 from planner.costmodel import COST_MODELS
 from planner.domain import MAX_TIME_S, OBJECTIVES
 from planner.errors import Interrupted
+from planner.metrics import METRIC_LABELS
 
 
 def print_summary(data: dict[str, Any], out: Path) -> None:
@@ -35,11 +36,7 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
     table.add_column("metric")
     for name in plans:
         table.add_column(name if name != s["name"] else f"[bold]{name}[/]", justify="right")
-    for key, label in [("weighted_mean_response_s", "weighted mean response (s)"),
-                       ("mean_response_s", "mean response (s)"),
-                       ("p95_response_s", "p95 response (s)"), ("makespan_s", "makespan (s)"),
-                       ("slo_attainment", "SLO attainment"), ("n_loads", "loads"),
-                       ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes")]:
+    for key, label in METRIC_LABELS:
         table.add_row(label, *[fmt(m.get(key)) for m in plans.values()])
     console.print(table)
     for name, error in errors.items():

@@ -70,15 +70,24 @@ class LPJob:
     #: less than its own duration (slot engines: a step serves several requests); None:
     #: ``times``
     work: tuple[float, ...] | None = None
+    #: the time after which it is late (arrival + SLO); used by ``lp_bound(tardiness=True)``,
+    #: None: never late
+    due: float | None = None
 
 
 def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
-             horizon: float, time_limit_s: float = TIME_LIMIT_S) -> float:
+             horizon: float, time_limit_s: float = TIME_LIMIT_S,
+             tardiness: bool = False) -> float:
     """A lower bound on ``sum_j w_j C_j`` (see the module docstring). ``capacity``: the
     number of devices per class; option ``k`` of a job (``times[k]``, ``release[k]``)
     occupies ``uses[k][i]`` devices of class ``i`` while it runs (an engine split over
     several GPUs occupies each of them); ``horizon``: the end of every request's
-    window (any value is valid; later is tighter, and larger)."""
+    window (any value is valid; later is tighter, and larger).
+
+    ``tardiness``: a lower bound on ``sum_j w_j max(0, C_j - due_j)`` instead, over the
+    same LP (a variable ``T_j >= 0`` with ``T_j >= C_j - due_j`` per job with a due time:
+    any plan's completions give a feasible point, so its tardiness is at least the
+    LP's)."""
     if not jobs:
         return 0.0
     rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
@@ -94,7 +103,8 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     # the first grid without the one-device-at-a-time rows first (module docstring)
     started = time.perf_counter()
     value = _grid_bound(jobs, capacity, uses, horizon, min(rel),
-                        max(MIN_SLOT_S, span / budget), deadline - started, one_device=False)
+                        max(MIN_SLOT_S, span / budget), deadline - started, one_device=False,
+                        tardiness=tardiness)
     if value is None:  # too large to try
         return best
     best = value
@@ -105,7 +115,8 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
         if dt >= last_dt:
             return best
         started = time.perf_counter()
-        value = _grid_bound(jobs, capacity, uses, horizon, min(rel), dt, deadline - started)
+        value = _grid_bound(jobs, capacity, uses, horizon, min(rel), dt, deadline - started,
+                            tardiness=tardiness)
         if value is None:  # too large to try
             return best
         best = max(best, value)
@@ -129,10 +140,11 @@ def slot_grid(t0: float, dt: float, horizon: float, releases: list[float]
 
 def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
                 horizon: float, t0: float, dt: float, time_limit_s: float,
-                one_device: bool = True) -> float | None:
+                one_device: bool = True, tardiness: bool = False) -> float | None:
     """The LP on a regular grid of ``dt`` from ``t0`` plus every release time; None
     when it would have more than ``MAX_VARS`` variables. ``one_device=False`` leaves
-    out the rows that keep a request on one device at a time (a relaxation)."""
+    out the rows that keep a request on one device at a time (a relaxation);
+    ``tardiness``: the objective is ``sum w_j T_j`` (``lp_bound``)."""
     n_cls = len(capacity)
     starts, lens = slot_grid(t0, dt, horizon, [r for j in jobs for r, p in zip(
         j.release, j.times, strict=True) if p < math.inf])
@@ -187,8 +199,21 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
     c = np.concatenate([np.zeros(n_x + n_jobs), weights])
     lb = np.concatenate([np.zeros(n_x + n_jobs), [min(j.per_request, big) for j in jobs]])
     ub = np.concatenate([*ub_parts, np.ones(n_jobs), np.full(n_jobs, big)])
+    due_rhs: list[float] = []
+    if tardiness:  # T_j >= C_j - due_j, T_j >= 0; the objective moves from C_j to T_j
+        late = [jn for jn, j in enumerate(jobs) if j.due is not None]
+        tj = np.arange(n, n + len(late))
+        r0 = m_row0 + n_jobs
+        rows += [r0 + np.arange(len(late)), r0 + np.arange(len(late))]
+        cols += [cj[late], tj]
+        vals += [np.ones(len(late)), np.full(len(late), -1.0)]
+        due_rhs = [float(jobs[jn].due) for jn in late]  # type: ignore[arg-type]
+        n += len(late)
+        c = np.concatenate([np.zeros(n_x + 2 * n_jobs), weights[late]])
+        lb = np.concatenate([lb, np.zeros(len(late))])
+        ub = np.concatenate([ub, np.full(len(late), big)])
     bu = np.concatenate([(np.array(capacity, dtype=float)[:, None] * lens[None, :]).ravel(),
-                         np.tile(lens, n_jobs), [-j.p / 2 for j in jobs]])
+                         np.tile(lens, n_jobs), [-j.p / 2 for j in jobs], due_rhs])
     a_ub = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(len(bu), n)).tocsr()
     eq_rows = np.concatenate([*eq_parts, np.arange(n_jobs)])
