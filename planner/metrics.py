@@ -40,6 +40,11 @@ METRIC_LABELS: tuple[tuple[str, str], ...] = (
     ("n_kv_saves", "KV saves"), ("n_recomputes", "recomputes"))
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 kv_save``, ``2 kv_saves``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Metrics:
     makespan_s: float
@@ -52,6 +57,11 @@ class Metrics:
     n_kv_saves: int
     n_recomputes: int
     n_unserved: int
+
+    def hand_overs(self) -> str:
+        """How the plan hands preempted requests over, for a solver's notes."""
+        return (f"{counted(self.n_kv_saves, 'kv_save')} and "
+                f"{counted(self.n_recomputes, 'recompute')} used")
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {}

@@ -449,7 +449,7 @@ def solve_with(inst: Instance, cost: CostModel, limit: float = 5.0) -> tuple[Sch
     assert check_plan(inst, sched) == []
     m = compute_metrics(inst, sched.actions)
     assert info.objective == pytest.approx(m.weighted_mean_response_s, abs=1e-9)
-    assert f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes" in info.notes
+    assert m.hand_overs() in info.notes
     return sched, m.weighted_mean_response_s
 
 
@@ -554,3 +554,10 @@ def test_solve_never_hands_back_a_plan_worse_than_a_baseline(
     assert f"the {best_name} plan kept" in plan.solver.notes
     assert plan.solver.objective == pytest.approx(mean(plan.schedule))
     assert plan.solver.gap == pytest.approx(1 - 1.0 / mean(plan.schedule))
+
+
+def test_notes_count_in_words() -> None:
+    from planner.metrics import counted
+
+    assert [counted(n, "kv_save") for n in (0, 1, 2)] == ["0 kv_saves", "1 kv_save",
+                                                          "2 kv_saves"]

@@ -195,7 +195,7 @@ def solve_by_parts(solve_cpsat: Callable[..., tuple[Schedule, SolverInfo]], inst
     notes = (f"decomposition from the {base_name} plan: {len(active)} parts (a GPU each, "
              f"or a host) solved apart{kept}, then {rounds} rounds re-solving the worst part with "
              f"another GPU of its host (sub-solve statuses: {kinds}); bound: {bound_name}; "
-             f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used")
+             f"{m.hand_overs()}")
     wall = time.perf_counter() - t0
     workers = int(getattr(opts, "workers", 2))
     return sched, SolverInfo("cp-sat", "FEASIBLE", obj, bound, gap_of(obj, bound, objective),

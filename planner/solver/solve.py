@@ -33,7 +33,13 @@ from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Schedule, SolverInfo
 from planner.errors import SolveError
 from planner.interrupt import stop_requested
-from planner.metrics import completions, compute_metrics, objective_key, objective_value
+from planner.metrics import (
+    completions,
+    compute_metrics,
+    counted,
+    objective_key,
+    objective_value,
+)
 from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound, swap_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.candidates import polish_engines
@@ -458,7 +464,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                                  polish_engines(instance, cost, data.pool), pauses=preempt)
             if polished is not start:
                 obj = objective_value(compute_metrics(instance, polished.actions), objective)
-                runs = f"{n} run{'s' if n != 1 else ''} moved"
+                runs = f"{counted(n, 'run')} moved"
                 return polished, SolverInfo(
                     "cp-sat", status.replace(" written", f" polished ({runs})"),
                     obj, bound, gap_of(obj, bound, objective), time.perf_counter() - t0,
@@ -518,7 +524,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
                    f"twice, where a heavier request arrives or at quarter points; kv_save/"
                    f"kv_restore, recompute or a same-engine pause), "
-                   f"{m.n_kv_saves} kv_saves and {m.n_recomputes} recomputes used"
+                   f"{m.hand_overs()}"
                    if n_splits else "; preemption off")
     if len(windows) == 1 and mono is not None:
         # CP-SAT's status speaks of its own plan, not of a polished start plan
@@ -538,7 +544,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                  f"{bound_note}")
     notes += slot_note
     if moves is not None:
-        notes += (f"; polish: {moves} run{'s' if moves != 1 else ''} moved after the search "
+        notes += (f"; polish: {counted(moves, 'run')} moved after the search "
                   "(local moves kept when the objective improves)")
         if from_start is not None:
             notes += (f", starting from the {from_start} plan (CP-SAT's own plan was worse: "
