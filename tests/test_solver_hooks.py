@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from planner.checker import check_plan
 from planner.domain import Plan
 from planner.io import plan_to_json
@@ -65,3 +67,33 @@ def test_stop_keeps_the_best_plan_so_far() -> None:
     assert plan.solver.objective is not None and seen[-1].solver.objective is not None
     assert plan.solver.objective <= seen[-1].solver.objective + 1e-9
     assert check_plan(inst, plan.schedule, plan_to_json(plan, inst)) == []
+
+
+def test_the_time_limit_covers_the_baselines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`planner solve --time-limit T` ends near T: what the baselines took (seconds on
+    1,000 requests) comes off CP-SAT's share, down to a floor."""
+    import dataclasses
+
+    import planner.service as service
+    import planner.solver as solver_pkg
+
+    inst, cost = prepare(ROOT / "instances" / "tiny.json")
+    real = service.run_baselines
+
+    def slow_baselines(*args: object, **kw: object) -> dict[str, service.BaselineResult]:
+        return {k: dataclasses.replace(v, wall_s=1.5)  # three of them: 4.5 s in all
+                for k, v in real(*args, **kw).items()}  # type: ignore[arg-type]
+
+    limits: list[float] = []
+    real_cpsat = solver_pkg.solve_cpsat
+
+    def spy(instance, cost_, objective, opts, hints):  # type: ignore[no-untyped-def]
+        limits.append(opts.time_limit_s)
+        return real_cpsat(instance, cost_, objective, opts, hints)
+
+    monkeypatch.setattr(service, "run_baselines", slow_baselines)
+    monkeypatch.setattr(solver_pkg, "solve_cpsat", spy)
+    plan = solve(inst, cost, SolveOptions(time_limit_s=6.5, workers=1))
+    assert check_plan(inst, plan.schedule) == []
+    solve(inst, cost, SolveOptions(time_limit_s=3, workers=1))
+    assert limits == [pytest.approx(2.0), pytest.approx(0.2)]

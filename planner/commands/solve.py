@@ -53,7 +53,8 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
               help="Override the instance's objective.")
 @click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_TIME_S), default=60.0,
               show_default=True,
-              help="CP-SAT wall-clock limit in seconds.")
+              help="Wall-clock seconds for the solve: the baselines, CP-SAT's search and "
+                   "the polish.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="CP-SAT search workers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")

@@ -61,6 +61,11 @@ class AnalyticCostModel(CostModel):
         t = transfers()
         self._eff = t["efficiency"]
         self._reload = t["reload"]
+        # per configuration (the model's inputs never change after construction): the
+        # start plan and the bound ask for the same few hundred configurations hundreds
+        # of thousands of times on 1,000 requests
+        self._shares: dict[EngineConfig, tuple[tuple[str, int], ...]] = {}
+        self._terms: dict[EngineConfig, tuple[float, float]] = {}
 
     @classmethod
     def for_instance(cls, instance: Instance, pcie_gen: int | None = None,
@@ -142,6 +147,12 @@ class AnalyticCostModel(CostModel):
         return sum(self.gpu_shares(cfg).values())
 
     def gpu_shares(self, cfg: EngineConfig) -> dict[str, int]:
+        got = self._shares.get(cfg)
+        if got is None:
+            got = self._shares[cfg] = tuple(self._gpu_shares(cfg).items())
+        return dict(got)
+
+    def _gpu_shares(self, cfg: EngineConfig) -> dict[str, int]:
         arch, dev, g = self._split(cfg)
         if dev.kind != "gpu":
             return {}
@@ -173,6 +184,12 @@ class AnalyticCostModel(CostModel):
 
     def _decode_terms(self, cfg: EngineConfig) -> tuple[float, float]:
         """(seconds per token at empty context, extra seconds per token of context)."""
+        got = self._terms.get(cfg)
+        if got is None:
+            got = self._terms[cfg] = self._decode_terms_of(cfg)
+        return got
+
+    def _decode_terms_of(self, cfg: EngineConfig) -> tuple[float, float]:
         arch, dev, g = self._split(cfg)
         gpu_bw, host_bw = self._bandwidths(dev)
         host_layers = arch.n_layers - g

@@ -90,6 +90,9 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
     ``memo``: run seconds per (request, engine configuration), filled as asked (each
     decision weighs every waiting request again)."""
     here = {r.engine.model: r for r in ds.resident}
+    # the other devices as this decision sees them: (state, free from, resident by model)
+    others = [(o, max(o.free_at, t), {x.engine.model: x for x in reversed(o.resident)})
+              for o in sim.devices.values() if o is not ds] if earliest_completion else []
     best: Choice | None = None
     by_model: dict[str, list[Request]] = {}
     for r in ready:
@@ -99,7 +102,7 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
         if res is not None:
             for r in reqs:
                 dur = sim.run_time(res, r)
-                if earliest_completion and t + dur > _elsewhere(sim, cost, ds, r, t, cold):
+                if earliest_completion and t + dur > _elsewhere(sim, cost, others, r, cold):
                     continue
                 score = r.weight / max(1e-9, dur)
                 if best is None or score > best[0]:
@@ -116,7 +119,7 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
             runs.append((r, memo[k]))
         if earliest_completion:
             runs = [(r, d) for r, d in runs
-                    if opt.ready_at + d <= _elsewhere(sim, cost, ds, r, t, cold)]
+                    if opt.ready_at + d <= _elsewhere(sim, cost, others, r, cold)]
             if not runs:
                 continue
         score = sum(r.weight for r, _ in runs) / max(1e-9, opt.ready_at - t +
@@ -127,18 +130,17 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
     return best
 
 
-def _elsewhere(sim: Simulator, cost: CostModel, ds: DeviceState, r: Request,
-               t: float, cold: dict[tuple[str, str], float]) -> float:
-    """Earliest completion of ``r`` on another device, started when that one falls free
-    (not before ``t``): on its resident engine of the model, else after loading it
-    (``cold``, filled as asked: (request, device) -> load and run seconds there, and
-    (request, engine) -> run seconds on that resident engine)."""
+def _elsewhere(sim: Simulator, cost: CostModel,
+               others: list[tuple[DeviceState, float, dict[str, Resident]]], r: Request,
+               cold: dict[tuple[str, str], float]) -> float:
+    """Earliest completion of ``r`` on another device (``others``: each with when it falls
+    free, not before now, and its resident engines by model), started when that one falls
+    free: on its resident engine of the model, else after loading it (``cold``, filled as
+    asked: (request, device) -> load and run seconds there, and (request, engine) -> run
+    seconds on that resident engine)."""
     out = math.inf
-    for other in sim.devices.values():
-        if other is ds:
-            continue
-        free = max(other.free_at, t)
-        res = next((x for x in other.resident if x.engine.model == r.model), None)
+    for other, free, resident in others:
+        res = resident.get(r.model)
         if res is not None:
             key = (r.id, res.engine.id)
             if key not in cold:
