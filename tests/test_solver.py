@@ -175,18 +175,21 @@ def test_makespan_and_tardiness_objectives() -> None:
 # --- exhaustive search ---------------------------------------------------------------
 
 def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule],
-                tardiness: bool = False) -> float:
+                objective: str = "mean_response") -> float:
     """Best weighted mean response over request orders and one candidate engine per
     request (on any GPU, or split over a host's GPUs: then on all their lanes), simulated
     with both lanes of every GPU: a load evicts
     least-recently-used engines of its GPU when its memory is short (unloads wait for
-    their engine's last run), and may overlap runs of other engines. ``tardiness``: the
-    least weighted tardiness (``sum w max(0, response - slo)``) instead."""
+    their engine's last run), and may overlap runs of other engines. ``objective``
+    "tardiness": the least weighted tardiness (``sum w max(0, response - slo)``) instead;
+    "slo_attainment": the largest share of requests with an SLO that meet it."""
     data = build_data(inst, cost, base, cpu_engines=False)
     cap = {g.id: g.memory_bytes for h in inst.cluster.hosts for g in h.gpus}
     options = [[e.cfg for e in data.engines if e.cfg.model == r.model] for r in inst.requests]
     wsum = sum(q.weight for q in inst.requests)
-    best = float("inf")
+    slo = objective == "slo_attainment"
+    n_slo = sum(1 for r in inst.requests if r.slo_s is not None)
+    best = -1.0 if slo else float("inf")
     for choice in itertools.product(*options):
         pick = {r.id: c for r, c in zip(inst.requests, choice, strict=True)}
         for order in itertools.permutations(inst.requests):
@@ -218,9 +221,16 @@ def brute_force(inst: Instance, cost: CostModel, base: dict[str, Schedule],
                 for x in devs:
                     comp[x] = end
                 resident[cfg] = (resident[cfg][0], end)
-                total += r.weight * (max(0.0, end - r.arrival_s - (r.slo_s or math.inf))
-                                     if tardiness else end - r.arrival_s)
-            best = min(best, total if tardiness else total / wsum)
+                if slo:
+                    total += r.slo_s is not None and end - r.arrival_s <= r.slo_s + 1e-9
+                elif objective == "tardiness":
+                    total += r.weight * max(0.0, end - r.arrival_s - (r.slo_s or math.inf))
+                else:
+                    total += r.weight * (end - r.arrival_s)
+            if slo:
+                best = max(best, total / n_slo)
+            else:
+                best = min(best, total if objective == "tardiness" else total / wsum)
     return best
 
 

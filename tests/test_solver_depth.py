@@ -184,13 +184,42 @@ def test_tardiness_bound_below_exhaustive_optimum_on_random_tiny_instances() -> 
         inst = replace(inst, objective="tardiness", requests=tuple(
             replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
         cost = RoundCost()
-        best = brute_force(inst, cost, {}, tardiness=True)
+        best = brute_force(inst, cost, {}, "tardiness")
         bound, name = lower_bound(inst, cost, None, "tardiness")
         assert bound <= best + 1e-9, (inst, bound, best)
         late += best > 0
         lp_wins += "LP" in name and bound > 1e-6
     assert late > 30  # the SLOs bite
     assert lp_wins > 0
+
+
+def test_slo_bound_above_exhaustive_best_on_random_tiny_instances() -> None:
+    """The SLO-attainment bound (the pooled machine with due times) stays at or above the
+    exhaustive search's best attainment on 120 random tiny instances with random SLOs."""
+    rng = random.Random(17)
+    for k in range(120):
+        inst = _random_instance(rng, many=k >= 40)
+        inst = replace(inst, objective="slo_attainment", requests=tuple(
+            replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
+        cost = RoundCost()
+        best = brute_force(inst, cost, {}, "slo_attainment")
+        bound, _name = lower_bound(inst, cost, None, "slo_attainment")
+        assert bound >= best - 1e-9, (inst, bound, best)
+
+
+def test_slo_bound_sees_a_queue_by_hand() -> None:
+    """Five 20-token requests of one model at t=0, SLO 6.5 s, one GPU that holds it (2 s a
+    request) and its host (6 s): each alone meets its SLO (load 2 s + run 2 s). On the
+    pooled machine (speed 1 + 1/3 once the loads end at 2 s) the work due by 6.5 s is at
+    most 4/3 * 4.5 = 6 s: three requests, 0.6 (the per-request bound said 1.0). The best
+    plan meets two (GPU runs end at 4, 6, 8 s; the host's first at 8 s): 0.4."""
+    inst = instance(20, [(f"r{i}", "A", 0.0, 20) for i in range(5)],
+                    objective="slo_attainment", slo=6.5)
+    cost = RoundCost()
+    bound, name = lower_bound(inst, cost, None, "slo_attainment")
+    assert bound == pytest.approx(0.6)
+    assert "deadline" in name
+    assert brute_force(inst, cost, {}, "slo_attainment") == pytest.approx(0.4)
 
 
 def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,8 +36,8 @@ the per-model pooled, the LP and the per-request bound
 Makespan: the machine's finishing time (work-conserving) or the latest
 per-request bound. Tardiness: the LP above with ``T_j >= C_j - a_j - slo_j``,
 ``T_j >= 0`` and ``sum w_j T_j`` minimised (any plan's completions give a feasible
-point), or the per-request bound where that is larger. SLO attainment uses the
-per-request bound.
+point), or the per-request bound where that is larger. SLO attainment: the pooled
+machine with due times (``bound_slo.py``), or the per-request count where that is lower.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from planner.costmodel.base import CostModel
 from planner.domain import Device, EngineConfig, Instance, Request
 from planner.solver.bound_lp import TIME_LIMIT_S, LPJob, lp_bound
 from planner.solver.bound_modes import mode_bound
+from planner.solver.bound_slo import slo_count_bound
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.data import ProblemData, split_config
 
@@ -182,6 +183,32 @@ def fluid_wspt(jobs: list[tuple[float, float, float]],
     return total_wm, t
 
 
+def pooled_speed(instance: Instance, devices: list[Device], group: list[Request],
+                 p: dict[str, float], pd: dict[str, dict[str, float]],
+                 load: dict[tuple[str, str], float], model: str | None = None
+                 ) -> list[tuple[float, float]]:
+    """The pooled machine's speed for ``group`` (module docstring), as sorted (from time,
+    speed) steps: device ``d`` adds ``S_d = max_j p_j / p_jd`` (at most 1) from its first
+    possible load (of ``model``'s, when given)."""
+    steps = []
+    for d in devices:
+        # a split run advances j at p_j / p_jS on |S| devices: each gets a share
+        rel = [p[r.id] / (v * len(members(instance, k))) for r in group
+               for k, v in pd[r.id].items() if d.id in members(instance, k) and v > 0]
+        sp = min(1.0, max(rel, default=0.0))
+        at = min((v for (m, dd), v in load.items()
+                  if d.id in members(instance, dd) and model in (None, m)),
+                 default=math.inf)
+        if sp > 0 and at < math.inf:
+            steps.append((at, sp))
+    capacity: list[tuple[float, float]] = []
+    acc = 0.0
+    for t, sp in sorted(steps):
+        acc += sp
+        capacity.append((t, acc))
+    return capacity
+
+
 _CACHE: list[tuple[Instance, CostModel, int, str, tuple[float, str]]] = []
 
 
@@ -294,14 +321,30 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
     if slots > 1:
         per_request = ("per-request bound (fastest token steps on engines of up to "
                        f"{slots} slots; first load + tokens, engines start unloaded)")
+    release = {r.id: max(r.arrival_s, min((load[(r.model, d)] for d in pd[r.id]),
+                                          default=r.arrival_s)) for r in reqs}
     if objective == "slo_attainment":
         with_slo = [r for r in reqs if r.slo_s is not None]
         if not with_slo:
             return 1.0, per_request
-        ok = sum(1 for r in with_slo if r.slo_s is not None and min_resp[r.id] <= r.slo_s + 1e-6)
-        return ok / len(with_slo), per_request
-    release = {r.id: max(r.arrival_s, min((load[(r.model, d)] for d in pd[r.id]),
-                                          default=r.arrival_s)) for r in reqs}
+        alone = [r.slo_s is not None and min_resp[r.id] <= r.slo_s + 1e-6 for r in with_slo]
+        if work is not None:  # slot engines: no pooled machine (module docstring)
+            return sum(alone) / len(with_slo), per_request
+        # all requests on every device, and each model's after its own first loads
+        machines = [(list(range(len(with_slo))),
+                     pooled_speed(instance, devices, with_slo, p, pd, load))]
+        for m in sorted({r.model for r in with_slo}):
+            mine = [i for i, r in enumerate(with_slo) if r.model == m]
+            machines.append((mine, pooled_speed(instance, devices,
+                                                [with_slo[i] for i in mine], p, pd, load, m)))
+        met = slo_count_bound(
+            [p[r.id] for r in with_slo], [release[r.id] for r in with_slo],
+            [r.arrival_s + (r.slo_s or 0.0) for r in with_slo], alone, machines)
+        if met < sum(alone):
+            return met / len(with_slo), ("pooled-machine deadline bound (work due by each "
+                                         "SLO fits the devices' pooled speed after each "
+                                         "release; an LP, dual value)")
+        return sum(alone) / len(with_slo), per_request
     if objective == "tardiness":
         simple = sum(r.weight * max(0.0, min_resp[r.id] - r.slo_s) for r in reqs
                      if r.slo_s is not None)
@@ -331,22 +374,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
     def pooled(group: list[Request], model: str | None) -> tuple[float, float]:
         """sum w (M^WSPT + p/2) and the finishing time, for ``group`` on the machine of
         the devices' pooled speed (for one model: its speeds and its load times)."""
-        steps = []
-        for d in devices:
-            # a split run advances j at p_j / p_jS on |S| devices: each gets a share
-            rel = [p[r.id] / (v * len(members(instance, k))) for r in group
-                   for k, v in pd[r.id].items() if d.id in members(instance, k) and v > 0]
-            sp = min(1.0, max(rel, default=0.0))
-            at = min((v for (m, dd), v in load.items()
-                      if d.id in members(instance, dd) and model in (None, m)),
-                     default=math.inf)
-            if sp > 0 and at < math.inf:
-                steps.append((at, sp))
-        capacity: list[tuple[float, float]] = []
-        acc = 0.0
-        for t, sp in sorted(steps):
-            acc += sp
-            capacity.append((t, acc))
+        capacity = pooled_speed(instance, devices, group, p, pd, load, model)
         wm, fin = fluid_wspt([(release[r.id], p[r.id], r.weight) for r in group], capacity)
         return wm + sum(r.weight * p[r.id] / 2 for r in group), fin
 
