@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import ClassVar
 
@@ -172,20 +173,27 @@ def test_bound_below_exhaustive_optimum_on_random_tiny_instances() -> None:
     assert len(names) > 1, names
 
 
+def _with_slos(rng: random.Random, objective: str) -> Iterator[
+        tuple[Instance, float, float, str]]:
+    """120 random tiny instances (40 of one kind, 80 of the other, as above) with SLOs of
+    0.5-12 s: each with the exhaustive search's best value and the bound (and its name)
+    for ``objective``."""
+    for k in range(120):
+        inst = _random_instance(rng, many=k >= 40)
+        inst = replace(inst, objective=objective, requests=tuple(
+            replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
+        cost = RoundCost()
+        yield (inst, brute_force(inst, cost, {}, objective),
+               *lower_bound(inst, cost, None, objective))
+
+
 def test_tardiness_bound_below_exhaustive_optimum_on_random_tiny_instances() -> None:
     """The tardiness bound (the mean-response LP with T_j >= C_j - a_j - slo_j) stays at
     or below the exhaustive search's least weighted tardiness on 120 random tiny instances
     (the same kinds as above, SLOs drawn so that some requests must queue past theirs);
     on some the LP is above the per-request bound (it sees queueing)."""
-    rng = random.Random(13)
     lp_wins = late = 0
-    for k in range(120):
-        inst = _random_instance(rng, many=k >= 40)
-        inst = replace(inst, objective="tardiness", requests=tuple(
-            replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
-        cost = RoundCost()
-        best = brute_force(inst, cost, {}, "tardiness")
-        bound, name = lower_bound(inst, cost, None, "tardiness")
+    for inst, best, bound, name in _with_slos(random.Random(13), "tardiness"):
         assert bound <= best + 1e-9, (inst, bound, best)
         late += best > 0
         lp_wins += "LP" in name and bound > 1e-6
@@ -196,14 +204,7 @@ def test_tardiness_bound_below_exhaustive_optimum_on_random_tiny_instances() -> 
 def test_slo_bound_above_exhaustive_best_on_random_tiny_instances() -> None:
     """The SLO-attainment bound (the pooled machine with due times) stays at or above the
     exhaustive search's best attainment on 120 random tiny instances with random SLOs."""
-    rng = random.Random(17)
-    for k in range(120):
-        inst = _random_instance(rng, many=k >= 40)
-        inst = replace(inst, objective="slo_attainment", requests=tuple(
-            replace(r, slo_s=round(rng.uniform(0.5, 12.0), 1)) for r in inst.requests))
-        cost = RoundCost()
-        best = brute_force(inst, cost, {}, "slo_attainment")
-        bound, _name = lower_bound(inst, cost, None, "slo_attainment")
+    for inst, best, bound, _name in _with_slos(random.Random(17), "slo_attainment"):
         assert bound >= best - 1e-9, (inst, bound, best)
 
 
