@@ -339,7 +339,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
                                                 [with_slo[i] for i in mine], p, pd, load, m)))
         met = slo_count_bound(
             [p[r.id] for r in with_slo], [release[r.id] for r in with_slo],
-            [r.arrival_s + (r.slo_s or 0.0) for r in with_slo], alone, machines)
+            [r.arrival_s + (r.slo_s or 0.0) for r in with_slo], alone, machines, lp_time_s)
         if met < sum(alone):
             return met / len(with_slo), ("pooled-machine deadline bound (work due by each "
                                          "SLO fits the devices' pooled speed after each "

@@ -32,6 +32,10 @@ from scipy.sparse import coo_matrix
 from planner.solver.bound_lp import dual_value
 
 MAX_POINTS = 80  # release times and due times each, at most (quantiles beyond)
+#: rows stop being added past this many nonzeros (any subset of the rows is valid): an
+#: overloaded instance of 1,000 requests would otherwise give tens of millions
+MAX_NONZEROS = 1_500_000
+TIME_LIMIT_S = 10.0  # HiGHS; past it the per-request count stands
 
 
 def _points(values: list[float]) -> list[float]:
@@ -61,7 +65,8 @@ def _cum(ts: list[float], acc: list[float], speeds: list[float], t: float) -> fl
 
 def slo_count_bound(work: list[float], release: list[float], due: list[float],
                     feasible: list[bool],
-                    machines: list[tuple[list[int], list[tuple[float, float]]]]) -> int:
+                    machines: list[tuple[list[int], list[tuple[float, float]]]],
+                    time_limit_s: float = TIME_LIMIT_S) -> int:
     """The most requests (of these, every one with an SLO) any plan can serve within their
     SLOs (module docstring). ``machines``: pooled machines, each (the requests it covers,
     its speed as sorted (from time, speed) steps; ``release`` must hold for it), e.g. all
@@ -90,6 +95,8 @@ def slo_count_bound(work: list[float], release: list[float], due: list[float],
                 cap = _cum(ts, acc, speeds, d_end) - _cum(ts, acc, speeds, rho)
                 if sum(work[j] for j in inside) <= cap + 1e-9:
                     continue  # every one of them fits: the row cuts nothing
+                if len(vals) + len(inside) > MAX_NONZEROS:
+                    break
                 r = len(rhs)
                 rows += [r] * len(inside)
                 cols += [col[j] for j in inside]
@@ -104,7 +111,7 @@ def slo_count_bound(work: list[float], release: list[float], due: list[float],
     a_eq = coo_matrix((0, n)).tocsr()
     lb, ub = np.zeros(n), np.ones(n)
     res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=np.column_stack([lb, ub]),
-                  method="highs-ds")
+                  method="highs-ds", options={"time_limit": max(0.1, time_limit_s)})
     if res.status != 0 or res.ineqlin is None:
         return len(cand)
     low = dual_value(c, a_ub, b_ub, a_eq, np.zeros(0), lb, ub,
