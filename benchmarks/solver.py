@@ -132,7 +132,8 @@ def run_one(name: str, seed: int, time_limit: float, workers: int,
     wall = time.perf_counter() - t0
     m = compute_metrics(inst, sched.actions)
     obj = objective_value(m, objective)
-    bound_kind = ("pooled" if "bound: pooled" in info.notes else
+    bound_kind = ("pooled deadline" if "bound: pooled-machine deadline" in info.notes else
+                  "pooled" if "bound: pooled" in info.notes else
                   "swap MIP" if "bound: swap-aware" in info.notes else
                   "LP" if "bound: interval-indexed LP" in info.notes else "per-request")
     row: dict[str, Any] = {
