@@ -295,3 +295,32 @@ def test_retime_gives_slot_runs_the_executors_times(two_gpu) -> None:  # type: i
         assert (a.start_s, a.end_s) == (pytest.approx(at, abs=1e-5), pytest.approx(end, abs=1e-5))
     assert unload.start_s == pytest.approx(max(a.end_s for a in runs), abs=1e-5)
     assert unload.start_s < 30
+
+
+def test_a_slot_solve_reports_a_bound_for_slot_plans_whatever_plan_it_returns(
+        write_instance, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """With `--slots` a person allowed slot plans, so the bound must hold for them even
+    when the plan written has one-slot engines (batching did not help, or the search left
+    slots out): the one-slot bounds assume one request at a time per device. Here the
+    baselines, CP-SAT and batching are held to one slot, so the plan has none."""
+    import dataclasses
+
+    import planner.service as service
+    import planner.solver as solver_pkg
+    from planner.service import SolveOptions, prepare, solve
+    from planner.solver.bound import slot_plan_bound
+
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    real_base, real_cpsat = service.run_baselines, solver_pkg.solve_cpsat
+    monkeypatch.setattr(service, "run_baselines", lambda i, c, slots=1: real_base(i, c))
+    monkeypatch.setattr(service, "_batched", lambda i, c, s, info, o, k: (s, info))
+    monkeypatch.setattr(solver_pkg, "solve_cpsat", lambda i, c, o, opts, h: real_cpsat(
+        i, c, o, dataclasses.replace(opts, slots=(1,)), h))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2, 4)))
+    assert not any(e.n_parallel > 1 for e in plan.schedule.engines)
+    want, name = slot_plan_bound(inst, cost, "mean_response", 4)
+    assert plan.solver.bound == pytest.approx(want)
+    assert name in plan.solver.notes
