@@ -209,17 +209,17 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
         if max(opts.slots) > 1 and not any(e.n_parallel > 1 for e in schedule.engines):
             schedule, info = _batched(instance, cost, schedule, info, objective, opts.slots)
-        if max(opts.slots) > 1 and not any(e.n_parallel > 1 for e in schedule.engines) \
-                and info.objective is not None:
-            # a plan of one-slot engines after all (the search left slots out, or batching
-            # did not help): its bound must still hold for the slot plans the user allowed
-            from planner.solver.bound import gap_of, slot_plan_bound
+            if not any(e.n_parallel > 1 for e in schedule.engines) and \
+                    info.objective is not None:
+                # one-slot engines after all (the search left slots out, or batching did
+                # not help): the bound must still hold for the slot plans the user allowed
+                from planner.solver.bound import gap_of, slot_plan_bound
 
-            bound, name = slot_plan_bound(instance, cost, objective, max(opts.slots))
-            info = dataclasses.replace(
-                info, bound=bound, gap=gap_of(info.objective, bound, objective),
-                notes=f"{info.notes}; bound for plans with up to {max(opts.slots)} slots "
-                      f"per engine: {name}")
+                bound, name = slot_plan_bound(instance, cost, objective, max(opts.slots))
+                info = dataclasses.replace(
+                    info, bound=bound, gap=gap_of(info.objective, bound, objective),
+                    notes=f"{info.notes}; bound for plans with up to {max(opts.slots)} "
+                          f"slots per engine: {name}")
     if any(e.n_parallel > 1 for e in schedule.engines):
         from dataclasses import replace as _replace
 
