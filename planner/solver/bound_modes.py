@@ -61,8 +61,9 @@ from scipy.sparse import coo_matrix
 
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
-from planner.domain import EngineConfig, Instance
+from planner.domain import EngineConfig, Instance, Request
 from planner.solver.bound_lp import slot_grid
+from planner.solver.bound_phases import Phases, rho_kappa
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
 MIN_SLOT_S = 0.25
@@ -144,12 +145,15 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
 
 def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
                load: dict[tuple[str, str], float], per_request: dict[str, float],
-               time_limit_s: float) -> float:
+               time_limit_s: float,
+               phases: dict[str, tuple[float, Phases]] | None = None) -> float:
     """A lower bound on ``sum_j w_j C_j`` (module docstring) for an instance with one GPU;
     0.0 when it does not apply (no GPU, several, fewer than two groups, no time).
     ``per_device``: each request's least run per other device (``bound.request_bounds``);
     ``load``: least load per (model, device); ``per_request``: a lower bound on each
-    request's completion time."""
+    request's completion time; ``phases``: each request's ``(U_j, Phases)`` where its
+    model runs on several devices (:mod:`planner.solver.bound_phases`: ``per_device`` is
+    in seconds per share of ``U_j``, and so are the GPU's options here)."""
     started = time.perf_counter()
     gpus = [d for d in instance.cluster.devices if d.kind == "gpu"]
     if len(gpus) != 1 or time_limit_s <= 0.5:
@@ -164,6 +168,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
         offset.append(offset[-1] + len(sy.changes))
     n_grp = offset[-1]
     reqs = list(instance.requests)
+    rhos: dict[tuple[EngineConfig, ...], float] = {}
     opts: list[list[Option]] = []
     for r in reqs:
         cells: dict[tuple[int, ...], list[EngineConfig]] = defaultdict(list)
@@ -174,7 +179,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                             if at in sy.group_of)
                 cells[key].append(cfg)
         row: list[Option] = [
-            Option(key, gpu, min(cost.run_s(x, r.prompt_tokens, 0, r.output_tokens) for x in cs),
+            Option(key, gpu, _per_share(cost, r, cs, phases, rhos),
                    max(r.arrival_s, min(cost.load_s(x) for x in cs)))
             for key, cs in sorted(cells.items())]
         for d, sec in per_device[r.id].items():
@@ -312,3 +317,18 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     if value is None or not math.isfinite(value) or res.status not in (0, 1):
         return 0.0
     return float(value) * (1.0 - SAFETY)
+
+
+def _per_share(cost: CostModel, r: Request, cs: list[EngineConfig],
+               phases: dict[str, tuple[float, Phases]] | None,
+               rhos: dict[tuple[EngineConfig, ...], float]) -> float:
+    """Seconds per share of ``r`` on the least of ``cs`` (its whole run, or less where
+    its phases scale unlike the fastest device's: ``bound_phases``)."""
+    whole = min(cost.run_s(x, r.prompt_tokens, 0, r.output_tokens) for x in cs)
+    if phases is None or r.id not in phases:
+        return whole
+    units, ph = phases[r.id]
+    key = tuple(cs)
+    if key not in rhos:
+        rhos[key] = rho_kappa(cost, cs, ph)[0]
+    return min(whole, units / rhos[key]) if rhos[key] > 0 else whole

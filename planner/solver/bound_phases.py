@@ -1,0 +1,100 @@
+"""How fast a *piece* of a request may go on a device, when its phases scale differently.
+
+The bounds measure a request's work in shares of a whole run and take a share ``x`` done
+on device ``d`` to need at least ``x p_jd`` seconds there. That holds when every part of
+a run is equally much slower on ``d`` than on the fastest device. It does not hold for a
+host CPU against a GPU: llama.cpp's prefill (compute-bound) is 85 times slower on the
+CPU for a 14B model in the analytic cost model, its decode (memory-bound) 5.5 times. A
+request prefilled on the GPU and decoded on the CPU after a ``kv_restore`` (SPEC: how a
+request migrates) spends less CPU time on its decode share than that share of its whole
+CPU run.
+
+So work is counted in *phase units*: a run's prefill and each of its decode tokens are
+worth the least time any device's configurations take for them (``best``). Device ``d``
+does at most ``rho_d = max_phase best / t_d`` units per second (``t_d``: its least time
+for the phase over its configurations; at most 1), so a piece worth ``u`` units takes it
+at least ``u / rho_d`` seconds. A whole request is worth at least ``kappa_f p_jf`` units,
+``p_jf`` its run on the device ``f`` where it is fastest and ``kappa_f = min_phase
+best / t_f`` (every phase of that run is worth at least ``kappa_f`` of its seconds).
+Measured in shares of ``U_j = kappa_f p_jf``, the share ``x`` takes at least
+``x U_j / rho_d`` on ``d``, and the request still goes at most one share per ``U_j /
+max_d rho_d`` seconds: the bounds' rows hold with ``p_jd`` replaced by
+``min(p_jd, U_j / rho_d)`` (:func:`scaled`). Where phases scale alike (GPUs of one
+kind, or no two devices) nothing changes: ``rho_d = kappa_d``, ``kappa_f = 1``.
+
+Phases are probed, as the fastest configuration is (``bound._fastest``): prefills of
+the shortest prompt and of the longest prompt plus output of the model's requests (a
+recompute prefills the tokens made so far too), decode steps at ``PROBES`` depths between
+them, each over every candidate split of the device (``candidates.curves``). Between two
+devices whose step times are affine in the depth the ratio is monotone, so its extremes
+lie at the probed ends; with several devices the least time may change hands between
+probes, so this rests on the probes, as the fastest configuration does.
+``tests/test_bound_phases.py`` splits random requests of the study's models over random
+devices: every split costs at least one share.
+
+Measured (analytic cost model): a 14B F16 request on an RTX 4090 and its host's CPU, its
+prompt and first token on the GPU and the rest on the CPU, came to 0.78 of a share with
+whole-run seconds, 1.0002 now. Bounds fell by up to a fifth where phases scale apart:
+``split-forced`` seed 1 12.01 -> 9.86 s (Llama-2-70B: an engine split over both GPUs
+prefills far faster than one GPU with layers on the CPU), ``3gpu-hetero`` 10.52 -> 9.69,
+``1gpu-5models-pareto`` seed 7 17.33 -> 16.42, ``1gpu-4models`` seed 52 15.72 -> 15.30.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.costmodel.base import CostModel
+from planner.domain import EngineConfig, Request
+
+PROBES = 5
+
+
+@dataclass(frozen=True)
+class Phases:
+    """A model's probed phases and the least time of each over every device's configs."""
+    lengths: tuple[int, ...]  # prefill lengths
+    depths: tuple[int, ...]  # decode depths
+    best: tuple[float, ...]  # least seconds per phase (prefills, then decode steps)
+
+
+def phase_times(cost: CostModel, cfgs: list[EngineConfig], lengths: tuple[int, ...],
+                depths: tuple[int, ...]) -> list[float]:
+    """The least seconds over ``cfgs`` of each phase: prefills, then decode steps."""
+    return [min(cost.prefill_s(c, n) for c in cfgs) for n in lengths] + \
+        [min(cost.decode_s_per_token(c, k) for c in cfgs) for k in depths]
+
+
+def model_phases(cost: CostModel, reqs: list[Request],
+                 cfgs_by_device: dict[str, list[EngineConfig]]) -> Phases:
+    """The phases of ``reqs`` (one model's) with their least times over every device."""
+    lo = min(r.prompt_tokens for r in reqs)
+    hi = max(r.prompt_tokens + r.output_tokens for r in reqs)
+    lengths = tuple(sorted({max(1, lo), max(1, hi)}))
+    depths = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
+    best = [min(ts) for ts in zip(*(phase_times(cost, cs, lengths, depths)
+                                    for cs in cfgs_by_device.values() if cs), strict=True)]
+    return Phases(lengths, depths, tuple(best))
+
+
+def rho_kappa(cost: CostModel, cfgs: list[EngineConfig], ph: Phases) -> tuple[float, float]:
+    """(most, least) phase units per second of a device with configurations ``cfgs``,
+    over the phases it spends time on (a phase that takes no time there, e.g. a cost
+    model without prefill, neither speeds nor slows it)."""
+    ratios = [b / t for b, t in zip(
+        ph.best, phase_times(cost, cfgs, ph.lengths, ph.depths), strict=True) if t > 0]
+    if not ratios:
+        return 1.0, 1.0
+    return min(1.0, max(ratios)), min(1.0, min(ratios))
+
+
+def scaled(pd: dict[str, float], rho: dict[str, float], kappa: dict[str, float]
+           ) -> tuple[float, dict[str, float]]:
+    """(``U_j``, each device's seconds per share of ``U_j``: ``min(p_jd, U_j / rho_d)``)
+    for one request with whole runs ``pd`` per device (module docstring)."""
+    if not pd:
+        return 0.0, {}
+    f = min(pd, key=lambda d: pd[d])
+    units = kappa.get(f, 1.0) * pd[f]
+    return units, {d: min(v, units / rho[d]) if rho.get(d, 0.0) > 0 else v
+                   for d, v in pd.items()}
