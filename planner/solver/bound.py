@@ -51,7 +51,7 @@ from planner.costmodel.base import CostModel
 from planner.domain import Device, EngineConfig, Instance, Request
 from planner.solver.bound_lp import TIME_LIMIT_S, LPJob, lp_bound
 from planner.solver.bound_modes import mode_bound
-from planner.solver.bound_phases import Phases, model_phases, rho_kappa, scaled
+from planner.solver.bound_phases import model_phases, rho_kappa, scaled
 from planner.solver.bound_slo import slo_count_bound
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.data import ProblemData, split_config
@@ -75,12 +75,10 @@ def _fastest(cost: CostModel, curve: list[EngineConfig], prompt: int, out: int) 
     return keep
 
 
-def request_bounds(instance: Instance, cost: CostModel,
-                   phases: dict[str, tuple[float, Phases]] | None = None) -> tuple[
+def request_bounds(instance: Instance, cost: CostModel) -> tuple[
         dict[str, float], dict[str, dict[str, float]], dict[tuple[str, str], float]]:
     """(p_j, p_jd per device, L_md) as in the module docstring; ``p_jd`` in seconds per
-    share of ``U_j`` (:mod:`planner.solver.bound_phases`). ``phases``, when given, gets
-    each request's ``(U_j, its model's Phases)`` (models on more than one device)."""
+    share of ``U_j`` (:mod:`planner.solver.bound_phases`)."""
     devices = solver_devices(instance, True)
     pool = curves(instance, cost, devices)
     load: dict[tuple[str, str], float] = {}
@@ -144,9 +142,7 @@ def request_bounds(instance: Instance, cost: CostModel,
         rho = {d: v[0] for d, v in rk.items()}
         kappa = {d: v[1] for d, v in rk.items()}
         for r in reqs:
-            units, pd[r.id] = scaled(pd[r.id], rho, kappa)
-            if phases is not None:
-                phases[r.id] = (units, ph)
+            _, pd[r.id] = scaled(pd[r.id], rho, kappa)
     for r in instance.requests:
         p[r.id] = min(pd[r.id].values()) if pd[r.id] else math.inf
     return p, pd, load
@@ -479,14 +475,13 @@ def swap_bound(instance: Instance, cost: CostModel, objective: str,
             sum(1 for d in instance.cluster.devices if d.kind == "gpu") != 1:
         return 0.0
     started = time.perf_counter()
-    phases: dict[str, tuple[float, Phases]] = {}
-    _, pd, load = request_bounds(instance, cost, phases)
+    _, pd, load = request_bounds(instance, cost)
     least = least_responses(instance.requests, pd, load)
     if any(math.isinf(v) for v in least.values()):
         return 0.0
     done_by = {r.id: r.arrival_s + least[r.id] for r in instance.requests}
     value = mode_bound(instance, cost, pd, load, done_by,
-                       time_limit_s - (time.perf_counter() - started), phases)
+                       time_limit_s - (time.perf_counter() - started))
     if value <= 0:
         return 0.0
     wsum = sum(r.weight for r in instance.requests)

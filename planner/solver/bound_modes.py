@@ -63,7 +63,8 @@ from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Instance, Request
 from planner.solver.bound_lp import slot_grid
-from planner.solver.bound_phases import Phases, rho_kappa
+from planner.solver.bound_phases import PROBES
+from planner.solver.candidates import curves, solver_devices
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
 MIN_SLOT_S = 0.25
@@ -76,8 +77,10 @@ SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
 class Option:
     groups: tuple[int, ...]  # the groups (global ids) its engines are in; () elsewhere
     device: str
-    seconds: float
+    seconds: float  # per unit share of its phase's work
     release: float
+    phase: int  # 0: the prefill's work, 1: the decode's
+    part: float  # the prefill's share of the request (the decode's: 1 - part)
 
 
 @dataclass(frozen=True)
@@ -145,15 +148,13 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
 
 def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
                load: dict[tuple[str, str], float], per_request: dict[str, float],
-               time_limit_s: float,
-               phases: dict[str, tuple[float, Phases]] | None = None) -> float:
+               time_limit_s: float) -> float:
     """A lower bound on ``sum_j w_j C_j`` (module docstring) for an instance with one GPU;
     0.0 when it does not apply (no GPU, several, fewer than two groups, no time).
     ``per_device``: each request's least run per other device (``bound.request_bounds``);
     ``load``: least load per (model, device); ``per_request``: a lower bound on each
-    request's completion time; ``phases``: each request's ``(U_j, Phases)`` where its
-    model runs on several devices (:mod:`planner.solver.bound_phases`: ``per_device`` is
-    in seconds per share of ``U_j``, and so are the GPU's options here)."""
+    request's completion time. Work is counted in units, prefill and decode apart
+    (:class:`_DecodeRates`)."""
     started = time.perf_counter()
     gpus = [d for d in instance.cluster.devices if d.kind == "gpu"]
     if len(gpus) != 1 or time_limit_s <= 0.5:
@@ -168,8 +169,11 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
         offset.append(offset[-1] + len(sy.changes))
     n_grp = offset[-1]
     reqs = list(instance.requests)
-    rhos: dict[tuple[EngineConfig, ...], float] = {}
+    others = {(m, d): cs for (m, d), cs in curves(
+        instance, cost, solver_devices(instance, True)).items() if d != gpu and cs}
+    dec = _DecodeRates(cost, reqs, cfgs, others)
     opts: list[list[Option]] = []
+    units: list[float] = []
     for r in reqs:
         cells: dict[tuple[int, ...], list[EngineConfig]] = defaultdict(list)
         for cfg in cfgs.get(r.model, []):
@@ -178,17 +182,18 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                 key = tuple(base + sy.group_of[at] for base, sy in zip(offset, systs, strict=False)
                             if at in sy.group_of)
                 cells[key].append(cfg)
-        row: list[Option] = [
-            Option(key, gpu, _per_share(cost, r, cs, phases, rhos),
-                   max(r.arrival_s, min(cost.load_s(x) for x in cs)))
-            for key, cs in sorted(cells.items())]
-        for d, sec in per_device[r.id].items():
-            if d != gpu and not d.startswith("split:"):
-                row.append(Option((), d, sec, max(r.arrival_s, load[(r.model, d)])))
-        if not row:
+        places = [(key, gpu, cs, max(r.arrival_s, min(cost.load_s(x) for x in cs)))
+                  for key, cs in sorted(cells.items())]
+        for d in per_device[r.id]:
+            cs = [c for c in others.get((r.model, d), []) if r.total_tokens <= c.n_ctx]
+            if cs:
+                places.append(((), d, cs, max(r.arrival_s, load[(r.model, d)])))
+        if not places:
             return 0.0
+        row, u = dec.options(r, places)
         opts.append(row)
-    p = [min(o.seconds for o in row) for row in opts]
+        units.append(u)
+    p = units  # a request goes at most one unit per second (its rate at its fastest)
 
     def spread(ch: list[tuple[float, float]]) -> tuple[float, float]:
         """(least, longest finite) change between two groups of a system"""
@@ -231,9 +236,11 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     job_slot: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     mean_row: list[list[tuple[int, float]]] = []
     share_row: list[list[tuple[int, float]]] = []
+    phase_of: list[list[int]] = []
     for jn, row in enumerate(opts):
         mine: list[tuple[int, float]] = []
         shares: list[tuple[int, float]] = []
+        phases_here: list[int] = []
         for o in row:
             for s in range(int(np.searchsorted(starts, o.release - 1e-9)), n_slot):
                 cap_rows[(o.device, s)].append((col, o.seconds))
@@ -242,10 +249,12 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                 job_slot[(jn, s)].append((col, o.seconds))
                 mine.append((col, float(starts[s])))
                 shares.append((col, 1.0))
+                phases_here.append(o.phase)
                 x_ub.append(min(1.0, float(lens[s]) / o.seconds))
                 col += 1
         mean_row.append(mine)
         share_row.append(shares)
+        phase_of.append(phases_here)
         if time.perf_counter() - started > time_limit_s / 4:
             return 0.0
     n_x = col
@@ -260,6 +269,10 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
             add(entries, float(lens[s]))  # a request on one device at a time
     for jn in range(n_job):
         add([*share_row[jn], (tail0 + jn, 1.0)], 1.0, 1.0)
+        for ph in (0, 1):  # each phase's work at most its part of the request
+            mine_ph = [e for e, o in zip(share_row[jn], phase_of[jn], strict=True) if o == ph]
+            if mine_ph:
+                add(mine_ph, opts[jn][0].part if ph == 0 else 1.0 - opts[jn][0].part)
         add([*mean_row[jn], (tail0 + jn, horizon), (c0 + jn, -1.0)], -p[jn] / 2)
 
     def y(g: int, k: int) -> int:
@@ -319,16 +332,58 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     return float(value) * (1.0 - SAFETY)
 
 
-def _per_share(cost: CostModel, r: Request, cs: list[EngineConfig],
-               phases: dict[str, tuple[float, Phases]] | None,
-               rhos: dict[tuple[EngineConfig, ...], float]) -> float:
-    """Seconds per share of ``r`` on the least of ``cs`` (its whole run, or less where
-    its phases scale unlike the fastest device's: ``bound_phases``)."""
-    whole = min(cost.run_s(x, r.prompt_tokens, 0, r.output_tokens) for x in cs)
-    if phases is None or r.id not in phases:
-        return whole
-    units, ph = phases[r.id]
-    key = tuple(cs)
-    if key not in rhos:
-        rhos[key] = rho_kappa(cost, cs, ph)[0]
-    return min(whole, units / rhos[key]) if rhos[key] > 0 else whole
+
+class _DecodeRates:
+    """Work in units (``bound_phases``), in two phases: the prefill is worth ``P_j``, the
+    least prefill of the prompt over every place; the decode ``D_j``, at least ``kappa_o``
+    of each place's decode seconds (``kappa_o``, ``rho_o``: the least and most of the best
+    decode step over the place's, at the model's probed depths). A place does prefill work
+    at its own prefill speed and decode work at ``rho_o`` units per second, so a slow split
+    that prefills almost as fast as the fastest (its layers on the CPU cost the decode far
+    more than the prefill) gets no discount on its decode."""
+
+    def __init__(self, cost: CostModel, reqs: list[Request],
+                 gpu_cfgs: dict[str, list[EngineConfig]],
+                 others: dict[tuple[str, str], list[EngineConfig]]) -> None:
+        self.cost = cost
+        self.depths: dict[str, tuple[int, ...]] = {}
+        self.best: dict[str, list[float]] = {}
+        self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
+        for m in sorted({r.model for r in reqs}):
+            mine = [r for r in reqs if r.model == m]
+            lo = min(r.prompt_tokens for r in mine)
+            hi = max(r.prompt_tokens + r.output_tokens for r in mine)
+            ks = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
+            every = [*gpu_cfgs.get(m, []), *(c for (mm, _), cs in others.items() if mm == m
+                                             for c in cs)]
+            self.depths[m] = ks
+            self.best[m] = [min(cost.decode_s_per_token(c, k) for c in every) for k in ks]
+
+    def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
+        key = tuple(cs)
+        if key not in self.ratios:
+            t = [min(self.cost.decode_s_per_token(c, k) for c in cs) for k in self.depths[model]]
+            r = [b / x for b, x in zip(self.best[model], t, strict=True) if x > 0]
+            self.ratios[key] = (min(1.0, max(r)), min(1.0, min(r))) if r else (1.0, 1.0)
+        return self.ratios[key]
+
+    def options(self, r: Request, places: list[tuple[tuple[int, ...], str, list[EngineConfig],
+                                                     float]]) -> tuple[list[Option], float]:
+        """(the options of request ``r`` at ``places`` (groups, device, configurations,
+        release), each phase apart; its units ``U_j = P_j + D_j``)."""
+        cost = self.cost
+        pre = [min(cost.prefill_s(c, r.prompt_tokens) for c in cs) for _, _, cs, _ in places]
+        dec = [min(cost.decode_s(c, r.prompt_tokens, r.output_tokens) for c in cs)
+               for _, _, cs, _ in places]
+        rk = [self._rho_kappa(r.model, cs) for _, _, cs, _ in places]
+        p_units = min(pre)
+        d_units = max(k * d for (_, k), d in zip(rk, dec, strict=True))
+        total = p_units + d_units
+        part = p_units / total if total > 0 else 0.0
+        out: list[Option] = []
+        for (key, dev, _, rel), pr, (rho, _) in zip(places, pre, rk, strict=True):
+            if p_units > 0:
+                out.append(Option(key, dev, total * pr / p_units, rel, 0, part))
+            if d_units > 0 and rho > 0:
+                out.append(Option(key, dev, total / rho, rel, 1, part))
+        return out, total
