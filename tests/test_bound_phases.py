@@ -89,40 +89,50 @@ def test_every_split_of_random_requests_is_at_least_one_share() -> None:
                 assert _pieces_share(inst, cost, r, pd, pieces) >= 1.0 - 1e-9, (r, pieces)
 
 
-def test_the_swap_bounds_phases_cover_every_split_of_a_request() -> None:
-    """The swap MIP counts a request's work in two phases (``bound_modes._DecodeRates``):
-    the prefill, and the decode at each place's best decode rate. Any split of a request
-    over the GPU's splits and the host CPU (the prompt once, then the tokens in pieces,
-    each on its place's fastest configuration) does at least the prefill's part and the
-    decode's part in those places' seconds per unit share."""
-    from planner.solver.bound_modes import _DecodeRates
-    rng = random.Random(5)
+def _phase_splits_hold(cluster: dict[str, Any], seed: int, split_gpu: str | None) -> None:
+    """Random requests on ``cluster``; places: every device with its candidate splits (and,
+    for ``split_gpu``, each of that GPU's splits a place of its own, as the swap MIP's
+    groups are). Random splits of each request over random places do at least the
+    prefill's part and the decode's part in those places' seconds per unit share."""
+    from planner.solver.bound_phases import TwoPhases
+    rng = random.Random(seed)
     models = ["llama3-8b-q4_k_m", "qwen3-8b-f16", M14]
     reqs = [(rng.choice(models), rng.randint(20, 1500), rng.randint(8, 600)) for _ in range(10)]
-    inst = _instance(CLUSTERS["one-gpu"], sorted({m for m, _, _ in reqs}), reqs)
+    inst = _instance(cluster, sorted({m for m, _, _ in reqs}), reqs)
     cost = cost_model_for(inst, "analytic")
     pool = curves(inst, cost, solver_devices(inst, True))
-    gpu = {m: cs for (m, d), cs in pool.items() if d == "box-gpu0"}
-    others = {k: cs for k, cs in pool.items() if k[1] == "box"}
-    rates = _DecodeRates(cost, list(inst.requests), gpu, others)
+    rates = TwoPhases(cost, list(inst.requests), [(m, cs) for (m, _), cs in pool.items()])
     for r in inst.requests:
-        # each GPU split a place of its own, and the CPU
-        places = [((i,), "box-gpu0", [c], 0.0) for i, c in enumerate(gpu[r.model])
-                  if r.total_tokens <= c.n_ctx]
-        places.append(((), "box", others[(r.model, "box")], 0.0))
-        opts, _ = rates.options(r, places)
-        sec = {(o.groups, o.device, o.phase): o.seconds for o in opts}
-        part = opts[0].part
+        places: list[tuple[Any, str, list[Any]]] = []
+        for (m, d), cs in sorted(pool.items()):
+            cs = [c for c in cs if m == r.model and r.total_tokens <= c.n_ctx]
+            if d == split_gpu:
+                places += [((i,), d, [c]) for i, c in enumerate(cs)]
+            elif cs:
+                places.append(((), d, cs))
+        _, part, secs = rates.seconds(r, [cs for _, _, cs in places])
         for _ in range(30):
             n = rng.randint(1, min(3, r.output_tokens))
             cuts = sorted(rng.sample(range(1, r.output_tokens), n - 1))
-            bounds = [0, *cuts, r.output_tokens]
             pre = dec = 0.0
-            for a, b in itertools.pairwise(bounds):
-                key, dev, cs, _ = rng.choice(places)
-                c = cs[0] if len(cs) == 1 else min(
-                    cs, key=lambda x: cost.decode_s(x, r.prompt_tokens + a, b - a))
-                if a == 0:
-                    pre += cost.prefill_s(c, r.prompt_tokens) / sec[(key, dev, 0)]
-                dec += cost.decode_s(c, r.prompt_tokens + a, b - a) / sec[(key, dev, 1)]
+            for a, b in itertools.pairwise([0, *cuts, r.output_tokens]):
+                k = rng.randrange(len(places))
+                cs = places[k][2]
+                # the piece at its place's fastest configuration for it
+                c = min(cs, key=lambda x: cost.run_s(x, r.prompt_tokens, a, b))
+                sp, sd = secs[k]
+                if a == 0 and sp is not None:
+                    pre += cost.prefill_s(c, r.prompt_tokens) / sp
+                if sd is not None:
+                    dec += cost.decode_s(c, r.prompt_tokens + a, b - a) / sd
             assert pre >= part - 1e-9 and dec >= 1.0 - part - 1e-9, (r, pre, dec, part)
+
+
+def test_two_phase_shares_cover_every_split_of_a_request() -> None:
+    """The swap MIP and the LP count a request's work in two phases
+    (``bound_phases.TwoPhases``): its prefill, and its decode at each place's best decode
+    rate. On one GPU (each split a place, as the MIP's groups) with its host's CPU, and on
+    the study's two servers (two GPU kinds, two host CPUs), no split of a request does
+    less than each phase's part."""
+    _phase_splits_hold(CLUSTERS["one-gpu"], 5, "box-gpu0")
+    _phase_splits_hold(CLUSTERS["two-servers"], 6, None)

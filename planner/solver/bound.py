@@ -45,13 +45,14 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from dataclasses import replace
 
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
 from planner.domain import Device, EngineConfig, Instance, Request
 from planner.solver.bound_lp import TIME_LIMIT_S, LPJob, lp_bound
 from planner.solver.bound_modes import mode_bound
-from planner.solver.bound_phases import model_phases, rho_kappa, scaled
+from planner.solver.bound_phases import TwoPhases, model_phases, rho_kappa, scaled
 from planner.solver.bound_slo import slo_count_bound
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.data import ProblemData, split_config
@@ -148,6 +149,9 @@ def request_bounds(instance: Instance, cost: CostModel) -> tuple[
     return p, pd, load
 
 
+#: the LP's work goes in two phases where some option's prefill work is this much faster
+#: (per unit share) than its decode work (``_two_phase_jobs``)
+PHASED_GAIN = 1.05
 SPLIT = "split:"  # pseudo-device of an engine split over all GPUs of a host
 
 
@@ -370,7 +374,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
         if not any(r.slo_s is not None for r in reqs):
             return simple, per_request
         lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp,
-                              lp_time_s, work, tardiness=True)
+                              lp_time_s, work, tardiness=True, cost=cost)
         if lp > simple * (1 + 1e-9) + 1e-9:
             return lp, ("interval-indexed LP bound on tardiness (the mean-response LP's "
                         "completions, T_j >= C_j - a_j - slo_j, dual value)")
@@ -405,7 +409,8 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
         if finish > per:
             return finish, "pooled-machine bound (all work on the devices' pooled speed)"
         return per, per_request
-    lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp, lp_time_s)
+    lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp, lp_time_s,
+                          cost=cost)
     best = max(((total - arr) / wsum, "pooled-machine queueing bound (preemptive WSPT on "
                 "the devices' pooled speed with release times, C_j >= M_j + p_j/2)"),
                ((per_model - arr) / wsum, "pooled-machine queueing bound per model (summed "
@@ -421,7 +426,7 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
                      load: dict[tuple[str, str], float], release: dict[str, float],
                      min_resp: dict[str, float], time_limit_s: float = TIME_LIMIT_S,
                      work: dict[str, dict[str, float]] | None = None,
-                     tardiness: bool = False) -> float:
+                     tardiness: bool = False, cost: CostModel | None = None) -> float:
     """``sum w_j C_j`` bound of :func:`planner.solver.bound_lp.lp_bound`: devices with the
     same run and load times (and device times ``work``, for slot engines) form one class.
     ``tardiness``: a bound on ``sum w_j max(0, C_j - a_j - slo_j)`` from the same LP."""
@@ -447,12 +452,62 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
                   tuple(work[r.id].get(d, math.inf) for d in options) if work else None,
                   r.arrival_s + r.slo_s if r.slo_s is not None else None)
             for r in reqs]
+    phased = None
+    if work is None and cost is not None:  # one request at a time per device: its
+        # prefill and decode apart, where that changes a device's rate
+        phased = _two_phase_jobs(instance, reqs, devices, options, pd, jobs, cost)
     if any(j.p == math.inf for j in jobs):
         return 0.0
     n_gpu = max(1, sum(1 for d in devices if d.kind == "gpu"))
     horizon = max(release.values()) + sum(p.values()) / n_gpu
     return lp_bound(jobs, [len(ids) for ids in classes.values()], uses, horizon, time_limit_s,
-                    tardiness)
+                    tardiness, phased)
+
+
+def _two_phase_jobs(instance: Instance, reqs: tuple[Request, ...], devices: list[Device],
+                    options: list[str], pd: dict[str, dict[str, float]], jobs: list[LPJob],
+                    cost: CostModel) -> list[LPJob] | None:
+    """``jobs`` with their work in two phases (``bound_phases.TwoPhases``): the prefill at
+    each option's own prefill speed, the decode at its best decode rate, each phase at
+    most its part of the request. None where no option does prefill work markedly
+    faster, for its decode speed, than decode work (a GPU and its host's CPU: the one
+    phase's rates, ``request_bounds``, are then as tight, and the LP half the size)."""
+    pool = curves(instance, cost, devices)
+    n_ctx = context_sizes(instance)
+    cfgs: dict[tuple[str, str], list[EngineConfig]] = {}
+    for m in sorted({r.model for r in reqs}):
+        for d in options:
+            if d.startswith(SPLIT):
+                scfg = split_config(instance, cost, m, d[len(SPLIT):], n_ctx[m])
+                if scfg is not None:
+                    cfgs[(m, d)] = [scfg]
+            elif pool.get((m, d)):
+                cfgs[(m, d)] = pool[(m, d)]
+    two = TwoPhases(cost, list(reqs), [(m, cs) for (m, _), cs in cfgs.items()])
+    out = []
+    matters = False
+    for r, job in zip(reqs, jobs, strict=True):
+        here = [d for d in options if d in pd[r.id] and (r.model, d) in cfgs]
+        places = [[c for c in cfgs[(r.model, d)] if r.total_tokens <= c.n_ctx] for d in here]
+        if not here or any(not cs for cs in places):
+            out.append(job)
+            continue
+        units, part, secs = two.seconds(r, places)
+        matters = matters or any(a is not None and b is not None and a * PHASED_GAIN < b
+                                 for a, b in secs)
+        got = dict(zip(here, secs, strict=True))
+        pre = tuple(_or_inf(got[d][0]) if d in got else math.inf for d in options)
+        dec = tuple(_or_inf(got[d][1]) if d in got else math.inf for d in options)
+        if all(x == math.inf for x in dec):
+            out.append(job)
+            continue
+        out.append(replace(job, p=units, times=dec,
+                           pre=None if all(x == math.inf for x in pre) else pre, part=part))
+    return out if matters else None
+
+
+def _or_inf(x: float | None) -> float:
+    return math.inf if x is None else x
 
 
 def slot_plan_bound(instance: Instance, cost: CostModel, objective: str, slots: int,

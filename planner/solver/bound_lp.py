@@ -73,11 +73,16 @@ class LPJob:
     #: the time after which it is late (arrival + SLO); used by ``lp_bound(tardiness=True)``,
     #: None: never late
     due: float | None = None
+    #: work in two phases (``bound_phases.TwoPhases``): ``times`` are then the seconds per
+    #: unit share of decode work per class, these of prefill work (inf: not there), and
+    #: ``part`` the prefill's share of the request; None: one phase
+    pre: tuple[float, ...] | None = None
+    part: float = 0.0
 
 
 def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
              horizon: float, time_limit_s: float = TIME_LIMIT_S,
-             tardiness: bool = False) -> float:
+             tardiness: bool = False, phased: list[LPJob] | None = None) -> float:
     """A lower bound on ``sum_j w_j C_j`` (see the module docstring). ``capacity``: the
     number of devices per class; option ``k`` of a job (``times[k]``, ``release[k]``)
     occupies ``uses[k][i]`` devices of class ``i`` while it runs (an engine split over
@@ -87,13 +92,17 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     ``tardiness``: a lower bound on ``sum_j w_j max(0, C_j - due_j)`` instead, over the
     same LP (a variable ``T_j >= 0`` with ``T_j >= C_j - due_j`` per job with a due time:
     any plan's completions give a feasible point, so its tardiness is at least the
-    LP's)."""
+    LP's).
+
+    ``phased``: the same jobs with their work in two phases (``LPJob.pre``), used after the
+    first (relaxed) solve: a tighter LP where phases scale unlike across devices, and
+    about twice as large."""
     if not jobs:
         return 0.0
     rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
            for j in jobs]
     span = sum(max(0.0, horizon - r) * sum(1 for p in j.times if p < math.inf)
-               for j, r in zip(jobs, rel, strict=True))
+               * (1 if j.pre is None else 2) for j, r in zip(jobs, rel, strict=True))
     # Every grid gives a valid bound; a finer one loses less to slot starts (at most
     # one slot per request). Refine while the last solve leaves room for the next,
     # about REFINE times larger (HiGHS's time grows faster than the LP; a refinement
@@ -110,6 +119,10 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     best = value
     if (time.perf_counter() - started) * WHOLE_OVER_RELAXED > deadline - time.perf_counter():
         return best
+    if phased is not None:
+        jobs = phased
+        span = sum(max(0.0, horizon - r) * sum(1 for p in j.times if p < math.inf)
+                   * (1 if j.pre is None else 2) for j, r in zip(jobs, rel, strict=True))
     while True:
         dt = max(MIN_SLOT_S, span / budget)
         if dt >= last_dt:
@@ -150,8 +163,7 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         j.release, j.times, strict=True) if p < math.inf])
     n_slot = len(starts)
     if sum(n_slot - int(np.searchsorted(starts, r - 1e-9))
-           for j in jobs for r, p in zip(j.release, j.times, strict=True)
-           if p < math.inf) > MAX_VARS:
+           for j in jobs for _, _, r, _ in _phases(j)) > MAX_VARS:
         return None
 
     n_jobs = len(jobs)
@@ -165,15 +177,15 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
     ub_parts: list[np.ndarray] = []
     eq_parts: list[np.ndarray] = []
     col = 0
+    phase_ids: dict[tuple[int, int], list[np.ndarray]] = {}  # (job, phase) -> its shares
     for jn, job in enumerate(jobs):
-        for i, (p, r) in enumerate(zip(job.times, job.release, strict=True)):
-            if p == math.inf:
-                continue
-            w = p if job.work is None else job.work[i]
+        for i, p, r, ph in _phases(job):
+            w = p if job.work is None or ph == 0 else job.work[i]
             ts = np.arange(int(np.searchsorted(starts, r - 1e-9)), n_slot)
             k = len(ts)
             ids = np.arange(col, col + k)
             col += k
+            phase_ids.setdefault((jn, ph), []).append(ids)
             for ci, cnt in uses[i].items():
                 rows.append(ci * n_slot + ts)
                 cols.append(ids)
@@ -212,8 +224,19 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         c = np.concatenate([np.zeros(n_x + 2 * n_jobs), weights[late]])
         lb = np.concatenate([lb, np.zeros(len(late))])
         ub = np.concatenate([ub, np.full(len(late), big)])
+    # each phase's work at most its part of the request
+    r0 = m_row0 + n_jobs + len(due_rhs)
+    part_rhs: list[float] = []
+    for (jn, ph), parts in phase_ids.items():
+        if jobs[jn].pre is None:
+            continue
+        ids = np.concatenate(parts)
+        rows.append(np.full(len(ids), r0 + len(part_rhs)))
+        cols.append(ids)
+        vals.append(np.ones(len(ids)))
+        part_rhs.append(jobs[jn].part if ph == 0 else 1.0 - jobs[jn].part)
     bu = np.concatenate([(np.array(capacity, dtype=float)[:, None] * lens[None, :]).ravel(),
-                         np.tile(lens, n_jobs), [-j.p / 2 for j in jobs], due_rhs])
+                         np.tile(lens, n_jobs), [-j.p / 2 for j in jobs], due_rhs, part_rhs])
     a_ub = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(len(bu), n)).tocsr()
     eq_rows = np.concatenate([*eq_parts, np.arange(n_jobs)])
@@ -227,6 +250,17 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         return 0.0
     return dual_value(c, a_ub, bu, a_eq, b_eq, lb, ub,
                       np.minimum(res.ineqlin.marginals, 0.0), res.eqlin.marginals)
+
+
+def _phases(job: LPJob) -> list[tuple[int, float, float, int]]:
+    """(class, seconds per unit share, release, phase) of each of ``job``'s variable sets:
+    phase 1 the decode (or the whole request, with one phase), phase 0 the prefill."""
+    out = [(i, p, r, 1) for i, (p, r) in enumerate(zip(job.times, job.release, strict=True))
+           if p < math.inf]
+    if job.pre is not None:
+        out += [(i, p, r, 0) for i, (p, r) in enumerate(zip(job.pre, job.release, strict=True))
+                if p < math.inf]
+    return out
 
 
 def dual_value(c: np.ndarray, a_ub: object, b_ub: np.ndarray, a_eq: object, b_eq: np.ndarray,

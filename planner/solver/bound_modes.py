@@ -61,9 +61,9 @@ from scipy.sparse import coo_matrix
 
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
-from planner.domain import EngineConfig, Instance, Request
+from planner.domain import EngineConfig, Instance
 from planner.solver.bound_lp import slot_grid
-from planner.solver.bound_phases import PROBES
+from planner.solver.bound_phases import TwoPhases
 from planner.solver.candidates import curves, solver_devices
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
@@ -154,7 +154,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     ``per_device``: each request's least run per other device (``bound.request_bounds``);
     ``load``: least load per (model, device); ``per_request``: a lower bound on each
     request's completion time. Work is counted in units, prefill and decode apart
-    (:class:`_DecodeRates`)."""
+    (:class:`planner.solver.bound_phases.TwoPhases`)."""
     started = time.perf_counter()
     gpus = [d for d in instance.cluster.devices if d.kind == "gpu"]
     if len(gpus) != 1 or time_limit_s <= 0.5:
@@ -171,7 +171,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     reqs = list(instance.requests)
     others = {(m, d): cs for (m, d), cs in curves(
         instance, cost, solver_devices(instance, True)).items() if d != gpu and cs}
-    dec = _DecodeRates(cost, reqs, cfgs, others)
+    dec = TwoPhases(cost, reqs, [*cfgs.items(), *((m, cs) for (m, _), cs in others.items())])
     opts: list[list[Option]] = []
     units: list[float] = []
     for r in reqs:
@@ -190,7 +190,10 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                 places.append(((), d, cs, max(r.arrival_s, load[(r.model, d)])))
         if not places:
             return 0.0
-        row, u = dec.options(r, places)
+        u, part, secs = dec.seconds(r, [cs for _, _, cs, _ in places])
+        row = [Option(key, dev, sec, rel, ph, part)
+               for (key, dev, _, rel), both in zip(places, secs, strict=True)
+               for ph, sec in enumerate(both) if sec is not None]
         opts.append(row)
         units.append(u)
     p = units  # a request goes at most one unit per second (its rate at its fastest)
@@ -332,58 +335,3 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     return float(value) * (1.0 - SAFETY)
 
 
-
-class _DecodeRates:
-    """Work in units (``bound_phases``), in two phases: the prefill is worth ``P_j``, the
-    least prefill of the prompt over every place; the decode ``D_j``, at least ``kappa_o``
-    of each place's decode seconds (``kappa_o``, ``rho_o``: the least and most of the best
-    decode step over the place's, at the model's probed depths). A place does prefill work
-    at its own prefill speed and decode work at ``rho_o`` units per second, so a slow split
-    that prefills almost as fast as the fastest (its layers on the CPU cost the decode far
-    more than the prefill) gets no discount on its decode."""
-
-    def __init__(self, cost: CostModel, reqs: list[Request],
-                 gpu_cfgs: dict[str, list[EngineConfig]],
-                 others: dict[tuple[str, str], list[EngineConfig]]) -> None:
-        self.cost = cost
-        self.depths: dict[str, tuple[int, ...]] = {}
-        self.best: dict[str, list[float]] = {}
-        self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
-        for m in sorted({r.model for r in reqs}):
-            mine = [r for r in reqs if r.model == m]
-            lo = min(r.prompt_tokens for r in mine)
-            hi = max(r.prompt_tokens + r.output_tokens for r in mine)
-            ks = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
-            every = [*gpu_cfgs.get(m, []), *(c for (mm, _), cs in others.items() if mm == m
-                                             for c in cs)]
-            self.depths[m] = ks
-            self.best[m] = [min(cost.decode_s_per_token(c, k) for c in every) for k in ks]
-
-    def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
-        key = tuple(cs)
-        if key not in self.ratios:
-            t = [min(self.cost.decode_s_per_token(c, k) for c in cs) for k in self.depths[model]]
-            r = [b / x for b, x in zip(self.best[model], t, strict=True) if x > 0]
-            self.ratios[key] = (min(1.0, max(r)), min(1.0, min(r))) if r else (1.0, 1.0)
-        return self.ratios[key]
-
-    def options(self, r: Request, places: list[tuple[tuple[int, ...], str, list[EngineConfig],
-                                                     float]]) -> tuple[list[Option], float]:
-        """(the options of request ``r`` at ``places`` (groups, device, configurations,
-        release), each phase apart; its units ``U_j = P_j + D_j``)."""
-        cost = self.cost
-        pre = [min(cost.prefill_s(c, r.prompt_tokens) for c in cs) for _, _, cs, _ in places]
-        dec = [min(cost.decode_s(c, r.prompt_tokens, r.output_tokens) for c in cs)
-               for _, _, cs, _ in places]
-        rk = [self._rho_kappa(r.model, cs) for _, _, cs, _ in places]
-        p_units = min(pre)
-        d_units = max(k * d for (_, k), d in zip(rk, dec, strict=True))
-        total = p_units + d_units
-        part = p_units / total if total > 0 else 0.0
-        out: list[Option] = []
-        for (key, dev, _, rel), pr, (rho, _) in zip(places, pre, rk, strict=True):
-            if p_units > 0:
-                out.append(Option(key, dev, total * pr / p_units, rel, 0, part))
-            if d_units > 0 and rho > 0:
-                out.append(Option(key, dev, total / rho, rel, 1, part))
-        return out, total

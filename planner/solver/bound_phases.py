@@ -34,14 +34,17 @@ devices: every split costs at least one share.
 
 Measured (analytic cost model): a 14B F16 request on an RTX 4090 and its host's CPU, its
 prompt and first token on the GPU and the rest on the CPU, came to 0.78 of a share with
-whole-run seconds, 1.0002 now. Bounds fell by up to a fifth where phases scale apart:
-``split-forced`` seed 1 12.01 -> 9.86 s (Llama-2-70B: an engine split over both GPUs
-prefills far faster than one GPU with layers on the CPU), ``3gpu-hetero`` 10.52 -> 9.69,
-``1gpu-5models-pareto`` seed 7 17.33 -> 16.42, ``1gpu-4models`` seed 52 15.72 -> 15.30.
+whole-run seconds, 1.0002 now.
+
+One rate per device is loose where a device prefills relatively faster than it decodes (a
+GPU split with layers on the CPU against the fastest split; an L4 against an RTX 4090): it
+would then do all its work at its prefill rate. :class:`TwoPhases` keeps the phases apart
+(the swap MIP always; the LP where that matters, ``bound._two_phase_jobs``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from planner.costmodel.base import CostModel
@@ -98,3 +101,58 @@ def scaled(pd: dict[str, float], rho: dict[str, float], kappa: dict[str, float]
     units = kappa.get(f, 1.0) * pd[f]
     return units, {d: min(v, units / rho[d]) if rho.get(d, 0.0) > 0 else v
                    for d, v in pd.items()}
+
+
+class TwoPhases:
+    """Work in units with the prefill and the decode apart (the swap MIP and the LP): a
+    request's prefill is worth ``P_j``, its least prefill of the prompt over every place,
+    and is done at each place's own prefill speed; its decode is worth ``D_j = max_o
+    kappa_o dec_jo`` and is done at ``rho_o`` units per second (``rho_o``, ``kappa_o``: the
+    most and least of the best decode step over the place's, at the model's probed depths;
+    a recompute's prefill is no progress). A place that prefills almost as fast as the
+    fastest but decodes at half its speed (a GPU split with half the layers on the CPU)
+    then gets no discount on its decode, as it would with one rate for both phases."""
+
+    def __init__(self, cost: CostModel, reqs: list[Request],
+                 cfgs: Iterable[tuple[str, list[EngineConfig]]]) -> None:
+        self.cost = cost
+        self.depths: dict[str, tuple[int, ...]] = {}
+        self.best: dict[str, list[float]] = {}
+        self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
+        every: dict[str, list[EngineConfig]] = {}
+        for m, cs in cfgs:
+            every.setdefault(m, []).extend(cs)
+        for m in sorted({r.model for r in reqs} & set(every)):
+            mine = [r for r in reqs if r.model == m]
+            lo = min(r.prompt_tokens for r in mine)
+            hi = max(r.prompt_tokens + r.output_tokens for r in mine)
+            ks = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
+            self.depths[m] = ks
+            self.best[m] = [min(cost.decode_s_per_token(c, k) for c in every[m]) for k in ks]
+
+    def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
+        key = tuple(cs)
+        if key not in self.ratios:
+            t = [min(self.cost.decode_s_per_token(c, k) for c in cs) for k in self.depths[model]]
+            r = [b / x for b, x in zip(self.best[model], t, strict=True) if x > 0]
+            self.ratios[key] = (min(1.0, max(r)), min(1.0, min(r))) if r else (1.0, 1.0)
+        return self.ratios[key]
+
+    def seconds(self, r: Request, places: list[list[EngineConfig]]
+                ) -> tuple[float, float, list[tuple[float | None, float | None]]]:
+        """(``U_j = P_j + D_j``, the prefill's part ``P_j / U_j``, and per place (its
+        configurations) the seconds per unit share of prefill work and of decode work
+        there; None where that phase has no work)."""
+        cost = self.cost
+        pre = [min(cost.prefill_s(c, r.prompt_tokens) for c in cs) for cs in places]
+        dec = [min(cost.decode_s(c, r.prompt_tokens, r.output_tokens) for c in cs)
+               for cs in places]
+        rk = [self._rho_kappa(r.model, cs) for cs in places]
+        p_units = min(pre)
+        d_units = max(k * d for (_, k), d in zip(rk, dec, strict=True))
+        total = p_units + d_units
+        part = p_units / total if total > 0 else 0.0
+        out = [(total * pr / p_units if p_units > 0 else None,
+                total / rho if d_units > 0 and rho > 0 else None)
+               for pr, (rho, _) in zip(pre, rk, strict=True)]
+        return total, part, out
