@@ -340,6 +340,12 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
         pd, work, whole = _slot_times(instance, cost, slots, pd)
         p = {r.id: min(pd[r.id].values()) if pd[r.id] else math.inf for r in reqs}
     min_resp = least_responses(reqs, whole, load)
+    dec: tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]] | None = None
+    if slots == 1:  # decode work alone after the first possible prefill: also a bound
+        dec = decode_only(instance, cost, load, pd)
+        for r in reqs:
+            if r.id in dec[0]:
+                min_resp[r.id] = max(min_resp[r.id], dec[2][r.id] + dec[0][r.id] - r.arrival_s)
     per_request = "per-request bound (fastest run; first load + run, engines start unloaded)"
     if slots > 1:
         per_request = ("per-request bound (fastest token steps on engines of up to "
@@ -396,10 +402,19 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
 
     def pooled(group: list[Request], model: str | None) -> tuple[float, float]:
         """sum w (M^WSPT + p/2) and the finishing time, for ``group`` on the machine of
-        the devices' pooled speed (for one model: its speeds and its load times)."""
+        the devices' pooled speed (for one model: its speeds and its load times); the
+        larger of the phase-unit machine's and the decode-unit machine's."""
         capacity = pooled_speed(instance, devices, group, p, pd, load, model)
         wm, fin = fluid_wspt([(release[r.id], p[r.id], r.weight) for r in group], capacity)
-        return wm + sum(r.weight * p[r.id] / 2 for r in group), fin
+        out = (wm + sum(r.weight * p[r.id] / 2 for r in group), fin)
+        if dec is not None and all(r.id in dec[0] for r in group):
+            pdec, pddec, ready = dec
+            capacity = pooled_speed(instance, devices, group, pdec, pddec, load, model)
+            wm, fin = fluid_wspt([(ready[r.id], pdec[r.id], r.weight) for r in group],
+                                 capacity)
+            out = max(out[0], wm + sum(r.weight * pdec[r.id] / 2 for r in group)), \
+                max(out[1], fin)
+        return out
 
     total, finish = pooled(list(reqs), None)
     models = sorted({r.model for r in reqs})
@@ -504,6 +519,48 @@ def _two_phase_jobs(instance: Instance, reqs: tuple[Request, ...], devices: list
         out.append(replace(job, p=units, times=dec,
                            pre=None if all(x == math.inf for x in pre) else pre, part=part))
     return out if matters else None
+
+
+def decode_only(instance: Instance, cost: CostModel, load: dict[tuple[str, str], float],
+                pd: dict[str, dict[str, float]]) -> tuple[
+        dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+    """Work counted in decode units alone (``bound_phases.TwoPhases``, its prefill left
+    out of the work): (per request its least decode seconds at rate 1, seconds per share
+    of it per device, and the earliest time any of its decode can start: after its model's
+    first load on some device and its prompt's prefill there). Every bound built on these
+    holds as the phase-unit ones do; it is tighter where devices are strong at different
+    phases (one prefills, another decodes faster), looser where prefills weigh."""
+    devices = solver_devices(instance, True)
+    pool = curves(instance, cost, devices)
+    n_ctx = context_sizes(instance)
+    cfgs: dict[tuple[str, str], list[EngineConfig]] = {
+        k: cs for k, cs in pool.items() if cs}
+    for m in sorted({r.model for r in instance.requests}):
+        for h in instance.cluster.hosts:
+            if (m, SPLIT + h.id) in load:
+                scfg = split_config(instance, cost, m, h.id, n_ctx[m])
+                if scfg is not None:
+                    cfgs[(m, SPLIT + h.id)] = [scfg]
+    two = TwoPhases(cost, list(instance.requests), [(m, cs) for (m, _), cs in cfgs.items()])
+    p_dec: dict[str, float] = {}
+    pd_dec: dict[str, dict[str, float]] = {}
+    ready: dict[str, float] = {}
+    for r in instance.requests:
+        here = [d for d in pd[r.id] if (r.model, d) in cfgs]
+        places = [[c for c in cfgs[(r.model, d)] if r.total_tokens <= c.n_ctx] for d in here]
+        keep = [(d, cs) for d, cs in zip(here, places, strict=True) if cs]
+        if not keep:
+            continue
+        _, part, secs = two.seconds(r, [cs for _, cs in keep])
+        row = {d: sd * (1.0 - part) for (d, _), (_, sd) in zip(keep, secs, strict=True)
+               if sd is not None}
+        if not row:
+            continue
+        pd_dec[r.id] = row
+        p_dec[r.id] = min(row.values())
+        ready[r.id] = min(max(r.arrival_s, load[(r.model, d)]) + (sp * part if sp else 0.0)
+                          for (d, _), (sp, _) in zip(keep, secs, strict=True))
+    return p_dec, pd_dec, ready
 
 
 def _or_inf(x: float | None) -> float:
