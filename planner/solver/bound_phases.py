@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from planner.costmodel.base import CostModel
 from planner.domain import EngineConfig, Request
@@ -119,6 +120,8 @@ class TwoPhases:
         self.depths: dict[str, tuple[int, ...]] = {}
         self.best: dict[str, list[float]] = {}
         self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
+        self.lengths: dict[str, tuple[int, ...]] = {}
+        self.fast: dict[tuple[EngineConfig, ...], list[EngineConfig]] = {}
         every: dict[str, list[EngineConfig]] = {}
         for m, cs in cfgs:
             every.setdefault(m, []).extend(cs)
@@ -128,6 +131,7 @@ class TwoPhases:
             hi = max(r.prompt_tokens + r.output_tokens for r in mine)
             ks = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
             self.depths[m] = ks
+            self.lengths[m] = tuple(sorted({max(1, lo), max(1, hi)}))
             self.best[m] = [min(cost.decode_s_per_token(c, k) for c in every[m]) for k in ks]
 
     def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
@@ -138,12 +142,24 @@ class TwoPhases:
             self.ratios[key] = (min(1.0, max(r)), min(1.0, min(r))) if r else (1.0, 1.0)
         return self.ratios[key]
 
+    def _fastest(self, model: str, cs: list[EngineConfig]) -> list[EngineConfig]:
+        """Those of ``cs`` that are the fastest of them at a probed prefill length or decode
+        depth (as ``bound._fastest``; usually one)."""
+        key = tuple(cs)
+        if key not in self.fast:
+            cost = self.cost
+            keep = {min(cs, key=partial(_prefill, cost, n)) for n in self.lengths[model]}
+            keep |= {min(cs, key=partial(_step, cost, k)) for k in self.depths[model]}
+            self.fast[key] = [c for c in cs if c in keep]
+        return self.fast[key]
+
     def seconds(self, r: Request, places: list[list[EngineConfig]]
                 ) -> tuple[float, float, list[tuple[float | None, float | None]]]:
         """(``U_j = P_j + D_j``, the prefill's part ``P_j / U_j``, and per place (its
         configurations) the seconds per unit share of prefill work and of decode work
         there; None where that phase has no work)."""
         cost = self.cost
+        places = [self._fastest(r.model, cs) for cs in places]
         pre = [min(cost.prefill_s(c, r.prompt_tokens) for c in cs) for cs in places]
         dec = [min(cost.decode_s(c, r.prompt_tokens, r.output_tokens) for c in cs)
                for cs in places]
@@ -156,3 +172,11 @@ class TwoPhases:
                 total / rho if d_units > 0 and rho > 0 else None)
                for pr, (rho, _) in zip(pre, rk, strict=True)]
         return total, part, out
+
+
+def _prefill(cost: CostModel, n: int, c: EngineConfig) -> float:
+    return cost.prefill_s(c, n)
+
+
+def _step(cost: CostModel, k: int, c: EngineConfig) -> float:
+    return cost.decode_s_per_token(c, k)
