@@ -591,6 +591,10 @@ def swap_bound(instance: Instance, cost: CostModel, objective: str,
     least = least_responses(instance.requests, pd, load)
     if any(math.isinf(v) for v in least.values()):
         return 0.0
+    p_dec, _, ready = decode_only(instance, cost, load, pd)  # as _lower_bound's
+    for r in instance.requests:
+        if r.id in p_dec:
+            least[r.id] = max(least[r.id], ready[r.id] + p_dec[r.id] - r.arrival_s)
     done_by = {r.id: r.arrival_s + least[r.id] for r in instance.requests}
     value = mode_bound(instance, cost, pd, load, done_by,
                        time_limit_s - (time.perf_counter() - started))
