@@ -23,9 +23,10 @@ max_d rho_d`` seconds: the bounds' rows hold with ``p_jd`` replaced by
 kind, or no two devices) nothing changes: ``rho_d = kappa_d``, ``kappa_f = 1``.
 
 Phases are probed, as the fastest configuration is (``bound._fastest``): prefills of
-the shortest prompt and of the longest prompt plus output of the model's requests (a
-recompute prefills the tokens made so far too), decode steps at ``PROBES`` depths between
-them, each over every candidate split of the device (``candidates.curves``). Between two
+the shortest prompt and of the longest prompt plus output of the model's requests (every
+prompt lies between; a recompute's prefill redoes work and is no progress), decode steps at
+``PROBES`` depths between them, each over every candidate split of the device
+(``candidates.curves``). Between two
 devices whose step times are affine in the depth the ratio is monotone, so its extremes
 lie at the probed ends; with several devices the least time may change hands between
 probes, so this rests on the probes, as the fastest configuration does.
