@@ -128,13 +128,9 @@ def request_bounds(instance: Instance, cost: CostModel) -> tuple[
                     pd[r.id][SPLIT + h.id] = cost.run_s(scfg, r.prompt_tokens, 0,
                                                          r.output_tokens)
     # pieces of a request on several devices (bound_phases): seconds per share of U_j
+    places = place_configs(instance, cost, pool, load)
     for m in sorted({r.model for r in instance.requests}):
-        cfgs = {d: cs for (mm, d), cs in pool.items() if mm == m and cs}  # every split
-        for h in instance.cluster.hosts:
-            scfg = split_config(instance, cost, m, h.id, n_ctx[m]) \
-                if (m, SPLIT + h.id) in load else None
-            if scfg is not None:
-                cfgs[SPLIT + h.id] = [scfg]
+        cfgs = {d: cs for (mm, d), cs in places.items() if mm == m}
         if len(cfgs) < 2:
             continue
         reqs = [r for r in instance.requests if r.model == m]
@@ -153,6 +149,36 @@ def request_bounds(instance: Instance, cost: CostModel) -> tuple[
 #: (per unit share) than its decode work (``_two_phase_jobs``)
 PHASED_GAIN = 1.05
 SPLIT = "split:"  # pseudo-device of an engine split over all GPUs of a host
+
+
+def place_configs(instance: Instance, cost: CostModel,
+                  pool: dict[tuple[str, str], list[EngineConfig]],
+                  load: dict[tuple[str, str], float]
+                  ) -> dict[tuple[str, str], list[EngineConfig]]:
+    """(model, device) -> the configurations a request may run on there: the pool's
+    candidate splits (``candidates.curves``), and for a ``split:<host>`` pseudo-device that
+    ``request_bounds`` offered (it has a load time) the engine split over the host's GPUs."""
+    n_ctx = context_sizes(instance)
+    out = {k: cs for k, cs in pool.items() if cs}
+    for m, d in load:
+        if d.startswith(SPLIT):
+            scfg = split_config(instance, cost, m, d[len(SPLIT):], n_ctx[m])
+            if scfg is not None:
+                out[(m, d)] = [scfg]
+    return out
+
+
+PhaseRates = tuple[dict[tuple[str, str], list[EngineConfig]], TwoPhases]
+
+
+def phase_rates(instance: Instance, cost: CostModel, load: dict[tuple[str, str], float]
+                ) -> PhaseRates:
+    """Every place's configurations and the two-phase accounting over them
+    (``bound_phases.TwoPhases``), shared by the LP and the decode-unit bounds."""
+    cfgs = place_configs(instance, cost, curves(instance, cost, solver_devices(instance, True)),
+                         load)
+    return cfgs, TwoPhases(cost, list(instance.requests),
+                           [(m, cs) for (m, _), cs in cfgs.items()])
 
 
 def members(instance: Instance, dev: str) -> list[str]:
@@ -341,8 +367,9 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
         p = {r.id: min(pd[r.id].values()) if pd[r.id] else math.inf for r in reqs}
     min_resp = least_responses(reqs, whole, load)
     dec: tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]] | None = None
-    if slots == 1:  # decode work alone after the first possible prefill: also a bound
-        dec = decode_only(instance, cost, load, pd)
+    rates = phase_rates(instance, cost, load) if slots == 1 else None
+    if rates is not None:  # decode work alone after the first possible prefill: also a bound
+        dec = decode_only(instance, load, pd, rates)
         for r in reqs:
             if r.id in dec[0]:
                 min_resp[r.id] = max(min_resp[r.id], dec[2][r.id] + dec[0][r.id] - r.arrival_s)
@@ -380,7 +407,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
         if not any(r.slo_s is not None for r in reqs):
             return simple, per_request
         lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp,
-                              lp_time_s, work, tardiness=True, cost=cost)
+                              lp_time_s, work, tardiness=True, rates=rates)
         if lp > simple * (1 + 1e-9) + 1e-9:
             return lp, ("interval-indexed LP bound on tardiness (the mean-response LP's "
                         "completions, T_j >= C_j - a_j - slo_j, dual value)")
@@ -425,7 +452,7 @@ def _lower_bound(instance: Instance, cost: CostModel, slots: int,
             return finish, "pooled-machine bound (all work on the devices' pooled speed)"
         return per, per_request
     lp = lp_request_bound(instance, reqs, devices, p, pd, load, release, min_resp, lp_time_s,
-                          cost=cost)
+                          rates=rates)
     best = max(((total - arr) / wsum, "pooled-machine queueing bound (preemptive WSPT on "
                 "the devices' pooled speed with release times, C_j >= M_j + p_j/2)"),
                ((per_model - arr) / wsum, "pooled-machine queueing bound per model (summed "
@@ -441,7 +468,7 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
                      load: dict[tuple[str, str], float], release: dict[str, float],
                      min_resp: dict[str, float], time_limit_s: float = TIME_LIMIT_S,
                      work: dict[str, dict[str, float]] | None = None,
-                     tardiness: bool = False, cost: CostModel | None = None) -> float:
+                     tardiness: bool = False, rates: PhaseRates | None = None) -> float:
     """``sum w_j C_j`` bound of :func:`planner.solver.bound_lp.lp_bound`: devices with the
     same run and load times (and device times ``work``, for slot engines) form one class.
     ``tardiness``: a bound on ``sum w_j max(0, C_j - a_j - slo_j)`` from the same LP."""
@@ -468,9 +495,9 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
                   r.arrival_s + r.slo_s if r.slo_s is not None else None)
             for r in reqs]
     phased = None
-    if work is None and cost is not None:  # one request at a time per device: its
+    if work is None and rates is not None:  # one request at a time per device: its
         # prefill and decode apart, where that changes a device's rate
-        phased = _two_phase_jobs(instance, reqs, devices, options, pd, jobs, cost)
+        phased = _two_phase_jobs(reqs, options, pd, jobs, rates)
     if any(j.p == math.inf for j in jobs):
         return 0.0
     n_gpu = max(1, sum(1 for d in devices if d.kind == "gpu"))
@@ -479,26 +506,15 @@ def lp_request_bound(instance: Instance, reqs: tuple[Request, ...], devices: lis
                     tardiness, phased)
 
 
-def _two_phase_jobs(instance: Instance, reqs: tuple[Request, ...], devices: list[Device],
-                    options: list[str], pd: dict[str, dict[str, float]], jobs: list[LPJob],
-                    cost: CostModel) -> list[LPJob] | None:
+def _two_phase_jobs(reqs: tuple[Request, ...], options: list[str],
+                    pd: dict[str, dict[str, float]], jobs: list[LPJob], rates: PhaseRates
+                    ) -> list[LPJob] | None:
     """``jobs`` with their work in two phases (``bound_phases.TwoPhases``): the prefill at
     each option's own prefill speed, the decode at its best decode rate, each phase at
     most its part of the request. None where no option does prefill work markedly
     faster, for its decode speed, than decode work (a GPU and its host's CPU: the one
     phase's rates, ``request_bounds``, are then as tight, and the LP half the size)."""
-    pool = curves(instance, cost, devices)
-    n_ctx = context_sizes(instance)
-    cfgs: dict[tuple[str, str], list[EngineConfig]] = {}
-    for m in sorted({r.model for r in reqs}):
-        for d in options:
-            if d.startswith(SPLIT):
-                scfg = split_config(instance, cost, m, d[len(SPLIT):], n_ctx[m])
-                if scfg is not None:
-                    cfgs[(m, d)] = [scfg]
-            elif pool.get((m, d)):
-                cfgs[(m, d)] = pool[(m, d)]
-    two = TwoPhases(cost, list(reqs), [(m, cs) for (m, _), cs in cfgs.items()])
+    cfgs, two = rates
     out = []
     matters = False
     for r, job in zip(reqs, jobs, strict=True):
@@ -521,8 +537,8 @@ def _two_phase_jobs(instance: Instance, reqs: tuple[Request, ...], devices: list
     return out if matters else None
 
 
-def decode_only(instance: Instance, cost: CostModel, load: dict[tuple[str, str], float],
-                pd: dict[str, dict[str, float]]) -> tuple[
+def decode_only(instance: Instance, load: dict[tuple[str, str], float],
+                pd: dict[str, dict[str, float]], rates: PhaseRates) -> tuple[
         dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
     """Work counted in decode units alone (``bound_phases.TwoPhases``, its prefill left
     out of the work): (per request its least decode seconds at rate 1, seconds per share
@@ -530,18 +546,7 @@ def decode_only(instance: Instance, cost: CostModel, load: dict[tuple[str, str],
     first load on some device and its prompt's prefill there). Every bound built on these
     holds as the phase-unit ones do; it is tighter where devices are strong at different
     phases (one prefills, another decodes faster), looser where prefills weigh."""
-    devices = solver_devices(instance, True)
-    pool = curves(instance, cost, devices)
-    n_ctx = context_sizes(instance)
-    cfgs: dict[tuple[str, str], list[EngineConfig]] = {
-        k: cs for k, cs in pool.items() if cs}
-    for m in sorted({r.model for r in instance.requests}):
-        for h in instance.cluster.hosts:
-            if (m, SPLIT + h.id) in load:
-                scfg = split_config(instance, cost, m, h.id, n_ctx[m])
-                if scfg is not None:
-                    cfgs[(m, SPLIT + h.id)] = [scfg]
-    two = TwoPhases(cost, list(instance.requests), [(m, cs) for (m, _), cs in cfgs.items()])
+    cfgs, two = rates
     p_dec: dict[str, float] = {}
     pd_dec: dict[str, dict[str, float]] = {}
     ready: dict[str, float] = {}
@@ -591,7 +596,7 @@ def swap_bound(instance: Instance, cost: CostModel, objective: str,
     least = least_responses(instance.requests, pd, load)
     if any(math.isinf(v) for v in least.values()):
         return 0.0
-    p_dec, _, ready = decode_only(instance, cost, load, pd)  # as _lower_bound's
+    p_dec, _, ready = decode_only(instance, load, pd, phase_rates(instance, cost, load))
     for r in instance.requests:
         if r.id in p_dec:
             least[r.id] = max(least[r.id], ready[r.id] + p_dec[r.id] - r.arrival_s)

@@ -101,8 +101,7 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
         return 0.0
     rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
            for j in jobs]
-    span = sum(max(0.0, horizon - r) * sum(1 for p in j.times if p < math.inf)
-               * (1 if j.pre is None else 2) for j, r in zip(jobs, rel, strict=True))
+    span = _span(jobs, rel, horizon)
     # Every grid gives a valid bound; a finer one loses less to slot starts (at most
     # one slot per request). Refine while the last solve leaves room for the next,
     # about REFINE times larger (HiGHS's time grows faster than the LP; a refinement
@@ -121,8 +120,7 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
         return best
     if phased is not None:
         jobs = phased
-        span = sum(max(0.0, horizon - r) * sum(1 for p in j.times if p < math.inf)
-                   * (1 if j.pre is None else 2) for j, r in zip(jobs, rel, strict=True))
+        span = _span(jobs, rel, horizon)
     while True:
         dt = max(MIN_SLOT_S, span / budget)
         if dt >= last_dt:
@@ -250,6 +248,12 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         return 0.0
     return dual_value(c, a_ub, bu, a_eq, b_eq, lb, ub,
                       np.minimum(res.ineqlin.marginals, 0.0), res.eqlin.marginals)
+
+
+def _span(jobs: list[LPJob], rel: list[float], horizon: float) -> float:
+    """Seconds from each job's first release to the horizon, once per variable set of it
+    (class and phase): what sets the grid's slot length for a budget of variables."""
+    return sum(max(0.0, horizon - r) * len(_phases(j)) for j, r in zip(jobs, rel, strict=True))
 
 
 def _phases(job: LPJob) -> list[tuple[int, float, float, int]]:

@@ -118,29 +118,22 @@ class TwoPhases:
     def __init__(self, cost: CostModel, reqs: list[Request],
                  cfgs: Iterable[tuple[str, list[EngineConfig]]]) -> None:
         self.cost = cost
-        self.depths: dict[str, tuple[int, ...]] = {}
-        self.best: dict[str, list[float]] = {}
+        self.lengths: dict[str, tuple[int, ...]] = {}  # probed prefill lengths
+        self.decode: dict[str, Phases] = {}  # the decode steps alone
         self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
-        self.lengths: dict[str, tuple[int, ...]] = {}
         self.fast: dict[tuple[EngineConfig, ...], list[EngineConfig]] = {}
         every: dict[str, list[EngineConfig]] = {}
         for m, cs in cfgs:
             every.setdefault(m, []).extend(cs)
         for m in sorted({r.model for r in reqs} & set(every)):
-            mine = [r for r in reqs if r.model == m]
-            lo = min(r.prompt_tokens for r in mine)
-            hi = max(r.prompt_tokens + r.output_tokens for r in mine)
-            ks = tuple(sorted({lo + ((hi - lo) * i) // (PROBES - 1) for i in range(PROBES)}))
-            self.depths[m] = ks
-            self.lengths[m] = tuple(sorted({max(1, lo), max(1, hi)}))
-            self.best[m] = [min(cost.decode_s_per_token(c, k) for c in every[m]) for k in ks]
+            ph = model_phases(cost, [r for r in reqs if r.model == m], {m: every[m]})
+            self.lengths[m] = ph.lengths
+            self.decode[m] = Phases((), ph.depths, ph.best[len(ph.lengths):])
 
     def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
         key = tuple(cs)
         if key not in self.ratios:
-            t = [min(self.cost.decode_s_per_token(c, k) for c in cs) for k in self.depths[model]]
-            r = [b / x for b, x in zip(self.best[model], t, strict=True) if x > 0]
-            self.ratios[key] = (min(1.0, max(r)), min(1.0, min(r))) if r else (1.0, 1.0)
+            self.ratios[key] = rho_kappa(self.cost, cs, self.decode[model])
         return self.ratios[key]
 
     def _fastest(self, model: str, cs: list[EngineConfig]) -> list[EngineConfig]:
@@ -150,7 +143,7 @@ class TwoPhases:
         if key not in self.fast:
             cost = self.cost
             keep = {min(cs, key=partial(_prefill, cost, n)) for n in self.lengths[model]}
-            keep |= {min(cs, key=partial(_step, cost, k)) for k in self.depths[model]}
+            keep |= {min(cs, key=partial(_step, cost, k)) for k in self.decode[model].depths}
             self.fast[key] = [c for c in cs if c in keep]
         return self.fast[key]
 
