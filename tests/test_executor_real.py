@@ -199,3 +199,34 @@ def test_slot_engine_replays_overlapping_runs_by_continuous_batching(
     assert runs["c"]["measured_start_s"] < runs["a"]["measured_end_s"]
     # (tokens are llama.cpp's batched greedy decode: its kernels round differently with
     # the batch's composition, so near-ties may pick other tokens than a serial decode)
+
+
+def test_replay_of_a_relay_there_and_back_makes_the_straight_run_s_tokens(
+        tmp_path: Path, smollm2: Path) -> None:
+    """The polish's relay (solver/polish/handoffs.py) on real engines: a's prompt and first
+    4 tokens on e1, its state saved and restored on e2, which makes tokens 4-10, saved
+    again and restored on e1, which makes the rest. Its tokens are those of one straight
+    run (greedy decoding: the state carries everything)."""
+    inst = load_instance(demo_instance(tmp_path, smollm2))
+    e1 = Engine("e1", "smol", "here", 0, 256, 0, 300 * 2**20)
+    e2 = Engine("e2", "smol", "here", 0, 256, 0, 300 * 2**20)
+
+    def run(e: str, t0: float, a: int, b: int) -> Action:
+        return Action("run", e, "here", t0, t0 + 0.5, request="a", tokens_from=a, tokens_to=b)
+
+    acts = [Action("load", "e1", "here", 0.0, 1.0), Action("load", "e2", "here", 1.0, 2.0),
+            run("e1", 2.0, 0, 4), Action("kv_save", "e1", "here", 2.5, 2.6, "a", bytes=1),
+            Action("kv_restore", "e2", "here", 2.6, 2.7, "a", bytes=1), run("e2", 2.7, 4, 10),
+            Action("kv_save", "e2", "here", 3.2, 3.3, "a", bytes=1),
+            Action("kv_restore", "e1", "here", 3.3, 3.4, "a", bytes=1), run("e1", 3.4, 10, 24),
+            Action("unload", "e2", "here", 3.9, 4.0), Action("unload", "e1", "here", 4.0, 4.1)]
+    relay = Replay(inst, Schedule((e1, e2), tuple(acts)), {"smol": smollm2},
+                   tmp_path / "relay.json", threads=1)
+    report = relay.run()
+    assert report["status"] == "complete", [a for a in report["actions"] if a.get("error")]
+    straight = Replay(inst, Schedule((e1,), (acts[0], run("e1", 1.0, 0, 24),
+                                             Action("unload", "e1", "here", 1.5, 1.6))),
+                      {"smol": smollm2}, tmp_path / "straight.json", threads=1)
+    assert straight.run()["status"] == "complete"
+    assert len(relay.generated["a"]) == 24
+    assert relay.generated["a"] == straight.generated["a"]

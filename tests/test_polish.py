@@ -555,3 +555,101 @@ def test_the_runs_of_each_period_and_of_two_periods_in_a_row_are_ruins() -> None
     ruins = [{q, *xs} for q, xs in listed_ruins(order, {"A": [ea], "B": [eb]},
                                                 Score(inst, "mean_response"))]
     assert {"a1", "a2", "b"} in ruins and {"a1", "a2"} in ruins and {"b", "a3"} in ruins
+
+
+def _three_polished_with_and_without_handoffs(monkeypatch, cost: RoundCost, t: float  # type: ignore[no-untyped-def]
+                                               ) -> tuple[Instance, list[Schedule], str]:
+    """a, b, c (40 tokens each, at 0) run one after the other, ``t`` s each, on one engine
+    of A (``eg``) on a 10 GiB GPU; that plan polished without hand-overs, then with them,
+    the host CPU's engine of A offered (``extra``), both checked valid: (the instance, the
+    two plans, the id the CPU engine got)."""
+    from planner.solver.polish import loop
+
+    inst = instance(10, [("a", "A", 0.0, 40), ("b", "A", 0.0, 40), ("c", "A", 0.0, 40)])
+    eg = Engine("eg", "A", "g0", 10, 512, 10 * GIB, 0)
+    plan = Schedule((eg,), (
+        act("load", eg, 0, 2), act("run", eg, 2, 2 + t, "a", 40),
+        act("run", eg, 2 + t, 2 + 2 * t, "b", 40), act("run", eg, 2 + 2 * t, 2 + 3 * t, "c", 40),
+        act("unload", eg, 2 + 3 * t, 3 + 3 * t)))
+    assert check_plan(inst, plan) == []
+    out = []
+    for on in (False, True):
+        monkeypatch.setattr(loop, "HANDOFFS", on)
+        got, _ = polish(inst, cost, plan, "mean_response", time.perf_counter() + 10,
+                        extra=[EngineConfig("A", "h", 0, 512)])
+        assert check_plan(inst, got) == []
+        out.append(got)
+    return inst, out, next(e.id for e in out[1].engines if e.device == "h")
+
+
+class HandoffCost(RoundCost):
+    """A GPU engine (every layer on the GPU) prefills 0.1 s per prompt token and decodes
+    0.1 s per token; a CPU engine (none) prefills ten times slower (1 s per token: 16 s
+    for a 16-token prompt) but decodes only 1.5 times slower (0.15 s), as a host CPU
+    against a GPU for a large model."""
+
+    def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
+        return (0.1 if cfg.n_gpu_layers else 1.0) * prompt_tokens
+
+    def decode_s_per_token(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 0.1 if cfg.n_gpu_layers == self.LAYERS else 0.15
+
+
+def test_a_request_prefilled_on_the_gpu_is_decoded_on_the_host_cpu(monkeypatch  # type: ignore[no-untyped-def]
+                                                                   ) -> None:
+    """a, b, c (40 tokens each, at 0) on one engine of A on a 10 GiB GPU (5.6 s a run):
+    load [0,2] a [2,7.6] b [7.6,13.2] c [13.2,18.8]: responses 7.6, 13.2, 18.8, mean 13.2.
+    On the host CPU a whole run takes 22 s (16 s of prefill), so no move to it helps.
+    Handed over, c's prompt and first 4 tokens go on the GPU first, [2,4], its state is
+    saved [4,4.5] and restored on the CPU engine [4.5,5], which decodes its other 36
+    tokens [5,10.4]; a [4.5,10.1] and b [10.1,15.7] wait for the save only: mean
+    (10.1 + 15.7 + 10.4) / 3 = 12.0667."""
+
+    cost = HandoffCost()
+    inst, got, ec = _three_polished_with_and_without_handoffs(monkeypatch, cost, 5.6)
+    assert _mean(inst, got[0]) == pytest.approx(13.2)
+    assert _mean(inst, got[1]) == pytest.approx(12.0667, abs=1e-4)
+    assert [(a.kind, a.engine, a.request, a.tokens_from, a.tokens_to, a.start_s, a.end_s)
+            for a in got[1].actions if a.request is not None] == [
+        ("run", "eg", "c", 0, 4, 2.0, 4.0), ("kv_save", "eg", "c", None, None, 4.0, 4.5),
+        ("kv_restore", ec, "c", None, None, 4.5, 5.0), ("run", "eg", "a", 0, 40, 4.5, 10.1),
+        ("run", ec, "c", 4, 40, 5.0, 10.4), ("run", "eg", "b", 0, 40, 10.1, 15.7)]
+
+
+class RelayCost(HandoffCost):
+    """As HandoffCost, with a GPU prefill of 0.01 s per token, a CPU decode three times
+    slower than the GPU's (0.3 s a token) and KV copies of 0.05 s."""
+
+    def prefill_s(self, cfg: EngineConfig, prompt_tokens: int) -> float:
+        return (0.01 if cfg.n_gpu_layers else 1.0) * prompt_tokens
+
+    def decode_s_per_token(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 0.1 if cfg.n_gpu_layers == self.LAYERS else 0.3
+
+    def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 0.05
+
+    def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
+        return 0.05
+
+
+def test_the_host_cpu_decodes_part_of_a_waiting_request_then_hands_it_back(monkeypatch  # type: ignore[no-untyped-def]
+                                                                           ) -> None:
+    """a, b, c (40 tokens each, at 0) on one engine of A (4.16 s a run): a [2,6.16]
+    b [6.16,10.32] c [10.32,14.48], mean 10.32. On the CPU, 3 times slower at decoding, a
+    whole hand-over does not pay (c's 36 tokens take 10.8 s there: 10.39). A relay does:
+    b's prompt and 4 tokens on the GPU [2,2.56], saved [2.56,2.61], restored on the CPU
+    [2.61,2.66], which makes tokens 4-15 [2.66,5.96] (as many as fit before b's run was to
+    start) while a runs [2.61,6.77]; saved [5.96,6.01], restored on the GPU after a
+    [6.77,6.82], b's rest [6.82,9.32], c [9.32,13.48]: mean (6.77 + 9.32 + 13.48) / 3 =
+    9.8567."""
+    inst, got, ec = _three_polished_with_and_without_handoffs(monkeypatch, RelayCost(), 4.16)
+    assert _mean(inst, got[0]) == pytest.approx(10.32)
+    assert _mean(inst, got[1]) == pytest.approx(9.8567, abs=1e-4)
+    assert [(a.kind, a.engine, a.request, a.tokens_from, a.tokens_to, a.start_s, a.end_s)
+            for a in got[1].actions if a.request is not None] == [
+        ("run", "eg", "b", 0, 4, 2.0, 2.56), ("kv_save", "eg", "b", None, None, 2.56, 2.61),
+        ("kv_restore", ec, "b", None, None, 2.61, 2.66), ("run", "eg", "a", 0, 40, 2.61, 6.77),
+        ("run", ec, "b", 4, 15, 2.66, 5.96), ("kv_save", ec, "b", None, None, 5.96, 6.01),
+        ("kv_restore", "eg", "b", None, None, 6.77, 6.82), ("run", "eg", "b", 15, 40, 6.82, 9.32),
+        ("run", "eg", "c", 0, 40, 9.32, 13.48)]

@@ -42,6 +42,12 @@ and the other's loaded for it and the requests of its model that arrive meanwhil
 back), then the paused one goes on. A ruin may take a pause back (it puts the request
 back whole). With preemption off (``pauses=False``) no pause is added.
 
+In the last ``HANDOFF_SHARE`` of the time (or once nothing else is left to try),
+*hand-overs* to the host CPU (``handoffs.py``, with pauses allowed only): a request's
+prompt prefilled on a GPU engine of its model, its state restored on a CPU engine of its
+model on the same host, which decodes the rest (a *hand-over*) or part of it while the
+request waits for its GPU engine, the state then handed back there (a *relay*).
+
 A paused request whose first part ends before its device's next run could start (a
 move started it sooner than its pause was timed for) makes more tokens before the pause
 (``fills``), when that pays.

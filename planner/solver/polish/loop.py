@@ -13,6 +13,7 @@ from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, EngineConfig, Instance, Schedule
 from planner.executor.deps import earliest_times, plan_order, spans_of
 from planner.solver.polish.cleanups import stay_resident, unsplits
+from planner.solver.polish.handoffs import handoffs
 from planner.solver.polish.moves import best_move, movable_runs, new_engines
 from planner.solver.polish.pauses import fills, pause_moves
 from planner.solver.polish.ruins import listed_ruins, random_ruin, ruin_recreate
@@ -28,6 +29,11 @@ PAUSES = True  # pauses (off in a test only, to show what they add)
 #: bigger ones on some plans)
 PAUSE_WAIT = 1
 RESPLITS = True  # a pause timed too early made longer (fills); off in a test
+HANDOFFS = True  # GPU prefill, CPU decode (handoffs.py); off in a test
+#: hand-overs are tried in this last part of the polish's time, or once nothing else is left
+#: to try (a handed-over request no longer moves: tried early, they would block the ruins'
+#: bigger gains), then the other moves go on around them
+HANDOFF_SHARE = 0.2
 
 
 def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: str,
@@ -70,7 +76,20 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
     relist = True
     rng = random.Random(0)  # the random ruins: the same plan polishes the same way
     stalled = 0  # random ruins in a row that failed
+    handed = not (pauses and HANDOFFS)
+    handoff_at = deadline - HANDOFF_SHARE * max(0.0, deadline - time.perf_counter())
     while time.perf_counter() < deadline:
+        if not handed and time.perf_counter() >= handoff_at:
+            handed = True
+            while time.perf_counter() < deadline:  # each one frees the CPU or the GPU less
+                got = handoffs(instance, cost, schedule, order, by_model, score, best_key,
+                               deadline)
+                if got is None:
+                    break
+                order, best_key = got
+                kept += 1
+                improved = True  # the single moves again, around them
+                stalled = 0
         if not improved:  # no one move helps: several at once (ruin and recreate)
             ruins = ruins or listed_ruins(order, by_model, score)
             ruin = next(ruins, None)
@@ -96,7 +115,10 @@ def polish(instance: Instance, cost: CostModel, schedule: Schedule, objective: s
                     ruin = random_ruin(takeable, score, rng)
                     shuffle = rng if rng.random() < 0.5 else None
                 if ruin is None:
-                    break  # nothing left to try
+                    if handed:
+                        break  # nothing left to try
+                    handoff_at = 0.0  # but hand-overs
+                    continue
                 q, victims = ruin
                 got = ruin_recreate(instance, cost, schedule, order, by_model, score,
                                     best_key, q, victims, deadline, shuffle)

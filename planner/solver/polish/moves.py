@@ -98,7 +98,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
         # (after an unload) or ends, when e is not resident there
         load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
         unload = Action("unload", e.id, e.device, 0.0, cost.unload_s(e.config))
-        for j in _period_slots(rest, e):
+        for j in period_slots(rest, e):
             if until is not None and j >= 0 and rest[j].end_s >= until:
                 continue
             if time.perf_counter() >= deadline:
@@ -111,7 +111,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
     return cands
 
 
-def _period_slots(actions: list[Action], engine: Engine) -> list[int]:
+def period_slots(actions: list[Action], engine: Engine) -> list[int]:
     """Indices after which a new period of ``engine`` may start: an unload on its device,
     or the device's last action (-1: a device with none), where the engine is not
     loaded."""
