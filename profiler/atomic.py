@@ -26,7 +26,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Have ``write`` fill a temporary file beside ``path``, then rename it into place.
 
     Nothing half-written is ever left at ``path``: on any failure (an interrupt
-    too) the temporary file is removed and the old file, if any, stays as it was.
+    too) the temporary file is removed and the old file, if any, stays as it was; the
+    new file's data reaches the disk before the rename.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as f:  # on disk before the rename: a crash right after it
+            os.fsync(f.fileno())  # leaves the new file whole, not empty
         # mkstemp makes the file private (0600); give it the mode a plain open() would
         # (the old file's, or 0666 less the umask)
         os.chmod(tmp, p.stat().st_mode & 0o7777 if p.exists() else 0o666 & ~_UMASK)
