@@ -653,3 +653,18 @@ def test_the_host_cpu_decodes_part_of_a_waiting_request_then_hands_it_back(monke
         ("run", ec, "b", 4, 15, 2.66, 5.96), ("kv_save", ec, "b", None, None, 5.96, 6.01),
         ("kv_restore", "eg", "b", None, None, 6.77, 6.82), ("run", "eg", "b", 15, 40, 6.82, 9.32),
         ("run", "eg", "c", 0, 40, 9.32, 13.48)]
+
+
+def test_a_handed_over_request_is_one_whole_gpu_run_for_batching(monkeypatch  # type: ignore[no-untyped-def]
+                                                                 ) -> None:
+    """Slot batching (solver/batching.py) re-dispatches a one-slot plan's GPU runs; a
+    request prefilled on the GPU and decoded on the CPU (the hand-over above) becomes one
+    whole run on its GPU engine there, all its tokens (not the 4 of its GPU piece), and
+    its KV copies go."""
+    from planner.solver.batching import _whole_runs
+
+    inst, got, _ = _three_polished_with_and_without_handoffs(monkeypatch, HandoffCost(), 5.6)
+    whole = _whole_runs(inst, got[1])
+    c = [a for a in whole.actions if a.request == "c"]
+    assert [(a.kind, a.engine, a.tokens_from, a.tokens_to) for a in c] == [
+        ("run", "eg", 0, 40)]

@@ -69,8 +69,9 @@ def _periods(schedule: Schedule) -> dict[str, list[tuple[float, float]]]:
 def _whole_runs(instance: Instance, schedule: Schedule) -> Schedule:
     """Preempted requests with a piece on a GPU (pieces, KV copies, recomputes) as one
     whole run on the engine of their last GPU piece: batching gives them the slot they
-    waited for. Requests preempted on CPUs only keep their pieces (CPU lanes keep their
-    times)."""
+    waited for (a request prefilled on a GPU and decoded on a CPU, the polish's hand-over,
+    too: its GPU piece becomes the whole run). Requests preempted on CPUs only keep their
+    pieces (CPU lanes keep their times)."""
     pieces: dict[str, list[Action]] = {}
     for a in schedule.actions:
         if a.kind == "run" and a.request is not None:
@@ -87,7 +88,8 @@ def _whole_runs(instance: Instance, schedule: Schedule) -> Schedule:
                if a.request not in split or a.kind not in ("run", "kv_save", "kv_restore")]
     for r in split:
         last = max((a for a in pieces[r] if on_gpu(a)), key=lambda a: a.start_s)
-        actions.append(replace(last, tokens_from=0, recompute=False))
+        actions.append(replace(last, tokens_from=0, recompute=False,
+                               tokens_to=instance.request(r).output_tokens))
     return replace(schedule, actions=tuple(sorted(actions, key=lambda a: (a.start_s, a.end_s))))
 
 
