@@ -21,7 +21,7 @@ after). Kept when the objective improves and the checker accepts the plan.
 A second kind, the *relay*, keeps a request that waits for its GPU engine there, but lets
 the CPU decode part of it while it waits: its prompt and first ``MIN_PART`` tokens on a
 GPU engine of its model, its state handed to the CPU engine, which decodes up to token
-``k`` (as many as the CPU makes in the time the request waited, or half as many), then
+``k`` (as many as the CPU makes before the request's run was to start, or half as many), then
 handed back (``kv_save`` on the CPU engine, ``kv_restore`` at the request's old place on
 its GPU engine), which makes the rest. The GPU then spends less time on it, and every
 request behind it gains that time. This is what the interval-indexed LP bound does with
@@ -106,7 +106,7 @@ def handoffs(instance: Instance, cost: CostModel, schedule: Schedule, order: lis
                                 free += cost.load_s(c.config)
                             ready = max(rest[i].end_s + first.end_s + save.end_s, free) + \
                                 restore.end_s
-                            ways += _relays(cost, rq, run, e, c, restore, run.start_s - ready)
+                            ways += _relays(cost, rq, e, c, restore, run.start_s - ready)
                         for cpu_part, gpu_part in ways:
                             tail = _period(cost, c, cpu_part) if period else cpu_part
                             cand = [*head, *rest[i + 1:j + 1], *tail]
@@ -118,7 +118,6 @@ def handoffs(instance: Instance, cost: CostModel, schedule: Schedule, order: lis
                             if key < best_key:
                                 cands.append((key, cand))
     return first_valid(instance, schedule, arrival, cands)
-
 
 
 def _gpu_places(rest: list[Action], g: Engine, arrival: float, at: int) -> list[int]:
@@ -153,7 +152,7 @@ def _period(cost: CostModel, c: Engine, part: list[Action]) -> list[Action]:
             Action("unload", c.id, c.device, 0.0, cost.unload_s(c.config))]
 
 
-def _relays(cost: CostModel, rq: Request, run: Action, e: Engine, c: Engine,
+def _relays(cost: CostModel, rq: Request, e: Engine, c: Engine,
             restore: Action, window: float) -> list[tuple[list[Action], list[Action]]]:
     """(CPU part: the restore, a run to token ``k``, a save; GPU part: the restore on
     ``e``, the rest) for the most tokens ``k`` the CPU makes in ``window`` seconds and half
