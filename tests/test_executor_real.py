@@ -41,26 +41,28 @@ def demo_instance(tmp_path: Path, gguf: Path) -> Path:
     return p
 
 
+def _run(r: str, e: str, t0: float, a: int, b: int, rc: bool = False) -> Action:
+    """A run of request ``r`` on engine ``e`` (device "here"), tokens ``a`` to ``b``."""
+    return Action("run", e, "here", t0, t0 + 0.5, request=r, tokens_from=a, tokens_to=b,
+                  recompute=rc)
+
+
 def test_replay_with_migration_and_recompute(tmp_path: Path, smollm2: Path) -> None:
     inst = load_instance(demo_instance(tmp_path, smollm2))
     e1 = Engine("e1", "smol", "here", 0, 256, 0, 300 * 2**20)
     e2 = Engine("e2", "smol", "here", 0, 256, 0, 300 * 2**20)
 
-    def run(r: str, e: str, t0: float, a: int, b: int, rc: bool = False) -> Action:
-        return Action("run", e, "here", t0, t0 + 0.5, request=r, tokens_from=a, tokens_to=b,
-                      recompute=rc)
-
     # a starts on e1, is saved, b runs on e1, a migrates to e2 by KV restore, then
     # b continues on e2 after a by recompute (its state was left on e1).
     acts = [
         Action("load", "e1", "here", 0.0, 1.0),
-        run("a", "e1", 1.0, 0, 10),
+        _run("a", "e1", 1.0, 0, 10),
         Action("kv_save", "e1", "here", 1.5, 1.6, request="a", bytes=1),
-        run("b", "e1", 1.6, 0, 4),
+        _run("b", "e1", 1.6, 0, 4),
         Action("load", "e2", "here", 1.6, 2.6),
         Action("kv_restore", "e2", "here", 2.6, 2.7, request="a", bytes=1),
-        run("a", "e2", 2.7, 10, 24),
-        run("b", "e2", 3.2, 4, 8, rc=True),
+        _run("a", "e2", 2.7, 10, 24),
+        _run("b", "e2", 3.2, 4, 8, rc=True),
         Action("unload", "e1", "here", 3.2, 3.3),
         Action("unload", "e2", "here", 3.7, 3.8),
     ]
@@ -211,20 +213,18 @@ def test_replay_of_a_relay_there_and_back_makes_the_straight_run_s_tokens(
     e1 = Engine("e1", "smol", "here", 0, 256, 0, 300 * 2**20)
     e2 = Engine("e2", "smol", "here", 0, 256, 0, 300 * 2**20)
 
-    def run(e: str, t0: float, a: int, b: int) -> Action:
-        return Action("run", e, "here", t0, t0 + 0.5, request="a", tokens_from=a, tokens_to=b)
-
     acts = [Action("load", "e1", "here", 0.0, 1.0), Action("load", "e2", "here", 1.0, 2.0),
-            run("e1", 2.0, 0, 4), Action("kv_save", "e1", "here", 2.5, 2.6, "a", bytes=1),
-            Action("kv_restore", "e2", "here", 2.6, 2.7, "a", bytes=1), run("e2", 2.7, 4, 10),
+            _run("a", "e1", 2.0, 0, 4), Action("kv_save", "e1", "here", 2.5, 2.6, "a", bytes=1),
+            Action("kv_restore", "e2", "here", 2.6, 2.7, "a", bytes=1), _run("a", "e2", 2.7, 4, 10),
             Action("kv_save", "e2", "here", 3.2, 3.3, "a", bytes=1),
-            Action("kv_restore", "e1", "here", 3.3, 3.4, "a", bytes=1), run("e1", 3.4, 10, 24),
+            Action("kv_restore", "e1", "here", 3.3, 3.4, "a", bytes=1),
+            _run("a", "e1", 3.4, 10, 24),
             Action("unload", "e2", "here", 3.9, 4.0), Action("unload", "e1", "here", 4.0, 4.1)]
     relay = Replay(inst, Schedule((e1, e2), tuple(acts)), {"smol": smollm2},
                    tmp_path / "relay.json", threads=1)
     report = relay.run()
     assert report["status"] == "complete", [a for a in report["actions"] if a.get("error")]
-    straight = Replay(inst, Schedule((e1,), (acts[0], run("e1", 1.0, 0, 24),
+    straight = Replay(inst, Schedule((e1,), (acts[0], _run("a", "e1", 1.0, 0, 24),
                                              Action("unload", "e1", "here", 1.5, 1.6))),
                       {"smol": smollm2}, tmp_path / "straight.json", threads=1)
     assert straight.run()["status"] == "complete"

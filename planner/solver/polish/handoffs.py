@@ -30,12 +30,14 @@ the host CPU (docs/solver.md, "Missing").
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from planner.costmodel.base import CostModel
 from planner.domain import Action, Engine, Instance, Request, Schedule
 from planner.executor.deps import spans_of
 from planner.solver.polish.moves import drop_empty, movable_runs, period_slots
+from planner.solver.polish.pauses import tokens_by
 from planner.solver.polish.timing import Prefix, Score, first_valid
 from planner.solver.preempt import MIN_PART
 
@@ -80,6 +82,9 @@ def handoffs(instance: Instance, cost: CostModel, schedule: Schedule, order: lis
         stay = at if not on_gpu and kept else None
         ctx = rq.prompt_tokens + MIN_PART
         for c in cpus:
+            # the end of c's device's last action up to each index of rest
+            cpu_free = list(itertools.accumulate(
+                (a.end_s if a.device == c.device else 0.0 for a in rest), max))
             for g in es:
                 if kind[g.device] != "gpu" or host[g.device] != host[c.device]:
                     continue
@@ -100,8 +105,7 @@ def handoffs(instance: Instance, cost: CostModel, schedule: Schedule, order: lis
                         ways: list[tuple[list[Action], list[Action]]] = [([restore, second], [])]
                         if on_gpu and kept and j < at:  # relays: back to the GPU at ``at``
                             # when the CPU part could start, as the plan is timed now
-                            free = max((a.end_s for a in rest[:j + 1] if a.device == c.device),
-                                       default=0.0)
+                            free = cpu_free[j] if j >= 0 else 0.0
                             if period:
                                 free += cost.load_s(c.config)
                             ready = max(rest[i].end_s + first.end_s + save.end_s, free) + \
@@ -158,17 +162,11 @@ def _relays(cost: CostModel, rq: Request, e: Engine, c: Engine,
     ``e``, the rest) for the most tokens ``k`` the CPU makes in ``window`` seconds and half
     as many, each part at least MIN_PART tokens."""
     p, out = rq.prompt_tokens, rq.output_tokens
-    lo, hi = 2 * MIN_PART, out - MIN_PART
-    if hi < lo or cost.run_s(c.config, p, MIN_PART, lo) > window:
+    most = tokens_by(cost, c.config, p, out, window, MIN_PART)
+    if most is None:
         return []
-    while lo < hi:  # the largest k in [lo, hi] whose CPU part fits the window
-        mid = (lo + hi + 1) // 2
-        if cost.run_s(c.config, p, MIN_PART, mid) <= window:
-            lo = mid
-        else:
-            hi = mid - 1
     ways = []
-    for k in sorted({lo, (MIN_PART + lo) // 2}):
+    for k in sorted({most, (MIN_PART + most) // 2}):
         if k < 2 * MIN_PART:
             continue
         b = cost.kv_bytes(c.config, p + k)

@@ -65,7 +65,7 @@ def pause_moves(instance: Instance, cost: CostModel, schedule: Schedule,
                 if k == -1:  # q's tokens when x arrives, were q to start here
                     state = prefix.state_at(j)
                     s1 = earliest_times([run], arrival, state.copy(), spans)[0][0]
-                    k = _tokens_by(cost, e.config, rq.prompt_tokens, out, ax - s1)
+                    k = tokens_by(cost, e.config, rq.prompt_tokens, out, ax - s1)
                     after = [a for a in order[j:] if a is not run and a is not xrun]
                 if k is None or k < 0:
                     break
@@ -143,18 +143,18 @@ def _joining(instance: Instance, cost: CostModel, movable: dict[str, Action], e2
     return out
 
 
-def _tokens_by(cost: CostModel, cfg: EngineConfig, prompt: int, out: int, seconds: float
-               ) -> int | None:
-    """The most output tokens a run from token 0 has made within ``seconds`` (its
-    prefill first), when that leaves at least MIN_PART (as CP-SAT's split points) on both
-    sides."""
-    lo, hi = MIN_PART, out - MIN_PART
+def tokens_by(cost: CostModel, cfg: EngineConfig, prompt: int, out: int, seconds: float,
+              start: int = 0) -> int | None:
+    """The most output tokens a run from token ``start`` has made within ``seconds`` (its
+    prefill first when ``start`` is 0), when that leaves at least MIN_PART (as CP-SAT's
+    split points) on both sides."""
+    lo, hi = start + MIN_PART, out - MIN_PART
     seconds += 1e-9  # float sums of per-token times: 30 tokens at 0.1 s end at 3 s
-    if hi < lo or cost.run_s(cfg, prompt, 0, lo) > seconds:
+    if hi < lo or cost.run_s(cfg, prompt, start, lo) > seconds:
         return None
     while lo < hi:  # the largest k in [lo, hi] whose run fits
         mid = (lo + hi + 1) // 2
-        if cost.run_s(cfg, prompt, 0, mid) <= seconds:
+        if cost.run_s(cfg, prompt, start, mid) <= seconds:
             lo = mid
         else:
             hi = mid - 1
@@ -194,7 +194,7 @@ def fills(instance: Instance, cost: CostModel, actions: list[Action],
             continue
         rq = instance.request(q)
         cfg = engines[r1.engine].config
-        made = _tokens_by(cost, cfg, rq.prompt_tokens, rq.output_tokens,
+        made = tokens_by(cost, cfg, rq.prompt_tokens, rq.output_tokens,
                           r1.end_s - r1.start_s + idle)
         if made is None or r1.tokens_to is None or made <= r1.tokens_to:
             continue
