@@ -233,7 +233,7 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(bound_lp, "VAR_BUDGET", 8)
     monkeypatch.setattr(bound_lp, "MIN_SLOT_S", 0.02)
     values: list[float] = []
-    grids: list[float] = []
+    grids: list[tuple[bool, float]] = []  # (rounded, value) of each grid solved
     real_lp, real_grid = bound_mod.lp_request_bound, bound_lp._grid_bound
 
     def lp_spy(*args: object, **kw: object) -> float:
@@ -242,7 +242,7 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
 
     def grid_spy(*args: object, **kw: object) -> float | None:
         out = real_grid(*args, **kw)  # type: ignore[arg-type]
-        grids.append(out if out is not None else -1.0)
+        grids.append((bool(kw.get("rounded")), out if out is not None else -1.0))
         return out
 
     monkeypatch.setattr(bound_mod, "lp_request_bound", lp_spy)
@@ -258,12 +258,16 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
         lower_bound(inst, cost, None, "mean_response")
         wsum = sum(r.weight for r in inst.requests)
         arr = sum(r.weight * r.arrival_s for r in inst.requests)
-        # the first grid relaxed, then whole, then refined at least once
-        assert len(values) == 1 and len(grids) >= 3
-        assert (values[0] - arr) / wsum <= best + 1e-9, (inst, values[0], best)
-        assert values[0] == pytest.approx(max(grids))
-        assert grids[0] <= grids[1] + 1e-6  # the relaxation never beats the whole LP
-        refined_better += max(grids[2:]) > grids[1] + 1e-9
+        # each family of grids (releases on them, or inside slots): the first grid
+        # relaxed, then whole, then refined at least once
+        assert len(values) == 1 and values[0] == pytest.approx(max(v for _, v in grids))
+        for rounded in (True, False):
+            mine = [v for r, v in grids if r == rounded]
+            assert len(mine) >= 3, grids
+            for v in mine:
+                assert (v - arr) / wsum <= best + 1e-9, (inst, rounded, v, best)
+            assert mine[0] <= mine[1] + 1e-6  # the relaxation never beats the whole LP
+            refined_better += max(mine[2:]) > mine[1] + 1e-9
     assert refined_better > 0
 
 

@@ -57,6 +57,9 @@ TIME_LIMIT_S = 10.0  # HiGHS; past it the other bounds stand alone
 #: the whole first LP is tried when the time left is at least this many times what the
 #: relaxed one (without the one-device-at-a-time rows) took (measured: 1.8-2.4x)
 WHOLE_OVER_RELAXED = 3.0
+#: an LP's predicted seconds: the last one's times (its variables' ratio) ** GROWTH
+#: (HiGHS here, from 40,000 variables to 160,000: 1.4 on one GPU, 1.9-2.1 on several)
+GROWTH = 1.5
 
 
 @dataclass(frozen=True)
@@ -99,42 +102,85 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     about twice as large."""
     if not jobs:
         return 0.0
-    rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
-           for j in jobs]
-    span = _span(jobs, rel, horizon)
-    # Every grid gives a valid bound; a finer one loses less to slot starts (at most
-    # one slot per request). Refine while the last solve leaves room for the next,
-    # about REFINE times larger (HiGHS's time grows faster than the LP; a refinement
-    # that runs out of time is lost, and the bound found before it stands).
     deadline = time.perf_counter() + time_limit_s
-    best, budget, last_dt = 0.0, float(VAR_BUDGET), math.inf
-    # the first grid without the one-device-at-a-time rows first (module docstring)
-    started = time.perf_counter()
-    value = _grid_bound(jobs, capacity, uses, horizon, min(rel),
-                        max(MIN_SLOT_S, span / budget), deadline - started, one_device=False,
-                        tardiness=tardiness)
-    if value is None:  # too large to try
-        return best
-    best = value
-    if (time.perf_counter() - started) * WHOLE_OVER_RELAXED > deadline - time.perf_counter():
-        return best
-    if phased is not None:
-        jobs = phased
-        span = _span(jobs, rel, horizon)
-    while True:
-        dt = max(MIN_SLOT_S, span / budget)
-        if dt >= last_dt:
-            return best
+    solves: list[tuple[int, float, bool]] = []  # (variables, seconds, whole) of each LP
+    rounded, exact = (_Grids(jobs, capacity, uses, horizon, tardiness, phased, r, solves)
+                      for r in (True, False))
+    # the regular grid, releases inside slots: small LPs, where releases are many the
+    # only ones that finish in time; then the grids with every release on them, ever
+    # finer; then finer regular grids with the time left
+    rounded.step(deadline)
+    rounded.step(deadline)
+    while exact.step(deadline):
+        pass
+    while rounded.step(deadline):
+        pass
+    return max(rounded.best, exact.best)
+
+
+class _Grids:
+    """One family of grids for :func:`lp_bound`, with every release time on them or
+    (``rounded``) without: the first grid without the one-device-at-a-time rows (module
+    docstring), then whole (with the ``phased`` jobs where given), then grids about
+    REFINE times larger. A step solves the next one when its predicted time fits (a
+    solve that runs out of time is lost), from the family's last solve where it has one
+    (the other family's LPs take longer per variable), as a power ``GROWTH`` of the
+    variables."""
+
+    def __init__(self, jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
+                 horizon: float, tardiness: bool, phased: list[LPJob] | None, rounded: bool,
+                 solves: list[tuple[int, float, bool]]) -> None:
+        self.jobs, self.phased, self.capacity, self.uses = jobs, phased, capacity, uses
+        self.horizon, self.tardiness, self.rounded, self.solves = \
+            horizon, tardiness, rounded, solves
+        self.rel = [min(r for r, p in zip(j.release, j.times, strict=True) if p < math.inf)
+                    for j in jobs]
+        self.mine: list[tuple[int, float, bool]] = []  # this family's solves
+        self.stage = 0  # 0: first grid relaxed, 1: whole, 2...: refinements
+        self.last_dt = math.inf
+        self.best = 0.0
+        self.done = False
+
+    def step(self, deadline: float) -> bool:
+        """Solve the next LP of the family if it is predicted to end by ``deadline``;
+        False (and the family done) where it is not, or none is left."""
+        if self.done:
+            return False
+        self.done = True
+        jobs = self.jobs if self.stage == 0 or self.phased is None else self.phased
+        whole = self.stage > 0
+        dt = max(MIN_SLOT_S, _span(jobs, self.rel, self.horizon)
+                 / (VAR_BUDGET * REFINE ** max(0, self.stage - 1)))
+        if self.stage >= 2 and dt >= self.last_dt:
+            return False
+        n = _grid(jobs, min(self.rel), dt, self.horizon, self.rounded)[2]
+        if n > MAX_VARS:
+            return False
+        left = deadline - time.perf_counter()
+        if self.solves:  # from this family's last solve, or the other's
+            n0, took, whole0 = self.mine[-1] if self.mine else self.solves[-1]
+            factor = 1.0
+            if whole and not whole0:
+                factor = WHOLE_OVER_RELAXED
+            elif whole0 and not whole and WHOLE_OVER_RELAXED > 0:
+                factor = 1.0 / WHOLE_OVER_RELAXED
+            if took * (n / n0) ** GROWTH * factor > left:
+                return False
         started = time.perf_counter()
-        value = _grid_bound(jobs, capacity, uses, horizon, min(rel), dt, deadline - started,
-                            tardiness=tardiness)
-        if value is None:  # too large to try
-            return best
-        best = max(best, value)
-        took, left = time.perf_counter() - started, deadline - time.perf_counter()
-        if took * REFINE * 1.5 > left:
-            return best
-        budget, last_dt = budget * REFINE, dt
+        value = _grid_bound(jobs, self.capacity, self.uses, self.horizon, min(self.rel), dt,
+                            left, one_device=whole, tardiness=self.tardiness,
+                            rounded=self.rounded)
+        took = time.perf_counter() - started
+        if value is None:
+            return False
+        self.solves.append((n, took, whole))
+        self.mine.append((n, took, whole))
+        self.best = max(self.best, value)
+        if whole:
+            self.last_dt = dt
+        self.stage += 1
+        self.done = took >= left  # out of time
+        return not self.done
 
 
 def slot_grid(t0: float, dt: float, horizon: float, releases: list[float]
@@ -151,17 +197,19 @@ def slot_grid(t0: float, dt: float, horizon: float, releases: list[float]
 
 def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
                 horizon: float, t0: float, dt: float, time_limit_s: float,
-                one_device: bool = True, tardiness: bool = False) -> float | None:
+                one_device: bool = True, tardiness: bool = False,
+                rounded: bool = False) -> float | None:
     """The LP on a regular grid of ``dt`` from ``t0`` plus every release time; None
     when it would have more than ``MAX_VARS`` variables. ``one_device=False`` leaves
     out the rows that keep a request on one device at a time (a relaxation);
-    ``tardiness``: the objective is ``sum w_j T_j`` (``lp_bound``)."""
+    ``tardiness``: the objective is ``sum w_j T_j`` (``lp_bound``). ``rounded``: the
+    regular grid alone, a request's variables from the slot its release falls in, that
+    slot's share at most what fits after the release and its work counted from the
+    release on (as valid: any plan's work there lies between the two)."""
     n_cls = len(capacity)
-    starts, lens = slot_grid(t0, dt, horizon, [r for j in jobs for r, p in zip(
-        j.release, j.times, strict=True) if p < math.inf])
+    starts, lens, n_vars = _grid(jobs, t0, dt, horizon, rounded)
     n_slot = len(starts)
-    if sum(n_slot - int(np.searchsorted(starts, r - 1e-9))
-           for j in jobs for _, _, r, _ in _phases(j)) > MAX_VARS:
+    if n_vars > MAX_VARS:
         return None
 
     n_jobs = len(jobs)
@@ -179,7 +227,7 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
     for jn, job in enumerate(jobs):
         for i, p, r, ph in _phases(job):
             w = p if job.work is None or ph == 0 else job.work[i]
-            ts = np.arange(int(np.searchsorted(starts, r - 1e-9)), n_slot)
+            ts = np.arange(_first_slot(starts, r, rounded), n_slot)
             k = len(ts)
             ids = np.arange(col, col + k)
             col += k
@@ -194,8 +242,10 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
                 vals.append(np.full(k, p))
             rows.append(np.full(k, m_row0 + jn))
             cols.append(ids)
-            vals.append(starts[ts])
-            ub_parts.append(np.minimum(1.0, lens[ts] / p))
+            # work in a slot lies after its start and after the release
+            vals.append(np.maximum(starts[ts], r))
+            ub_parts.append(np.minimum(1.0, np.maximum(
+                0.0, np.minimum(lens[ts], starts[ts] + lens[ts] - r)) / p))
             eq_parts.append(np.full(k, jn))
     n_x = col
     tail = np.arange(n_x, n_x + n_jobs)  # tail[j], counted at the horizon
@@ -248,6 +298,24 @@ def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int
         return 0.0
     return dual_value(c, a_ub, bu, a_eq, b_eq, lb, ub,
                       np.minimum(res.ineqlin.marginals, 0.0), res.eqlin.marginals)
+
+
+def _grid(jobs: list[LPJob], t0: float, dt: float, horizon: float, rounded: bool
+          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(starts, lengths, share variables) of :func:`_grid_bound`'s grid."""
+    starts, lens = slot_grid(t0, dt, horizon, [] if rounded else [
+        r for j in jobs for r, p in zip(j.release, j.times, strict=True) if p < math.inf])
+    n = sum(len(starts) - _first_slot(starts, r, rounded)
+            for j in jobs for _, _, r, _ in _phases(j))
+    return starts, lens, n
+
+
+def _first_slot(starts: np.ndarray, release: float, rounded: bool) -> int:
+    """The first slot a request released at ``release`` may work in: the first that starts
+    at or after it, or (``rounded``) the one it falls in."""
+    if rounded:
+        return max(0, int(np.searchsorted(starts, release + 1e-9, side="right")) - 1)
+    return int(np.searchsorted(starts, release - 1e-9))
 
 
 def _span(jobs: list[LPJob], rel: list[float], horizon: float) -> float:
