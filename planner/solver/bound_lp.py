@@ -30,6 +30,11 @@ whole LP (``mixed.json``: 15.2 s against 6.6 s on a slow VM, where the whole LP 
 ran out of its 10 s and the bound fell to the per-request one, 8.39 s; the relaxed
 value is 3.5% below the whole one: 10.01 against 10.37 s), so a slow machine still
 gets an LP bound.
+
+Two families of grids (:class:`_Grids`): with every release time on the grid, and the
+regular grid alone, a request's variables from the slot its release falls in (that
+slot's share at most what fits after the release, its work counted from the release on:
+as valid, and LPs a quarter the size where releases are many, as on ``mixed.json``).
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ from scipy.sparse import coo_matrix
 VAR_BUDGET = 40_000  # slot length grows until the LP has about this many x variables
 REFINE = 4  # then, while time is left, grids with this many times more variables
 MIN_SLOT_S = 0.25
-#: Every release time is on the grid (it gives the LP its resolution where it matters),
-#: so a request has a variable per class and slot after its release, and the grid at
+#: With every release time on the grid (it gives the LP its resolution where it matters)
+#: a request has a variable per class and slot after its release, and the grid at
 #: least as many slots as there are distinct releases. An LP with more variables than
 #: this is not tried, and a grid that would pass it is not refined to: HiGHS solved
 #: 116,000 variables in 4.5 s and 187,000 in 6.8 s here, while on
