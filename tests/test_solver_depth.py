@@ -233,7 +233,7 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(bound_lp, "VAR_BUDGET", 8)
     monkeypatch.setattr(bound_lp, "MIN_SLOT_S", 0.02)
     values: list[float] = []
-    grids: list[tuple[bool, float]] = []  # (rounded, value) of each grid solved
+    grids: list[tuple[bool, float, float]] = []  # (rounded, slot length, value) of each
     real_lp, real_grid = bound_mod.lp_request_bound, bound_lp._grid_bound
 
     def lp_spy(*args: object, **kw: object) -> float:
@@ -242,7 +242,8 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
 
     def grid_spy(*args: object, **kw: object) -> float | None:
         out = real_grid(*args, **kw)  # type: ignore[arg-type]
-        grids.append((bool(kw.get("rounded")), out if out is not None else -1.0))
+        grids.append((bool(kw.get("rounded")), float(args[5]),  # type: ignore[arg-type]
+                      out if out is not None else -1.0))
         return out
 
     monkeypatch.setattr(bound_mod, "lp_request_bound", lp_spy)
@@ -259,15 +260,20 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
         wsum = sum(r.weight for r in inst.requests)
         arr = sum(r.weight * r.arrival_s for r in inst.requests)
         # each family of grids (releases on them, or inside slots): the first grid
-        # relaxed, then whole, then refined at least once
-        assert len(values) == 1 and values[0] == pytest.approx(max(v for _, v in grids))
+        # relaxed, then whole; the grids with the releases refined at least once, the
+        # regular ones only to grids finer than those
+        assert len(values) == 1 and values[0] == pytest.approx(max(v for *_, v in grids))
         for rounded in (True, False):
-            mine = [v for r, v in grids if r == rounded]
-            assert len(mine) >= 3, grids
-            for v in mine:
+            mine = [(dt, v) for r, dt, v in grids if r == rounded]
+            assert len(mine) >= (2 if rounded else 3), grids
+            for _, v in mine:
                 assert (v - arr) / wsum <= best + 1e-9, (inst, rounded, v, best)
-            assert mine[0] <= mine[1] + 1e-6  # the relaxation never beats the whole LP
-            refined_better += max(mine[2:]) > mine[1] + 1e-9
+            assert mine[0][1] <= mine[1][1] + 1e-6  # the relaxation never beats the whole
+            if rounded:
+                finest = min(dt for r, dt, _ in grids[3:] if not r)  # whole ones
+                assert all(dt < finest for dt, _ in mine[2:]), grids
+            else:
+                refined_better += max(v for _, v in mine[2:]) > mine[1][1] + 1e-9
     assert refined_better > 0
 
 

@@ -118,6 +118,9 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     rounded.step(deadline)
     while exact.step(deadline):
         pass
+    # a regular grid no finer than the finest whole one with the releases on it gives
+    # about as much as that one (it has those slots but the releases): not tried
+    rounded.finer_than = exact.last_dt
     while rounded.step(deadline):
         pass
     return max(rounded.best, exact.best)
@@ -142,6 +145,7 @@ class _Grids:
                     for j in jobs]
         self.mine: list[tuple[int, float, bool]] = []  # this family's solves
         self.stage = 0  # 0: first grid relaxed, 1: whole, 2...: refinements
+        self.finer_than = math.inf  # refinements only to grids finer than this
         self.last_dt = math.inf
         self.best = 0.0
         self.done = False
@@ -154,10 +158,16 @@ class _Grids:
         self.done = True
         jobs = self.jobs if self.stage == 0 or self.phased is None else self.phased
         whole = self.stage > 0
-        dt = max(MIN_SLOT_S, _span(jobs, self.rel, self.horizon)
-                 / (VAR_BUDGET * REFINE ** max(0, self.stage - 1)))
-        if self.stage >= 2 and dt >= self.last_dt:
-            return False
+        span = _span(jobs, self.rel, self.horizon)
+        while True:
+            dt = max(MIN_SLOT_S, span / (VAR_BUDGET * REFINE ** max(0, self.stage - 1)))
+            if self.stage >= 2 and dt >= self.last_dt:
+                return False
+            if self.stage < 2 or dt < self.finer_than:
+                break
+            if dt <= MIN_SLOT_S:
+                return False
+            self.stage += 1
         n = _grid(jobs, min(self.rel), dt, self.horizon, self.rounded)[2]
         if n > MAX_VARS:
             return False
