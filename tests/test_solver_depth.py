@@ -232,6 +232,7 @@ def test_lp_grid_refinement_is_valid_and_tightens(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(bound_lp, "VAR_BUDGET", 8)
     monkeypatch.setattr(bound_lp, "MIN_SLOT_S", 0.02)
+    monkeypatch.setattr(bound_lp, "ROUNDED_WHEN", 0.0)  # both families on every instance
     values: list[float] = []
     grids: list[tuple[bool, float, float]] = []  # (rounded, slot length, value) of each
     real_lp, real_grid = bound_mod.lp_request_bound, bound_lp._grid_bound

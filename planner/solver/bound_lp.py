@@ -65,6 +65,9 @@ WHOLE_OVER_RELAXED = 3.0
 #: an LP's predicted seconds: the last one's times (its variables' ratio) ** GROWTH
 #: (HiGHS here, from 40,000 variables to 160,000: 1.4 on one GPU, 1.9-2.1 on several)
 GROWTH = 1.5
+#: the regular grids are tried where the first grid with the releases on it has more
+#: than this many times their variables (mixed.json: 2.9; one GPU: 1.1)
+ROUNDED_WHEN = 1.5
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,11 @@ def lp_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
     # the regular grid, releases inside slots: small LPs, where releases are many the
     # only ones that finish in time; then the grids with every release on them, ever
     # finer; then finer regular grids with the time left
-    rounded.step(deadline)
-    rounded.step(deadline)
+    if exact.first_size() > ROUNDED_WHEN * rounded.first_size():
+        rounded.step(deadline)
+        rounded.step(deadline)
+    else:  # releases add little to the grid: the grids with them only
+        rounded.done = True
     while exact.step(deadline):
         pass
     # a regular grid no finer than the finest whole one with the releases on it gives
@@ -149,6 +155,11 @@ class _Grids:
         self.last_dt = math.inf
         self.best = 0.0
         self.done = False
+
+    def first_size(self) -> int:
+        """Share variables of the family's first grid."""
+        dt = max(MIN_SLOT_S, _span(self.jobs, self.rel, self.horizon) / VAR_BUDGET)
+        return _grid(self.jobs, min(self.rel), dt, self.horizon, self.rounded)[2]
 
     def step(self, deadline: float) -> bool:
         """Solve the next LP of the family if it is predicted to end by ``deadline``;
