@@ -156,10 +156,15 @@ class _Grids:
         self.best = 0.0
         self.done = False
 
+    def _dt(self, jobs: list[LPJob], stage: int) -> float:
+        """The slot length of the family's grid at ``stage``."""
+        return max(MIN_SLOT_S, _span(jobs, self.rel, self.horizon)
+                   / (VAR_BUDGET * REFINE ** max(0, stage - 1)))
+
     def first_size(self) -> int:
         """Share variables of the family's first grid."""
-        dt = max(MIN_SLOT_S, _span(self.jobs, self.rel, self.horizon) / VAR_BUDGET)
-        return _grid(self.jobs, min(self.rel), dt, self.horizon, self.rounded)[2]
+        return _grid(self.jobs, min(self.rel), self._dt(self.jobs, 0), self.horizon,
+                     self.rounded)[2]
 
     def step(self, deadline: float) -> bool:
         """Solve the next LP of the family if it is predicted to end by ``deadline``;
@@ -169,9 +174,8 @@ class _Grids:
         self.done = True
         jobs = self.jobs if self.stage == 0 or self.phased is None else self.phased
         whole = self.stage > 0
-        span = _span(jobs, self.rel, self.horizon)
         while True:
-            dt = max(MIN_SLOT_S, span / (VAR_BUDGET * REFINE ** max(0, self.stage - 1)))
+            dt = self._dt(jobs, self.stage)
             if self.stage >= 2 and dt >= self.last_dt:
                 return False
             if self.stage < 2 or dt < self.finer_than:
