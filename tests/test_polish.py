@@ -660,11 +660,16 @@ def test_a_handed_over_request_is_one_whole_gpu_run_for_batching(monkeypatch  # 
     """Slot batching (solver/batching.py) re-dispatches a one-slot plan's GPU runs; a
     request prefilled on the GPU and decoded on the CPU (the hand-over above) becomes one
     whole run on its GPU engine there, all its tokens (not the 4 of its GPU piece), and
-    its KV copies go."""
-    from planner.solver.batching import _whole_runs
+    its KV copies go; the lane's mean run time (the unit of batching's patience) counts
+    its whole run, 5.6 s like a's and b's, not its GPU piece's 2 s."""
+    from planner.solver.batching import _mean_runs, _Run, _whole_runs
 
     inst, got, _ = _three_polished_with_and_without_handoffs(monkeypatch, HandoffCost(), 5.6)
     whole = _whole_runs(inst, got[1])
     c = [a for a in whole.actions if a.request == "c"]
     assert [(a.kind, a.engine, a.tokens_from, a.tokens_to) for a in c] == [
         ("run", "eg", 0, 40)]
+    assert c[0].end_s - c[0].start_s == pytest.approx(2.0)  # the GPU piece's times
+    runs = [_Run(i, a.engine, 0.0, 16, (a.tokens_to or 0) - (a.tokens_from or 0), 99.0)
+            for i, a in enumerate(whole.actions) if a.kind == "run"]
+    assert _mean_runs(HandoffCost(), whole, {"g0": runs}) == {"g0": pytest.approx(5.6)}

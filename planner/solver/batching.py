@@ -16,7 +16,7 @@ lane with continuous batching:
   lane turns once its sequences end: no engine starves);
 - when the engine's sequences have all finished, the lane turns to the engine whose
   waiting run is the oldest;
-- each patience in ``PATIENCE`` (multiples of the lane's mean run time) and each slot
+- each patience in ``PATIENCE`` (multiples of the lane's mean whole-run time with one slot) and each slot
   count is tried, and the best plan kept;
 - steps are :func:`planner.slots.batch_step`'s, as in the slot replay
   (:func:`planner.slots.batched_times`).
@@ -160,9 +160,7 @@ def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule,
         lanes.setdefault(a.device, []).append(_Run(
             i, a.engine, max(req.arrival_s, period[0]), req.prompt_tokens,
             (a.tokens_to or 0) - (a.tokens_from or 0), period[1]))
-    # patience in units of each lane's mean run time in the one-slot plan
-    mean = {d: sum(schedule.actions[r.index].end_s - schedule.actions[r.index].start_s
-                   for r in runs) / len(runs) for d, runs in lanes.items()}
+    mean = _mean_runs(cost, schedule, lanes)
     best: tuple[Schedule, int] | None = None
     for n in counts:
         engines = {e.id: _with_slots(cost, e, n) if e.id in gpu else e
@@ -182,6 +180,16 @@ def batch_slots(instance: Instance, cost: CostModel, schedule: Schedule,
             if key < best_key and not check_plan(instance, out):
                 best, best_key = (out, n), key
     return best
+
+
+def _mean_runs(cost: CostModel, schedule: Schedule, lanes: dict[str, list[_Run]]
+               ) -> dict[str, float]:
+    """Each lane's mean run time with one slot, the patience's unit: each run timed whole
+    from the cost model (a request handed over to a CPU is one run here, at its GPU
+    piece's place and times, which are far shorter than its whole run's)."""
+    config = {e.id: e.config for e in schedule.engines}
+    return {d: sum(cost.run_s(config[r.engine], r.prompt, 0, r.tokens) for r in runs)
+            / len(runs) for d, runs in lanes.items()}
 
 
 def _with_slots(cost: CostModel, engine: Engine, n_parallel: int) -> Engine:
