@@ -16,8 +16,8 @@ lane with continuous batching:
   lane turns once its sequences end: no engine starves);
 - when the engine's sequences have all finished, the lane turns to the engine whose
   waiting run is the oldest;
-- each patience in ``PATIENCE`` (multiples of the lane's mean whole-run time with one slot) and each slot
-  count is tried, and the best plan kept;
+- each patience in ``PATIENCE`` (multiples of the lane's mean whole-run time with one
+  slot) and each slot count is tried, and the best plan kept;
 - steps are :func:`planner.slots.batch_step`'s, as in the slot replay
   (:func:`planner.slots.batched_times`).
 
