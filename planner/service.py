@@ -209,17 +209,10 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
         if max(opts.slots) > 1 and not any(e.n_parallel > 1 for e in schedule.engines):
             schedule, info = _batched(instance, cost, schedule, info, objective, opts.slots)
-            if not any(e.n_parallel > 1 for e in schedule.engines) and \
-                    info.objective is not None:
+            if not any(e.n_parallel > 1 for e in schedule.engines):
                 # one-slot engines after all (the search left slots out, or batching did
                 # not help): the bound must still hold for the slot plans the user allowed
-                from planner.solver.bound import gap_of, slot_plan_bound
-
-                bound, name = slot_plan_bound(instance, cost, objective, max(opts.slots))
-                info = dataclasses.replace(
-                    info, bound=bound, gap=gap_of(info.objective, bound, objective),
-                    notes=f"{info.notes}; bound for plans with up to {max(opts.slots)} "
-                          f"slots per engine: {name}")
+                info = _slot_bound(instance, cost, objective, max(opts.slots), info)
     if any(e.n_parallel > 1 for e in schedule.engines):
         from dataclasses import replace as _replace
 
@@ -238,7 +231,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
             res.metrics = compute_metrics(instance, timed_base[res.name].actions)
     if opts.solver not in BASELINES:
         schedule, info = _never_worse(instance, cost, schedule, info, objective, baselines,
-                                      timed_base)
+                                      timed_base, max(opts.slots))
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
 
@@ -292,7 +285,6 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
     """The plan with its GPU engines' runs re-dispatched on slot engines (continuous
     batching, planner/solver/batching.py), where that is better at some slot count."""
     from planner.solver.batching import batch_slots
-    from planner.solver.bound import gap_of, slot_plan_bound
 
     got = batch_slots(instance, cost, schedule, slots, objective)
     if got is None:
@@ -301,23 +293,37 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
     before = objective_value(compute_metrics(instance, schedule.actions), objective)
     after = objective_value(compute_metrics(instance, best.actions), objective)
     # the one-slot plan's bound assumed one request at a time per device
-    bound, name = slot_plan_bound(instance, cost, objective, max(slots))
-    return best, replace(info, objective=after, bound=bound, gap=gap_of(after, bound, objective),
-                         notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on "
-                                f"{n}-slot engines with continuous batching (batching.py), "
-                                f"objective {before:.3f} -> {after:.3f}; bound of the slot "
-                                f"plan: {name}"))
+    return best, _slot_bound(instance, cost, objective, max(slots), replace(
+        info, objective=after,
+        notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on {n}-slot engines "
+               f"with continuous batching (batching.py), objective {before:.3f} -> "
+               f"{after:.3f}")))
+
+
+def _slot_bound(instance: Instance, cost: CostModel, objective: str, slots: int,
+                info: SolverInfo) -> SolverInfo:
+    """``info`` with the bound (and gap) for every plan whose engines have up to ``slots``
+    slots, named in its notes: the one-slot bounds assume one request at a time per
+    device, so a plan with slots, or one where the user allowed them, is judged by it."""
+    from planner.solver.bound import gap_of, slot_plan_bound
+
+    bound, name = slot_plan_bound(instance, cost, objective, slots)
+    gap = gap_of(info.objective, bound, objective) if info.objective is not None else None
+    return replace(info, bound=bound, gap=gap,
+                   notes=f"{info.notes}; bound for plans with up to {slots} slots per "
+                         f"engine: {name}")
 
 
 def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
                  objective: str, baselines: dict[str, BaselineResult],
-                 timed: dict[str, Schedule]) -> tuple[Schedule, SolverInfo]:
+                 timed: dict[str, Schedule], slots: int) -> tuple[Schedule, SolverInfo]:
     """The best baseline's plan in place of CP-SAT's when it is better as the executor
     dispatches both. The search compares them on the solver's grid; re-timing (first and
     busy loads, slot steps) can turn the order round, and a user should never be handed
-    a plan that the table beside it shows to be worse than Ollama's or llama-swap's."""
+    a plan that the table beside it shows to be worse than Ollama's or llama-swap's.
+    ``slots``: the most slots per engine the user allowed (the bound is for those plans)."""
     from planner.metrics import objective_key
-    from planner.solver.bound import gap_of, slot_plan_bound
+    from planner.solver.bound import gap_of
 
     own = compute_metrics(instance, schedule.actions)
     done = [b for b in baselines.values() if b.metrics is not None and b.name in timed]
@@ -329,17 +335,17 @@ def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: 
         return schedule, info
     chosen = with_engine_options(instance, cost, timed[best.name])
     obj = objective_value(best.metrics, objective)
-    bound, note = info.bound, ""
-    slots = max((e.n_parallel for e in chosen.engines), default=1)
-    if slots > 1:  # the one-slot bounds assume one request at a time per device
-        bound, name = slot_plan_bound(instance, cost, objective, slots)
-        note = f"; bound of the slot plan: {name}"
     mine = objective_value(own, objective)
-    return chosen, replace(
-        info, status=f"FEASIBLE (baseline {best.name} kept)", objective=obj, bound=bound,
-        gap=gap_of(obj, bound, objective) if bound is not None else None,
+    info = replace(
+        info, status=f"FEASIBLE (baseline {best.name} kept)", objective=obj,
+        gap=gap_of(obj, info.bound, objective) if info.bound is not None else None,
         notes=(f"{info.notes}; the {best.name} plan kept: as `planner execute` dispatches "
-               f"them it is better ({obj:.3f}) than CP-SAT's ({mine:.3f}){note}"))
+               f"them it is better ({obj:.3f}) than CP-SAT's ({mine:.3f})"))
+    if slots > 1 or any(e.n_parallel > 1 for e in chosen.engines):
+        # the one-slot bounds assume one request at a time per device
+        info = _slot_bound(instance, cost, objective, max([slots, *(
+            e.n_parallel for e in chosen.engines)]), info)
+    return chosen, info
 
 
 def _as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
