@@ -207,12 +207,14 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         observe = _Observe(run_opts, instance, cost, objective, baselines) \
             if opts.on_plan else None
         schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
-        if max(opts.slots) > 1 and not any(e.n_parallel > 1 for e in schedule.engines):
-            schedule, info = _batched(instance, cost, schedule, info, objective, opts.slots)
+        if max(opts.slots) > 1:
             if not any(e.n_parallel > 1 for e in schedule.engines):
-                # one-slot engines after all (the search left slots out, or batching did
-                # not help): the bound must still hold for the slot plans the user allowed
-                info = _slot_bound(instance, cost, objective, max(opts.slots), info)
+                schedule, info = _batched(instance, cost, schedule, info, objective,
+                                          opts.slots)
+            # the bound holds for every plan the user allowed, with or without slots (the
+            # search's own may be for one-slot engines: it left them out, or a start plan
+            # with slots was better than its plan)
+            info = _slot_bound(instance, cost, objective, max(opts.slots), info)
     if any(e.n_parallel > 1 for e in schedule.engines):
         from dataclasses import replace as _replace
 
@@ -231,7 +233,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
             res.metrics = compute_metrics(instance, timed_base[res.name].actions)
     if opts.solver not in BASELINES:
         schedule, info = _never_worse(instance, cost, schedule, info, objective, baselines,
-                                      timed_base, max(opts.slots))
+                                      timed_base)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
 
@@ -292,19 +294,18 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
     best, n = got
     before = objective_value(compute_metrics(instance, schedule.actions), objective)
     after = objective_value(compute_metrics(instance, best.actions), objective)
-    # the one-slot plan's bound assumed one request at a time per device
-    return best, _slot_bound(instance, cost, objective, max(slots), replace(
+    return best, replace(
         info, objective=after,
         notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on {n}-slot engines "
                f"with continuous batching (batching.py), objective {before:.3f} -> "
-               f"{after:.3f}")))
+               f"{after:.3f}"))
 
 
 def _slot_bound(instance: Instance, cost: CostModel, objective: str, slots: int,
                 info: SolverInfo) -> SolverInfo:
     """``info`` with the bound (and gap) for every plan whose engines have up to ``slots``
     slots, named in its notes: the one-slot bounds assume one request at a time per
-    device, so a plan with slots, or one where the user allowed them, is judged by it."""
+    device, so a plan where the user allowed slots is judged by this one."""
     from planner.solver.bound import gap_of, slot_plan_bound
 
     bound, name = slot_plan_bound(instance, cost, objective, slots)
@@ -316,12 +317,13 @@ def _slot_bound(instance: Instance, cost: CostModel, objective: str, slots: int,
 
 def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
                  objective: str, baselines: dict[str, BaselineResult],
-                 timed: dict[str, Schedule], slots: int) -> tuple[Schedule, SolverInfo]:
+                 timed: dict[str, Schedule]) -> tuple[Schedule, SolverInfo]:
     """The best baseline's plan in place of CP-SAT's when it is better as the executor
     dispatches both. The search compares them on the solver's grid; re-timing (first and
     busy loads, slot steps) can turn the order round, and a user should never be handed
     a plan that the table beside it shows to be worse than Ollama's or llama-swap's.
-    ``slots``: the most slots per engine the user allowed (the bound is for those plans)."""
+    The bound stays ``info``'s: for the plans the user allowed (with up to as many slots per
+    engine as the baselines were given, where that is more than one: ``_slot_bound``)."""
     from planner.metrics import objective_key
     from planner.solver.bound import gap_of
 
@@ -336,29 +338,30 @@ def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: 
     chosen = with_engine_options(instance, cost, timed[best.name])
     obj = objective_value(best.metrics, objective)
     mine = objective_value(own, objective)
-    info = replace(
+    return chosen, replace(
         info, status=f"FEASIBLE (baseline {best.name} kept)", objective=obj,
         gap=gap_of(obj, info.bound, objective) if info.bound is not None else None,
         notes=(f"{info.notes}; the {best.name} plan kept: as `planner execute` dispatches "
                f"them it is better ({obj:.3f}) than CP-SAT's ({mine:.3f})"))
-    if slots > 1 or any(e.n_parallel > 1 for e in chosen.engines):
-        # the one-slot bounds assume one request at a time per device
-        info = _slot_bound(instance, cost, objective, max([slots, *(
-            e.n_parallel for e in chosen.engines)]), info)
-    return chosen, info
 
 
 def _as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
                  objective: str) -> tuple[Schedule, SolverInfo]:
-    """Times re-predicted as the executor dispatches the plan (planner.retime)."""
+    """Times re-predicted as the executor dispatches the plan (planner.retime), and the
+    gap from the objective at those times (slot runs re-timed before this move it too)."""
     timed = retime(instance, cost, schedule)
-    if timed is schedule:
-        return schedule, info
-    value = objective_value(compute_metrics(instance, timed.actions), objective)
-    note = (f"times as `planner execute` dispatches them (first and busy loads): objective "
-            f"{info.objective:.3f} on the solver's grid" if info.objective is not None else "")
-    return timed, replace(info, objective=value,
-                          notes="; ".join(n for n in (info.notes, note) if n))
+    if timed is not schedule:
+        value = objective_value(compute_metrics(instance, timed.actions), objective)
+        note = (f"times as `planner execute` dispatches them (first and busy loads): "
+                f"objective {info.objective:.3f} on the solver's grid"
+                if info.objective is not None else "")
+        info = replace(info, objective=value,
+                       notes="; ".join(n for n in (info.notes, note) if n))
+    if info.objective is not None and info.bound is not None:
+        from planner.solver.bound import gap_of
+
+        info = replace(info, gap=gap_of(info.objective, info.bound, objective))
+    return timed, info
 
 
 def with_engine_options(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
