@@ -672,6 +672,20 @@ def test_swap_bound_charges_the_swap_between_two_models_by_hand() -> None:
     assert 6.5 < value <= 7.0
 
 
+def test_swap_bound_grid_grows_with_the_time_given() -> None:
+    """Within a 60 s solve (about 17 s of MIP) the swap MIP's grid is VAR_BUDGET variables
+    and HiGHS gets all its time; given more (a longer limit), the grid grows more slowly
+    than the time, and HiGHS is stopped earlier for its longer last cut round."""
+    from planner.solver import bound_modes as bm
+
+    assert bm.grid_budget(17.0) == (bm.VAR_BUDGET, 0.0)
+    assert bm.grid_budget(bm.BUDGET_TIME_S) == (bm.VAR_BUDGET, 0.0)
+    sizes = [bm.grid_budget(t) for t in (40.0, 89.0, 300.0)]
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(sizes))
+    assert all(n / bm.VAR_BUDGET < t / bm.BUDGET_TIME_S and 0 < early < 0.1 * t
+               for (n, early), t in zip(sizes, (40.0, 89.0, 300.0), strict=True))
+
+
 def test_swap_bound_applies_to_one_gpu_and_mean_response_only() -> None:
     """No GPU big enough to matter, several GPUs, or another objective: 0 (not applied)."""
     from planner.solver.bound import swap_bound

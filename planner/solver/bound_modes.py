@@ -67,6 +67,17 @@ from planner.solver.bound_phases import TwoPhases
 from planner.solver.candidates import curves, solver_devices
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
+#: ... given BUDGET_TIME_S or less (the ~17 s it has within a 60 s solve); given more
+#: time, VAR_BUDGET times (time / BUDGET_TIME_S) ** BUDGET_GROWTH (HiGHS's bound here
+#: comes from its root, which a finer grid raises: given 89 s, 118,000 variables gave
+#: 3.5-7 % more than 50,000 on three one-GPU workloads; its time grows faster than the
+#: grid, so the exponent stays below 1)
+BUDGET_TIME_S = 20.0
+BUDGET_GROWTH = 0.5
+#: HiGHS checks its time limit between cut rounds: with 118,000 variables its last round
+#: overran the limit by up to 1.6 s (0.5 s with 50,000). A larger grid stops this many
+#: seconds times (its scale ** 1.5 - 1) earlier (the caller leaves a margin for the rest)
+OVERRUN_S = 1.0
 MIN_SLOT_S = 0.25
 WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
 HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
@@ -146,6 +157,13 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
     return (cfgs, out) if out else None
 
 
+def grid_budget(time_limit_s: float) -> tuple[int, float]:
+    """(about how many work variables the grid gets, how many seconds before the time
+    limit HiGHS is stopped) for ``time_limit_s`` of MIP (module constants)."""
+    scale = max(1.0, time_limit_s / BUDGET_TIME_S) ** BUDGET_GROWTH
+    return int(VAR_BUDGET * scale), OVERRUN_S * (scale ** 1.5 - 1.0)
+
+
 def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
                load: dict[tuple[str, str], float], per_request: dict[str, float],
                time_limit_s: float) -> float:
@@ -209,7 +227,8 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     # leaves room for the last requests and HORIZON_CHANGES changes of group
     horizon = max(o.release for row in opts for o in row) + sum(p) + HORIZON_CHANGES * s_max
     span = sum(max(0.0, horizon - o.release) for row in opts for o in row)
-    dt = max(MIN_SLOT_S, span / VAR_BUDGET)
+    budget, early = grid_budget(time_limit_s)
+    dt = max(MIN_SLOT_S, span / budget)
     # a regular grid plus every release time (as the LP's: resolution where it matters)
     starts, lens = slot_grid(0.0, dt, horizon, [o.release for row in opts for o in row])
     n_slot = len(starts)
@@ -325,7 +344,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     integrality[y0:v0] = 1
     ub[v0:] = win_lens.max()
     a = coo_matrix((vals, (rows, cols)), shape=(len(hi), n)).tocsr()
-    left = time_limit_s - (time.perf_counter() - started)
+    left = time_limit_s - early - (time.perf_counter() - started)
     if left <= 0.2:
         return 0.0
     res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integrality,
