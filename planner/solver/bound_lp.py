@@ -155,16 +155,24 @@ class _Grids:
         self.last_dt = math.inf
         self.best = 0.0
         self.done = False
+        #: the last grid built: (its jobs, slot length, the grid), as first_size leaves it
+        #: for the first step
+        self._last: tuple[list[LPJob], float, tuple[np.ndarray, np.ndarray, int]] | None = None
 
     def _dt(self, jobs: list[LPJob], stage: int) -> float:
         """The slot length of the family's grid at ``stage``."""
         return max(MIN_SLOT_S, _span(jobs, self.rel, self.horizon)
                    / (VAR_BUDGET * REFINE ** max(0, stage - 1)))
 
+    def _grid(self, jobs: list[LPJob], dt: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """:func:`_grid` of the family for ``jobs`` and slot length ``dt``."""
+        if self._last is None or self._last[0] is not jobs or self._last[1] != dt:
+            self._last = jobs, dt, _grid(jobs, min(self.rel), dt, self.horizon, self.rounded)
+        return self._last[2]
+
     def first_size(self) -> int:
         """Share variables of the family's first grid."""
-        return _grid(self.jobs, min(self.rel), self._dt(self.jobs, 0), self.horizon,
-                     self.rounded)[2]
+        return self._grid(self.jobs, self._dt(self.jobs, 0))[2]
 
     def step(self, deadline: float) -> bool:
         """Solve the next LP of the family if it is predicted to end by ``deadline``;
@@ -183,7 +191,8 @@ class _Grids:
             if dt <= MIN_SLOT_S:
                 return False
             self.stage += 1
-        n = _grid(jobs, min(self.rel), dt, self.horizon, self.rounded)[2]
+        grid = self._grid(jobs, dt)
+        n = grid[2]
         if n > MAX_VARS:
             return False
         left = deadline - time.perf_counter()
@@ -199,7 +208,7 @@ class _Grids:
         started = time.perf_counter()
         value = _grid_bound(jobs, self.capacity, self.uses, self.horizon, min(self.rel), dt,
                             left, one_device=whole, tardiness=self.tardiness,
-                            rounded=self.rounded)
+                            rounded=self.rounded, grid=grid)
         took = time.perf_counter() - started
         if value is None:
             return False
@@ -228,16 +237,18 @@ def slot_grid(t0: float, dt: float, horizon: float, releases: list[float]
 def _grid_bound(jobs: list[LPJob], capacity: list[int], uses: list[dict[int, int]],
                 horizon: float, t0: float, dt: float, time_limit_s: float,
                 one_device: bool = True, tardiness: bool = False,
-                rounded: bool = False) -> float | None:
+                rounded: bool = False,
+                grid: tuple[np.ndarray, np.ndarray, int] | None = None) -> float | None:
     """The LP on a regular grid of ``dt`` from ``t0`` plus every release time; None
     when it would have more than ``MAX_VARS`` variables. ``one_device=False`` leaves
     out the rows that keep a request on one device at a time (a relaxation);
     ``tardiness``: the objective is ``sum w_j T_j`` (``lp_bound``). ``rounded``: the
     regular grid alone, a request's variables from the slot its release falls in, that
     slot's share at most what fits after the release and its work counted from the
-    release on (as valid: any plan's work there lies between the two)."""
+    release on (as valid: any plan's work there lies between the two). ``grid``: what
+    :func:`_grid` gives for these arguments, where the caller has it already."""
     n_cls = len(capacity)
-    starts, lens, n_vars = _grid(jobs, t0, dt, horizon, rounded)
+    starts, lens, n_vars = grid if grid is not None else _grid(jobs, t0, dt, horizon, rounded)
     n_slot = len(starts)
     if n_vars > MAX_VARS:
         return None
