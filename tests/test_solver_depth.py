@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from planner.baselines.policies import static
@@ -654,6 +656,37 @@ def test_swap_bound_below_exhaustive_optimum_and_above_the_others_on_most() -> N
     assert applied > 60 and above > 40, (applied, above)
 
 
+def test_swap_bound_with_narrow_windows_stays_below_the_optimum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request's window (its work after it counted at its end, without capacity)
+    may end anywhere: with windows ending half a coarse slot after the relaxation's last
+    work (most binding), the swap bound stays at or below the exhaustive optimum on 40
+    random one-GPU instances with swaps forced, and the windows did end before the
+    horizon on most of them."""
+    from planner.solver import bound_modes as bm
+    from planner.solver.bound import swap_bound
+
+    monkeypatch.setattr(bm, "WINDOW_SLOTS", 0.5)
+    monkeypatch.setattr(bm, "WINDOW_CHANGES_AFTER", 0.0)
+    real_solve = bm._solve
+    narrowed: list[bool] = []
+
+    def spy(setup: bm._Setup, ends: list[float], *args: object) -> object:
+        if args[1] is not None:  # the MIP, after the relaxation
+            narrowed.append(min(ends) < setup.horizon - 1e-9)
+        return real_solve(setup, ends, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bm, "_solve", spy)
+    rng = random.Random(23)
+    for _ in range(40):
+        inst = _one_gpu_swaps(rng)
+        cost = RoundCost()
+        best = brute_force(inst, cost, {})
+        value = swap_bound(inst, cost, "mean_response", 10.0)
+        assert value <= best + 1e-6, (inst, value, best)
+    assert sum(narrowed) > 20, narrowed
+
+
 def test_swap_bound_charges_the_swap_between_two_models_by_hand() -> None:
     """A (a1, a2) and B (b), 20 tokens each at 0 s, on a 10 GiB GPU that holds one model
     (10 GiB, loads 2 s, unloads 1 s, 2 s a request; the host holds none). The best plan:
@@ -774,3 +807,30 @@ def test_the_swap_bound_is_computed_without_the_polish_where_a_core_is_free(
         assert "polish:" not in info.notes, info.notes
         assert ("bound: swap-aware" in info.notes) is named, (cores, info.notes)
         assert info.bound is not None and info.bound <= info.objective + 1e-9
+
+
+def test_highs_child_gives_the_mip_bound_and_is_stopped_at_its_deadline() -> None:
+    """The swap MIP's solver in a child process: on a small knapsack (optimum known) it
+    answers the MIP's value; on one it cannot finish it is given up at its deadline (not
+    a cut round later) and no child is left running."""
+    from scipy.sparse import csc_matrix
+
+    from planner.solver import highs_child
+
+    # max 5a + 4b + 3c, 2a + 3b + c <= 5, binaries: a and b (9); as a minimisation
+    c = np.array([-5.0, -4.0, -3.0])
+    a = csc_matrix(np.array([[2.0, 3.0, 1.0]]))
+    got = highs_child.mip_dual_bound(c, a, np.array([-np.inf]), np.array([5.0]),
+                                     np.zeros(3), np.ones(3), np.ones(3, dtype=bool), 20.0)
+    assert got == pytest.approx(-9.0, abs=1e-6)
+    # 80 random knapsack rows over 150 binaries: not solved in 12 s here
+    rng = np.random.default_rng(5)
+    n = 150
+    big = csc_matrix(rng.integers(1, 20, size=(80, n)).astype(float))
+    started = time.perf_counter()
+    highs_child.mip_dual_bound(-rng.integers(1, 50, size=n).astype(float), big,
+                               np.full(80, -np.inf), np.full(80, 300.0), np.zeros(n),
+                               np.ones(n), np.ones(n, dtype=bool), 1.5)
+    took = time.perf_counter() - started
+    assert took < 1.5 + highs_child.GRACE_S + 0.5, took
+    assert not highs_child._RUNNING

@@ -40,6 +40,12 @@ Cut time into windows; ``y[g, k] = 1`` when group ``g``'s engines run in window 
   less ``max(S_out(g), S_in(h))`` (the least change out of ``g`` and into ``h``); rows
   for each ``k2`` whose windows strictly between are shorter than the longest change.
 
+Each request has a window: its work after the window's end is its tail, counted at that
+end without capacity (as the LP's horizon; any end is valid). The windows come from the
+MIP's LP relaxation on a coarse grid (solved first): a request's ends a little after its
+last work there, so the MIP's grid of the same size has slots several times shorter than
+with one horizon for all (each request's work counted at its slot's start loses less).
+
 Every plan gives a feasible point (its LP point as in ``bound_lp``, each request's work
 per group at the group's fastest run time, and its ``y``), so the MIP's optimum, and any
 dual bound of it, bounds every plan. The fractional LP cannot charge a change (a mix of
@@ -61,10 +67,11 @@ from scipy.sparse import coo_matrix
 
 from planner.baselines.sim import context_sizes
 from planner.costmodel.base import CostModel
-from planner.domain import EngineConfig, Instance
+from planner.domain import EngineConfig, Instance, Request
 from planner.solver.bound_lp import slot_grid
 from planner.solver.bound_phases import TwoPhases
 from planner.solver.candidates import curves, solver_devices
+from planner.solver.highs_child import mip_dual_bound
 
 VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
 #: ... given BUDGET_TIME_S or less (the ~17 s it has within a 60 s solve); given more
@@ -79,6 +86,17 @@ BUDGET_GROWTH = 0.5
 #: seconds times (its scale ** 1.5 - 1) earlier (the caller leaves a margin for the rest)
 OVERRUN_S = 1.0
 MIN_SLOT_S = 0.25
+#: each request's window ends this many slots of the coarse grid, or this many of the
+#: longest changes of group (the MIP's swaps may put its work later than the relaxation
+#: does), whichever is longer, after its last work in that grid's LP relaxation (solved
+#: first, with about COARSE_BUDGET work variables); WINDOW_SLOTS 0: every window ends at
+#: the horizon
+WINDOW_SLOTS = 2.0
+WINDOW_CHANGES_AFTER = 2.0
+COARSE_BUDGET = 15_000
+#: a MIP with more columns than this is solved in a child process (``highs_child``: killed
+#: at its deadline); smaller ones (the tests' tiny instances) here, by SciPy's HiGHS
+IN_PROCESS_COLS = 5_000
 WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
 HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
 SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
@@ -215,23 +233,56 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                for ph, sec in enumerate(both) if sec is not None]
         opts.append(row)
         units.append(u)
-    p = units  # a request goes at most one unit per second (its rate at its fastest)
-
-    def spread(ch: list[tuple[float, float]]) -> tuple[float, float]:
-        """(least, longest finite) change between two groups of a system"""
-        both = [ch[g][0] + ch[h][1] for g in range(len(ch)) for h in range(len(ch)) if g != h]
-        return min(both), max(x for x in both if x < math.inf)
-
-    s_max = max(spread(sy.changes)[1] for sy in systs)
+    s_max = max(_spread(sy.changes)[1] for sy in systs)
     # any horizon is valid (work after it is counted at it, without capacity); this one
     # leaves room for the last requests and HORIZON_CHANGES changes of group
-    horizon = max(o.release for row in opts for o in row) + sum(p) + HORIZON_CHANGES * s_max
-    span = sum(max(0.0, horizon - o.release) for row in opts for o in row)
+    horizon = max(o.release for row in opts for o in row) + sum(units) + HORIZON_CHANGES * s_max
     budget, early = grid_budget(time_limit_s)
+    setup = _Setup(reqs, opts, units, systs, offset, n_grp, s_max, horizon, per_request)
+    deadline = started + time_limit_s
+    ends = [horizon] * len(opts)
+    if WINDOW_SLOTS > 0:
+        # the LP relaxation on a coarse grid: where each request's work lies
+        coarse = _solve(setup, ends, COARSE_BUDGET, None, deadline)
+        if isinstance(coarse, tuple):
+            last, coarse_dt = coarse
+            margin = max(WINDOW_SLOTS * coarse_dt, WINDOW_CHANGES_AFTER * s_max)
+            ends = [min(horizon, w + margin) for w in last]
+    value = _solve(setup, ends, budget, early, deadline)
+    return value if isinstance(value, float) else 0.0
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What :func:`_solve` builds the MIP from (``mode_bound``'s)."""
+    reqs: list[Request]
+    opts: list[list[Option]]
+    p: list[float]  # each request's units of work (at most one a second)
+    systs: list[System]
+    offset: list[int]  # the first global group id of each system
+    n_grp: int
+    s_max: float  # the longest change of group
+    horizon: float
+    per_request: dict[str, float]
+
+
+def _solve(setup: _Setup, ends: list[float], budget: int, early: float | None,
+           deadline: float) -> float | tuple[list[float], float] | None:
+    """The MIP (module docstring) with each request's window ending at ``ends`` (its work
+    after it is its tail, counted there without capacity: any ends are valid) on a grid of
+    about ``budget`` work variables, solved until ``early`` seconds before ``deadline``:
+    HiGHS's dual bound (0.0 where it has none). ``early`` None: its LP relaxation instead,
+    and (each request's last work, the end of the last slot with its work or its window
+    end where some is in its tail; the grid's slot length); None where it did not end."""
+    started = time.perf_counter()
+    reqs, opts, p, systs, offset, n_grp = (setup.reqs, setup.opts, setup.p, setup.systs,
+                                          setup.offset, setup.n_grp)
+    s_max, horizon = setup.s_max, setup.horizon
+    span = sum(max(0.0, e - o.release) for e, row in zip(ends, opts, strict=True) for o in row)
     dt = max(MIN_SLOT_S, span / budget)
-    # a regular grid plus every release time (as the LP's: resolution where it matters)
-    starts, lens = slot_grid(0.0, dt, horizon, [o.release for row in opts for o in row])
-    n_slot = len(starts)
+    # a regular grid plus every release time (as the LP's: resolution where it matters),
+    # to the last window's end
+    starts, lens = slot_grid(0.0, dt, max(ends), [o.release for row in opts for o in row])
     win_len = max(dt, WINDOW_CHANGES * s_max)
     win_of = (starts // win_len).astype(int)
     n_win = int(win_of[-1]) + 1
@@ -258,6 +309,8 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     group_work: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     job_slot: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     mean_row: list[list[tuple[int, float]]] = []
+    slot_of: list[int] = []  # the slot and request of each work variable
+    job_of: list[int] = []
     share_row: list[list[tuple[int, float]]] = []
     phase_of: list[list[int]] = []
     for jn, row in enumerate(opts):
@@ -265,12 +318,15 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
         shares: list[tuple[int, float]] = []
         phases_here: list[int] = []
         for o in row:
-            for s in range(int(np.searchsorted(starts, o.release - 1e-9)), n_slot):
+            for s in range(int(np.searchsorted(starts, o.release - 1e-9)),
+                           int(np.searchsorted(starts, ends[jn] - 1e-9))):
                 cap_rows[(o.device, s)].append((col, o.seconds))
                 for g in o.groups:
                     group_work[(g, int(win_of[s]))].append((col, o.seconds))
                 job_slot[(jn, s)].append((col, o.seconds))
                 mine.append((col, float(starts[s])))
+                slot_of.append(s)
+                job_of.append(jn)
                 shares.append((col, 1.0))
                 phases_here.append(o.phase)
                 x_ub.append(min(1.0, float(lens[s]) / o.seconds))
@@ -278,8 +334,8 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
         mean_row.append(mine)
         share_row.append(shares)
         phase_of.append(phases_here)
-        if time.perf_counter() - started > time_limit_s / 4:
-            return 0.0
+        if time.perf_counter() > deadline - 0.75 * (deadline - started):
+            return None  # building it took a quarter of the time left
     n_x = col
     n_job = len(reqs)
     tail0, c0, y0 = n_x, n_x + n_job, n_x + 2 * n_job
@@ -296,7 +352,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
             mine_ph = [e for e, o in zip(share_row[jn], phase_of[jn], strict=True) if o == ph]
             if mine_ph:
                 add(mine_ph, opts[jn][0].part if ph == 0 else 1.0 - opts[jn][0].part)
-        add([*mean_row[jn], (tail0 + jn, horizon), (c0 + jn, -1.0)], -p[jn] / 2)
+        add([*mean_row[jn], (tail0 + jn, ends[jn]), (c0 + jn, -1.0)], -p[jn] / 2)
 
     def y(g: int, k: int) -> int:
         return y0 + g * n_win + k
@@ -308,7 +364,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     for base, sy in zip(offset, systs, strict=False):
         ch = sy.changes
         ids = range(base, base + len(ch))
-        s_min, s_far = spread(ch)
+        s_min, s_far = _spread(ch)
         out_of = [min(ch[g][0] + ch[f][1] for f in range(len(ch)) if f != g)
                   for g in range(len(ch))]
         into = [min(ch[f][0] + ch[h][1] for f in range(len(ch)) if f != h) for h in range(len(ch))]
@@ -338,20 +394,40 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     lb = np.zeros(n)
     ub = np.ones(n)
     ub[:n_x] = x_ub
-    lb[c0:c0 + n_job] = [per_request[r.id] for r in reqs]
-    ub[c0:c0 + n_job] = horizon + max(p) + max(per_request.values()) + 1.0
-    integrality = np.zeros(n)
-    integrality[y0:v0] = 1
+    lb[c0:c0 + n_job] = [setup.per_request[r.id] for r in reqs]
+    ub[c0:c0 + n_job] = horizon + max(p) + max(setup.per_request.values()) + 1.0
+    integer = np.zeros(n, dtype=bool)
+    integer[y0:v0] = True
     ub[v0:] = win_lens.max()
-    a = coo_matrix((vals, (rows, cols)), shape=(len(hi), n)).tocsr()
-    left = time_limit_s - early - (time.perf_counter() - started)
+    a = coo_matrix((vals, (rows, cols)), shape=(len(hi), n)).tocsc()
+    left = deadline - (early or 0.0) - time.perf_counter()
     if left <= 0.2:
-        return 0.0
-    res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integrality,
-               bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
-    value = getattr(res, "mip_dual_bound", None)
-    if value is None or not math.isfinite(value) or res.status not in (0, 1):
-        return 0.0
-    return float(value) * (1.0 - SAFETY)
+        return None
+    if early is not None and n > IN_PROCESS_COLS:
+        value = mip_dual_bound(c, a, np.array(lo), np.array(hi), lb, ub, integer, left)
+        return 0.0 if value is None else value * (1.0 - SAFETY)
+    if early is not None:  # small: SciPy's HiGHS here (ends in milliseconds)
+        res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integer,
+                   bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
+        value = getattr(res, "mip_dual_bound", None)
+        if value is None or not math.isfinite(value) or res.status not in (0, 1):
+            return 0.0
+        return float(value) * (1.0 - SAFETY)
+    # the LP relaxation (SciPy's HiGHS, here: an LP ends within its time)
+    res = milp(c, constraints=LinearConstraint(a, lo, hi), bounds=Bounds(lb, ub),
+               options={"time_limit": left, "disp": False})
+    if res.status != 0 or res.x is None:
+        return None
+    last = np.zeros(n_job)
+    used = res.x[:n_x] > 1e-7
+    np.maximum.at(last, np.array(job_of, dtype=int)[used],
+                  (starts + lens)[np.array(slot_of, dtype=int)[used]])
+    in_tail = res.x[tail0:tail0 + n_job] > 1e-7
+    return [e if t else float(w) for w, e, t in zip(last, ends, in_tail, strict=True)], dt
 
+
+def _spread(ch: list[tuple[float, float]]) -> tuple[float, float]:
+    """(least, longest finite) change between two groups of a system"""
+    both = [ch[g][0] + ch[h][1] for g in range(len(ch)) for h in range(len(ch)) if g != h]
+    return min(both), max(x for x in both if x < math.inf)
 

@@ -95,14 +95,15 @@ def _error(msg: str) -> Exception:
 
 # --- bounds ----------------------------------------------------------------------------
 
-#: the swap-aware bound's MIP is given until this long before the time limit (HiGHS
-#: overran its limit by up to half a second), and waited for until the limit at most
+#: the swap-aware bound's MIP is given until this long before the time limit (its HiGHS
+#: child is killed GRACE_S after that), and waited for until the limit at most
 SWAP_BOUND_MARGIN_S = 1.0
 
 
 class _SwapBound:
     """:func:`planner.solver.bound.swap_bound`, computed in a thread while the polish runs
-    (HiGHS leaves Python's lock to the polish, and the core CP-SAT's workers had is free),
+    (the MIP in a child process, :mod:`planner.solver.highs_child`, on the core CP-SAT's
+    workers had: the polish keeps Python's lock and its own core),
     or from the search's start where the machine has more cores than CP-SAT has workers.
     It applies to one-GPU instances under weighted mean response; elsewhere it returns at
     once."""
