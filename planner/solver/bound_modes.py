@@ -73,18 +73,15 @@ from planner.solver.bound_phases import TwoPhases
 from planner.solver.candidates import curves, solver_devices
 from planner.solver.highs_child import mip_dual_bound
 
-VAR_BUDGET = 50_000  # slot length grows until the MIP has about this many x variables
-#: ... given BUDGET_TIME_S or less (the ~17 s it has within a 60 s solve); given more
-#: time, VAR_BUDGET times (time / BUDGET_TIME_S) ** BUDGET_GROWTH (HiGHS's bound here
-#: comes from its root, which a finer grid raises: given 89 s, 118,000 variables gave
-#: 3.5-7 % more than 50,000 on three one-GPU workloads; its time grows faster than the
-#: grid, so the exponent stays below 1)
+VAR_BUDGET = 40_000  # slot length grows until the MIP has about this many x variables
+#: ... given BUDGET_TIME_S or less (the ~17 s it has within a 60 s solve, beside the
+#: polish: its root LP and a cut round fit at 40,000, not at 50,000); given more time,
+#: VAR_BUDGET times (time / BUDGET_TIME_S) ** BUDGET_GROWTH (HiGHS's bound here comes
+#: from its root, which a finer grid raises: given 89 s, 118,000 variables gave 3.5-7 %
+#: more than 50,000 on three one-GPU workloads; its time grows faster than the grid, so
+#: the exponent stays below 1)
 BUDGET_TIME_S = 20.0
 BUDGET_GROWTH = 0.5
-#: HiGHS checks its time limit between cut rounds: with 118,000 variables its last round
-#: overran the limit by up to 1.6 s (0.5 s with 50,000). A larger grid stops this many
-#: seconds times (its scale ** 1.5 - 1) earlier (the caller leaves a margin for the rest)
-OVERRUN_S = 1.0
 MIN_SLOT_S = 0.25
 #: each request's window ends this many slots of the coarse grid, or this many of the
 #: longest changes of group (the MIP's swaps may put its work later than the relaxation
@@ -175,11 +172,11 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
     return (cfgs, out) if out else None
 
 
-def grid_budget(time_limit_s: float) -> tuple[int, float]:
-    """(about how many work variables the grid gets, how many seconds before the time
-    limit HiGHS is stopped) for ``time_limit_s`` of MIP (module constants)."""
-    scale = max(1.0, time_limit_s / BUDGET_TIME_S) ** BUDGET_GROWTH
-    return int(VAR_BUDGET * scale), OVERRUN_S * (scale ** 1.5 - 1.0)
+def grid_budget(time_limit_s: float) -> int:
+    """About how many work variables the grid gets for ``time_limit_s`` of MIP (module
+    constants). (HiGHS checks its time limit only between cut rounds; its child is killed
+    at the deadline and the last bound it sent stands, so no time is kept back for that.)"""
+    return int(VAR_BUDGET * max(1.0, time_limit_s / BUDGET_TIME_S) ** BUDGET_GROWTH)
 
 
 def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[str, float]],
@@ -237,18 +234,18 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     # any horizon is valid (work after it is counted at it, without capacity); this one
     # leaves room for the last requests and HORIZON_CHANGES changes of group
     horizon = max(o.release for row in opts for o in row) + sum(units) + HORIZON_CHANGES * s_max
-    budget, early = grid_budget(time_limit_s)
+    budget = grid_budget(time_limit_s)
     setup = _Setup(reqs, opts, units, systs, offset, n_grp, s_max, horizon, per_request)
     deadline = started + time_limit_s
     ends = [horizon] * len(opts)
     if WINDOW_SLOTS > 0:
         # the LP relaxation on a coarse grid: where each request's work lies
-        coarse = _solve(setup, ends, COARSE_BUDGET, None, deadline)
+        coarse = _solve(setup, ends, COARSE_BUDGET, False, deadline)
         if isinstance(coarse, tuple):
             last, coarse_dt = coarse
             margin = max(WINDOW_SLOTS * coarse_dt, WINDOW_CHANGES_AFTER * s_max)
             ends = [min(horizon, w + margin) for w in last]
-    value = _solve(setup, ends, budget, early, deadline)
+    value = _solve(setup, ends, budget, True, deadline)
     return value if isinstance(value, float) else 0.0
 
 
@@ -266,12 +263,12 @@ class _Setup:
     per_request: dict[str, float]
 
 
-def _solve(setup: _Setup, ends: list[float], budget: int, early: float | None,
+def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
            deadline: float) -> float | tuple[list[float], float] | None:
     """The MIP (module docstring) with each request's window ending at ``ends`` (its work
     after it is its tail, counted there without capacity: any ends are valid) on a grid of
-    about ``budget`` work variables, solved until ``early`` seconds before ``deadline``:
-    HiGHS's dual bound (0.0 where it has none). ``early`` None: its LP relaxation instead,
+    about ``budget`` work variables, solved until ``deadline``: HiGHS's dual bound (0.0
+    where it has none). ``mip`` False: its LP relaxation instead,
     and (each request's last work, the end of the last slot with its work or its window
     end where some is in its tail; the grid's slot length); None where it did not end."""
     started = time.perf_counter()
@@ -400,13 +397,13 @@ def _solve(setup: _Setup, ends: list[float], budget: int, early: float | None,
     integer[y0:v0] = True
     ub[v0:] = win_lens.max()
     a = coo_matrix((vals, (rows, cols)), shape=(len(hi), n)).tocsc()
-    left = deadline - (early or 0.0) - time.perf_counter()
+    left = deadline - time.perf_counter()
     if left <= 0.2:
         return None
-    if early is not None and n > IN_PROCESS_COLS:
+    if mip and n > IN_PROCESS_COLS:
         value = mip_dual_bound(c, a, np.array(lo), np.array(hi), lb, ub, integer, left)
         return 0.0 if value is None else value * (1.0 - SAFETY)
-    if early is not None:  # small: SciPy's HiGHS here (ends in milliseconds)
+    if mip:  # small: SciPy's HiGHS here (ends in milliseconds)
         res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integer,
                    bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
         value = getattr(res, "mip_dual_bound", None)

@@ -17,6 +17,7 @@ bound comes back as one line."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import math
 import os
@@ -59,35 +60,48 @@ def mip_dual_bound(c: np.ndarray, a: csc_matrix, lo: np.ndarray, hi: np.ndarray,
     try:
         out, _ = proc.communicate(buf.getvalue(),
                                   timeout=max(0.0, deadline + GRACE_S - time.time()))
-    except (subprocess.TimeoutExpired, OSError):
+    except subprocess.TimeoutExpired:  # past its deadline: the last bound it sent
+        proc.kill()
+        out, _ = proc.communicate()
+    except OSError:
         proc.kill()
         proc.wait()
         return None
     finally:
         _RUNNING.discard(proc)
-    try:
-        value = float(out.decode().strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    value = None
+    for line in out.decode().splitlines():
+        with contextlib.suppress(ValueError):
+            v = float(line)
+            value = v if math.isfinite(v) else value
+    return value
 
 
 def _child() -> None:
-    """Read the model, run HiGHS until its deadline, write its dual bound ("nan" where it
-    has none)."""
+    """Read the model, run HiGHS until its deadline, write its dual bound each time it
+    rises (HiGHS's log lines: the root LP's, each cut round's, ...) and at the end, one
+    line each ("nan" where it has none): the parent keeps the last line it got."""
     result = os.fdopen(os.dup(1), "w")
-    with open(os.devnull, "wb") as null:  # HiGHS writes a banner to file descriptor 1
+    with open(os.devnull, "wb") as null:  # HiGHS writes its banner and log to descriptor 1
         os.dup2(null.fileno(), 1)
     import highspy
 
     m = np.load(io.BytesIO(sys.stdin.buffer.read()))
     c = m["c"]
     h = highspy.Highs()
-    h.silent()
     h.setOptionValue("threads", 1)  # the parent's search or polish has the other core
+    inf = highspy.kHighsInf
+    sent = [-math.inf]
+
+    def on_log(event: object) -> None:
+        bound = event.data_out.mip_dual_bound  # type: ignore[attr-defined]
+        if math.isfinite(bound) and abs(bound) < inf and bound > sent[0]:
+            sent[0] = bound
+            print(repr(float(bound)), file=result, flush=True)
+
+    h.cbMipLogging.subscribe(on_log)  # needs the log on (it goes to os.devnull)
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = len(c), int(m["shape"][0])
-    inf = highspy.kHighsInf
     lp.col_cost_ = c
     lp.col_lower_, lp.col_upper_ = m["lb"], m["ub"]
     lp.row_lower_ = np.where(np.isinf(m["lo"]), -inf, m["lo"])
