@@ -239,8 +239,9 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     deadline = started + time_limit_s
     ends = [horizon] * len(opts)
     if WINDOW_SLOTS > 0:
-        # the LP relaxation on a coarse grid: where each request's work lies
-        coarse = _solve(setup, ends, COARSE_BUDGET, False, deadline)
+        # the LP relaxation on a coarse grid: where each request's work lies (a third of
+        # the time at most: the MIP's is the bound)
+        coarse = _solve(setup, ends, COARSE_BUDGET, False, started + time_limit_s / 3)
         if isinstance(coarse, tuple):
             last, coarse_dt = coarse
             margin = max(WINDOW_SLOTS * coarse_dt, WINDOW_CHANGES_AFTER * s_max)
