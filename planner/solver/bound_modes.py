@@ -404,16 +404,14 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
     if mip and n > IN_PROCESS_COLS:
         value = mip_dual_bound(c, a, np.array(lo), np.array(hi), lb, ub, integer, left)
         return 0.0 if value is None else value * (1.0 - SAFETY)
-    if mip:  # small: SciPy's HiGHS here (ends in milliseconds)
-        res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integer,
-                   bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
+    # a small MIP (ends in milliseconds) or the LP relaxation: SciPy's HiGHS, here
+    res = milp(c, constraints=LinearConstraint(a, lo, hi), integrality=integer if mip else None,
+               bounds=Bounds(lb, ub), options={"time_limit": left, "disp": False})
+    if mip:
         value = getattr(res, "mip_dual_bound", None)
         if value is None or not math.isfinite(value) or res.status not in (0, 1):
             return 0.0
         return float(value) * (1.0 - SAFETY)
-    # the LP relaxation (SciPy's HiGHS, here: an LP ends within its time)
-    res = milp(c, constraints=LinearConstraint(a, lo, hi), bounds=Bounds(lb, ub),
-               options={"time_limit": left, "disp": False})
     if res.status != 0 or res.x is None:
         return None
     last = np.zeros(n_job)
