@@ -687,6 +687,31 @@ def test_swap_bound_with_narrow_windows_stays_below_the_optimum(
     assert sum(narrowed) > 20, narrowed
 
 
+def test_swap_bound_slow_share_tangents_raise_it_and_stay_below_the_optimum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slow options' tangent rows (a share run at a slower split lengthens C - M:
+    ``bound_modes`` docstring, "Slow options") on 40 random one-GPU instances with swaps
+    forced: the bound with them never exceeds the exhaustive optimum, is never below the
+    bound without them (the MIP solves these to optimality; more rows only raise it), and
+    is above it on many (the partial splits are slower)."""
+    from planner.solver import bound_modes as bm
+    from planner.solver.bound import swap_bound
+
+    rng = random.Random(31)
+    raised = 0
+    for _ in range(40):
+        inst = _one_gpu_swaps(rng)
+        cost = RoundCost()
+        best = brute_force(inst, cost, {})
+        monkeypatch.setattr(bm, "POINT_GAIN", 0.02)
+        with_rows = swap_bound(inst, cost, "mean_response", 10.0)
+        monkeypatch.setattr(bm, "POINT_GAIN", 0.0)
+        without = swap_bound(inst, cost, "mean_response", 10.0)
+        assert without - 1e-6 <= with_rows <= best + 1e-6, (inst, with_rows, without, best)
+        raised += with_rows > without + 1e-6
+    assert raised > 25, raised
+
+
 def test_swap_bound_charges_the_swap_between_two_models_by_hand() -> None:
     """A (a1, a2) and B (b), 20 tokens each at 0 s, on a 10 GiB GPU that holds one model
     (10 GiB, loads 2 s, unloads 1 s, 2 s a request; the host holds none). The best plan:

@@ -46,6 +46,15 @@ MIP's LP relaxation on a coarse grid (solved first): a request's ends a little a
 last work there, so the MIP's grid of the same size has slots several times shorter than
 with one horizon for all (each request's work counted at its slot's start loses less).
 
+Slow options: ``C_j >= M_j + p_j / 2`` is the least ``C - M`` of a request run whole at its
+fastest. With shares ``y_o`` on options (place and phase) of ``p_o`` seconds per unit
+share, each at a rate of at most ``1 / p_o``, one device at a time, the least ``C - M``
+over all orders and rates is ``f(y) = 1/2 sum_o sum_o' min(p_o, p_o') y_o y_o'`` (fastest
+last, each at full rate), convex, so any tangent is a valid row: for each request whose
+shares ``y^`` in the coarse relaxation (below) put ``f`` more than POINT_GAIN above the
+fastest value, ``C_j >= M_j + grad f(y^) . y - f(y^)``, its tail counted at its fastest
+option (moving a share to a faster option only lowers ``f``).
+
 Every plan gives a feasible point (its LP point as in ``bound_lp``, each request's work
 per group at the group's fastest run time, and its ``y``), so the MIP's optimum, and any
 dual bound of it, bounds every plan. The fractional LP cannot charge a change (a mix of
@@ -91,6 +100,9 @@ MIN_SLOT_S = 0.25
 WINDOW_SLOTS = 2.0
 WINDOW_CHANGES_AFTER = 2.0
 COARSE_BUDGET = 15_000
+#: a request gets the slow options' tangent row (module docstring) at its shares in the
+#: coarse relaxation where they put f this much above its fastest value
+POINT_GAIN = 0.02
 #: a MIP with more columns than this is solved in a child process (``highs_child``: killed
 #: at its deadline); smaller ones (the tests' tiny instances) here, by SciPy's HiGHS
 IN_PROCESS_COLS = 5_000
@@ -238,15 +250,20 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     setup = _Setup(reqs, opts, units, systs, offset, n_grp, s_max, horizon, per_request)
     deadline = started + time_limit_s
     ends = [horizon] * len(opts)
+    points: list[np.ndarray | None] | None = None
     if WINDOW_SLOTS > 0:
         # the LP relaxation on a coarse grid: where each request's work lies (a third of
         # the time at most: the MIP's is the bound)
         coarse = _solve(setup, ends, COARSE_BUDGET, False, started + time_limit_s / 3)
         if isinstance(coarse, tuple):
-            last, coarse_dt = coarse
+            last, coarse_dt, shares = coarse
             margin = max(WINDOW_SLOTS * coarse_dt, WINDOW_CHANGES_AFTER * s_max)
             ends = [min(horizon, w + margin) for w in last]
-    value = _solve(setup, ends, budget, True, deadline)
+            if POINT_GAIN > 0:
+                points = [y if 0.5 * float(y @ _q(row) @ y) > (1 + POINT_GAIN) * u / 2
+                          * float(y.sum()) ** 2 else None
+                          for y, row, u in zip(shares, opts, units, strict=True)]
+    value = _solve(setup, ends, budget, True, deadline, points)
     return value if isinstance(value, float) else 0.0
 
 
@@ -265,13 +282,16 @@ class _Setup:
 
 
 def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
-           deadline: float) -> float | tuple[list[float], float] | None:
+           deadline: float, points: list[np.ndarray | None] | None = None
+           ) -> float | tuple[list[float], float, list[np.ndarray]] | None:
     """The MIP (module docstring) with each request's window ending at ``ends`` (its work
     after it is its tail, counted there without capacity: any ends are valid) on a grid of
     about ``budget`` work variables, solved until ``deadline``: HiGHS's dual bound (0.0
-    where it has none). ``mip`` False: its LP relaxation instead,
+    where it has none); ``points``: per request, the shares per option where its slow
+    options' tangent row goes (None: no row). ``mip`` False: its LP relaxation instead,
     and (each request's last work, the end of the last slot with its work or its window
-    end where some is in its tail; the grid's slot length); None where it did not end."""
+    end where some is in its tail; the grid's slot length; each request's shares per
+    option); None where it did not end."""
     started = time.perf_counter()
     reqs, opts, p, systs, offset, n_grp = (setup.reqs, setup.opts, setup.p, setup.systs,
                                           setup.offset, setup.n_grp)
@@ -309,13 +329,14 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
     mean_row: list[list[tuple[int, float]]] = []
     slot_of: list[int] = []  # the slot and request of each work variable
     job_of: list[int] = []
+    opt_of: list[int] = []
     share_row: list[list[tuple[int, float]]] = []
     phase_of: list[list[int]] = []
     for jn, row in enumerate(opts):
         mine: list[tuple[int, float]] = []
         shares: list[tuple[int, float]] = []
         phases_here: list[int] = []
-        for o in row:
+        for oi, o in enumerate(row):
             for s in range(int(np.searchsorted(starts, o.release - 1e-9)),
                            int(np.searchsorted(starts, ends[jn] - 1e-9))):
                 cap_rows[(o.device, s)].append((col, o.seconds))
@@ -325,6 +346,7 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
                 mine.append((col, float(starts[s])))
                 slot_of.append(s)
                 job_of.append(jn)
+                opt_of.append(oi)
                 shares.append((col, 1.0))
                 phases_here.append(o.phase)
                 x_ub.append(min(1.0, float(lens[s]) / o.seconds))
@@ -351,6 +373,15 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
             if mine_ph:
                 add(mine_ph, opts[jn][0].part if ph == 0 else 1.0 - opts[jn][0].part)
         add([*mean_row[jn], (tail0 + jn, ends[jn]), (c0 + jn, -1.0)], -p[jn] / 2)
+        y_hat = points[jn] if points else None
+        if y_hat is not None:
+            # slow options: C >= M + f's tangent at y_hat (module docstring), the tail at
+            # the request's fastest
+            grad = _q(opts[jn]) @ y_hat
+            fastest = min(p[jn], min(o.seconds for o in opts[jn]))
+            add([*((cc, st + grad[opt_of[cc]]) for cc, st in mean_row[jn]),
+                 (tail0 + jn, ends[jn] + fastest * float(y_hat.sum())), (c0 + jn, -1.0)],
+                0.5 * float(y_hat @ grad))
 
     def y(g: int, k: int) -> int:
         return y0 + g * n_win + k
@@ -419,7 +450,19 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
     np.maximum.at(last, np.array(job_of, dtype=int)[used],
                   (starts + lens)[np.array(slot_of, dtype=int)[used]])
     in_tail = res.x[tail0:tail0 + n_job] > 1e-7
-    return [e if t else float(w) for w, e, t in zip(last, ends, in_tail, strict=True)], dt
+    # each request's shares per option (where its tangent row goes: module docstring)
+    first = np.concatenate([[0], np.cumsum([len(row) for row in opts])]).astype(int)
+    flat = np.zeros(int(first[-1]))
+    np.add.at(flat, first[np.array(job_of, dtype=int)] + np.array(opt_of, dtype=int),
+              res.x[:n_x])
+    return ([e if t else float(w) for w, e, t in zip(last, ends, in_tail, strict=True)], dt,
+            [flat[first[j]:first[j + 1]] for j in range(n_job)])
+
+
+def _q(row: list[Option]) -> np.ndarray:
+    """``min(p_o, p_o')`` over a request's options (``f``'s matrix: module docstring)"""
+    sec = np.array([o.seconds for o in row])
+    return np.minimum.outer(sec, sec)
 
 
 def _spread(ch: list[tuple[float, float]]) -> tuple[float, float]:
