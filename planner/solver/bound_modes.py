@@ -83,8 +83,9 @@ from planner.solver.candidates import curves, solver_devices
 from planner.solver.highs_child import mip_dual_bound
 
 VAR_BUDGET = 40_000  # slot length grows until the MIP has about this many x variables
-#: ... given BUDGET_TIME_S or less (the ~17 s it has within a 60 s solve, beside the
-#: polish: its root LP and a cut round fit at 40,000, not at 50,000); given more time,
+#: ... given BUDGET_TIME_S or less (with a 30 % polish, the ~17 s it had within a 60 s
+#: solve: its root LP and a cut round fit at 40,000, not at 50,000; since the polish has
+#: half the limit on one GPU, about 29 s, so 48,000); given more time,
 #: VAR_BUDGET times (time / BUDGET_TIME_S) ** BUDGET_GROWTH (HiGHS's bound here comes
 #: from its root, which a finer grid raises: given 89 s, 118,000 variables gave 3.5-7 %
 #: more than 50,000 on three one-GPU workloads; its time grows faster than the grid, so

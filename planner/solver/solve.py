@@ -82,6 +82,10 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 MAX_SLOT_PAIRS = 30_000
 PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish/)
+#: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
+#: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
+#: limit on one GPU")
+POLISH_SHARE_ONE_GPU = 0.5
 #: when the polish ends with at least this much of the time limit left (and MORE_MIN_S),
 #: the split search goes on from CP-SAT's solution and the polish runs again
 MORE_SHARE = 0.1
@@ -264,7 +268,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     full = float(getattr(opts, "time_limit_s", 60.0))
     # the search stops early enough to leave the polish its share (polish/)
     polishing = bool(getattr(opts, "polish", True))
-    limit = full * (1.0 - POLISH_SHARE) if polishing else full
+    # half on one GPU where the swap-aware bound runs beside the polish (not in the parts
+    # of a decomposition, which have no bound)
+    one_gpu = sum(d.kind == "gpu" for d in instance.cluster.devices) == 1
+    share = POLISH_SHARE_ONE_GPU if one_gpu and bool(getattr(opts, "bound", True)) \
+        else POLISH_SHARE
+    limit = full * (1.0 - share) if polishing else full
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
