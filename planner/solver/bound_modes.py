@@ -251,7 +251,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
     setup = _Setup(reqs, opts, units, systs, offset, n_grp, s_max, horizon, per_request)
     deadline = started + time_limit_s
     ends = [horizon] * len(opts)
-    points: list[np.ndarray | None] | None = None
+    tangents: list[Tangent | None] | None = None
     if WINDOW_SLOTS > 0:
         # the LP relaxation on a coarse grid: where each request's work lies (a third of
         # the time at most: the MIP's is the bound)
@@ -261,10 +261,9 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
             margin = max(WINDOW_SLOTS * coarse_dt, WINDOW_CHANGES_AFTER * s_max)
             ends = [min(horizon, w + margin) for w in last]
             if POINT_GAIN > 0:
-                points = [y if 0.5 * float(y @ _q(row) @ y) > (1 + POINT_GAIN) * u / 2
-                          * float(y.sum()) ** 2 else None
-                          for y, row, u in zip(shares, opts, units, strict=True)]
-    value = _solve(setup, ends, budget, True, deadline, points)
+                tangents = [_tangent(y, row, u) for y, row, u in zip(shares, opts, units,
+                                                                    strict=True)]
+    value = _solve(setup, ends, budget, True, deadline, tangents)
     return value if isinstance(value, float) else 0.0
 
 
@@ -283,13 +282,13 @@ class _Setup:
 
 
 def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
-           deadline: float, points: list[np.ndarray | None] | None = None
+           deadline: float, tangents: list[Tangent | None] | None = None
            ) -> float | tuple[list[float], float, list[np.ndarray]] | None:
     """The MIP (module docstring) with each request's window ending at ``ends`` (its work
     after it is its tail, counted there without capacity: any ends are valid) on a grid of
     about ``budget`` work variables, solved until ``deadline``: HiGHS's dual bound (0.0
-    where it has none); ``points``: per request, the shares per option where its slow
-    options' tangent row goes (None: no row). ``mip`` False: its LP relaxation instead,
+    where it has none); ``tangents``: per request, its slow options' tangent row (None:
+    no row). ``mip`` False: its LP relaxation instead,
     and (each request's last work, the end of the last slot with its work or its window
     end where some is in its tail; the grid's slot length; each request's shares per
     option); None where it did not end."""
@@ -374,15 +373,10 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
             if mine_ph:
                 add(mine_ph, opts[jn][0].part if ph == 0 else 1.0 - opts[jn][0].part)
         add([*mean_row[jn], (tail0 + jn, ends[jn]), (c0 + jn, -1.0)], -p[jn] / 2)
-        y_hat = points[jn] if points else None
-        if y_hat is not None:
-            # slow options: C >= M + f's tangent at y_hat (module docstring), the tail at
-            # the request's fastest
-            grad = _q(opts[jn]) @ y_hat
-            fastest = min(p[jn], min(o.seconds for o in opts[jn]))
-            add([*((cc, st + grad[opt_of[cc]]) for cc, st in mean_row[jn]),
-                 (tail0 + jn, ends[jn] + fastest * float(y_hat.sum())), (c0 + jn, -1.0)],
-                0.5 * float(y_hat @ grad))
+        tan = tangents[jn] if tangents else None
+        if tan is not None:  # slow options: C >= M + grad . y - f(y^) (module docstring)
+            add([*((cc, st + tan.grad[opt_of[cc]]) for cc, st in mean_row[jn]),
+                 (tail0 + jn, ends[jn] + tan.tail), (c0 + jn, -1.0)], tan.value)
 
     def y(g: int, k: int) -> int:
         return y0 + g * n_win + k
@@ -446,24 +440,37 @@ def _solve(setup: _Setup, ends: list[float], budget: int, mip: bool,
         return float(value) * (1.0 - SAFETY)
     if res.status != 0 or res.x is None:
         return None
+    jobs = np.array(job_of, dtype=int)
     last = np.zeros(n_job)
     used = res.x[:n_x] > 1e-7
-    np.maximum.at(last, np.array(job_of, dtype=int)[used],
-                  (starts + lens)[np.array(slot_of, dtype=int)[used]])
+    np.maximum.at(last, jobs[used], (starts + lens)[np.array(slot_of, dtype=int)[used]])
     in_tail = res.x[tail0:tail0 + n_job] > 1e-7
     # each request's shares per option (where its tangent row goes: module docstring)
     first = np.concatenate([[0], np.cumsum([len(row) for row in opts])]).astype(int)
     flat = np.zeros(int(first[-1]))
-    np.add.at(flat, first[np.array(job_of, dtype=int)] + np.array(opt_of, dtype=int),
-              res.x[:n_x])
+    np.add.at(flat, first[jobs] + np.array(opt_of, dtype=int), res.x[:n_x])
     return ([e if t else float(w) for w, e, t in zip(last, ends, in_tail, strict=True)], dt,
             [flat[first[j]:first[j + 1]] for j in range(n_job)])
 
 
-def _q(row: list[Option]) -> np.ndarray:
-    """``min(p_o, p_o')`` over a request's options (``f``'s matrix: module docstring)"""
+@dataclass(frozen=True)
+class Tangent:
+    """A request's slow options' row (module docstring): ``C >= M + grad . y + tail * t -
+    value``, ``grad`` per option, ``tail`` the tail's coefficient (at its fastest)."""
+    grad: np.ndarray
+    tail: float
+    value: float  # f(y^)
+
+
+def _tangent(y_hat: np.ndarray, row: list[Option], units: float) -> Tangent | None:
+    """``f``'s tangent at a request's shares ``y_hat`` (module docstring), where ``f``
+    there is more than POINT_GAIN above its value with every share at the fastest."""
     sec = np.array([o.seconds for o in row])
-    return np.minimum.outer(sec, sec)
+    grad = np.minimum.outer(sec, sec) @ y_hat  # f = y' min(p_o, p_o') y / 2
+    value = 0.5 * float(y_hat @ grad)
+    if value <= (1 + POINT_GAIN) * units / 2 * float(y_hat.sum()) ** 2:
+        return None
+    return Tangent(grad, min(units, float(sec.min())) * float(y_hat.sum()), value)
 
 
 def _spread(ch: list[tuple[float, float]]) -> tuple[float, float]:

@@ -268,11 +268,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     full = float(getattr(opts, "time_limit_s", 60.0))
     # the search stops early enough to leave the polish its share (polish/)
     polishing = bool(getattr(opts, "polish", True))
-    # half on one GPU where the swap-aware bound runs beside the polish (not in the parts
-    # of a decomposition, which have no bound)
+    want_bound = bool(getattr(opts, "bound", True))
+    # half on one GPU, where the swap-aware bound runs beside the polish; not in the
+    # parts of a decomposition (they have no bound)
     one_gpu = sum(d.kind == "gpu" for d in instance.cluster.devices) == 1
-    share = POLISH_SHARE_ONE_GPU if one_gpu and bool(getattr(opts, "bound", True)) \
-        else POLISH_SHARE
+    share = POLISH_SHARE_ONE_GPU if one_gpu and want_bound else POLISH_SHARE
     limit = full * (1.0 - share) if polishing else full
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
@@ -295,7 +295,6 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # the bound first, inside the time limit (its LP gets at most a sixth of it); later
     # calls with the same data are answered from the bound's cache. The parts of a
     # decomposition have none: only the whole instance's bound is reported.
-    want_bound = bool(getattr(opts, "bound", True))
     if want_bound:
         lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
     one_slot = max((e.slots for e in data.engines), default=1) == 1
