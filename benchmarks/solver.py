@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,8 @@ from planner.generate import CLUSTERS, MIXED_MODELS, WorkloadSpec, build_instanc
 from planner.io import load_instance, parse_instance
 from planner.metrics import compute_metrics, objective_value
 from planner.retime import retime
-from planner.service import SolveOptions, run_baselines
+from planner.service import SolveOptions, as_executed, baselines_as_executed, run_baselines
 from planner.solver import solve_cpsat
-from planner.solver.bound import gap_of
 from planner.solver.greedy import start_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,14 +137,10 @@ def run_one(name: str, seed: int, time_limit: float, workers: int,
     # `planner execute` dispatches it (planner/retime.py; the baselines' simulators leave
     # gaps the executor does not, e.g. fcfs-lru on 1gpu-4models seed 41: 19.30 s on its
     # own grid, 17.22 s dispatched)
-    sched = retime(inst, cost, sched)
-    for b in base.values():
-        if b.schedule is not None:
-            b.metrics = compute_metrics(inst, retime(inst, cost, b.schedule).actions)
+    sched, info = as_executed(inst, cost, sched, info, objective)
+    baselines_as_executed(inst, cost, base)
     m = compute_metrics(inst, sched.actions)
     obj = objective_value(m, objective)
-    if info.bound is not None:
-        info = replace(info, gap=gap_of(obj, info.bound, objective))
     bound_kind = ("pooled deadline" if "bound: pooled-machine deadline" in info.notes else
                   "pooled" if "bound: pooled" in info.notes else
                   "swap MIP" if "bound: swap-aware" in info.notes else

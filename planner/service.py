@@ -225,12 +225,8 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         info = _replace(info, objective=objective_value(
             compute_metrics(instance, schedule.actions), objective))
     schedule = with_engine_options(instance, cost, schedule)
-    schedule, info = _as_executed(instance, cost, schedule, info, objective)
-    timed_base: dict[str, Schedule] = {}
-    for res in baselines.values():  # compared on the same footing
-        if res.schedule is not None:
-            timed_base[res.name] = retime(instance, cost, res.schedule)
-            res.metrics = compute_metrics(instance, timed_base[res.name].actions)
+    schedule, info = as_executed(instance, cost, schedule, info, objective)
+    timed_base = baselines_as_executed(instance, cost, baselines)  # on the same footing
     if opts.solver not in BASELINES:
         schedule, info = _never_worse(instance, cost, schedule, info, objective, baselines,
                                       timed_base)
@@ -268,7 +264,7 @@ class _Observe:
             schedule = with_engine_options(self._instance, self._cost, schedule)
             # the times the final plan will carry (as the executor dispatches), so a
             # streamed plan and the final one are compared on the same footing
-            schedule, info = _as_executed(self._instance, self._cost, schedule, info,
+            schedule, info = as_executed(self._instance, self._cost, schedule, info,
                                           self._objective)
             self._on_plan(Plan(self._instance.name, self._instance.sha256, info, schedule,
                                self._baselines, self._objective))
@@ -345,8 +341,20 @@ def _never_worse(instance: Instance, cost: CostModel, schedule: Schedule, info: 
                f"them it is better ({obj:.3f}) than CP-SAT's ({mine:.3f})"))
 
 
-def _as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
-                 objective: str) -> tuple[Schedule, SolverInfo]:
+def baselines_as_executed(instance: Instance, cost: CostModel,
+                          baselines: dict[str, BaselineResult]) -> dict[str, Schedule]:
+    """Each baseline's plan re-timed as the executor dispatches it (planner.retime), its
+    metrics set from those times (in place); the re-timed plans by name."""
+    timed: dict[str, Schedule] = {}
+    for res in baselines.values():
+        if res.schedule is not None:
+            timed[res.name] = retime(instance, cost, res.schedule)
+            res.metrics = compute_metrics(instance, timed[res.name].actions)
+    return timed
+
+
+def as_executed(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,
+                objective: str) -> tuple[Schedule, SolverInfo]:
     """Times re-predicted as the executor dispatches the plan (planner.retime), and the
     gap from the objective at those times (slot runs re-timed before this move it too)."""
     timed = retime(instance, cost, schedule)
