@@ -673,3 +673,40 @@ def test_a_handed_over_request_is_one_whole_gpu_run_for_batching(monkeypatch  # 
     runs = [_Run(i, a.engine, 0.0, 16, (a.tokens_to or 0) - (a.tokens_from or 0), 99.0)
             for i, a in enumerate(whole.actions) if a.kind == "run"]
     assert _mean_runs(HandoffCost(), whole, {"g0": runs}) == {"g0": pytest.approx(5.6)}
+
+
+def test_candidates_timed_from_their_change_get_the_whole_plans_keys() -> None:
+    """Every candidate the single moves and the ruins score (a run put after each action
+    of its model's engines, or in a period of its own) is timed and scored from the last
+    kept state before its change (``Prefix.key``, with the index it is known to share up
+    to): its key equals the one from timing the whole candidate, on fcfs-lru plans of
+    random instances of 30 requests (over 40 actions: the kept states are used), swaps
+    forced (two models of 10 GiB on a 10-15 GiB GPU)."""
+    from planner.executor.deps import earliest_times, plan_order
+    from planner.solver.polish.moves import movable_runs, placements
+
+    rng = random.Random(5)
+    cost = RoundCost()
+    checked = 0
+    for _ in range(6):
+        reqs = [(f"r{i:02d}", rng.choice("AB"), round(rng.uniform(0, 60), 1),
+                 rng.choice([5, 10, 20, 30])) for i in range(30)]
+        inst = instance(rng.choice([10, 15]), reqs)
+        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0]))
+                                            for r in inst.requests))
+        sched = baselines(inst, cost)["fcfs-lru"]
+        order = plan_order(sched)
+        assert len(order) > 40
+        by_model: dict[str, list[Engine]] = {}
+        for e in sched.engines:
+            by_model.setdefault(e.model, []).append(e)
+        score = Score(inst, "mean_response")
+        for q in movable_runs(order, by_model):
+            at = next(i for i, a in enumerate(order) if a.kind == "run" and a.request == q)
+            rest = order[:at] + order[at + 1:]
+            for key, cand in placements(inst, cost, rest, order[at], by_model, score.arrival,
+                                        score, (float("inf"),), time.perf_counter() + 60,
+                                        skip=at - 1):
+                assert key == score(cand, earliest_times(cand, score.arrival)[1])
+                checked += 1
+    assert checked > 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from planner.domain import Action, Schedule
+from planner.domain import TRANSFER_KINDS, Action, Schedule
 
 Spans = Mapping[str, tuple[str, ...]]
 
@@ -107,13 +107,16 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
     lane, engine, request = ends.lane, ends.engine, ends.request
     start: list[float] = []
     end: list[float] = []
-    for a in actions:
-        split = spans.get(a.engine) if spans else None
-        lk = (a.device, a.lane)
+    transfer = TRANSFER_KINDS
+    for a in actions:  # (attributes read once each: the polish's inner loop)
+        eng, kind = a.engine, a.kind
+        split = spans.get(eng) if spans else None
+        ln = "transfer" if kind in transfer else "compute"  # a.lane, inlined
+        lk = (a.device, ln)
         s = lane.get(lk, 0.0)
         if split:
-            s = max(lane.get((d, a.lane), 0.0) for d in split)
-        x = engine.get(a.engine, 0.0)
+            s = max(lane.get((d, ln), 0.0) for d in split)
+        x = engine.get(eng, 0.0)
         if x > s:
             s = x
         q = a.request
@@ -121,15 +124,17 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
             x = request.get(q, 0.0)
             if x > s:
                 s = x
-            if a.kind == "run" and arrival[q] > s:
-                s = arrival[q]
+            if kind == "run":
+                x = arrival[q]
+                if x > s:
+                    s = x
         e = s + (a.end_s - a.start_s)
         start.append(s)
         end.append(e)
-        lane[lk] = engine[a.engine] = e
+        lane[lk] = engine[eng] = e
         if split:
             for d in split:
-                lane[(d, a.lane)] = e
+                lane[(d, ln)] = e
         if q is not None:
             request[q] = e
     return start, end

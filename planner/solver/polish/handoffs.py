@@ -118,7 +118,7 @@ def handoffs(instance: Instance, cost: CostModel, schedule: Schedule, order: lis
                                 cand += [*rest[j + 1:at], *gpu_part, *rest[at:]]
                             else:
                                 cand += rest[j + 1:]
-                            key = score(cand, prefix.ends_of(cand))
+                            key = prefix.key(score, cand)
                             if key < best_key:
                                 cands.append((key, cand))
     return first_valid(instance, schedule, arrival, cands)

@@ -68,6 +68,10 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
     req = instance.request(run.request)
     model = next(e.model for es in by_model.values() for e in es if e.id == run.engine)
     prefix = Prefix(rest, arrival, spans)
+    # only where ``rest`` leaves a period of the run's engine empty can a candidate (rest
+    # with a run or a period added) have one: elsewhere it shares rest's first j + 1
+    # actions, and is timed and scored from there
+    empty = drop_empty(rest, run.engine) is not rest
     cands: list[tuple[tuple[float, ...], list[Action]]] = []
     for e in by_model.get(model, []):
         if req.total_tokens > e.n_ctx:
@@ -90,8 +94,10 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                 continue  # the engine is gone before the request arrives
             if time.perf_counter() >= deadline:
                 break
-            cand = drop_empty([*rest[:j + 1], moved, *rest[j + 1:]], run.engine)
-            key = score(cand, prefix.ends_of(cand))
+            cand = [*rest[:j + 1], moved, *rest[j + 1:]]
+            if empty:
+                cand = drop_empty(cand, run.engine)
+            key = prefix.key(score, cand, None if empty else j + 1)
             if key < bar:
                 cands.append((key, cand))
         # or a period of its own: e loaded for it where its device's lane frees memory
@@ -103,9 +109,10 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                 continue
             if time.perf_counter() >= deadline:
                 break
-            cand = drop_empty([*rest[:j + 1], load, moved, unload, *rest[j + 1:]],
-                              run.engine)
-            key = score(cand, prefix.ends_of(cand))
+            cand = [*rest[:j + 1], load, moved, unload, *rest[j + 1:]]
+            if empty:
+                cand = drop_empty(cand, run.engine)
+            key = prefix.key(score, cand, None if empty else j + 1)
             if key < bar:
                 cands.append((key, cand))
     return cands

@@ -50,10 +50,27 @@ class Score:
         self.arrival = {r.id: r.arrival_s for r in instance.requests}
 
     def __call__(self, actions: list[Action], end: list[float]) -> tuple[float, ...]:
-        done: dict[str, float] = {}
+        return self.after({}, actions, end)
+
+    @staticmethod
+    def done_by(actions: list[Action], end: list[float],
+                done: dict[str, float] | None = None) -> dict[str, float]:
+        """Each request's last run end in ``actions`` (``done``, updated in place: the
+        ends of the actions before these)."""
+        done = {} if done is None else done
         for a, e in zip(actions, end, strict=True):
             if a.kind == "run" and a.request is not None:
-                done[a.request] = max(done.get(a.request, e), e)
+                q = a.request
+                if e > done.get(q, e - 1.0):
+                    done[q] = e
+        return done
+
+    def after(self, before: dict[str, float], actions: list[Action], end: list[float]
+              ) -> tuple[float, ...]:
+        """The key of a plan whose first actions left ``before`` (:meth:`done_by`, not
+        changed) and whose other actions are ``actions``, ending at ``end``: a candidate
+        scored from its changed part only (the same key as from the whole plan)."""
+        done = self.done_by(actions, end, dict(before))
         key: tuple[float, ...]
         if self.objective == "mean_response":  # objective_key's, directly
             w = self.weight
@@ -77,22 +94,45 @@ class Prefix:
         self.arrival = arrival
         self.spans = spans
         self.states: list[Ends] = []
+        self.done: list[dict[str, float]] = []  # the requests' last run ends before each
         ends = Ends()
         self.end: list[float] = []
+        done: dict[str, float] = {}
         for i in range(0, len(rest), PREFIX_STRIDE):
             self.states.append(ends.copy())
-            self.end += earliest_times(rest[i:i + PREFIX_STRIDE], arrival, ends, spans)[1]
+            self.done.append(dict(done))
+            part = earliest_times(rest[i:i + PREFIX_STRIDE], arrival, ends, spans)[1]
+            Score.done_by(rest[i:i + PREFIX_STRIDE], part, done)
+            self.end += part
         self.states.append(ends)
+        self.done.append(done)
 
-    def ends_of(self, cand: list[Action]) -> list[float]:
-        k = 0
+    def _same(self, cand: list[Action], k: int | None) -> int:
+        """How many first actions ``cand`` shares with ``rest`` (``k``: known to share at
+        least that many)."""
+        k = k or 0
         n = min(len(cand), len(self.rest))
         while k < n and cand[k] is self.rest[k]:
             k += 1
-        base = k // PREFIX_STRIDE  # cand[:k] is rest's: its times are known
+        return k
+
+    def ends_of(self, cand: list[Action], k: int | None = None) -> list[float]:
+        """The earliest end of each of ``cand``'s actions (``k``: it shares at least its
+        first ``k`` actions with ``rest``)."""
+        base = self._same(cand, k) // PREFIX_STRIDE  # cand[:k] is rest's: times known
         k = base * PREFIX_STRIDE
         return self.end[:k] + earliest_times(cand[k:], self.arrival,
                                              self.states[base].copy(), self.spans)[1]
+
+    def key(self, score: Score, cand: list[Action], k: int | None = None
+            ) -> tuple[float, ...]:
+        """``score``'s key of ``cand`` (as ``score(cand, self.ends_of(cand))``), timed and
+        scored from its last kept state at or before its change only."""
+        base = self._same(cand, k) // PREFIX_STRIDE
+        k = base * PREFIX_STRIDE
+        tail = cand[k:]
+        return score.after(self.done[base], tail, earliest_times(
+            tail, self.arrival, self.states[base].copy(), self.spans)[1])
 
     def state_at(self, k: int) -> Ends:
         """The waiting state before ``rest[k]`` (a copy of its own)."""
