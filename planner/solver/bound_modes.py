@@ -197,7 +197,7 @@ def mode_bound(instance: Instance, cost: CostModel, per_device: dict[str, dict[s
                time_limit_s: float) -> float:
     """A lower bound on ``sum_j w_j C_j`` (module docstring) for an instance with one GPU;
     0.0 when it does not apply (no GPU, several, fewer than two groups, no time).
-    ``per_device``: per request, the devices it may run on (``bound.request_bounds``'s
+    ``per_device``: per request, the devices it may run on (``bound_requests.request_bounds``'s
     keys; the other devices' times come from their configurations here);
     ``load``: least load per (model, device); ``per_request``: a lower bound on each
     request's completion time. Work is counted in units, prefill and decode apart

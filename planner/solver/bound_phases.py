@@ -22,7 +22,7 @@ max_d rho_d`` seconds: the bounds' rows hold with ``p_jd`` replaced by
 ``min(p_jd, U_j / rho_d)`` (:func:`scaled`). Where phases scale alike (GPUs of one
 kind, or no two devices) nothing changes: ``rho_d = kappa_d``, ``kappa_f = 1``.
 
-Phases are probed, as the fastest configuration is (``bound._fastest``): prefills of
+Phases are probed, as the fastest configuration is (``bound_requests._fastest``): prefills of
 the shortest prompt and of the longest prompt plus output of the model's requests (every
 prompt lies between; a recompute's prefill redoes work and is no progress), decode steps at
 ``PROBES`` depths between them, each over every candidate split of the device
@@ -138,7 +138,7 @@ class TwoPhases:
 
     def _fastest(self, model: str, cs: list[EngineConfig]) -> list[EngineConfig]:
         """Those of ``cs`` that are the fastest of them at a probed prefill length or decode
-        depth (as ``bound._fastest``; usually one)."""
+        depth (as ``bound_requests._fastest``; usually one)."""
         key = tuple(cs)
         if key not in self.fast:
             cost = self.cost
