@@ -800,6 +800,40 @@ def test_swap_bound_with_models_of_several_sizes_below_exhaustive_optimum() -> N
     assert several > 4 and above > 10, (several, above)
 
 
+def test_swap_bound_with_lower_systems_below_exhaustive_optimum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second system per big level (``bound_modes.systems``: its big group from where
+    the smallest model's fastest split no longer fits beside it) on 60 random one-GPU
+    instances with models of 10, 7 and 3 GiB on a GPU of 10-13 GiB: the bound with it never
+    exceeds the exhaustive optimum, the system is there on many, and the bound is higher
+    with it than without on some (the big model's 8-9 layer splits, in ``mid`` with the
+    small models before, now pay for a change to them)."""
+    from planner.solver import bound_modes
+    from planner.solver.bound import swap_bound
+
+    rng = random.Random(41)
+    lowered = higher = 0
+    for _ in range(60):
+        n = rng.randint(2, 4)
+        reqs = [(f"r{i}", rng.choice("ABC"), round(rng.uniform(0, 4), 1),
+                 rng.choice([5, 10, 20, 30])) for i in range(n)]
+        inst = instance(rng.choice([10, 11, 12, 13]), reqs, host_gib=rng.choice([1, 64]))
+        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
+                                            for r in inst.requests))
+        cost = SizedCost()
+        best = brute_force(inst, cost, {})
+        monkeypatch.setattr(bound_modes, "LOWER_SYSTEMS", True)
+        value = swap_bound(inst, cost, "mean_response", 10.0)
+        assert value <= best + 1e-6, (inst, value, best)
+        with_it = bound_modes.systems(inst, cost, "g0")
+        monkeypatch.setattr(bound_modes, "LOWER_SYSTEMS", False)
+        without = bound_modes.systems(inst, cost, "g0")
+        if with_it is not None and len(with_it[1]) > len(without[1] if without else []):
+            lowered += 1
+            higher += value > swap_bound(inst, cost, "mean_response", 10.0) + 1e-6
+    assert lowered > 10 and higher > 5, (lowered, higher)
+
+
 def test_solve_reports_the_swap_bound_where_it_is_the_largest() -> None:
     """The hand case above through ``solve_cpsat`` (3 s): the swap bound, computed while
     the polish runs, is the reported bound (named in the notes), below the plan."""

@@ -18,6 +18,16 @@ each with binaries of its own: a swap between the 32B model (19 GiB) and the 8B 
 23.8 GiB) puts both in ``mid``. All systems constrain the same work variables (a split's
 work counts in its group of each system).
 
+Beside each of those, a second system for the same models (``LOWER_SYSTEMS``), its big
+group their splits holding at least ``T = max(cap / 2, cap - b_min)`` (``b_min``: the
+smallest model's fastest split; the rest, as above, ``mid`` above ``cap - T``): a split a
+little slower than the largest model's fastest (the 14B F16 model at 44 layers, 22 % slower
+per unit than at 46) is in the first system's ``mid`` with the small models and changes
+with them for free; here it is big (`1gpu-4models` seeds 41, 52, 54, 61, 29 s of MIP:
+7.73 -> 7.88, 17.23 -> 17.35, 13.39 -> 13.56, 12.59 -> 12.86 s; pareto seeds 41, 53, 55:
+16.28 -> 16.40, 15.51 -> 15.38, 17.76 -> 18.01; `1gpu-6models` seed 41 44.41 -> 45.23;
+2026-12-06).
+
 When every model's fastest split holds more than half the GPU, there is one system with
 a group per model, of its engines holding more than half (a shared ``mid`` group would
 let two models' large splits, which do not fit together, take turns for free). Where small
@@ -109,6 +119,9 @@ POINT_GAIN = 0.02
 IN_PROCESS_COLS = 5_000
 WINDOW_CHANGES = 0.5  # a window lasts this many of the longest group changes
 HORIZON_CHANGES = 4  # the horizon leaves room for this many longest changes
+#: a second system per big level, its big group from a lower threshold (``systems``);
+#: off in a test only
+LOWER_SYSTEMS = True
 SAFETY = 1e-6  # relative: HiGHS's dual bound is within its tolerances
 
 
@@ -160,6 +173,15 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
     else:
         levels = sorted({b for b in held.values() if 2 * b > cap}, reverse=True)
         bigs = [{m: b for m, b in held.items() if b == level} for level in levels]
+        if LOWER_SYSTEMS:
+            # the same models' splits from where the smallest model's fastest split no
+            # longer fits beside them: their slightly slower splits (in ``mid`` above,
+            # changing with the small models for free) are big here
+            smallest = min(held.values())
+            for level in levels:
+                t = max(cap // 2 + 1, cap - smallest + 1)
+                if t < level:
+                    bigs.append({m: t for m, b in held.items() if b == level})
     out: list[System] = []
     for big_b in bigs:
         least = min(big_b.values())
