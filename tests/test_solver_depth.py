@@ -772,6 +772,18 @@ class SizedCost(RoundCost):
         return int((self.LAYERS - cfg.n_gpu_layers) * self.SIZE[cfg.model] * GIB)
 
 
+def _sized_instance(rng: random.Random) -> Instance:
+    """One GPU of 10-13 GiB (the host holding the models or not), 2-4 requests of models
+    A, B and C (10, 7 and 3 GiB with :class:`SizedCost`), random arrivals, lengths and
+    weights."""
+    n = rng.randint(2, 4)
+    reqs = [(f"r{i}", rng.choice("ABC"), round(rng.uniform(0, 4), 1),
+             rng.choice([5, 10, 20, 30])) for i in range(n)]
+    inst = instance(rng.choice([10, 11, 12, 13]), reqs, host_gib=rng.choice([1, 64]))
+    return replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
+                                        for r in inst.requests))
+
+
 def test_swap_bound_with_models_of_several_sizes_below_exhaustive_optimum() -> None:
     """60 random one-GPU instances with models of 10, 7 and 3 GiB on a GPU of 10-13 GiB
     (the host holding them or not), 2-4 requests: the swap bound, with a group system
@@ -783,12 +795,7 @@ def test_swap_bound_with_models_of_several_sizes_below_exhaustive_optimum() -> N
     rng = random.Random(3)
     above = several = 0
     for _ in range(60):
-        n = rng.randint(2, 4)
-        reqs = [(f"r{i}", rng.choice("ABC"), round(rng.uniform(0, 4), 1),
-                 rng.choice([5, 10, 20, 30])) for i in range(n)]
-        inst = instance(rng.choice([10, 11, 12, 13]), reqs, host_gib=rng.choice([1, 64]))
-        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
-                                            for r in inst.requests))
+        inst = _sized_instance(rng)
         cost = SizedCost()
         best = brute_force(inst, cost, {})
         other, _name = lower_bound(inst, cost, None, "mean_response")
@@ -814,12 +821,7 @@ def test_swap_bound_with_lower_systems_below_exhaustive_optimum(
     rng = random.Random(41)
     lowered = higher = 0
     for _ in range(60):
-        n = rng.randint(2, 4)
-        reqs = [(f"r{i}", rng.choice("ABC"), round(rng.uniform(0, 4), 1),
-                 rng.choice([5, 10, 20, 30])) for i in range(n)]
-        inst = instance(rng.choice([10, 11, 12, 13]), reqs, host_gib=rng.choice([1, 64]))
-        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0, 5.0]))
-                                            for r in inst.requests))
+        inst = _sized_instance(rng)
         cost = SizedCost()
         best = brute_force(inst, cost, {})
         monkeypatch.setattr(bound_modes, "LOWER_SYSTEMS", True)
