@@ -116,18 +116,11 @@ class Prefix:
             k += 1
         return k
 
-    def ends_of(self, cand: list[Action], k: int | None = None) -> list[float]:
-        """The earliest end of each of ``cand``'s actions (``k``: it shares at least its
-        first ``k`` actions with ``rest``)."""
-        base = self._same(cand, k) // PREFIX_STRIDE  # cand[:k] is rest's: times known
-        k = base * PREFIX_STRIDE
-        return self.end[:k] + earliest_times(cand[k:], self.arrival,
-                                             self.states[base].copy(), self.spans)[1]
-
     def key(self, score: Score, cand: list[Action], k: int | None = None
             ) -> tuple[float, ...]:
-        """``score``'s key of ``cand`` (as ``score(cand, self.ends_of(cand))``), timed and
-        scored from its last kept state at or before its change only."""
+        """``score``'s key of ``cand`` (as from timing the whole of it), timed and scored
+        from its last kept state at or before its change only (``k``: it shares at least
+        its first ``k`` actions with ``rest``; ``cand[:k]`` is rest's, its times known)."""
         base = self._same(cand, k) // PREFIX_STRIDE
         k = base * PREFIX_STRIDE
         tail = cand[k:]
