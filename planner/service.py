@@ -265,7 +265,7 @@ class _Observe:
             # the times the final plan will carry (as the executor dispatches), so a
             # streamed plan and the final one are compared on the same footing
             schedule, info = as_executed(self._instance, self._cost, schedule, info,
-                                          self._objective)
+                                         self._objective)
             self._on_plan(Plan(self._instance.name, self._instance.sha256, info, schedule,
                                self._baselines, self._objective))
 

@@ -177,11 +177,9 @@ def systems(instance: Instance, cost: CostModel, gpu: str) -> tuple[
             # the same models' splits from where the smallest model's fastest split no
             # longer fits beside them: their slightly slower splits (in ``mid`` above,
             # changing with the small models for free) are big here
-            smallest = min(held.values())
-            for level in levels:
-                t = max(cap // 2 + 1, cap - smallest + 1)
-                if t < level:
-                    bigs.append({m: t for m, b in held.items() if b == level})
+            t = max(cap // 2 + 1, cap - min(held.values()) + 1)
+            bigs += [{m: t for m, b in held.items() if b == level}
+                     for level in levels if t < level]
     out: list[System] = []
     for big_b in bigs:
         least = min(big_b.values())
