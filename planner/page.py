@@ -387,7 +387,7 @@ def write_page(path: Path, data: Any, out: Path, instance_path: Path | None) -> 
     from planner.costmodel import cost_model_for
     from planner.errors import InputError
     from planner.io import write_atomic
-    from planner.service import plan_and_instance
+    from planner.plan_files import plan_and_instance
 
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt in ("planner.plan/1", "planner.plan/1.1"):

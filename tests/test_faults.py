@@ -199,7 +199,7 @@ def test_model_file_broken_between_solve_and_execute(tmp_path: Path, models: tup
 def test_model_file_removed_during_replay(tmp_path: Path, models: tuple[Path, Path]) -> None:
     """The file goes after the plan was checked for replay, before its engine loads it."""
     from planner.executor import Replay
-    from planner.service import prepare_replay
+    from planner.plan_files import prepare_replay
 
     plan = solved(tmp_path, models, copy_models=True)
     inst, schedule, paths, overrides, _warnings = prepare_replay(plan, None, {})

@@ -104,7 +104,7 @@ def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: 
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from planner.service import prepare_replay
+    from planner.plan_files import prepare_replay
 
     inst, schedule, paths, overrides, warnings = prepare_replay(
         plan, instance, parse_device_map(device_map), force=force)

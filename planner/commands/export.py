@@ -47,7 +47,7 @@ def export_cmd(plan: Path, target: str, swap_form: str, report: Path | None,
     """
     from planner.export import export
     from planner.io import read_json
-    from planner.service import plan_and_instance
+    from planner.plan_files import plan_and_instance
 
     warnings: list[str] = []
     inst, schedule = plan_and_instance(plan, instance, force=force, warnings=warnings)

@@ -93,7 +93,8 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
       planner solve instances/cpu-demo.json --slots 1,2,4
     """
     from planner import interrupt
-    from planner.service import SolveOptions, mark_interrupted, prepare, write_plan
+    from planner.plan_files import write_plan
+    from planner.service import SolveOptions, mark_interrupted, prepare
     from planner.service import solve as do_solve
 
     inst, cost = prepare(instance, cost_model)

@@ -22,7 +22,7 @@ def validate(file: Path, instance: Path | None, force: bool) -> None:
       planner validate solutions/mixed.json
       planner validate /tmp/plan.json --instance instances/mixed.json
     """
-    from planner.service import validate_file
+    from planner.plan_files import validate_file
 
     warnings: list[str] = []
     violations = validate_file(file, instance, force=force, warnings=warnings)

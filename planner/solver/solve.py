@@ -12,9 +12,11 @@ is solved in two stages (engines from its start plan, then CP-SAT over loads,
 routing and order), and an instance without a start plan as a rolling horizon
 (windows in arrival order, each over what earlier windows committed).
 
-Bound: :mod:`planner.solver.bound` (valid for the instance, queueing-aware). The
-CP-SAT bound of the last monolithic model (which only bounds that model: its
-candidate configurations and number of periods) is quoted in ``notes``.
+Steps (the two-phase solve of a window, the swap bound in a thread, observers):
+:mod:`planner.solver.steps`. Bound: :mod:`planner.solver.bound` (valid for the
+instance, queueing-aware). The CP-SAT bound of the last monolithic model (which only
+bounds that model: its candidate configurations and number of periods) is quoted in
+``notes``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ from planner.metrics import (
     objective_key,
     objective_value,
 )
-from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound, swap_bound
+from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.candidates import polish_engines
 from planner.solver.data import (
@@ -58,14 +59,23 @@ from planner.solver.lns import refine_splits
 from planner.solver.model import (
     PROGRESS,
     CPModel,
-    Frozen,
     Hint,
-    SolveHooks,
     SolveParams,
     WindowSolution,
 )
-from planner.solver.plan import PlanBuilder, hint_from_schedule, hint_from_solution
+from planner.solver.plan import PlanBuilder, hint_from_schedule
 from planner.solver.polish import polish
+from planner.solver.steps import (
+    SWAP_BOUND_MARGIN_S,
+    SwapBound,
+    base_info_of,
+    cpsat_bound_seconds,
+    hooks,
+    slot_pairs,
+    split_candidates,
+    two_phases,
+    without_slots,
+)
 
 MAX_OPTIONS = 6000  # request options one CP-SAT model holds before the horizon is rolled
 CANDIDATE_OPTIONS = 6000  # option budget of the first working set (candidates.working_set)
@@ -80,7 +90,6 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 #: engines are left out: 128 requests on one H200 count 655,072 (CP-SAT's log showed
 #: 458,612 no-overlap constraints), and CP-SAT's presolve alone outran a 10 s limit
 MAX_SLOT_PAIRS = 30_000
-PHASE1_SHARE = 0.75  # monolithic model: share of the time solved without preemption first
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish/)
 #: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
 #: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
@@ -90,55 +99,10 @@ POLISH_SHARE_ONE_GPU = 0.5
 #: the split search goes on from CP-SAT's solution and the polish runs again
 MORE_SHARE = 0.1
 MORE_MIN_S = 3.0
-PROGRESS_EVERY_S = 0.5  # least time between two plans passed to a progress observer
 
 
 def _error(msg: str) -> Exception:
     return SolveError(msg)
-
-
-# --- bounds ----------------------------------------------------------------------------
-
-#: the swap-aware bound's MIP is given until this long before the time limit (its HiGHS
-#: child is killed GRACE_S after that), and waited for until the limit at most
-SWAP_BOUND_MARGIN_S = 1.0
-
-
-class _SwapBound:
-    """:func:`planner.solver.bound.swap_bound`, computed in a thread while the polish runs
-    (the MIP in a child process, :mod:`planner.solver.highs_child`, on the core CP-SAT's
-    workers had: the polish keeps Python's lock and its own core),
-    or from the search's start where the machine has more cores than CP-SAT has workers.
-    It applies to one-GPU instances under weighted mean response; elsewhere it returns at
-    once."""
-
-    def __init__(self, instance: Instance, cost: CostModel, objective: str,
-                 deadline: float) -> None:
-        self._out: list[float] = []
-
-        def run() -> None:
-            with contextlib.suppress(Exception):  # a bound that fails is only left out
-                self._out.append(swap_bound(instance, cost, objective,
-                                            deadline - time.perf_counter()))
-
-        self._thread = threading.Thread(target=run, name="swap-bound", daemon=True)
-        self._thread.start()
-
-    def value(self, wait_until: float) -> float | None:
-        """The bound, or None when it did not end by ``wait_until`` or does not apply."""
-        self._thread.join(max(0.0, wait_until - time.perf_counter()))
-        return self._out[0] if self._out and self._out[0] > 0 else None
-
-
-def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) -> str:
-    """The monolithic model's own CP-SAT bound, in the objective's units, for the notes."""
-    if objective == "mean_response":
-        wsum = sum(rd.weight for rd in data.requests)
-        arr = sum(rd.weight * rd.req.arrival_s for rd in data.requests)
-        return f"{max(0.0, (sol.bound / TICKS_PER_S - arr) / wsum):.3f} s"
-    if objective == "makespan":
-        return f"{sol.bound / TICKS_PER_S:.3f} s"
-    return f"{sol.bound:.0f} (internal units)"
 
 
 # --- entry point -----------------------------------------------------------------------
@@ -150,110 +114,6 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
     n = -(-len(reqs) // size)
     size = -(-len(reqs) // n)
     return [reqs[i:i + size] for i in range(0, len(reqs), size)]
-
-
-def slot_pairs(data: ProblemData, periods: int) -> int:
-    """How many pairwise no-overlap constraints the compute lanes of ``data`` need: each
-    run option on a slot engine against every option of another engine on its devices."""
-    devices = {e.key: e.devices for e in data.engines}
-    per: dict[str, dict[int, int]] = {}
-    for rd in data.requests:
-        for key in rd.run:
-            for d in devices[key]:
-                counts = per.setdefault(d, {})
-                counts[key] = counts.get(key, 0) + periods
-    slots = {e.key for e in data.engines if e.slots > 1}
-    total = 0
-    for counts in per.values():
-        n = sum(counts.values())
-        total += sum(c * (n - c) for k, c in counts.items() if k in slots)
-    return total
-
-
-def _one_slot(data: ProblemData) -> ProblemData:
-    """``data`` without its slot engines (one slot per engine)."""
-    return restrict(data, {e.key for e in data.engines if e.slots == 1})
-
-
-def split_candidates(win: list[RequestData], limit: int) -> frozenset[str]:
-    """The requests a window's model may preempt: those given alternatives (build_data
-    picks where preemption can pay most), at most ``limit``."""
-    cands = [rd for rd in win if rd.splits][:limit]
-    return frozenset(rd.req.id for rd in cands)
-
-
-def _two_phases(data: ProblemData, win: list[RequestData], objective: str,
-                n_periods: dict[int, int], frozen: Frozen, horizon: int,
-                splits: frozenset[str], hint: Hint | None, share: float,
-                params: SolveParams) -> WindowSolution | None:
-    """Without preemption for PHASE1_SHARE of the time, then with it, warm-started from
-    the first solution; the better of the two (the second model contains the first)."""
-    t0 = time.perf_counter()
-    cp1 = CPModel(data, win, objective, n_periods, frozen, horizon)
-    if hint is not None:
-        cp1.add_hint(hint)
-    left = share - (time.perf_counter() - t0)
-    sol1 = cp1.solve(SolveParams(max(0.5, left * PHASE1_SHARE), params.workers, params.seed,
-                                 params.log, params.hooks))
-    if sol1 is not None and sol1.status == "INFEASIBLE":
-        sol1 = None  # the second model may still be feasible
-    cp2 = CPModel(data, win, objective, n_periods, frozen, horizon, splits)
-    if sol1 is not None:
-        cp2.add_hint(hint_from_solution(sol1))
-    elif hint is not None:
-        cp2.add_hint(hint)
-    left = share - (time.perf_counter() - t0)
-    sol2 = cp2.solve(SolveParams(max(0.5, left), params.workers, params.seed, params.log,
-                                 params.hooks))
-    if sol2 is None or (sol2.status == "INFEASIBLE" and sol1 is not None):
-        if sol1 is not None:  # its bound only bounds the model without preemption
-            sol1.status, sol1.bound = "FEASIBLE", 0.0
-        return sol1
-    if sol1 is not None and sol1.objective < sol2.objective:
-        sol1.status, sol1.bound = "FEASIBLE", sol2.bound
-        return sol1
-    return sol2
-
-
-def base_info_of(opts: Any) -> dict[str, Any]:
-    return {"time_limit_s": float(getattr(opts, "time_limit_s", 60.0)),
-            "workers": int(getattr(opts, "workers", 2))}
-
-
-def _hooks(opts: Any, instance: Instance, cost: CostModel, data: ProblemData, objective: str,
-           monolithic: bool, t0: float, best: Any, info: dict[str, Any]) -> SolveHooks | None:
-    """Observers from ``opts.progress`` (called with each improving plan, at most every
-    PROGRESS_EVERY_S, monolithic models only) and ``opts.stop`` (ends the search and keeps
-    the best plan so far). Without them the search runs exactly as before."""
-    progress = getattr(opts, "progress", None)
-    stop = getattr(opts, "stop", None)
-    if progress is None and stop is None:
-        return None
-    if progress is None or not monolithic:
-        return SolveHooks(None, stop)
-    bound = lower_bound(instance, cost, data, objective)[0]
-    last = [-1e9]
-    best_key = [objective_key(best, objective) if best is not None else None]
-
-    def on_solution(_internal: float, read: Any) -> None:
-        now = time.perf_counter()
-        if now - last[0] < PROGRESS_EVERY_S:
-            return
-        last[0] = now
-        builder = PlanBuilder(data)
-        builder.commit(read(), True)
-        sched = builder.schedule()
-        m = compute_metrics(instance, sched.actions)
-        key = objective_key(m, objective)
-        if best_key[0] is not None and key >= best_key[0]:
-            return
-        best_key[0] = key
-        obj = objective_value(m, objective)
-        progress(sched, SolverInfo("cp-sat", "RUNNING", obj, bound, gap_of(obj, bound, objective),
-                                   now - t0, **info, notes="an improving CP-SAT solution; "
-                                   "the search goes on"))
-
-    return SolveHooks(on_solution, stop)
 
 
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
@@ -298,11 +158,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if want_bound:
         lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
     one_slot = max((e.slots for e in data.engines), default=1) == 1
-    swaps: _SwapBound | None = None  # the swap-aware bound's thread, once started
+    swaps: SwapBound | None = None  # the swap-aware bound's thread, once started
     if want_bound and one_slot and (os.cpu_count() or 1) > workers:
         # a core CP-SAT's workers leave free: the swap-aware bound from now on (with the
         # polish off too)
-        swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
+        swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
     base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
     best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
                     default=None)
@@ -319,7 +179,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         start_better = best_base == SMITH and reported is not None
         if slots != (1,):
             # the decomposition plans one slot per engine (docs/solver.md)
-            data = _one_slot(data)
+            data = without_slots(data)
             opts = copy.copy(opts)
             opts.slots = (1,)
         return solve_by_parts(solve_cpsat, instance, cost, objective, opts,
@@ -349,7 +209,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             (pairs := slot_pairs(data, PERIODS)) > MAX_SLOT_PAIRS:
         # the slot model's compute lanes are pairwise (constraints.py): too many pairs and
         # CP-SAT does not get past its presolve; plan one slot per engine instead
-        data = _one_slot(data)
+        data = without_slots(data)
         slot_note = (f"; slots left out: their model would need {pairs:,} pairwise "
                      f"no-overlap constraints (limit {MAX_SLOT_PAIRS:,})")
     reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
@@ -357,11 +217,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if len(windows) > 1 and any(e.slots > 1 for e in data.engines):
         # slot engines are planned in one window (runs frozen from an earlier window
         # may overlap on them); a larger instance keeps one slot per engine
-        data = _one_slot(data)
+        data = without_slots(data)
         reqs = sorted(data.requests, key=lambda rd: (rd.arrival, rd.req.id))
         windows = _windows(reqs, options(data))
-    params.hooks = _hooks(opts, instance, cost, data, objective, len(windows) == 1, t0,
-                          base_metrics.get(best_base) if best_base else None, base_info_of(opts))
+    params.hooks = hooks(opts, instance, cost, data, objective, len(windows) == 1, t0,
+                         base_metrics.get(best_base) if best_base else None, base_info_of(opts))
 
     hint: Hint | None = None
     hint_end = 0
@@ -402,7 +262,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         if search:
             share *= FIRST_SHARE
         if len(windows) == 1 and splits:
-            sol = _two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
+            sol = two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
                               hint, share, params)
         else:
             cp = CPModel(data, win, objective, n_periods, builder.frozen, horizon, splits)
@@ -489,7 +349,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if polishing and not stopped():
         # (a stop request ends the search; the plan is written as it is, at once)
         if swaps is None and want_bound and one_slot:  # on the core the search had
-            swaps = _SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
+            swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
         own = compute_metrics(instance, sched.actions)
         worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
             < objective_key(own, objective)
