@@ -599,3 +599,16 @@ def test_notes_count_in_words() -> None:
 
     assert [counted(n, "kv_save") for n in (0, 1, 2)] == ["0 kv_saves", "1 kv_save",
                                                           "2 kv_saves"]
+
+
+def test_cpsat_bound_note_in_seconds_for_tardiness() -> None:
+    """The restricted model's CP-SAT bound is quoted in the objective's units: for weighted
+    tardiness, its integer objective (weights times WEIGHT_SCALE, times ticks late) back in
+    weighted seconds: a weight-2 request 1.5 s late is 3 s."""
+    from planner.solver.data import TICKS_PER_S, WEIGHT_SCALE
+    from planner.solver.steps import cpsat_bound_seconds
+    from planner.solver.variables import WindowSolution
+
+    internal = (2 * WEIGHT_SCALE) * round(1.5 * TICKS_PER_S)
+    sol = WindowSolution("OPTIMAL", internal, internal, {}, {})
+    assert cpsat_bound_seconds(None, sol, "tardiness") == "3.000 s of weighted tardiness"  # type: ignore[arg-type]

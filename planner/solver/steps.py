@@ -14,7 +14,13 @@ from planner.costmodel.base import CostModel
 from planner.domain import Instance, SolverInfo
 from planner.metrics import compute_metrics, objective_key, objective_value
 from planner.solver.bound import gap_of, lower_bound, swap_bound
-from planner.solver.data import TICKS_PER_S, ProblemData, RequestData, restrict
+from planner.solver.data import (
+    TICKS_PER_S,
+    WEIGHT_SCALE,
+    ProblemData,
+    RequestData,
+    restrict,
+)
 from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams, WindowSolution
 from planner.solver.plan import PlanBuilder, hint_from_solution
 
@@ -63,6 +69,8 @@ def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) 
         return f"{max(0.0, (sol.bound / TICKS_PER_S - arr) / wsum):.3f} s"
     if objective == "makespan":
         return f"{sol.bound / TICKS_PER_S:.3f} s"
+    if objective == "tardiness":  # sum of scaled weights times ticks late
+        return f"{sol.bound / (TICKS_PER_S * WEIGHT_SCALE):.3f} s of weighted tardiness"
     return f"{sol.bound:.0f} (internal units)"
 
 
