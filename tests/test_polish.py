@@ -31,8 +31,8 @@ from planner.metrics import compute_metrics, objective_key
 from planner.solver.polish import compact, polish
 from planner.solver.polish.ruins import listed_ruins, ruin_recreate
 from planner.solver.polish.timing import Score
-from tests.test_solver import RoundCost, arch, baselines, instance
 from tests.test_bounds import _random_instance
+from tests.test_solver import RoundCost, arch, baselines, instance
 
 
 def _mean(inst, sched: Schedule) -> float:  # type: ignore[no-untyped-def]
