@@ -126,3 +126,29 @@ def test_solve_polish_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> 
         notes = json.loads(out.read_text())["solver"]["notes"]
         assert ("polish:" in notes) is polished
         assert invoke("validate", str(out), "--instance", inst).exit_code == 0
+
+
+def test_solve_says_what_the_bound_leaves_over_the_best_baseline(tmp_path: Path) -> None:
+    """The summary turns the bound into what any plan could gain over the best baseline:
+    the bound, its ratio to the best baseline's objective, and which baseline that is, as
+    the plan file has them."""
+    from planner.commands.solve import headroom
+
+    out = tmp_path / "p.json"
+    res = invoke("solve", str(ROOT / "instances" / "tiny.json"), "--time-limit", "2",
+                 "-o", str(out))
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    objs = {n: b["objective"] for n, b in data["baselines"].items() if "objective" in b}
+    best = min(objs, key=lambda n: objs[n])
+    bound = data["solver"]["bound"]
+    assert 0 < bound <= data["solver"]["objective"] <= objs[best] + 1e-9
+    line = headroom(data)
+    assert line is not None and f"{bound / objs[best]:.3f}x the best baseline, {best}" in line
+    assert line.startswith("no plan can do better than") and line in " ".join(res.output.split())
+    # SLO attainment: the bound is an upper one, the best baseline the highest
+    slo = {"solver": {"bound": 0.9, "objective_name": "slo_attainment"},
+           "baselines": {"a": {"objective": 0.6}, "b": {"objective": 0.75}, "c": {"error": "x"}}}
+    assert headroom(slo) == ("no plan can attain more than 0.900 (1.200x the best baseline, "
+                             "b: 0.750)")
+    assert headroom({"solver": {"bound": None}, "baselines": {"a": {"objective": 1.0}}}) is None

@@ -16,6 +16,25 @@ from planner.errors import Interrupted
 from planner.metrics import METRIC_LABELS
 
 
+def headroom(data: dict[str, Any]) -> str | None:
+    """What the bound says about every plan, against the best baseline: the most any plan
+    could gain over it (None without a bound or a baseline to compare with)."""
+    s = data["solver"]
+    bound = s.get("bound")
+    objs = {n: b["objective"] for n, b in data.get("baselines", {}).items()
+            if isinstance(b.get("objective"), int | float)}
+    if not isinstance(bound, int | float) or bound <= 0 or not objs:
+        return None
+    higher = s.get("objective_name") == "slo_attainment"  # the bound is an upper one
+    name = (max if higher else min)(objs, key=lambda n: objs[n])
+    if objs[name] <= 0:
+        return None
+    ratio = bound / objs[name]
+    what = "attain more" if higher else "do better"
+    return (f"no plan can {what} than {fmt(bound)} ({ratio:.3f}x the best baseline, "
+            f"{name}: {fmt(objs[name])})")
+
+
 def print_summary(data: dict[str, Any], out: Path) -> None:
     s = data["solver"]
     console.print(f"[bold]{data['instance']['name']}[/]: {s['name']} {s['status']}, "
@@ -24,6 +43,9 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
                   f"{fmt(s['wall_s'])} s -> {out}")
     if s.get("notes"):
         console.print(f"  {s['notes']}")
+    room = headroom(data)
+    if room:
+        console.print(f"  {room}")
     plans = {s["name"]: data["metrics"]}
     errors = {}
     for name, b in data.get("baselines", {}).items():
