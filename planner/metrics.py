@@ -147,3 +147,31 @@ def objective_value(m: Metrics, objective: str) -> float:
     if objective == "tardiness":
         return m.weighted_tardiness_s
     return m.weighted_mean_response_s
+
+
+def fmt_value(v: Any, unit: str = "") -> str:
+    """A metric for a table or a line: '-' for None, 3 decimals below 1000, one above."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}{unit}" if abs(v) < 1000 else f"{v:.1f}{unit}"
+    return f"{v}{unit}"
+
+
+def headroom(plan: dict[str, Any]) -> str | None:
+    """What a plan file's bound says about every plan, against its best baseline: the most
+    any plan could gain over it (None without a bound or a baseline to compare with)."""
+    s = plan["solver"]
+    bound = s.get("bound")
+    objs = {n: b["objective"] for n, b in plan.get("baselines", {}).items()
+            if isinstance(b.get("objective"), int | float)}
+    if not isinstance(bound, int | float) or bound <= 0 or not objs:
+        return None
+    higher = s.get("objective_name") == "slo_attainment"  # the bound is an upper one
+    name = (max if higher else min)(objs, key=lambda n: objs[n])
+    if objs[name] <= 0:
+        return None
+    what = "attain more" if higher else "do better"
+    return (f"no plan can {what} than {fmt_value(bound)} ({bound / objs[name]:.3f}x the best "
+            f"baseline, {name}: {fmt_value(objs[name])})")
+

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.domain import Instance
-from planner.metrics import METRIC_LABELS
+from planner.metrics import METRIC_LABELS, fmt_value, headroom
 
 COLORS = {"load": "#4c72b0", "unload": "#8c8c8c", "run": "#55a868", "kv_save": "#c44e52",
           "kv_restore": "#dd8452"}
@@ -50,14 +50,6 @@ JS = """
 
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
-    return str(v)
 
 
 def _lane(kind: str) -> str:
@@ -267,7 +259,7 @@ def _metrics_table(plan: dict[str, Any]) -> str:
                    for i, (c, _, _) in enumerate(cols))
     rows = []
     for key, label in METRIC_LABELS:
-        cells = "".join(f"<td>{_fmt(m.get(key)) if m else '-'}</td>" for _, m, _ in cols)
+        cells = "".join(f"<td>{fmt_value(m.get(key)) if m else '-'}</td>" for _, m, _ in cols)
         rows.append(f"<tr><td>{_e(label)}</td>{cells}</tr>")
     errors = "".join(f'<p class="err">{_e(c)}: {_e(err)}</p>' for c, m, err in cols
                      if m is None and err)
@@ -288,12 +280,15 @@ def render_plan_page(plan: dict[str, Any], instance: Instance | None = None,
     head = (f"<h1>{_e(title or f'Plan for {name}')}</h1>"
             f"<p>{_e(s['name'])} <b>{_e(s['status'])}</b>, objective "
             f"{_e(s.get('objective_name') or plan.get('objective_name') or '')} = "
-            f"{_fmt(s.get('objective'))}, bound {_fmt(s.get('bound'))}, gap "
-            f"{_fmt(s.get('gap'))}, {_fmt(s.get('wall_s'))} s; {len(engines)} engines, "
+            f"{fmt_value(s.get('objective'))}, bound {fmt_value(s.get('bound'))}, gap "
+            f"{fmt_value(s.get('gap'))}, {fmt_value(s.get('wall_s'))} s; {len(engines)} engines, "
             f"{len(actions)} actions, {len(plan.get('requests', []))} requests"
             f"{_e(status_line)}</p>")
     if s.get("notes"):
         head += f'<p class="muted">{_e(s["notes"])}</p>'
+    room = headroom(plan)
+    if room:
+        head += f"<p>{_e(room)}</p>"
     body = [head, "<h2>Plan against the baselines</h2>", _metrics_table(plan),
             "<h2>Schedule per device</h2>", _legend(),
             gantt_svg(actions, engines, instance, t_end)]

@@ -131,8 +131,8 @@ def test_solve_polish_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> 
 def test_solve_says_what_the_bound_leaves_over_the_best_baseline(tmp_path: Path) -> None:
     """The summary turns the bound into what any plan could gain over the best baseline:
     the bound, its ratio to the best baseline's objective, and which baseline that is, as
-    the plan file has them."""
-    from planner.commands.solve import headroom
+    the plan file has them; the plan page shows the same line."""
+    from planner.metrics import headroom
 
     out = tmp_path / "p.json"
     res = invoke("solve", str(ROOT / "instances" / "tiny.json"), "--time-limit", "2",
@@ -146,6 +146,9 @@ def test_solve_says_what_the_bound_leaves_over_the_best_baseline(tmp_path: Path)
     line = headroom(data)
     assert line is not None and f"{bound / objs[best]:.3f}x the best baseline, {best}" in line
     assert line.startswith("no plan can do better than") and line in " ".join(res.output.split())
+    from planner.page import render_plan_page
+
+    assert f"<p>{line}</p>" in render_plan_page(data)  # the plan page says it too
     # SLO attainment: the bound is an upper one, the best baseline the highest
     slo = {"solver": {"bound": 0.9, "objective_name": "slo_attainment"},
            "baselines": {"a": {"objective": 0.6}, "b": {"objective": 0.75}, "c": {"error": "x"}}}

@@ -10,17 +10,13 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from planner.metrics import fmt_value
+
 console = Console(stderr=False)
 err = Console(stderr=True)  # notes that must not mix with --json output
 
 
-def fmt(v: Any, unit: str = "") -> str:
-    """A metric for a table: '-' for None, 3 decimals below 1000, one above."""
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}{unit}" if abs(v) < 1000 else f"{v:.1f}{unit}"
-    return f"{v}{unit}"
+fmt = fmt_value  # a metric for a table: planner.metrics.fmt_value
 
 
 class FiniteFloat(click.FloatRange):

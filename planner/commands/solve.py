@@ -13,26 +13,7 @@ from planner.commands.common import FiniteFloat, console, err, fmt
 from planner.costmodel import COST_MODELS
 from planner.domain import MAX_TIME_S, OBJECTIVES
 from planner.errors import Interrupted
-from planner.metrics import METRIC_LABELS
-
-
-def headroom(data: dict[str, Any]) -> str | None:
-    """What the bound says about every plan, against the best baseline: the most any plan
-    could gain over it (None without a bound or a baseline to compare with)."""
-    s = data["solver"]
-    bound = s.get("bound")
-    objs = {n: b["objective"] for n, b in data.get("baselines", {}).items()
-            if isinstance(b.get("objective"), int | float)}
-    if not isinstance(bound, int | float) or bound <= 0 or not objs:
-        return None
-    higher = s.get("objective_name") == "slo_attainment"  # the bound is an upper one
-    name = (max if higher else min)(objs, key=lambda n: objs[n])
-    if objs[name] <= 0:
-        return None
-    ratio = bound / objs[name]
-    what = "attain more" if higher else "do better"
-    return (f"no plan can {what} than {fmt(bound)} ({ratio:.3f}x the best baseline, "
-            f"{name}: {fmt(objs[name])})")
+from planner.metrics import METRIC_LABELS, headroom
 
 
 def print_summary(data: dict[str, Any], out: Path) -> None:
