@@ -324,3 +324,47 @@ def test_a_slot_solve_reports_a_bound_for_slot_plans_whatever_plan_it_returns(
     want, name = slot_plan_bound(inst, cost, "mean_response", 4)
     assert plan.solver.bound == pytest.approx(want)
     assert name in plan.solver.notes
+
+
+def test_split_engine_puts_more_layers_on_the_faster_gpu(write_instance) -> None:  # type: ignore[no-untyped-def]
+    """On an RTX 4090 and an L4 (24 GiB each), a model neither holds whole (the 14B F16
+    one) is split with most layers on the 4090: the fastest of every two-GPU split that
+    fits (each layer count tried), faster than llama.cpp's default split in proportion to
+    memory and than the 4090 alone with layers left on the host CPU. On two equal GPUs
+    the default split stays."""
+    from planner.baselines.sim import context_sizes
+    from planner.costmodel.analytic import split_layers
+    from planner.solver.data import SPLIT_PROBE, _split_fits, split_config
+
+    d = two_gpu_dict()
+    host = d["cluster"]["hosts"][0]
+    host["memory_gib"] = 64
+    host["gpus"][1]["type"] = "l4"
+    d["models"] = [{"id": "m14", "reference": "qwen2.5-14b-f16"}]
+    d["requests"] = [{"id": "a", "model": "m14", "arrival_s": 0.0, "prompt_tokens": 128,
+                      "output_tokens": 128}]
+    inst = load_instance(write_instance(d))
+    cost = AnalyticCostModel.for_instance(inst)
+    n_ctx = context_sizes(inst)["m14"]
+    got = split_config(inst, cost, "m14", "box", n_ctx)
+    assert got is not None and _split_fits(inst, cost, got)
+    layers = cost.n_layers("m14")
+
+    def secs(c: EngineConfig) -> float:
+        return cost.run_s(c, SPLIT_PROBE[0], 0, SPLIT_PROBE[1])
+
+    counts = split_layers(layers, got.split)
+    assert sum(counts) == layers and counts[0] > 3 * counts[1] > 0
+    every = [EngineConfig("m14", "g0", got.n_gpu_layers, n_ctx, 1,
+                          (("g0", k / layers), ("g1", 1 - k / layers)))
+             for k in range(1, layers)]
+    fitting = [c for c in every if _split_fits(inst, cost, c)]
+    assert secs(got) <= min(secs(c) for c in fitting) + 1e-9
+    default = EngineConfig("m14", "g0", got.n_gpu_layers, n_ctx, 1, (("g0", 0.5), ("g1", 0.5)))
+    alone = min(secs(EngineConfig("m14", "g0", g, n_ctx)) for g in range(layers + 2)
+                if cost.fits(EngineConfig("m14", "g0", g, n_ctx), 24 * GIB, 64 * GIB))
+    assert secs(got) < 0.8 * secs(default) and secs(got) < alone
+    host["gpus"][1]["type"] = "rtx-4090"  # equal GPUs: nothing to gain from moving layers
+    inst = load_instance(write_instance(d))
+    got = split_config(inst, AnalyticCostModel.for_instance(inst), "m14", "box", n_ctx)
+    assert got is not None and [f for _, f in got.split] == [0.5, 0.5]
