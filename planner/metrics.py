@@ -174,4 +174,3 @@ def headroom(plan: dict[str, Any]) -> str | None:
     what = "attain more" if higher else "do better"
     return (f"no plan can {what} than {fmt_value(bound)} ({bound / objs[name]:.3f}x the best "
             f"baseline, {name}: {fmt_value(objs[name])})")
-

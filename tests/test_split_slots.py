@@ -334,7 +334,7 @@ def test_split_engine_puts_more_layers_on_the_faster_gpu(write_instance) -> None
     the default split stays."""
     from planner.baselines.sim import context_sizes
     from planner.costmodel.analytic import split_layers
-    from planner.solver.data import SPLIT_PROBE, _split_fits, split_config
+    from planner.solver.data import SPLIT_PROBE, config_fits, split_config
 
     d = two_gpu_dict()
     host = d["cluster"]["hosts"][0]
@@ -347,7 +347,7 @@ def test_split_engine_puts_more_layers_on_the_faster_gpu(write_instance) -> None
     cost = AnalyticCostModel.for_instance(inst)
     n_ctx = context_sizes(inst)["m14"]
     got = split_config(inst, cost, "m14", "box", n_ctx)
-    assert got is not None and _split_fits(inst, cost, got)
+    assert got is not None and config_fits(inst, cost, got)
     layers = cost.n_layers("m14")
 
     def secs(c: EngineConfig) -> float:
@@ -358,7 +358,7 @@ def test_split_engine_puts_more_layers_on_the_faster_gpu(write_instance) -> None
     every = [EngineConfig("m14", "g0", got.n_gpu_layers, n_ctx, 1,
                           (("g0", k / layers), ("g1", 1 - k / layers)))
              for k in range(1, layers)]
-    fitting = [c for c in every if _split_fits(inst, cost, c)]
+    fitting = [c for c in every if config_fits(inst, cost, c)]
     assert secs(got) <= min(secs(c) for c in fitting) + 1e-9
     default = EngineConfig("m14", "g0", got.n_gpu_layers, n_ctx, 1, (("g0", 0.5), ("g1", 0.5)))
     alone = min(secs(EngineConfig("m14", "g0", g, n_ctx)) for g in range(layers + 2)

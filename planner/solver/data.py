@@ -123,19 +123,20 @@ def split_config(instance: Instance, cost: CostModel, model: str, host_id: str,
     cfg = EngineConfig(model, host.gpus[0].id, cost.n_layers(model) + 1, n_ctx, n_parallel,
                        split)
     try:
-        if not _split_fits(instance, cost, cfg):
+        if not config_fits(instance, cost, cfg):
             return None
         return _faster_split(instance, cost, cfg)
     except CostModelError:  # profiles measure one GPU; no reference data for the split
         return None
 
 
-def _split_fits(instance: Instance, cost: CostModel, cfg: EngineConfig) -> bool:
-    host = instance.cluster.host(instance.cluster.device(cfg.device).host)
-    shares = cost.gpu_shares(cfg)
-    if any(shares.get(g.id, 0) > g.memory_bytes for g in host.gpus):
+def config_fits(instance: Instance, cost: CostModel, cfg: EngineConfig) -> bool:
+    """Whether ``cfg`` alone fits its host's RAM and, on GPUs, each GPU's share its GPU."""
+    dev = instance.cluster.device(cfg.device)
+    if cost.host_bytes(cfg) > instance.cluster.host(dev.host).memory_bytes:
         return False
-    return cost.host_bytes(cfg) <= host.memory_bytes
+    return dev.kind != "gpu" or all(b <= instance.cluster.device(d).memory_bytes
+                                    for d, b in cost.gpu_shares(cfg).items())
 
 
 def _faster_split(instance: Instance, cost: CostModel, cfg: EngineConfig) -> EngineConfig:
@@ -169,7 +170,7 @@ def _faster_split(instance: Instance, cost: CostModel, cfg: EngineConfig) -> Eng
             c[j] += 1
             cand = make(c)
             t = seconds(cand)
-            if t < best_s - 1e-12 and _split_fits(instance, cost, cand):
+            if t < best_s - 1e-12 and config_fits(instance, cost, cand):
                 move, best, best_s = c, cand, t
         if move is None:
             return best
@@ -180,15 +181,7 @@ def with_slots(instance: Instance, cost: CostModel, cfg: EngineConfig,
                n_parallel: int) -> EngineConfig | None:
     """``cfg`` with ``n_parallel`` slots (KV cache for each), if it still fits."""
     c = EngineConfig(cfg.model, cfg.device, cfg.n_gpu_layers, cfg.n_ctx, n_parallel, cfg.split)
-    dev = instance.cluster.device(cfg.device)
-    host = instance.cluster.host(dev.host)
-    if cost.host_bytes(c) > host.memory_bytes:
-        return None
-    if dev.kind == "gpu":
-        for d, b in cost.gpu_shares(c).items():
-            if b > instance.cluster.device(d).memory_bytes:
-                return None
-    return c
+    return c if config_fits(instance, cost, c) else None
 
 
 def with_slot_variants(instance: Instance, cost: CostModel, configs: list[EngineConfig],
