@@ -141,6 +141,10 @@ def test_jobs_events_cancel_restart(tmp_path: Path) -> None:
             assert status == 200 and job["status"] == "done"
             assert job["objective"] is not None and job["bound"] is not None
             assert job["gap"] is not None and job["elapsed_s"] > 0
+            # the bound against the best baseline, as `planner solve` prints it
+            assert job["headroom"].startswith("no plan can do better than "), job
+            for d in sols:  # streamed plans carry it once they have a bound
+                assert (d["headroom"] is None) == (not d["bound"]), d
             assert job["objective"] <= sols[0]["objective"] + 1e-9  # never worse
             status, plan = srv.request("GET", f"/v1/jobs/{job_id}/plan")
             assert status == 200 and plan["format"] == "planner.plan/1"
@@ -313,3 +317,43 @@ def test_serve_errors_are_one_line(tmp_path: Path) -> None:
                                        str(tmp_path / "data")])
     assert res.exit_code == 2 and "cannot listen on" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_data_folder_from_before_the_headroom_column_still_opens(tmp_path: Path) -> None:
+    """A jobs table without the column (written by an earlier planner) gets it; its jobs
+    read back with no headroom, new plans fill it in."""
+    import sqlite3
+
+    from planner.server.store import Store
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = sqlite3.connect(data_dir / "planner.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL,
+            started_at REAL, finished_at REAL, instance_name TEXT NOT NULL,
+            n_requests INTEGER NOT NULL, options TEXT NOT NULL, objective_name TEXT,
+            objective REAL, bound REAL, gap REAL, solver_status TEXT, best_at REAL, error TEXT);
+        INSERT INTO jobs (id, status, created_at, instance_name, n_requests, options)
+            VALUES ('old', 'done', 1.0, 'tiny', 3, '{}');
+    """)
+    db.commit()
+    db.close()
+    store = Store(data_dir)
+    try:
+        old = store.job("old")
+        assert old is not None and old["headroom"] is None
+        store.create("new", "tiny", 3, {}, "mean_response", b"{}")
+        plan = {"solver": {"objective": 2.0, "bound": 1.5, "gap": 0.25, "status": "FEASIBLE",
+                           "objective_name": "mean_response"},
+                "baselines": {"fcfs-lru": {"objective": 3.0}}}
+        store.best("new", plan)
+        new = store.job("new")
+        assert new is not None
+        assert new["headroom"] == ("no plan can do better than 1.500 (0.500x the best "
+                                   "baseline, fcfs-lru: 3.000)")
+        assert store.events("new")[-1]["data"]["headroom"] == new["headroom"]
+    finally:
+        store.close()

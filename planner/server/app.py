@@ -77,7 +77,7 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "status", "instance_name", "n_requests", "options", "objective_name",
-            "objective", "bound", "gap", "solver_status", "elapsed_s", "created_at",
+            "objective", "bound", "gap", "headroom", "solver_status", "elapsed_s", "created_at",
             "started_at", "finished_at", "has_plan", "error")
     out = {k: job[k] for k in keys}
     out["links"] = {"self": f"/v1/jobs/{job['id']}", "plan": f"/v1/jobs/{job['id']}/plan",

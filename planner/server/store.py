@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from planner.metrics import headroom
+
 SCHEMA_VERSION = 1
 ACTIVE = ("queued", "running")
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
@@ -35,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     gap REAL,
     solver_status TEXT,
     best_at REAL,
-    error TEXT
+    error TEXT,
+    headroom TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE TABLE IF NOT EXISTS instances (job_id TEXT PRIMARY KEY, body BLOB NOT NULL);
@@ -52,7 +55,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 _JOB_FIELDS = ("id", "status", "created_at", "started_at", "finished_at", "instance_name",
                "n_requests", "options", "objective_name", "objective", "bound", "gap",
-               "solver_status", "best_at", "error")
+               "solver_status", "best_at", "error", "headroom")
 
 
 class StoreError(Exception):
@@ -72,6 +75,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "headroom" not in cols:  # a data folder from before the column
+                self._db.execute("ALTER TABLE jobs ADD COLUMN headroom TEXT")
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from None
@@ -121,6 +127,7 @@ class Store:
     def best(self, job_id: str, plan: dict[str, Any], final: bool = False) -> None:
         """Keep ``plan`` as the job's best so far; an event unless it is the final one."""
         s = plan["solver"]
+        room = headroom(plan)
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -130,13 +137,13 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO plans VALUES (?, ?)",
                              (job_id, json.dumps(plan)))
             self._db.execute(
-                "UPDATE jobs SET objective=?, bound=?, gap=?, solver_status=?, best_at=? "
-                "WHERE id=?", (s.get("objective"), s.get("bound"), s.get("gap"),
-                               s.get("status"), now, job_id))
+                "UPDATE jobs SET objective=?, bound=?, gap=?, solver_status=?, best_at=?, "
+                "headroom=? WHERE id=?", (s.get("objective"), s.get("bound"), s.get("gap"),
+                                          s.get("status"), now, room, job_id))
             if not final:
                 self._event(job_id, "solution", {
                     "objective": s.get("objective"), "bound": s.get("bound"),
-                    "gap": s.get("gap"), "solver_status": s.get("status"),
+                    "gap": s.get("gap"), "headroom": room, "solver_status": s.get("status"),
                     "notes": s.get("notes", ""), "elapsed_s": round(now - started, 3),
                     "metrics": plan.get("metrics")}, now)
 
@@ -146,11 +153,11 @@ class Store:
             self._db.execute("BEGIN")
             self._db.execute("UPDATE jobs SET status=?, finished_at=?, error=? WHERE id=?",
                              (status, now, error, job_id))
-            row = self._db.execute("SELECT objective, bound, gap, started_at FROM jobs "
-                                   "WHERE id=?", (job_id,)).fetchone()
+            row = self._db.execute("SELECT objective, bound, gap, started_at, headroom "
+                                   "FROM jobs WHERE id=?", (job_id,)).fetchone()
             data: dict[str, Any] = {"status": status}
             if row is not None:
-                data.update(objective=row[0], bound=row[1], gap=row[2],
+                data.update(objective=row[0], bound=row[1], gap=row[2], headroom=row[4],
                             elapsed_s=round(now - (row[3] or now), 3))
             if error:
                 data["error"] = error
