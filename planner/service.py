@@ -19,6 +19,7 @@ from planner.baselines.policies import BASELINES
 from planner.baselines.sim import context_sizes
 from planner.costmodel import CostModel, cost_model_for
 from planner.domain import (
+    Device,
     EngineConfig,
     Instance,
     Plan,
@@ -53,11 +54,33 @@ def sizing_faults(instance: Instance, cost: CostModel, where: str) -> list[str]:
             fits = any(split_config(instance, cost, m.id, h.id, n_ctx[m.id]) is not None
                        for h in instance.cluster.hosts)
         if not fits:
-            cfg = EngineConfig(m.id, instance.cluster.devices[0].id, 0, n_ctx[m.id])
             faults.append(f"{where}: models[{m.id}]: fits on no device at any layer split "
-                          f"(needs {cost.host_bytes(cfg) / 2**30:.1f} GiB of host memory with "
-                          f"n_ctx {n_ctx[m.id]} and no GPU layers)")
+                          f"({_least_host_need(instance, cost, m.id, n_ctx[m.id])})")
     return faults
+
+
+def _least_host_need(instance: Instance, cost: CostModel, model: str, n_ctx: int) -> str:
+    """Why a model fits nowhere, in the terms of the device that comes closest: the host
+    memory it needs beside the most layers a GPU holds, or with no GPU layers."""
+    cfg = EngineConfig(model, instance.cluster.devices[0].id, 0, n_ctx)
+    best: tuple[int, Device | None, int] = (cost.host_bytes(cfg), None, 0)
+    for d in instance.cluster.devices:
+        if d.kind != "gpu":
+            continue
+        for g in range(cost.max_gpu_layers(model), 0, -1):
+            c = EngineConfig(model, d.id, g, n_ctx)
+            if cost.gpu_bytes(c) <= d.memory_bytes:
+                if cost.host_bytes(c) < best[0]:
+                    best = (cost.host_bytes(c), d, g)
+                break
+    need, dev, layers = best
+    if dev is None:
+        return (f"needs {need / 2**30:.1f} GiB of host memory with n_ctx {n_ctx} and no GPU "
+                "layers")
+    host = instance.cluster.host(dev.host)
+    return (f"needs {need / 2**30:.1f} GiB of host memory at best, with {layers} layers on "
+            f"{dev.id} and n_ctx {n_ctx}; host {host.id} has "
+            f"{host.memory_bytes / 2**30:.0f} GiB")
 
 
 def prepare(instance_path: str | Path, cost_kind: str = "auto") -> tuple[Instance, CostModel]:

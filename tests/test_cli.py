@@ -51,7 +51,29 @@ def test_model_that_fits_nowhere_is_rejected(write_instance: Any, tmp_path: Path
     res = invoke("solve", str(write_instance(d)), "--solver", "fcfs-lru")
     assert res.exit_code == 2
     assert "models[qwen14b]: fits on no device at any layer split" in res.output
+    # in the terms of the GPU that comes closest: its most layers, and the host it needs
+    assert "GiB of host memory at best, with " in res.output and "host box has 8 GiB" in res.output
     assert not (tmp_path / "solutions").exists()
+
+
+def test_generate_refuses_an_instance_with_a_model_that_fits_nowhere(
+        write_instance: Any, tmp_path: Path) -> None:
+    """`instance generate --like` a cluster too small for one of its models: the lines
+    `solve` would print, exit 2, nothing written; without a GPU, the host memory needed."""
+    d = tiny_dict()
+    d["cluster"]["hosts"][0]["memory_gib"] = 8
+    d["cluster"]["hosts"][0]["gpus"] = []
+    out = tmp_path / "gen.json"
+    res = invoke("instance", "generate", "--like", str(write_instance(d)), "-o", str(out),
+                 "--rate", "0.05", "--duration", "60")
+    assert res.exit_code == 2, res.output
+    assert "models[qwen14b]: fits on no device at any layer split (needs " in res.output
+    assert "GiB of host memory with n_ctx" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    d["cluster"]["hosts"][0]["memory_gib"] = 64  # now it fits on the host CPU
+    res = invoke("instance", "generate", "--like", str(write_instance(d)), "-o", str(out),
+                 "--rate", "0.05", "--duration", "60")
+    assert res.exit_code == 0 and out.exists(), res.output
 
 
 def test_missing_file_and_malformed_json(write_instance: Any) -> None:
