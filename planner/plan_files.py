@@ -184,7 +184,11 @@ def prepare_replay(plan_path: str | Path, instance_path: str | Path | None,
     faults = [f"{ipath}: models[{m.id}]: no GGUF file to run (give \"gguf\")"
               for m in instance.models if m.id in used and m.gguf_path is None]
     if faults:
-        raise InputError(faults)
+        raise InputError(faults, hint=(
+            "a model's \"gguf\" entry in the instance names the file an engine loads: "
+            "SmolLM2 comes with `planner demo` (~/.cache/planner/models/"
+            "SmolLM2-135M-Instruct.Q4_1.gguf), and `planner profile synth` writes a GGUF "
+            "of any shape (timing does not depend on weight values)"))
     paths = {m.id: Path(m.gguf_path) for m in instance.models if m.gguf_path}
     overrides, warnings = local_device_map(instance, schedule, device_map)
     warnings = early + warnings

@@ -177,3 +177,18 @@ def test_solve_says_what_the_bound_leaves_over_the_best_baseline(tmp_path: Path)
     assert headroom(slo) == ("no plan can attain more than 0.900 (1.200x the best baseline, "
                              "b: 0.750)")
     assert headroom({"solver": {"bound": None}, "baselines": {"a": {"objective": 1.0}}}) is None
+
+
+def test_replay_of_a_plan_whose_models_have_no_gguf_says_where_to_get_one(
+        tmp_path: Path) -> None:
+    """`execute --dry-run` of a plan for reference-only models: one line per model the plan
+    uses, exit 2, and a hint naming where a GGUF comes from."""
+    from tests.conftest import ROOT
+
+    inst = str(ROOT / "instances" / "tiny.json")
+    plan = tmp_path / "p.json"
+    assert invoke("solve", inst, "--solver", "fcfs-lru", "-o", str(plan)).exit_code == 0
+    res = invoke("execute", str(plan), "--instance", inst, "--dry-run")
+    assert res.exit_code == 2, res.output
+    assert 'models[llama3-8b]: no GGUF file to run (give "gguf")' in res.output
+    assert "planner profile synth" in res.output and "Traceback" not in res.output
