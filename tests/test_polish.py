@@ -236,6 +236,43 @@ def test_random_ruins_go_on_once_the_listed_ones_fail(monkeypatch) -> None:  # t
         ("eF", "L"), ("eS", "S")]
 
 
+def test_random_ruins_take_runs_of_every_device_part_of_the_time(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A random ruin's runs are those of one device nearest a random instant, or (a
+    CROSS_DEVICE share of the draws, where the runs are on two devices) of both: a request
+    can then leave the GPU for the host CPU while others come back in one ruin. Twelve runs,
+    alternating between a GPU and the host CPU, each device's runs 10 s apart; with a third
+    device, one device's runs only."""
+    from types import SimpleNamespace
+
+    from planner.solver.polish import ruins
+
+    movable = {f"r{i}": Action("run", "eG" if i % 2 else "eC", "g0" if i % 2 else "host",
+                               5.0 * i, 5.0 * i + 4.0, f"r{i}", tokens_from=0, tokens_to=10)
+               for i in range(12)}
+    score = SimpleNamespace(arrival={q: a.start_s - 1.0 for q, a in movable.items()},
+                            weight=dict.fromkeys(movable, 1.0))
+
+    def devices_of_draws(share: float) -> list[int]:
+        monkeypatch.setattr(ruins, "CROSS_DEVICE", share)
+        rng = random.Random(3)
+        out = []
+        for _ in range(200):
+            got = ruins.random_ruin(movable, score, rng)  # type: ignore[arg-type]
+            assert got is not None
+            q, victims = got
+            assert q not in victims and len(victims) <= ruins.RANDOM_RUIN_SIZE
+            out.append(len({movable[x].device for x in victims}))
+        return out
+
+    assert set(devices_of_draws(0.0)) == {1}
+    every = devices_of_draws(1.0).count(2)  # one device only where the request was between
+    assert every > 150
+    assert 40 < devices_of_draws(0.5).count(2) < every
+    movable["r12"] = Action("run", "eH", "g1", 60.0, 64.0, "r12", tokens_from=0, tokens_to=10)
+    score.arrival["r12"], score.weight["r12"] = 59.0, 1.0
+    assert max(devices_of_draws(1.0)) == 1  # (none where g1 alone is drawn for r12)
+
+
 def test_a_plan_with_an_engine_split_over_gpus_is_polished_around_it() -> None:
     """S serves model A split over g0 and g1 (5 GiB on each); B (model B, 5 of 10 layers,
     0.2 s per token) is on g1 alone. The plan:
