@@ -240,8 +240,8 @@ def test_random_ruins_take_runs_of_every_device_part_of_the_time(monkeypatch) ->
     """A random ruin's runs are those of one device nearest a random instant, or (a
     CROSS_DEVICE share of the draws, where the runs are on two devices) of both: a request
     can then leave the GPU for the host CPU while others come back in one ruin. Twelve runs,
-    alternating between a GPU and the host CPU, each device's runs 10 s apart; with a third
-    device, one device's runs only."""
+    alternating between a GPU and the host CPU, each device's runs 10 s apart; with a second
+    GPU, one device's runs only."""
     from types import SimpleNamespace
 
     from planner.solver.polish import ruins
@@ -249,8 +249,11 @@ def test_random_ruins_take_runs_of_every_device_part_of_the_time(monkeypatch) ->
     movable = {f"r{i}": Action("run", "eG" if i % 2 else "eC", "g0" if i % 2 else "host",
                                5.0 * i, 5.0 * i + 4.0, f"r{i}", tokens_from=0, tokens_to=10)
                for i in range(12)}
+    cluster = SimpleNamespace(device=lambda d: SimpleNamespace(kind="cpu" if d == "host"
+                                                               else "gpu"))
     score = SimpleNamespace(arrival={q: a.start_s - 1.0 for q, a in movable.items()},
-                            weight=dict.fromkeys(movable, 1.0))
+                            weight=dict.fromkeys(movable, 1.0),
+                            instance=SimpleNamespace(cluster=cluster))
 
     def devices_of_draws(share: float) -> list[int]:
         monkeypatch.setattr(ruins, "CROSS_DEVICE", share)

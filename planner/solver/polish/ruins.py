@@ -21,7 +21,7 @@ RUIN_SIZE = 8  # runs of one device taken out with it, at most
 #: once every listed ruin failed, random ones until the deadline: up to this many runs
 #: of one device taken out with the request (RUIN_SIZE times 3)
 RANDOM_RUIN_SIZE = 3 * RUIN_SIZE
-#: where the plan's runs are on two devices (one GPU and the host CPU), the share of random
+#: where the plan's runs are on one GPU and a host CPU only, the share of random
 #: ruins that take the runs nearest the instant from both, not one: a request moved from
 #: the GPU to the CPU and others back in one go (the CP-SAT plan of `1gpu-4models` seed 61,
 #: 29 s of polish: 34.43 -> 28.54 s; on three GPUs the draws spread too thin: docs/solver.md)
@@ -89,9 +89,9 @@ def random_ruin(movable: dict[str, Action], score: Score, rng: random.Random
                 ) -> tuple[str, list[str]] | None:
     """A random ruin, for when every listed one failed: of the ``movable`` requests
     (:func:`movable_runs`), one drawn in proportion to its weighted response, and the runs of
-    a random device (or, CROSS_DEVICE of the time where they are on two devices, of both)
-    that start nearest a random instant of the request's stay, as many as a draw from 2 to
-    RANDOM_RUIN_SIZE (fewer where there are fewer)."""
+    a random device (or, CROSS_DEVICE of the time where they are on a GPU and a CPU only, of
+    both) that start nearest a random instant of the request's stay, as many as a draw from
+    2 to RANDOM_RUIN_SIZE (fewer where there are fewer)."""
     arrival, weight = score.arrival, score.weight
     if len(movable) < 2:
         return None
@@ -101,7 +101,9 @@ def random_ruin(movable: dict[str, Action], score: Score, rng: random.Random
     devs = sorted({r.device for r in movable.values()})
     d = rng.choice(devs)
     at = rng.uniform(arrival[q], movable[q].end_s)
-    across = len(devs) == 2 and rng.random() < CROSS_DEVICE  # or of both devices
+    # or, a GPU and the host CPU (a one-GPU plan), the runs of both
+    kinds = sorted(score.instance.cluster.device(x).kind for x in devs)
+    across = kinds == ["cpu", "gpu"] and rng.random() < CROSS_DEVICE
     near = sorted((x for x in qs if x != q and (across or movable[x].device == d)),
                   key=lambda x: (abs(movable[x].start_s - at), x))
     return q, near[:rng.randint(2, RANDOM_RUIN_SIZE)]
