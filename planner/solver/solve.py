@@ -42,6 +42,7 @@ from planner.metrics import (
     objective_value,
 )
 from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound
+from planner.solver.bound_child import RefinedBound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.candidates import polish_engines
 from planner.solver.data import (
@@ -99,6 +100,8 @@ POLISH_SHARE_ONE_GPU = 0.5
 #: the split search goes on from CP-SAT's solution and the polish runs again
 MORE_SHARE = 0.1
 MORE_MIN_S = 3.0
+#: objectives whose bound is an LP's lower bound that more time refines (bound_child.py)
+REFINED_OBJECTIVES = ("mean_response", "tardiness")
 
 
 def _error(msg: str) -> Exception:
@@ -345,11 +348,18 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     moves: int | None = None  # runs the polish moved; None: no polish
     from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
     own_obj = 0.0  # then CP-SAT's plan's objective
+    refined: RefinedBound | None = None  # the bound again, beside the polish
 
     if polishing and not stopped():
         # (a stop request ends the search; the plan is written as it is, at once)
         if swaps is None and want_bound and one_slot:  # on the core the search had
             swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
+        if want_bound and one_slot and not one_gpu and objective in REFINED_OBJECTIVES \
+                and (os.cpu_count() or 1) > 1:
+            # the core the search had is idle beside the polish on several GPUs (on one
+            # the swap MIP has it): the bound's LP again there, given the polish's time
+            refined = RefinedBound(instance, cost, 1, objective,
+                                   t0 + full - SWAP_BOUND_MARGIN_S)
         own = compute_metrics(instance, sched.actions)
         worse = best_base is not None and objective_key(base_metrics[best_base], objective) \
             < objective_key(own, objective)
@@ -382,6 +392,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 else:
                     later += ", the plan before them kept"
             decomposition += later
+    if refined is not None:
+        refreshed = refined.value(time.perf_counter() if stopped() else t0 + full - 0.05)
+        if refreshed is not None and refreshed[0] > bound:
+            bound, bound_name = refreshed
+            bound_note = f"bound: {bound_name} (refined beside the polish)"
     if swaps is not None:
         swap_value = swaps.value(time.perf_counter() if stopped() else t0 + full - 0.05)
         if swap_value is not None and swap_value > bound:
