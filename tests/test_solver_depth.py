@@ -71,57 +71,6 @@ def test_time_the_polish_leaves_goes_to_more_split_rounds() -> None:
     assert int(got.group(1)) >= 1
 
 
-def test_split_rounds_stop_after_one_that_gains_too_little(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The split search's rounds (``lns.refine_splits``) end after a round that gains less
-    than ``STALL_GAIN`` or finds nothing, so that the polish gets the time; rounds that gain
-    more go on, and so do rounds solved to optimality (quick, on a small model). CP-SAT's
-    rounds are scripted here (what each returns); a real solve's rounds are in
-    ``test_time_the_polish_leaves_goes_to_more_split_rounds``."""
-    from types import SimpleNamespace
-
-    from planner.solver import lns
-    from planner.solver.model import SolveParams
-    from planner.solver.variables import WindowSolution
-
-    def sol(status: str, obj: float) -> WindowSolution:
-        return WindowSolution(status, obj, 0.0, {}, {})
-
-    script: list[WindowSolution | None] = []
-
-    class Scripted:
-        def __init__(self, *_a: object, **_k: object) -> None:
-            pass
-
-        def add_hint(self, _hint: object) -> None:
-            pass
-
-        def solve(self, _params: object) -> WindowSolution | None:
-            return script.pop(0)
-
-    monkeypatch.setattr(lns, "CPModel", Scripted)
-    data = SimpleNamespace(engines=[], pool={}, requests=[])
-
-    def rounds(*results: WindowSolution | None) -> tuple[float, int, int]:
-        script[:] = results
-        _d, got, n, better = lns.refine_splits(
-            data, sol("FEASIBLE", 100.0), "mean_response", 2, 1000,  # type: ignore[arg-type]
-            lambda _cfgs: data, lambda _d: frozenset(), SolveParams(10.0, 1, 0, False),
-            time.perf_counter() + 60)
-        return got.objective, n, better
-
-    monkeypatch.setattr(lns, "STALL_GAIN", 0.005)  # the gains below are against 0.5 %
-    last = sol("FEASIBLE", 1.0)  # never reached where the rounds stop
-    assert rounds(sol("FEASIBLE", 99.9), last) == (99.9, 1, 1)  # gains 0.1 %: ends
-    assert rounds(None, last) == (100.0, 1, 0)  # finds nothing: ends
-    assert rounds(sol("FEASIBLE", 120.0), last) == (100.0, 1, 0)  # worse: ends
-    # 10 % and 1 %: on; then 0.2 %: ends
-    assert rounds(sol("FEASIBLE", 90.0), sol("FEASIBLE", 89.1), sol("FEASIBLE", 88.92),
-                  last) == (88.92, 3, 3)
-    # solved to optimality without a gain: on (quick); then a round that runs out: ends
-    assert rounds(sol("OPTIMAL", 100.0), sol("FEASIBLE", 100.0), last) == (100.0, 2, 0)
-
-
 def test_old_candidates_only_are_worse(monkeypatch: pytest.MonkeyPatch) -> None:
     import planner.solver.data as data_mod
 

@@ -9,8 +9,6 @@ curve at distance 1, 2, 4, ... (so intermediate splits are reached in a few
 rounds), and the first working set (placement stays open). The new model is
 warm-started from the current solution (matched by configuration) and its
 solution replaces the current one when better. The radius grows when a round does not improve.
-The rounds end after one that gains less than ``STALL_GAIN`` without being solved to
-optimality: the rest of the time goes to the polish, which gains more from it.
 """
 
 from __future__ import annotations
@@ -31,11 +29,6 @@ ROUND_SHARE = 0.2  # of the whole time limit, per round at most
 #: round): the model's other restriction. A plan whose engine is loaded as often as
 #: the warm start's was could otherwise never swap more, however much time is left.
 MAX_EXTRA_PERIODS = 3
-#: the rounds stop after one that gains less than this (relative), or finds nothing, unless
-#: CP-SAT solved it to optimality (a small model: rounds are quick): on the benchmark
-#: workloads rounds gained 0.00-0.07 % each, or found no solution at all (`mixed.json`),
-#: while the polish after them gains 0-1.6 % more from 18 s more (docs/solver.md)
-STALL_GAIN = 0.005
 
 Key = tuple[str, str, int, int, tuple[tuple[str, float], ...]]
 
@@ -126,14 +119,10 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
         got = cp.solve(SolveParams(share, params.workers, params.seed + rounds + 1, params.log,
                                    hooks))
         rounds += 1
-        gain = 0.0
         if got is not None and got.status != "INFEASIBLE" and got.objective < sol.objective - 1e-9:
-            gain = (sol.objective - got.objective) / max(abs(sol.objective), 1e-9)
             data, sol = new, got
             better += 1
             ri = 0
         else:
             ri += 1
-        if gain < STALL_GAIN and (got is None or got.status != "OPTIMAL"):
-            break  # a round that ran out its time for this little: the rest to the polish
     return data, sol, rounds, better
