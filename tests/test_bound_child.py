@@ -12,7 +12,7 @@ from planner.costmodel import cost_model_for
 from planner.io import load_instance
 from planner.metrics import compute_metrics, objective_value
 from planner.service import run_baselines
-from planner.solver import bound_child
+from planner.solver import bound_child, highs_child
 from planner.solver.bound import _lower_bound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,4 +52,4 @@ def test_the_child_is_given_up_at_its_deadline() -> None:
     assert child.value(time.perf_counter()) is None
     assert time.perf_counter() - started < 5.0
     assert child._proc is not None and child._proc.poll() is not None
-    assert not bound_child._RUNNING
+    assert not highs_child.RUNNING

@@ -289,4 +289,4 @@ def test_highs_child_gives_the_mip_bound_and_is_stopped_at_its_deadline() -> Non
     # the bound it had by then (its root's at least): finite, and below any 0/1 point's
     # value, e.g. the all-zero one (0) and no lower than the LP over the box (sum of costs)
     assert got is not None and cost.sum() <= got <= 0.0
-    assert not highs_child._RUNNING
+    assert not highs_child.RUNNING

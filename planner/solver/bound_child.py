@@ -8,7 +8,8 @@ idle on a plan with several GPUs (on one GPU the swap MIP has it), so the bound 
 computed there again with the polish's time, and the larger of the two is reported.
 
 A child rather than a thread: SciPy's HiGHS would keep Python's lock from the polish, and
-a child is killed at its deadline whatever HiGHS is doing. The child is this module run by
+a child is killed at its deadline whatever HiGHS is doing (and at exit: ``highs_child``'s
+registry and grace serve both kinds of child). The child is this module run by
 the same interpreter (``python -P``, as ``highs_child``); the instance and cost model go to
 it pickled on its standard input (written by a thread: the child reads it once started),
 the bound comes back as one JSON line on its standard output.
@@ -16,7 +17,6 @@ the bound comes back as one JSON line on its standard output.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
@@ -28,19 +28,11 @@ import time
 
 from planner.costmodel.base import CostModel
 from planner.domain import Instance
+from planner.solver.highs_child import GRACE_S, RUNNING  # its children's grace and registry
 
-#: the child is killed this long after the deadline it was given if it has not answered
-GRACE_S = 0.3
 #: the child's bound is given until this long before its deadline (its own start, the
 #: instance's grids and its answer take the rest)
 MARGIN_S = 1.0
-_RUNNING: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_children() -> None:
-    for proc in list(_RUNNING):
-        proc.kill()
 
 
 class RefinedBound:
@@ -63,7 +55,7 @@ class RefinedBound:
         except (OSError, pickle.PicklingError, TypeError, AttributeError):
             self._proc = None
             return
-        _RUNNING.add(self._proc)
+        RUNNING.add(self._proc)
         proc = self._proc
 
         def feed() -> None:  # the child reads it once started (the pipe holds 64 KiB)
@@ -96,7 +88,7 @@ class RefinedBound:
             proc.wait()
             return None
         finally:
-            _RUNNING.discard(proc)
+            RUNNING.discard(proc)
         for line in reversed(out.decode(errors="replace").splitlines()):
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 got = json.loads(line)

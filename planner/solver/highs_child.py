@@ -30,13 +30,14 @@ from scipy.sparse import csc_matrix
 
 #: the child is killed this long after the deadline it was given if it has not answered
 GRACE_S = 0.3
-_RUNNING: set[subprocess.Popen[bytes]] = set()  # children not yet answered or killed
+#: children not yet answered or killed (this module's and ``bound_child``'s)
+RUNNING: set[subprocess.Popen[bytes]] = set()
 
 
 @atexit.register
 def _kill_children() -> None:
     """A child still running when the process exits (its thread is a daemon) is killed."""
-    for proc in list(_RUNNING):
+    for proc in list(RUNNING):
         proc.kill()
 
 
@@ -56,7 +57,7 @@ def mip_dual_bound(c: np.ndarray, a: csc_matrix, lo: np.ndarray, hi: np.ndarray,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:
         return None
-    _RUNNING.add(proc)
+    RUNNING.add(proc)
     try:
         out, _ = proc.communicate(buf.getvalue(),
                                   timeout=max(0.0, deadline + GRACE_S - time.time()))
@@ -68,7 +69,7 @@ def mip_dual_bound(c: np.ndarray, a: csc_matrix, lo: np.ndarray, hi: np.ndarray,
         proc.wait()
         return None
     finally:
-        _RUNNING.discard(proc)
+        RUNNING.discard(proc)
     value = None
     for line in out.decode().splitlines():
         with contextlib.suppress(ValueError):

@@ -356,8 +356,8 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
         if want_bound and one_slot and not one_gpu and objective in REFINED_OBJECTIVES \
                 and (os.cpu_count() or 1) > 1:
-            # the core the search had is idle beside the polish on several GPUs (on one
-            # the swap MIP has it): the bound's LP again there, given the polish's time
+            # the core the search had is idle beside the polish on several GPUs or none (on
+            # one the swap MIP has it): the bound's LP again there, given the polish's time
             refined = RefinedBound(instance, cost, 1, objective,
                                    t0 + full - SWAP_BOUND_MARGIN_S)
         own = compute_metrics(instance, sched.actions)
