@@ -425,7 +425,7 @@ class PreemptCost(RoundCost):
     ``kv_s``); model "B" has layers of 2 GiB instead of 1 GiB."""
 
     def __init__(self, kv_s: float = 0.5) -> None:
-        self.kv_s = kv_s
+        self.copy_s = kv_s  # (not ``kv_s``: CostModel.kv_s is a method)
 
     def gpu_bytes(self, cfg: EngineConfig) -> int:
         return cfg.n_gpu_layers * GIB * (2 if cfg.model == "B" else 1)
@@ -437,10 +437,10 @@ class PreemptCost(RoundCost):
         return 0.02 * prompt_tokens
 
     def kv_save_s(self, cfg: EngineConfig, context_tokens: int) -> float:
-        return self.kv_s
+        return self.copy_s
 
     def kv_restore_s(self, cfg: EngineConfig, context_tokens: int) -> float:
-        return self.kv_s
+        return self.copy_s
 
 
 def weighted_instance(gpus_gib: list[float], host_gib: float,

@@ -426,3 +426,14 @@ def gap_of(obj: float, bound: float, objective: str) -> float:
     if objective == "slo_attainment":  # maximised; bound is an upper bound
         return max(0.0, (bound - obj) / bound) if bound > 0 else 0.0
     return max(0.0, (obj - bound) / abs(obj)) if obj else 0.0
+
+
+#: a plan within this relative gap of a bound valid for the instance is optimal (the rest
+#: is floating point: the plan and the bound come from the same cost model)
+OPTIMAL_GAP = 1e-6
+
+
+def meets_bound(obj: float, bound: float, objective: str) -> bool:
+    """Whether a plan of objective ``obj`` reaches ``bound`` (valid for the instance): no
+    plan can do better, so a search for one is time lost."""
+    return gap_of(obj, bound, objective) <= OPTIMAL_GAP

@@ -84,9 +84,15 @@ def remap_hint(sol: WindowSolution, old: ProblemData, new: ProblemData) -> Hint:
 def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, periods: int,
                   horizon: int, build: Callable[[list[EngineConfig]], ProblemData],
                   splits: Callable[[ProblemData], frozenset[str]], params: SolveParams,
-                  deadline: float) -> tuple[ProblemData, WindowSolution, int, int]:
-    """Rounds until ``deadline`` (perf_counter); returns (data, solution, rounds, better)."""
+                  deadline: float,
+                  reached: Callable[[ProblemData, WindowSolution], bool] | None = None,
+                  ) -> tuple[ProblemData, WindowSolution, int, int]:
+    """Rounds until ``deadline`` (perf_counter); returns (data, solution, rounds, better).
+    ``reached``: whether a solution's plan reaches the instance's bound (the rounds end
+    there: no configuration can do better)."""
     rounds = better = 0
+    if reached is not None and reached(data, sol):
+        return data, sol, rounds, better
     ri = 0
     extra = 0  # load periods per engine beyond what the current plan uses
     start = [e.cfg for e in data.engines]
@@ -123,6 +129,8 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
             data, sol = new, got
             better += 1
             ri = 0
+            if reached is not None and reached(data, sol):
+                break
         else:
             ri += 1
     return data, sol, rounds, better

@@ -41,7 +41,8 @@ from planner.metrics import (
     objective_key,
     objective_value,
 )
-from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound
+from planner.retime import retime
+from planner.solver.bound import SWAP_BOUND_NAME, gap_of, lower_bound, meets_bound
 from planner.solver.bound_child import RefinedBound
 from planner.solver.bound_lp import TIME_LIMIT_S as LP_TIME_S
 from planner.solver.candidates import polish_engines
@@ -161,14 +162,37 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if want_bound:
         lower_bound(instance, cost, data, objective, lp_time_s=min(LP_TIME_S, full / 6))
     one_slot = max((e.slots for e in data.engines), default=1) == 1
+    base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
+    best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
+                    default=None)
+
+    def optimal(plan: Schedule) -> bool:
+        """Whether ``plan``, as the executor dispatches it (how it is reported), reaches the
+        instance's bound, so that no plan can do better."""
+        if not want_bound:
+            return False
+        value = objective_value(compute_metrics(instance, retime(instance, cost, plan).actions),
+                                objective)
+        return meets_bound(value, lower_bound(instance, cost, data, objective)[0], objective)
+
+    for name in sorted(baseline_schedules,
+                       key=lambda k: objective_key(base_metrics[k], objective)):
+        if optimal(baseline_schedules[name]):
+            # a start plan no plan can beat (light load: every request served as fast as
+            # it can be alone): written at once, nothing left to search for
+            bound, bound_name = lower_bound(instance, cost, data, objective)
+            what = f"baseline {name}" if name in BASELINES else f"start plan {name}"
+            grid = objective_value(base_metrics[name], objective)  # as_executed's note
+            return baseline_schedules[name], SolverInfo(
+                "cp-sat", "OPTIMAL", grid, bound, gap_of(grid, bound, objective),
+                time.perf_counter() - t0, **base_info_of(opts),
+                notes=f"the {what} meets the bound ({bound_name}) as the executor "
+                      "dispatches it: no plan can do better, so no search")
     swaps: SwapBound | None = None  # the swap-aware bound's thread, once started
     if want_bound and one_slot and (os.cpu_count() or 1) > workers:
         # a core CP-SAT's workers leave free: the swap-aware bound from now on (with the
         # polish off too)
         swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
-    base_metrics = {k: compute_metrics(instance, s.actions) for k, s in baseline_schedules.items()}
-    best_base = min(base_metrics, key=lambda k: objective_key(base_metrics[k], objective),
-                    default=None)
 
     def options(d: ProblemData) -> float:
         return sum(len(rd.run) for rd in d.requests) * PERIODS / max(1, len(d.requests))
@@ -283,11 +307,16 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 return build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
                                   cpu, n_ctx, cfgs, max_splits, slots)
 
+            def reached(d: ProblemData, s: WindowSolution) -> bool:
+                b = PlanBuilder(d)
+                b.commit(s, True)
+                return optimal(b.schedule())
+
             def more_rounds(d: ProblemData, s: WindowSolution, until: float) -> tuple[
                     ProblemData, WindowSolution, int, int]:
                 return refine_splits(d, s, objective, PERIODS, horizon, build,
                                      lambda dd: split_candidates(list(dd.requests), max_splits),
-                                     params, until)
+                                     params, until, reached)
 
             data, sol, rounds, better = more_rounds(data, sol, t0 + limit - 0.3)
             decomposition = (f"monolithic CP-SAT model with a search over layer splits "
@@ -349,8 +378,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     from_start = None  # the start plan polished instead of CP-SAT's (which was worse)
     own_obj = 0.0  # then CP-SAT's plan's objective
     refined: RefinedBound | None = None  # the bound again, beside the polish
+    # a plan that reaches the bound is optimal: no polish, no more rounds, no wait for
+    # the bounds still being computed
+    at_bound = optimal(sched)
 
-    if polishing and not stopped():
+    if polishing and not stopped() and not at_bound:
         # (a stop request ends the search; the plan is written as it is, at once)
         if swaps is None and want_bound and one_slot:  # on the core the search had
             swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
@@ -393,12 +425,14 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                     later += ", the plan before them kept"
             decomposition += later
     if refined is not None:
-        refreshed = refined.value(time.perf_counter() if stopped() else t0 + full - 0.05)
+        refreshed = refined.value(time.perf_counter() if stopped() or at_bound
+                                  else t0 + full - 0.05)
         if refreshed is not None and refreshed[0] > bound:
             bound, bound_name = refreshed
             bound_note = f"bound: {bound_name} (refined beside the polish)"
     if swaps is not None:
-        swap_value = swaps.value(time.perf_counter() if stopped() else t0 + full - 0.05)
+        swap_value = swaps.value(time.perf_counter() if stopped() or at_bound
+                                 else t0 + full - 0.05)
         if swap_value is not None and swap_value > bound:
             bound, bound_name = swap_value, SWAP_BOUND_NAME
             bound_note = f"bound: {bound_name}"
@@ -427,6 +461,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                  f"committed (window statuses: {', '.join(sorted(set(statuses)))}); "
                  f"{bound_note}")
     notes += slot_note
+    if at_bound:
+        status = "OPTIMAL"
+        notes += "; the plan reaches the bound: no plan can do better (no polish)"
     if moves is not None:
         notes += (f"; polish: {counted(moves, 'run')} moved after the search "
                   "(local moves kept when the objective improves)")
