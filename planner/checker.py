@@ -238,8 +238,19 @@ class _Check:
         transfers: dict[str, list[Action]] = defaultdict(list)
         engine_runs: dict[str, list[Action]] = defaultdict(list)
         unloads: dict[str, list[Action]] = defaultdict(list)
-        known = {r.id for r in self.inst.requests}
+        known = {r.id: r for r in self.inst.requests}
         for a in self.actions:
+            if a.on_demand is not None:  # a load made when this request arrives
+                req = known.get(a.on_demand)
+                if req is None:
+                    self.bad(5, f"{_fmt(a)}: on_demand names an unknown request "
+                                f"{a.on_demand!r}")
+                elif req.model != self.engines[a.engine].model:
+                    self.bad(5, f"{_fmt(a)}: on_demand request {a.on_demand} is of model "
+                                f"{req.model}, not the engine's")
+                elif a.start_s < req.arrival_s - EPS:
+                    self.bad(5, f"{_fmt(a)}: a load on demand starts before its request "
+                                f"{a.on_demand} arrives ({req.arrival_s:g})")
             if a.kind == "run":
                 engine_runs[a.engine].append(a)
             if a.kind == "unload":

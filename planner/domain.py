@@ -372,9 +372,16 @@ class Action:
     tokens_to: int | None = None
     recompute: bool = False
     bytes: int | None = None
+    #: a load made on demand (plan format 1.1): the request whose arrival triggers it, as
+    #: Ollama and llama-swap load a model when a request for it comes in; the load starts
+    #: no earlier than that arrival (the baselines' plans; the planner's loads may start
+    #: before, since it knows the arrivals)
+    on_demand: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.kind in ACTION_KINDS, f"unknown action kind {self.kind!r}")
+        _require(self.on_demand is None or self.kind == "load",
+                 f"{self.kind} action cannot be on_demand (loads only)")
         if self.kind == "run":
             _require(self.request is not None and self.tokens_from is not None
                      and self.tokens_to is not None,
@@ -394,6 +401,8 @@ class Action:
                      tokens_to=self.tokens_to, recompute=self.recompute)
         elif self.kind in ("kv_save", "kv_restore"):
             d.update(request=self.request, bytes=self.bytes)
+        elif self.on_demand is not None:
+            d.update(on_demand=self.on_demand)
         d.update(start_s=round(self.start_s, 6), end_s=round(self.end_s, 6))
         return d
 

@@ -272,9 +272,11 @@ def engine_to_json(e: Engine) -> dict[str, Any]:
 
 
 def plan_format(schedule: Schedule) -> str:
-    """``planner.plan/1.1`` when an engine has slots or spans GPUs, else ``planner.plan/1``
-    (so plans without either stay readable by version-1 readers)."""
-    new = any(e.n_parallel != 1 or e.shares for e in schedule.engines)
+    """``planner.plan/1.1`` when an engine has slots or spans GPUs, or a load is made on
+    demand, else ``planner.plan/1`` (so plans without any stay readable by version-1
+    readers)."""
+    new = any(e.n_parallel != 1 or e.shares for e in schedule.engines) or \
+        any(a.on_demand is not None for a in schedule.actions)
     return PLAN_FORMAT_1_1 if new else PLAN_FORMAT
 
 
@@ -318,7 +320,7 @@ def parse_schedule(data: dict[str, Any], where: str) -> Schedule:
                    start_s=float(a["start_s"]), end_s=float(a["end_s"]),
                    request=a.get("request"), tokens_from=a.get("tokens_from"),
                    tokens_to=a.get("tokens_to"), recompute=bool(a.get("recompute", False)),
-                   bytes=a.get("bytes"))
+                   bytes=a.get("bytes"), on_demand=a.get("on_demand"))
             for a in data["actions"])
     except DomainError as exc:
         raise InputError([f"{where}: {exc}"]) from None

@@ -2,8 +2,8 @@
 
 Schedulers place actions on a grid with the cost model's idle durations. The
 executor dispatches each action as soon as the previous action in its lane, on
-its engine and of its request is done (and, for a run, its request has
-arrived), and on a real machine two kinds of load, and KV copies, differ from
+its engine and of its request is done (and, for a run or a load made on demand, its
+request has arrived), and on a real machine two kinds of load, and KV copies, differ from
 idle, repeated ones:
 
 - an engine's **first load** in a replay happens in a freshly started worker
@@ -113,6 +113,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             s = max((end[d] for d in deps[i]), default=0.0)
             if a.kind == "run" and a.request is not None:
                 s = max(s, arrival[a.request])
+            elif a.on_demand is not None:  # a load made when its request arrives
+                s = max(s, arrival[a.on_demand])
             start[i], end[i] = s, (end[i] if i in admit else s + dur[i])
         for eid, idx in slot_runs.items():
             cfg = engines[eid].config

@@ -21,7 +21,9 @@ def test_solve_baseline_writes_checked_plan(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = tmp_path / "solutions" / "tiny.json"  # default output under ./solutions
     data = json.loads(out.read_text())
-    assert data["format"] == "planner.plan/1"
+    # llama-swap loads a model when a request for it arrives: format 1.1's on_demand
+    assert data["format"] == "planner.plan/1.1"
+    assert all("on_demand" in a for a in data["actions"] if a["kind"] == "load")
     assert data["solver"]["name"] == "grouped"
     assert set(data["baselines"]) == {"fcfs-lru", "grouped", "static"}
     assert "grouped" in res.output and "weighted mean response" in res.output

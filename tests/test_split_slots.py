@@ -3,6 +3,7 @@ plan files and exports, on hand-built plans."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -145,6 +146,9 @@ def test_v1_plan_reads_as_before(tiny, write_instance, tmp_path: Path) -> None: 
 
     inst = load_instance(write_instance(tiny))
     sched = fcfs_lru(inst, AnalyticCostModel.for_instance(inst))
+    # no slots, no split engines, no loads on demand (fcfs-lru's, format 1.1)
+    sched = dataclasses.replace(sched, actions=tuple(
+        dataclasses.replace(a, on_demand=None) for a in sched.actions))
     doc = plan_to_json(Plan(inst.name, inst.sha256, SolverInfo("fcfs-lru", "FEASIBLE"), sched),
                        inst)
     assert doc["format"] == "planner.plan/1"

@@ -1,5 +1,9 @@
 """Baseline schedulers: what Ollama, llama-swap and a static deployment would do.
 
+Ollama and llama-swap load a model when a request for it arrives, never before (they do
+not know the arrivals): their loads are marked ``on_demand`` with that request, so that
+re-timed as the executor dispatches them (``planner.retime``) they still wait for it.
+
 - ``fcfs-lru`` (Ollama): requests in arrival order; a request for a loaded
   model goes to that engine; otherwise the model is loaded, with as many layers
   on the GPU as fit (``--fit``), on the device where it would finish first,
@@ -58,7 +62,7 @@ def fcfs_lru(instance: Instance, cost: CostModel, slots: int = 1) -> Schedule:
             _ds, r = min(resident, key=lambda x: sim.run_start(x[1], req, req.arrival_s)
                          + sim.run_time(x[1], req))
         else:
-            r = sim.apply_load(_best_load(sim, req.model, req.arrival_s, req))
+            r = sim.apply_load(_best_load(sim, req.model, req.arrival_s, req), req.id)
         sim.run(r, req, req.arrival_s)
     return sim.schedule()
 
@@ -99,7 +103,7 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
                 break
             opt = sim.plan_load(req.model, ds.device.id, t, evict_all=True)
             if opt is not None:
-                served = (req, sim.apply_load(opt))
+                served = (req, sim.apply_load(opt, req.id))
                 break
         if served is None:
             # nothing this device can take now: wait for the next event

@@ -161,7 +161,9 @@ class Simulator:
                 return None
             evict.append(order.pop(0))
 
-    def apply_load(self, opt: LoadOption) -> Resident:
+    def apply_load(self, opt: LoadOption, on_demand: str | None = None) -> Resident:
+        """Load ``opt``'s engine (after its evictions); ``on_demand``: the request whose
+        arrival makes the server load it (the load is marked so, and starts no earlier)."""
         ds = self.devices[opt.device]
         t = max(ds.free_at, opt.start)
         ds.slot_engine = None
@@ -174,7 +176,7 @@ class Simulator:
                    n_parallel=cfg.n_parallel)
         self.engines.append(e)
         end = t + self.cost.load_s(cfg)
-        self.actions.append(Action("load", e.id, e.device, t, end))
+        self.actions.append(Action("load", e.id, e.device, t, end, on_demand=on_demand))
         iv = [t, math.inf, float(e.host_bytes)]
         self.ledger[ds.device.host].append(iv)
         res = Resident(e, iv, end, ds.device.host, [end] * cfg.n_parallel)

@@ -7,7 +7,9 @@ predicted times (``realtime=True`` also waits for those):
 - the previous action on the same engine (so one engine is never driven by two
   actions at once, and residency follows the plan),
 - the previous action of the same request (runs, KV save and restore in order),
-- for a run, the request's arrival on the replay clock.
+- for a run, the request's arrival on the replay clock; for a load made on demand
+  (``on_demand``, the baselines' loads: Ollama and llama-swap load a model when a
+  request for it comes in), its request's arrival.
 
 Each engine lives in its own worker process (``profiler.engine.Engine``), all
 started before the replay clock begins, so a crash ends one engine, not the

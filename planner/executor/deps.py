@@ -99,9 +99,10 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
                    ends: Ends | None = None, spans: Spans | None = None
                    ) -> tuple[list[float], list[float]]:
     """(start, end) of each action of a one-slot plan, in this order, each as early as
-    what it waits for (:func:`dependencies`) allows, with its duration; runs not before
-    their request's arrival. The same times as from :func:`dependencies`' sets, without
-    building them (the solver's polish asks this for every candidate plan). ``ends``:
+    what it waits for (:func:`dependencies`) allows, with its duration; runs (and loads
+    made on demand) not before their request's arrival. The same times as from
+    :func:`dependencies`' sets, without building them (the solver's polish asks this for
+    every candidate plan). ``ends``:
     the state after the actions before these (updated in place)."""
     ends = ends if ends is not None else Ends()
     lane, engine, request = ends.lane, ends.engine, ends.request
@@ -128,6 +129,10 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
                 x = arrival[q]
                 if x > s:
                     s = x
+        elif kind == "load" and a.on_demand is not None:  # made when its request arrives
+            x = arrival[a.on_demand]
+            if x > s:
+                s = x
         e = s + (a.end_s - a.start_s)
         start.append(s)
         end.append(e)

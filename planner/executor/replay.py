@@ -190,6 +190,8 @@ class Replay:
         not_before = a.start_s if self.realtime else 0.0
         if a.kind == "run" and a.request is not None:
             not_before = max(not_before, self.inst.request(a.request).arrival_s)
+        elif a.on_demand is not None:  # a load made when its request arrives
+            not_before = max(not_before, self.inst.request(a.on_demand).arrival_s)
         delay = not_before - (time.perf_counter() - self.t0)
         if delay > 0 and self._abort.wait(delay):
             rec.status = "not_run"

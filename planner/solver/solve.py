@@ -26,6 +26,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from planner.baselines.policies import BASELINES
@@ -109,6 +110,14 @@ def _error(msg: str) -> Exception:
     return SolveError(msg)
 
 
+def _planned(schedule: Schedule) -> Schedule:
+    """``schedule`` with no load made on demand (``Action.on_demand``)."""
+    if all(a.on_demand is None for a in schedule.actions):
+        return schedule
+    return replace(schedule, actions=tuple(replace(a, on_demand=None) if a.on_demand else a
+                                           for a in schedule.actions))
+
+
 # --- entry point -----------------------------------------------------------------------
 
 def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestData]]:
@@ -143,8 +152,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          bool(getattr(opts, "log", False)))
     preempt = bool(getattr(opts, "preemption", True))  # off: whole runs only, polish too
     max_splits = MAX_SPLITS if preempt else 0
-    # start plans: the baselines', and Smith's rule with model loads (greedy.py)
-    baseline_schedules = dict(baselines)
+    # start plans: the baselines', and Smith's rule with model loads (greedy.py); the
+    # baselines' loads wait for the request that makes Ollama or llama-swap load, a plan
+    # of the planner's need not (it knows the arrivals)
+    baseline_schedules = {k: _planned(s) for k, s in baselines.items()}
     with contextlib.suppress(RuntimeError, BaselineError):
         baseline_schedules[SMITH] = start_plan(instance, cost, objective)
     t_start = time.perf_counter() - t0
