@@ -92,8 +92,9 @@ def execute(plan: Path, instance: Path | None, force: bool, dry_run: bool, out: 
     """Replay PLAN on this machine's llama.cpp engines and measure every action.
 
     Each action starts as soon as what it depends on is done (its lane, its
-    engine, its request, the request's arrival). The report (SPEC section 3)
-    is written as the replay goes; Ctrl-C keeps what was measured.
+    engine, its request, the request's arrival; a load made on demand, as in the
+    fcfs-lru and grouped baselines' plans, its request's arrival). The report
+    (SPEC section 3) is written as the replay goes; Ctrl-C keeps what was measured.
 
     \b
     Examples:
