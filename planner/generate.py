@@ -213,5 +213,33 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
         data["profiles"] = profiles
     from planner.io import parse_instance
 
+    shortened = _fit_contexts(data, out)
+    if shortened:
+        from planner.metrics import counted
+
+        data["description"] += (f"; {counted(shortened, 'request')} shortened to their "
+                                "model's trained context")
     parse_instance(data, str(out), out.parent.resolve(), "")  # never write what cannot be read
     return data
+
+
+def _fit_contexts(data: dict[str, Any], out: Path) -> int:
+    """Shorten each request whose prompt and output pass its model's trained context
+    (``n_ctx_train``: no engine could serve it, and ``solve`` would refuse the instance):
+    the output to what is left after the prompt, the prompt to at most half the context
+    where the output would take the rest. Returns how many were shortened."""
+    from planner.io import parse_instance
+
+    try:
+        bare = parse_instance({**data, "requests": []}, str(out), out.parent.resolve(), "")
+    except InputError:
+        return 0  # the full parse below names the fault
+    limit = {m.id: m.arch.n_ctx_train for m in bare.models}
+    n = 0
+    for r in data["requests"]:
+        cap = limit.get(r["model"])
+        if cap is not None and r["prompt_tokens"] + r["output_tokens"] > cap:
+            r["prompt_tokens"] = min(r["prompt_tokens"], cap - min(r["output_tokens"], cap // 2))
+            r["output_tokens"] = cap - r["prompt_tokens"]
+            n += 1
+    return n

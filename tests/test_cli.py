@@ -133,6 +133,23 @@ def test_generate_bursty_heavy_tailed() -> None:
     assert json.loads(Path("b.json").read_text())["requests"] == a["requests"]
 
 
+def test_generate_keeps_requests_within_their_models_trained_context() -> None:
+    """Outputs of up to 4,000 tokens for Llama-2-70B, trained on 4,096: the long ones are
+    shortened to fit (prompt first), so the instance is one `solve` takes."""
+    args = ["instance", "generate", "--cluster", "one-gpu", "--models",
+            "llama2-70b-q4_k_m,llama3-8b-q4_k_m", "--rate", "0.05", "--duration", "600",
+            "--output-median", "2500", "--max-output", "4000", "--seed", "3", "-o", "a.json"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    a = json.loads(Path("a.json").read_text())
+    assert "shortened to their model's trained context" in res.output
+    assert "shortened to their model's trained context" in a["description"]
+    llama2 = [r for r in a["requests"] if r["model"] == "llama2-70b-q4_k_m"]
+    assert max(r["prompt_tokens"] + r["output_tokens"] for r in llama2) == 4096
+    assert all(r["prompt_tokens"] >= 1 and r["output_tokens"] >= 1 for r in a["requests"])
+    assert invoke("validate", "a.json").exit_code == 0
+
+
 def test_help_has_examples() -> None:
     for cmd in ("solve", "validate"):
         res = invoke(cmd, "--help")

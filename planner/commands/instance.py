@@ -76,6 +76,9 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
     _refuse_unservable(data, out)
     write_json_atomic(out, data)
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
+    if "shortened to their model's trained context" in data.get("description", ""):
+        click.echo("  " + data["description"].rsplit("; ", 1)[-1] + " (prompt + output "
+                   "at most n_ctx_train)")
 
 
 def _refuse_unservable(data: dict[str, Any], out: Path) -> None:
