@@ -102,8 +102,8 @@ def earliest_times(actions: list[Action], arrival: dict[str, float],
     what it waits for (:func:`dependencies`) allows, with its duration; runs (and loads
     made on demand) not before their request's arrival. The same times as from
     :func:`dependencies`' sets, without building them (the solver's polish asks this for
-    every candidate plan). ``ends``:
-    the state after the actions before these (updated in place)."""
+    every candidate plan). ``ends``: the state after the actions before these (updated in
+    place)."""
     ends = ends if ends is not None else Ends()
     lane, engine, request = ends.lane, ends.engine, ends.request
     start: list[float] = []
