@@ -57,9 +57,9 @@ def test_a_start_plan_at_the_bound_is_written_without_a_search(
 
 def test_the_search_ends_when_its_plan_reaches_the_bound(tmp_path: Path) -> None:
     """A light generated workload on the two servers (12 requests over 600 s, far apart):
-    no start plan reaches the bound (the 70B model's requests need a split the
-    baselines do not choose), CP-SAT's first plan does. The solve then ends at once:
-    status OPTIMAL, no split rounds after it, no polish; the plan passes the checker."""
+    the best start plan does not reach the bound, CP-SAT's first plan does. The solve
+    then ends at once: status OPTIMAL, no split rounds after it, no polish; the plan
+    passes the checker."""
     inst_path, plan_path = tmp_path / "light.json", tmp_path / "plan.json"
     runner = CliRunner()
     res = runner.invoke(cli, ["instance", "generate", "-o", str(inst_path), "--rate", "0.004",
