@@ -188,9 +188,10 @@ def template_from(like: Path, out: Path) -> tuple[dict[str, Any], list[dict[str,
 
 def generate_instance(out: Path, like: Path | None, cluster_name: str, models: str,
                       rates: Iterable[str], spec: WorkloadSpec, name: str | None,
-                      objective: str | None) -> dict[str, Any]:
+                      objective: str | None) -> tuple[dict[str, Any], int]:
     """The instance ``planner instance generate`` writes: a built-in cluster and reference
-    models, or those of ``like``; ``spec.rates`` is replaced by the parsed ``rates``."""
+    models, or those of ``like``; ``spec.rates`` is replaced by the parsed ``rates``. With
+    it, how many requests were shortened to their model's trained context."""
     profiles: list[str] = []
     if like is not None:
         cluster, model_entries, like_objective, profiles = template_from(like, out)
@@ -220,7 +221,7 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
         data["description"] += (f"; {counted(shortened, 'request')} shortened to their "
                                 "model's trained context")
     parse_instance(data, str(out), out.parent.resolve(), "")  # never write what cannot be read
-    return data
+    return data, shortened
 
 
 def _fit_contexts(data: dict[str, Any], out: Path) -> int:

@@ -66,19 +66,21 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
     """
     from planner.generate import WorkloadSpec, generate_instance
     from planner.io import write_json_atomic
+    from planner.metrics import counted
 
     spec = WorkloadSpec(rates={}, duration_s=duration, prompt_median=prompt_median,
                         output_median=output_median, max_prompt=max_prompt,
                         max_output=max_output, seed=seed, arrivals=arrivals,
                         burst_period_s=burst_period, hot_models=hot_models, lengths=lengths,
                         tail_alpha=tail_alpha)
-    data = generate_instance(out, like, cluster_name, models, rates, spec, name, objective)
+    data, shortened = generate_instance(out, like, cluster_name, models, rates, spec, name,
+                                        objective)
     _refuse_unservable(data, out)
     write_json_atomic(out, data)
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
-    if "shortened to their model's trained context" in data.get("description", ""):
-        click.echo("  " + data["description"].rsplit("; ", 1)[-1] + " (prompt + output "
-                   "at most n_ctx_train)")
+    if shortened:
+        click.echo(f"  {counted(shortened, 'request')} shortened to their model's trained "
+                   "context (prompt + output at most n_ctx_train)")
 
 
 def _refuse_unservable(data: dict[str, Any], out: Path) -> None:

@@ -188,20 +188,21 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                                 objective)
         return meets_bound(value, lower_bound(instance, cost, data, objective)[0], objective)
 
+    # what the start plan kept is: a baseline (fcfs-lru, ...) or another start plan (the
+    # one-slot CP-SAT plan a slot search starts from, the greedy start plan)
+    kept = (f"baseline {best_base}" if best_base in BASELINES else
+            f"start plan {best_base}")
     # the best start plan on its grid (re-timing them all would cost more than it finds)
-    for name in sorted(baseline_schedules,
-                       key=lambda k: objective_key(base_metrics[k], objective))[:1]:
-        if optimal(baseline_schedules[name]):
-            # a start plan no plan can beat (light load: every request served as fast as
-            # it can be alone): written at once, nothing left to search for
-            bound, bound_name = lower_bound(instance, cost, data, objective)
-            what = f"baseline {name}" if name in BASELINES else f"start plan {name}"
-            grid = objective_value(base_metrics[name], objective)  # as_executed's note
-            return baseline_schedules[name], SolverInfo(
-                "cp-sat", "OPTIMAL", grid, bound, gap_of(grid, bound, objective),
-                time.perf_counter() - t0, **base_info_of(opts),
-                notes=f"the {what} meets the bound ({bound_name}) as the executor "
-                      "dispatches it: no plan can do better, so no search")
+    if best_base is not None and optimal(baseline_schedules[best_base]):
+        # a start plan no plan can beat (light load: every request served as fast as it
+        # can be alone): written at once, nothing left to search for
+        bound, bound_name = lower_bound(instance, cost, data, objective)
+        grid = objective_value(base_metrics[best_base], objective)  # as_executed's note
+        return baseline_schedules[best_base], SolverInfo(
+            "cp-sat", "OPTIMAL", grid, bound, gap_of(grid, bound, objective),
+            time.perf_counter() - t0, **base_info_of(opts),
+            notes=f"the {kept} meets the bound ({bound_name}) as the executor dispatches "
+                  "it: no plan can do better, so no search")
     swaps: SwapBound | None = None  # the swap-aware bound's thread, once started
     if want_bound and one_slot and (os.cpu_count() or 1) > workers:
         # a core CP-SAT's workers leave free: the swap-aware bound from now on (with the
@@ -345,11 +346,6 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                          else (0.0, "none (a part of a decomposition)"))
     wall = time.perf_counter() - t0
     base_info = base_info_of(opts)
-
-    # what the start plan kept is: a baseline (fcfs-lru, ...) or another start plan (the
-    # one-slot CP-SAT plan a slot search starts from, the greedy start plan)
-    kept = (f"baseline {best_base}" if best_base in BASELINES else
-            f"start plan {best_base}")
 
     def keep_baseline(status: str, notes: str) -> tuple[Schedule, SolverInfo]:
         if best_base is None:
