@@ -18,7 +18,8 @@ idle, repeated ones:
   of the busy to the idle copy at the request's context.
 
 :func:`retime` recomputes every action's start and end with exactly the
-executor's dependencies and these durations (a fixed point over the overlaps),
+executor's dependencies and these durations, replayed event by event (slot engines
+batch their runs as they join: :func:`event_times`), to a fixed point over the overlaps,
 keeping each action's place in its lane, on its engine and in its request. The
 result is checked by the plan checker; a plan it would make invalid is kept as
 it was.
@@ -27,13 +28,14 @@ it was.
 from __future__ import annotations
 
 import bisect
+import heapq
 from dataclasses import replace
 
 from planner.checker import check_plan
 from planner.costmodel.base import CostModel
-from planner.domain import Action, Instance, Schedule, fresh_worker_per_load
+from planner.domain import Action, EngineConfig, Instance, Schedule, fresh_worker_per_load
 from planner.executor.deps import dependencies, plan_order, same_dependencies, spans_of
-from planner.slots import batched_times
+from planner.slots import batch_step
 
 ROUNDS = 40
 
@@ -58,6 +60,95 @@ def _overlap(s: float, e: float, spans: list[tuple[float, float]]) -> float:
         total += max(0.0, min(e, b) - max(s, a))
         i += 1
     return total
+
+
+def event_times(cost: CostModel, deps: list[set[int]], dur: list[float], release: list[float],
+                slot_of: dict[int, str], cfgs: dict[str, EngineConfig],
+                sizes: dict[int, tuple[int, int]]
+                ) -> tuple[list[float], list[float], dict[int, float]]:
+    """(start, end, admission of slot runs) of each action (plan order), replayed in time
+    order as the executor dispatches them: an action starts once everything in ``deps``
+    has ended and not before ``release``, and lasts ``dur``; except the runs in
+    ``slot_of`` (run -> its slot engine, ``cfgs`` its config, ``sizes`` its prompt and
+    output tokens), which join their engine's queue then, are admitted at the start of
+    the engine's first step with a free slot (in the order they joined) and end with
+    their last token (:func:`planner.slots.batch_step`, as in
+    :func:`planner.slots.batched_times`).
+
+    Replayed event by event, so a run that waits on a slot run's end waits for its
+    batched end in the same pass (a pass that placed actions in plan order used the
+    slot runs' ends of the pass before, and chains of them took a pass per link)."""
+    n = len(deps)
+    start = [0.0] * n
+    end = [0.0] * n
+    admit: dict[int, float] = {}
+    ready = list(release)
+    waiting = [len(d) for d in deps]
+    after: list[list[int]] = [[] for _ in range(n)]
+    for i, d in enumerate(deps):
+        for j in d:
+            after[j].append(i)
+    # events (time, kind, key): at one time, ends first (what they free may join a
+    # step starting then), then joins, then the steps that start
+    ended, joins, step = 0, 1, 2
+    names = sorted(cfgs)
+    queue: dict[str, list[int]] = {e: [] for e in names}
+    active: dict[str, dict[int, list[int]]] = {e: {} for e in names}
+    stepping: dict[str, bool] = dict.fromkeys(names, False)
+    finishing: dict[str, list[int]] = {e: [] for e in names}
+    events: list[tuple[float, int, int]] = []
+
+    def begin(i: int) -> None:
+        s = ready[i]
+        start[i] = s
+        if i in slot_of:
+            heapq.heappush(events, (s, joins, i))
+        else:
+            end[i] = s + dur[i]
+            heapq.heappush(events, (end[i], ended, i))
+
+    def done(i: int, t: float) -> None:
+        for k in after[i]:
+            ready[k] = max(ready[k], t)
+            waiting[k] -= 1
+            if not waiting[k]:
+                begin(k)
+
+    for i in range(n):
+        if not waiting[i]:
+            begin(i)
+    while events:
+        t, kind, key = heapq.heappop(events)
+        if kind == joins:
+            eid = slot_of[key]
+            queue[eid].append(key)
+            if not stepping[eid]:
+                stepping[eid] = True
+                heapq.heappush(events, (t, step, names.index(eid)))
+        elif kind == step:
+            eid = names[key]
+            act, q = active[eid], queue[eid]
+            free = cfgs[eid].n_parallel - len(act)
+            joining, queue[eid] = q[:free], q[free:]
+            for i in joining:
+                admit[i] = t
+            t2, fin = batch_step(cost, cfgs[eid], t, act,
+                                 [(i, *sizes[i]) for i in joining])
+            finishing[eid] = fin
+            # the next step at once where no run ends (nothing it frees can join)
+            heapq.heappush(events, (t2, ended, -1 - key) if fin else (t2, step, key))
+        elif key < 0:  # a slot engine's step ended
+            eid = names[-1 - key]
+            for i in finishing[eid]:
+                end[i] = t
+                done(i, t)
+            if active[eid] or queue[eid]:
+                heapq.heappush(events, (t, step, -1 - key))
+            else:
+                stepping[eid] = False
+        else:
+            done(key, t)
+    return start, end, admit
 
 
 def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
@@ -104,33 +195,25 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             idle.append(a.end_s - a.start_s)
             factor.append(1.0)
     dur = list(idle)
-    start = [0.0] * len(actions)
-    end = [0.0] * len(actions)
-    admit: dict[int, float] = {}  # slot run -> when a slot takes it (start in the plan)
-    # each slot engine's batching replay for the runs' last starts (a replay steps token by
-    # token: 28 s for 300 actions of 4-slot engines when redone every round)
-    batched: dict[str, tuple[tuple[tuple[float, int, int], ...], list[tuple[float, float]]]] = {}
+    release = [0.0] * len(actions)  # runs and loads made on demand wait for an arrival
+    for i, a in enumerate(actions):
+        if a.kind == "run" and a.request is not None:
+            release[i] = arrival[a.request]
+        elif a.on_demand is not None:
+            release[i] = arrival[a.on_demand]
+    slot_of = {i: eid for eid, idx in slot_runs.items() for i in idx}
+    runs_cfg = {eid: engines[eid].config for eid in slot_runs}
+    sizes = {i: (instance.request(actions[i].request or "").prompt_tokens,
+                 actions[i].tokens_to or 0) for i in slot_of}
+    start: list[float] = []
+    end: list[float] = []
+    admit: dict[int, float] = {}  # slot run -> when a slot takes it
 
     def place() -> None:
-        for i, a in enumerate(actions):
-            s = max((end[d] for d in deps[i]), default=0.0)
-            if a.kind == "run" and a.request is not None:
-                s = max(s, arrival[a.request])
-            elif a.on_demand is not None:  # a load made when its request arrives
-                s = max(s, arrival[a.on_demand])
-            start[i], end[i] = s, (end[i] if i in admit else s + dur[i])
-        for eid, idx in slot_runs.items():
-            runs = tuple((start[i], instance.request(actions[i].request or "").prompt_tokens,
-                          actions[i].tokens_to or 0) for i in idx)
-            got = batched.get(eid)
-            if got is None or got[0] != runs:  # the replay again only where a run moved
-                got = runs, batched_times(cost, engines[eid].config, list(runs))
-                batched[eid] = got
-            for i, (at, fin) in zip(idx, got[1], strict=True):
-                admit[i], end[i] = at, fin
+        nonlocal start, end, admit
+        start, end, admit = event_times(cost, deps, dur, release, slot_of, runs_cfg, sizes)
 
     for _ in range(ROUNDS):
-        before = list(end)
         place()
         runs_on: dict[str, list[tuple[float, float]]] = {}
         for i, a in enumerate(actions):
@@ -138,7 +221,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
                 runs_on.setdefault(host_of[a.device], []).append(
                     (admit.get(i, start[i]), end[i]))
         busy_on = {h: _merged(v) for h, v in runs_on.items()}
-        changed = any(abs(x - y) > 1e-6 for x, y in zip(before, end, strict=True))
+        changed = False
         for i, a in enumerate(actions):
             if factor[i] == 1.0 or idle[i] <= 0:
                 continue
@@ -152,7 +235,8 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
             dur[i] = new
         if not changed:
             break
-    place()  # the final durations, placed once more
+    else:
+        place()  # the last round's durations
     out: list[Action] = [replace(a, start_s=round(admit.get(i, start[i]), 6),
                                  end_s=round(end[i], 6)) for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))

@@ -301,6 +301,51 @@ def test_retime_gives_slot_runs_the_executors_times(two_gpu) -> None:  # type: i
     assert unload.start_s < 30
 
 
+
+def test_retime_follows_a_long_chain_of_slot_groups(two_gpu) -> None:  # type: ignore[no-untyped-def]
+    """Two 2-slot engines on one GPU take turns 50 times, two runs a turn (SPEC rule 2):
+    each turn waits for the batched ends of the one before. Retimed, every turn starts
+    when the previous one's last run ends and its pair ends as the batching replay ends
+    it, all the way down the chain. (Re-timing that placed actions in plan order took a
+    round per turn and, after its 40 rounds, kept the plan's conservative times.)"""
+    import dataclasses
+
+    from planner.retime import retime
+    from planner.slots import batched_times
+
+    turns = 50
+    proto = next(r for r in two_gpu.requests if r.id == "b")
+    reqs = tuple(dataclasses.replace(proto, id=f"r{i:03d}", arrival_s=0.0)
+                 for i in range(2 * turns))
+    inst = dataclasses.replace(two_gpu, requests=reqs)
+    cost = AnalyticCostModel.for_instance(inst)
+    cfg = EngineConfig("small", "g0", 33, 1024, n_parallel=2)
+    engines = tuple(Engine(e, "small", "g0", 33, 1024, cost.gpu_bytes(cfg),
+                           cost.host_bytes(cfg), n_parallel=2) for e in ("e1", "e2"))
+    bound = cost.run_s_at(cfg, proto.prompt_tokens, 0, proto.output_tokens, active=2)
+    acts = [Action("load", "e1", "g0", 0, 1), Action("load", "e2", "g0", 1, 2)]
+    for k in range(turns):
+        at = 2 + k * bound
+        for r in reqs[2 * k: 2 * k + 2]:
+            acts.append(Action("run", ("e1", "e2")[k % 2], "g0", at, at + bound,
+                               request=r.id, tokens_from=0, tokens_to=r.output_tokens))
+    sched = Schedule(engines, tuple(acts))
+    assert check_plan(inst, sched) == []
+    out = retime(inst, cost, sched)
+    assert out is not sched and check_plan(inst, out) == []
+    runs = {a.request: a for a in out.actions if a.kind == "run"}
+    loaded = {a.engine: a.end_s for a in out.actions if a.kind == "load"}
+    ready = 0.0
+    for k in range(turns):
+        pair = [runs[r.id] for r in reqs[2 * k: 2 * k + 2]]
+        ready = max(ready, loaded[("e1", "e2")[k % 2]])
+        want = batched_times(cost, cfg, [(ready, proto.prompt_tokens,
+                                          proto.output_tokens)] * 2)
+        for a, (admitted, end) in zip(pair, want, strict=True):
+            assert a.start_s == pytest.approx(admitted, abs=1e-5)
+            assert a.end_s == pytest.approx(end, abs=1e-5)
+        ready = max(a.end_s for a in pair)
+
 def test_a_slot_solve_reports_a_bound_for_slot_plans_whatever_plan_it_returns(
         write_instance, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """With `--slots` a person allowed slot plans, so the bound must hold for them even
