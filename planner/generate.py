@@ -26,6 +26,7 @@ import numpy as np
 
 from planner.domain import INSTANCE_FORMAT
 from planner.errors import InputError
+from planner.reference import model_names
 
 CLUSTERS: dict[str, dict[str, Any]] = {
     # The study's testbed: 2x RTX 5000 Ada on one host, 2x RTX A6000 on another.
@@ -200,6 +201,13 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
         cluster = CLUSTERS[cluster_name]
         model_entries = [{"id": m.strip(), "reference": m.strip()}
                          for m in models.split(",") if m.strip()]
+        known = model_names()
+        unknown = [m["id"] for m in model_entries if m["id"] not in known]
+        if unknown or not model_entries:
+            lines = [f"--models: unknown model {m!r}" for m in unknown] or \
+                ["--models: no model named"]
+            lines[-1] += f" (known: {', '.join(sorted(known))})"
+            raise InputError(lines)
     rate_map = parse_rates(rates, [m["id"] for m in model_entries])
     expected = sum(rate_map.values()) * spec.duration_s
     if expected > MAX_GENERATED:

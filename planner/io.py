@@ -237,8 +237,10 @@ def load_instance(path: str | Path) -> Instance:
     if not isinstance(data, dict):
         raise InputError([f"{path}: (top level): wrong type, expected object"])
     if data.get("format") not in (None, INSTANCE_FORMAT) and isinstance(data.get("format"), str):
+        hint = (" (a plan file, not an instance: the plan names its instance in 'instance')"
+                if data["format"].startswith("planner.plan/") else "")
         raise InputError([f"{path}: format: expected {INSTANCE_FORMAT!r}, got {data['format']!r}"
-                          " (is this a plan? use --instance)"])
+                          + hint])
     instance = parse_instance(data, str(path), Path(path).resolve().parent,
                               hashlib.sha256(raw).hexdigest())
     return replace(instance, path=str(Path(path).resolve()))

@@ -217,6 +217,17 @@ def test_generate_refuses_non_finite_rates_and_absurd_counts(tmp_path: Path) -> 
         assert not Path("g.json").exists()
 
 
+
+def test_generate_names_unknown_models_as_the_option(tmp_path: Path) -> None:
+    """`--models` names reference models: an unknown one is named as the option (not as a
+    field of the file not yet written), with the names known; nothing is written."""
+    for models, expected in [("nosuch", "--models: unknown model 'nosuch' (known: "),
+                             ("llama3-8b-q4_k_m,b", "--models: unknown model 'b'"),
+                             (",", "--models: no model named (known: ")]:
+        res = invoke("instance", "generate", "-o", "g.json", "--models", models)
+        assert res.exit_code == 2 and expected in res.output, res.output
+        assert "g.json" not in res.output and not Path("g.json").exists()
+
 @pytest.mark.parametrize("value", ['"x"', "true", "[1]", "{}"])
 def test_plan_metric_of_the_wrong_type(tmp_path: Path, value: str) -> None:
     # found by benchmarks/fuzz.py: a plan whose metrics.makespan_s was "x" reached float()

@@ -46,6 +46,19 @@ def test_bad_instance_exit_2_no_traceback_no_output(write_instance: Any, tmp_pat
     assert not (tmp_path / "plan.json").exists()
 
 
+
+def test_a_plan_given_as_the_instance_is_named_so(tmp_path: Path) -> None:
+    """`planner solve` given a plan file says it is a plan (it has no `--instance` to
+    suggest), and writes nothing."""
+    plan = tmp_path / "plan.json"
+    res = invoke("solve", str(ROOT / "instances" / "tiny.json"), "--solver", "fcfs-lru",
+                 "-o", str(plan))
+    assert res.exit_code == 0
+    res = invoke("solve", str(plan), "--solver", "fcfs-lru", "-o", str(tmp_path / "again.json"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "a plan file, not an instance" in res.output and "--instance" not in res.output
+    assert not (tmp_path / "again.json").exists()
+
 def test_model_that_fits_nowhere_is_rejected(write_instance: Any, tmp_path: Path) -> None:
     d = tiny_dict()
     d["cluster"]["hosts"][0]["memory_gib"] = 8  # a 29.5 GB model, 8 GiB GPU, 8 GiB host
