@@ -180,8 +180,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     def optimal(plan: Schedule) -> bool:
         """Whether ``plan``, as the executor dispatches it (how it is reported), reaches the
         instance's bound, so that no plan can do better. Not asked of plans with slot
-        engines (their re-timing replays each engine's batching, a second or more on a
-        hundred requests, and their bound is seldom tight)."""
+        engines: the bound here assumes one request at a time per device (theirs is the
+        slot bound, computed apart and seldom tight), and their re-timing replays each
+        engine's batching token by token (about a second on a thousand requests)."""
         if not want_bound or any(e.n_parallel > 1 for e in plan.engines):
             return False
         value = objective_value(compute_metrics(instance, retime(instance, cost, plan).actions),
