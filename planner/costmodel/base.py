@@ -141,7 +141,7 @@ class CostModel(ABC):
         token in the batch its compute (prefill's marginal per-token cost) and its
         own KV read (decode's growth with context).
         """
-        per_tok = max(0.0, (self.prefill_s(cfg, 256) - self.prefill_s(cfg, 128)) / 128)
+        per_tok = self._batch_token_s(cfg)
         kv_read = max(0.0, self.decode_s_per_token(cfg, depth) - self.decode_s_per_token(cfg, 0))
         if active <= 0:
             return self.prefill_s(cfg, max(1, prompt_tokens))
@@ -149,6 +149,16 @@ class CostModel(ABC):
         if prompt_tokens:
             t += self.prefill_s(cfg, prompt_tokens) - self.prefill_s(cfg, 1) + per_tok
         return t
+
+    def _batch_token_s(self, cfg: EngineConfig) -> float:
+        """A further token's compute in a batch: prefill's marginal per-token cost, kept per
+        configuration (a slot replay asks it at every step)."""
+        memo: dict[EngineConfig, float] = self.__dict__.setdefault("_batch_token_memo", {})
+        got = memo.get(cfg)
+        if got is None:
+            got = memo[cfg] = max(0.0, (self.prefill_s(cfg, 256) - self.prefill_s(cfg, 128))
+                                  / 128)
+        return got
 
     def run_s_at(self, cfg: EngineConfig, prompt_tokens: int, tokens_from: int, tokens_to: int,
                  recompute: bool = False, active: int = 1) -> float:
