@@ -8,6 +8,8 @@ instance's time zero, memory is bytes.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +41,12 @@ MAX_THREADS = 2**16  # a host's threads
 MAX_TOKENS = 2**24  # prompt + output of a request whose model's trained context is unknown
 
 
+
+
+def duplicates(ids: Iterable[str]) -> list[str]:
+    """The ids that occur more than once, sorted (linear: instances hold up to 200,000
+    requests, and a pairwise count took hours there)."""
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
 
 
 def _require(cond: bool, message: str) -> None:
@@ -100,7 +108,7 @@ class Cluster:
     def __post_init__(self) -> None:
         _require(len(self.hosts) > 0, "cluster needs at least one host")
         ids = [h.id for h in self.hosts] + [g.id for h in self.hosts for g in h.gpus]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+        dup = duplicates(ids)
         _require(not dup, f"duplicate device ids: {', '.join(dup)}")
 
     @property
@@ -228,10 +236,10 @@ class Instance:
 
     def __post_init__(self) -> None:
         mids = [m.id for m in self.models]
-        dup = sorted({i for i in mids if mids.count(i) > 1})
+        dup = duplicates(mids)
         _require(not dup, f"duplicate model ids: {', '.join(dup)}")
         rids = [r.id for r in self.requests]
-        dup = sorted({i for i in rids if rids.count(i) > 1})
+        dup = duplicates(rids)
         _require(not dup, f"duplicate request ids: {', '.join(dup)}")
         known = set(mids)
         for r in self.requests:

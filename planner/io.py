@@ -39,6 +39,7 @@ from planner.domain import (
     Plan,
     Request,
     Schedule,
+    duplicates,
 )
 from planner.errors import DomainError, GgufError, InputError
 from planner.gguf_arch import read_gguf_arch
@@ -127,10 +128,6 @@ def schema_faults(data: Any, schema_name: str, where: str) -> list[str]:
     return lines
 
 
-def _duplicates(ids: list[str]) -> list[str]:
-    return sorted({i for i in ids if ids.count(i) > 1})
-
-
 def _reference_faults(data: dict[str, Any], where: str) -> list[str]:
     """Duplicate ids and requests for unknown models, on whatever parts are well-formed."""
     def ids(items: Any) -> list[str]:
@@ -139,9 +136,9 @@ def _reference_faults(data: dict[str, Any], where: str) -> list[str]:
         return [x["id"] for x in items if isinstance(x, dict) and isinstance(x.get("id"), str)]
 
     faults = [f"{where}: models: duplicate model id {d!r}"
-              for d in _duplicates(ids(data.get("models")))]
+              for d in duplicates(ids(data.get("models")))]
     faults += [f"{where}: requests: duplicate request id {d!r}"
-               for d in _duplicates(ids(data.get("requests")))]
+               for d in duplicates(ids(data.get("requests")))]
     model_ids = set(ids(data.get("models")))
     requests = data.get("requests")
     for i, r in enumerate(requests if isinstance(requests, list) else []):
@@ -167,7 +164,7 @@ def parse_instance(data: dict[str, Any], where: str, base_dir: Path, sha256: str
             faults.append(f"{where}: cluster.hosts[{i}]: {exc}")
     dev_ids = [h["id"] for h in data["cluster"]["hosts"]]
     dev_ids += [g["id"] for h in data["cluster"]["hosts"] for g in h.get("gpus", [])]
-    for d in _duplicates(dev_ids):
+    for d in duplicates(dev_ids):
         faults.append(f"{where}: cluster: duplicate device id {d!r}")
     models = []
     known_refs = model_names()

@@ -241,3 +241,18 @@ def test_plan_metric_of_the_wrong_type(tmp_path: Path, value: str) -> None:
     res = invoke("validate", "bad.json", "--instance", inst)
     assert res.exit_code == 2 and "metrics.makespan_s: file says" in res.output
     assert "not a number" in res.output
+
+
+def test_duplicate_ids_are_named_once_each_in_order(write_instance) -> None:  # type: ignore[no-untyped-def]
+    """Each id that occurs more than once is named once, sorted (counted in one pass:
+    instances hold up to 200,000 requests)."""
+    from planner.domain import duplicates
+    from tests.conftest import tiny_dict
+
+    assert duplicates(["b", "a", "b", "c", "a", "b"]) == ["a", "b"]
+    assert duplicates([]) == [] and duplicates(["x", "y"]) == []
+    d = tiny_dict()
+    d["requests"] = [dict(d["requests"][0], id=i) for i in ("r2", "r1", "r2", "r1", "r3")]
+    res = invoke("validate", str(write_instance(d)))
+    assert res.exit_code == 2 and "requests: duplicate request id 'r1'" in res.output
+    assert "duplicate request id 'r2'" in res.output and "'r3'" not in res.output

@@ -21,6 +21,8 @@ re-timed as the executor dispatches them (``planner.retime``) they still wait fo
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable
 
 from planner.baselines.sim import LoadOption, Resident, Simulator, context_sizes
@@ -72,35 +74,44 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
     """llama-swap; ``slots`` is its concurrencyLimit (with llama-server --parallel)."""
     sim = Simulator(instance, cost, slots)
     waiting = _by_arrival(instance)
-    arrivals = sorted({r.arrival_s for r in waiting})
+    waiting_at = [r.arrival_s for r in waiting]  # (sorted: what has arrived is a prefix)
+    arrivals = sorted(set(waiting_at))
     while waiting:
         ds = min(sim.devices.values(), key=lambda d: (sim.next_time(d), d.device.id))
         t = sim.next_time(ds)
-        ready = [r for r in waiting if r.arrival_s <= t + 1e-9]
-        if not ready:
+        n_ready = bisect.bisect_right(waiting_at, t + 1e-9)  # the first n_ready are ready
+        nxt = bisect.bisect_right(arrivals, t)
+        if not n_ready:
             # idle until the next arrival
-            sim.idle_until(ds, min(a for a in arrivals if a > t))
+            sim.idle_until(ds, arrivals[nxt])
             continue
         here = {r.engine.model: r for r in ds.resident}
         elsewhere = {r.engine.model for d in sim.devices.values() if d is not ds
                      for r in d.resident}
-        oldest = ready[0]
+        oldest = waiting[0]
         starving = t - oldest.arrival_s > starvation_s
-        current = [r for r in ready if r.model in here]
-        candidates: list[Request] = []
-        if current and not (starving and oldest.model not in here):
-            candidates.append(current[0])
-        candidates += [r for r in ready
-                       if r.model not in elsewhere or t - r.arrival_s > starvation_s]
+        # in order of preference (lazily: the first one this device can serve is taken, and
+        # an overloaded replay has thousands waiting)
+        current = next((r for r in itertools.islice(waiting, n_ready) if r.model in here),
+                       None)
+        first = [current] if current is not None and not (
+            starving and oldest.model not in here) else []
         later = [d.free_at for d in sim.devices.values() if d is not ds and d.free_at > t]
-        later += [a for a in arrivals if a > t]
-        if not later:  # nobody else will act: take any ready request
-            candidates += ready
+        later += arrivals[nxt:nxt + 1]  # the next arrival
+        candidates = itertools.chain(
+            first, (r for r in itertools.islice(waiting, n_ready)
+                    if r.model not in elsewhere or t - r.arrival_s > starvation_s),
+            # nobody else will act: take any ready request
+            () if later else itertools.islice(waiting, n_ready))
         served: tuple[Request, Resident] | None = None
+        tried: set[str] = set()  # models that cannot be loaded here now (a dry run each)
         for req in candidates:
             if req.model in here:
                 served = (req, here[req.model])
                 break
+            if req.model in tried:
+                continue
+            tried.add(req.model)
             opt = sim.plan_load(req.model, ds.device.id, t, evict_all=True)
             if opt is not None:
                 served = (req, sim.apply_load(opt, req.id))
@@ -114,7 +125,9 @@ def grouped(instance: Instance, cost: CostModel, starvation_s: float = STARVATIO
             continue
         req, res = served
         sim.run(res, req, t)
-        waiting.remove(req)
+        i = next(k for k in range(bisect.bisect_left(waiting_at, req.arrival_s), len(waiting))
+                 if waiting[k] is req)
+        del waiting[i], waiting_at[i]
     return sim.schedule()
 
 

@@ -11,6 +11,7 @@ judged separately by :mod:`planner.checker`.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -19,6 +20,10 @@ from planner.domain import Action, Device, Engine, EngineConfig, Instance, Reque
 from planner.errors import BaselineError as BaselineError  # re-exported
 
 CTX_ROUND = 256
+
+
+def _end(interval: list[float]) -> float:
+    return interval[1]
 
 
 @dataclass
@@ -80,7 +85,9 @@ class Simulator:
         self.slots = slots  # n_parallel of every engine (OLLAMA_NUM_PARALLEL, concurrencyLimit)
         self.n_ctx = context_sizes(instance)
         self.devices = {d.id: DeviceState(d) for d in serving_devices(instance)}
+        # per host: the intervals of resident engines (end inf), and the ended ones by end
         self.ledger: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
+        self.ended: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
         self.engines: list[Engine] = []
         self.actions: list[Action] = []
         self._fits: dict[tuple[str, str, int | None], EngineConfig | None] = {}
@@ -113,7 +120,8 @@ class Simulator:
     def host_peak_from(self, host: str, t: float, ending: dict[int, float]) -> float:
         """Largest host memory use at any time >= t; ``ending`` overrides interval ends."""
         events: list[tuple[float, int, float]] = []
-        for iv in self.ledger[host]:
+        ended = self.ended[host]  # only those ending after t (a long replay ends thousands)
+        for iv in (*self.ledger[host], *ended[bisect.bisect_right(ended, t, key=_end):]):
             s, e, b = iv[0], ending.get(id(iv), iv[1]), iv[2]
             if e <= t:
                 continue
@@ -191,6 +199,9 @@ class Simulator:
         end = t + self.cost.unload_s(r.engine.config)
         self.actions.append(Action("unload", r.engine.id, r.engine.device, t, end))
         r.interval[1] = end
+        open_ = self.ledger[r.host]
+        del open_[next(i for i, iv in enumerate(open_) if iv is r.interval)]
+        bisect.insort(self.ended[r.host], r.interval, key=_end)
         ds.resident.remove(r)
         ds.free_at = end
 
