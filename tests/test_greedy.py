@@ -46,3 +46,20 @@ def test_one_device_gives_the_same_plan_either_way() -> None:
     cost = RoundCost()
     assert smith_with_loads(inst, cost, earliest_completion=True).actions == \
         smith_with_loads(inst, cost).actions
+
+
+def test_a_start_plan_past_its_deadline_is_given_up() -> None:
+    """The list schedule weighs every waiting request at each decision (minutes on an
+    overloaded trace of thousands), so the solver gives it a deadline: past it, none is
+    returned (RuntimeError, as when no device can serve), and before it the plan is the
+    same as without one."""
+    import time
+
+    inst = two_gpus([("r0", 0.0, 100), ("r1", 1.0, 100)])
+    cost = RoundCost()
+    with pytest.raises(RuntimeError, match="no time left"):
+        start_plan(inst, cost, "mean_response", deadline=time.perf_counter() - 1.0)
+    with pytest.raises(RuntimeError, match="ran out of time"):
+        smith_with_loads(inst, cost, deadline=time.perf_counter() - 1.0)
+    assert start_plan(inst, cost, "mean_response", deadline=time.perf_counter() + 60.0) == \
+        start_plan(inst, cost, "mean_response")

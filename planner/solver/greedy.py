@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 from planner.baselines.sim import DeviceState, Resident, Simulator
 from planner.costmodel.base import CostModel
@@ -33,27 +34,34 @@ from planner.metrics import compute_metrics, objective_key
 Choice = tuple[float, Request, Resident | None]
 
 
-def start_plan(instance: Instance, cost: CostModel, objective: str) -> Schedule:
+def start_plan(instance: Instance, cost: CostModel, objective: str,
+               deadline: float = math.inf) -> Schedule:
     """The better (by ``objective``) of the two list schedules; RuntimeError when
-    neither can serve every request."""
+    neither can serve every request, or neither is done by ``deadline``
+    (``time.perf_counter()``: each decision weighs every waiting request, so a heavily
+    overloaded trace of thousands of requests takes minutes)."""
     plans = []
     for ect in (False, True):
         with contextlib.suppress(RuntimeError):
-            plans.append(smith_with_loads(instance, cost, earliest_completion=ect))
+            plans.append(smith_with_loads(instance, cost, earliest_completion=ect,
+                                          deadline=deadline))
     if not plans:
-        raise RuntimeError("no device can serve the waiting requests")
+        raise RuntimeError("no device can serve the waiting requests, or no time left")
     return min(plans, key=lambda s: objective_key(compute_metrics(instance, s.actions),
                                                   objective))
 
 
 def smith_with_loads(instance: Instance, cost: CostModel,
-                     earliest_completion: bool = False) -> Schedule:
+                     earliest_completion: bool = False,
+                     deadline: float = math.inf) -> Schedule:
     sim = Simulator(instance, cost)
     waiting = sorted(instance.requests, key=lambda r: (r.arrival_s, r.id))
     arrivals = sorted({r.arrival_s for r in waiting})
     cold: dict[tuple[str, str], float] = {}
     runs: dict[tuple[str, EngineConfig], float] = {}  # (request, engine) -> run seconds
     while waiting:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the start plan ran out of time")
         ds = min(sim.devices.values(), key=lambda d: (d.free_at, d.device.id))
         t = ds.free_at
         ready = [r for r in waiting if r.arrival_s <= t + 1e-9]
@@ -101,7 +109,10 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
         res = here.get(model)
         if res is not None:
             for r in reqs:
-                dur = sim.run_time(res, r)
+                k = (r.id, res.engine.config)
+                if k not in memo:
+                    memo[k] = sim.run_time(res, r)
+                dur = memo[k]
                 if earliest_completion and t + dur > _elsewhere(sim, cost, others, r, cold):
                     continue
                 score = r.weight / max(1e-9, dur)

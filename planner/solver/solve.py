@@ -94,6 +94,10 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 #: 458,612 no-overlap constraints), and CP-SAT's presolve alone outran a 10 s limit
 MAX_SLOT_PAIRS = 30_000
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish/)
+#: the most of the time limit the greedy start plan (greedy.py) may take: it weighs every
+#: waiting request at each decision, minutes on an overloaded trace of thousands (without
+#: it the search starts from the baselines)
+START_PLAN_SHARE = 0.25
 #: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
 #: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
 #: limit on one GPU")
@@ -156,8 +160,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # baselines' loads wait for the request that makes Ollama or llama-swap load, a plan
     # of the planner's need not (it knows the arrivals)
     baseline_schedules = {k: _planned(s) for k, s in baselines.items()}
-    with contextlib.suppress(RuntimeError, BaselineError):
-        baseline_schedules[SMITH] = start_plan(instance, cost, objective)
+    with contextlib.suppress(RuntimeError, BaselineError):  # (none where out of time)
+        baseline_schedules[SMITH] = start_plan(instance, cost, objective,
+                                               deadline=t0 + START_PLAN_SHARE * full)
     t_start = time.perf_counter() - t0
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
