@@ -262,7 +262,7 @@ def test_matches_exhaustive_search(gib: float, reqs: list[tuple[str, str, float,
                 max(x.n_gpu_layers for x in cs if x.n_gpu_layers * GIB <= cap / 2))]
         return out
 
-    def no_start(*a: object) -> Schedule:
+    def no_start(*a: object, **k: object) -> Schedule:
         raise RuntimeError("off")
 
     monkeypatch.setattr(data_mod, "curves", two)
