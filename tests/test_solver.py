@@ -615,3 +615,35 @@ def test_cpsat_bound_note_in_seconds_for_tardiness() -> None:
     internal = (2 * WEIGHT_SCALE) * round(1.5 * TICKS_PER_S)
     sol = WindowSolution("OPTIMAL", internal, internal, {}, {})
     assert cpsat_bound_seconds(None, sol, "tardiness") == "3.000 s of weighted tardiness"  # type: ignore[arg-type]
+
+
+
+def test_two_stages_keep_every_model_when_a_start_plan_engine_is_no_candidate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_OPTIONS the search keeps only the start plans' engines. Where one of
+    them is no candidate (a decomposition's part re-solved on another GPU of its host saw
+    this: 2,191 of 3,404 requests left with no option, and the horizon's max() failed),
+    its model's candidates are kept instead, and the plan serves every request."""
+    import planner.solver.solve as solve_mod
+    from planner.baselines.policies import fcfs_lru
+    from planner.costmodel import AnalyticCostModel
+    from planner.io import load_instance
+    from planner.service import SolveOptions
+    from planner.solver import solve_cpsat
+    from tests.conftest import ROOT
+
+    inst = load_instance(ROOT / "instances" / "tiny.json")
+    cost = AnalyticCostModel.for_instance(inst)
+    base = fcfs_lru(inst, cost)
+    odd = replace(base, engines=tuple(replace(e, n_ctx=e.n_ctx + 7) for e in base.engines))
+    monkeypatch.setattr(solve_mod, "MAX_OPTIONS", 0)
+
+    def no_start(*a: object, **k: object) -> Schedule:
+        raise RuntimeError("off")  # only the odd plan's engines
+
+    monkeypatch.setattr(solve_mod, "start_plan", no_start)
+    sched, _info = solve_cpsat(inst, cost, "mean_response", SolveOptions(time_limit_s=3.0),
+                               {"odd": odd})
+    assert {a.request for a in sched.actions if a.kind == "run"} == \
+        {r.id for r in inst.requests}
+    assert check_plan(inst, sched) == []
