@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from planner.domain import INSTANCE_FORMAT
+from planner.domain import INSTANCE_FORMAT, Instance
 from planner.errors import InputError
 from planner.reference import model_names
 
@@ -189,10 +189,11 @@ def template_from(like: Path, out: Path) -> tuple[dict[str, Any], list[dict[str,
 
 def generate_instance(out: Path, like: Path | None, cluster_name: str, models: str,
                       rates: Iterable[str], spec: WorkloadSpec, name: str | None,
-                      objective: str | None) -> tuple[dict[str, Any], int]:
+                      objective: str | None) -> tuple[dict[str, Any], Instance, int]:
     """The instance ``planner instance generate`` writes: a built-in cluster and reference
     models, or those of ``like``; ``spec.rates`` is replaced by the parsed ``rates``. With
-    it, how many requests were shortened to their model's trained context."""
+    it, the instance as read back, and how many requests were shortened to their model's
+    trained context."""
     profiles: list[str] = []
     if like is not None:
         cluster, model_entries, like_objective, profiles = template_from(like, out)
@@ -228,8 +229,9 @@ def generate_instance(out: Path, like: Path | None, cluster_name: str, models: s
 
         data["description"] += (f"; {counted(shortened, 'request')} shortened to their "
                                 "model's trained context")
-    parse_instance(data, str(out), out.parent.resolve(), "")  # never write what cannot be read
-    return data, shortened
+    # never write what cannot be read
+    instance = parse_instance(data, str(out), out.parent.resolve(), "")
+    return data, instance, shortened
 
 
 def _fit_contexts(data: dict[str, Any], out: Path) -> int:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from planner.commands.common import FiniteFloat
-from planner.domain import MAX_TIME_S, OBJECTIVES
+from planner.domain import MAX_TIME_S, OBJECTIVES, Instance
 from planner.generate import ARRIVALS, LENGTHS, MIXED_MODELS
 
 
@@ -73,9 +72,9 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                         max_output=max_output, seed=seed, arrivals=arrivals,
                         burst_period_s=burst_period, hot_models=hot_models, lengths=lengths,
                         tail_alpha=tail_alpha)
-    data, shortened = generate_instance(out, like, cluster_name, models, rates, spec, name,
-                                        objective)
-    _refuse_unservable(data, out)
+    data, inst, shortened = generate_instance(out, like, cluster_name, models, rates, spec,
+                                              name, objective)
+    _refuse_unservable(inst, out)
     write_json_atomic(out, data)
     click.echo(f"{out}: {len(data['requests'])} requests over {duration:.0f} s")
     if shortened:
@@ -83,17 +82,15 @@ def generate_cmd(out: Path, like: Path | None, cluster_name: str, models: str,
                    "context (prompt + output at most n_ctx_train)")
 
 
-def _refuse_unservable(data: dict[str, Any], out: Path) -> None:
+def _refuse_unservable(inst: Instance, out: Path) -> None:
     """Raise the lines `planner solve` would print where a model of the generated instance
     fits on no device at any layer split (nothing is written then): an instance that no
     command could plan. Other faults (a profile that does not load) are left to `validate`."""
     from planner.costmodel import cost_model_for
     from planner.errors import InputError, PlannerError
-    from planner.io import parse_instance
     from planner.service import sizing_faults
 
     try:
-        inst = parse_instance(data, str(out), out.resolve().parent, "")
         cost = cost_model_for(inst, "auto")
     except PlannerError:
         return

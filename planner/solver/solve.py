@@ -249,11 +249,13 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 break
             keep = more
             decomposition += ("" if not decomposition else ", ") + name
-        uncovered = {rd.req.model for rd in restrict(data, keep).requests if not rd.run}
+        kept_data = restrict(data, keep)
+        uncovered = {rd.req.model for rd in kept_data.requests if not rd.run}
         if uncovered:  # a start plan's engine that is no candidate (a decomposition's part
             # re-solved on another GPU of its host): its model's candidates instead
             keep |= {e.key for e in data.engines if e.cfg.model in uncovered}
-        data = restrict(data, keep)
+            kept_data = restrict(data, keep)
+        data = kept_data
         decomposition = (f"two stages: engines (placement, n_gpu_layers) from the "
                          f"{decomposition} plan{'s' if ',' in decomposition else ''}, then "
                          f"CP-SAT over loads, unloads, routing and order")
