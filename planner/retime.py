@@ -205,16 +205,12 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
     runs_cfg = {eid: engines[eid].config for eid in slot_runs}
     sizes = {i: (instance.request(actions[i].request or "").prompt_tokens,
                  actions[i].tokens_to or 0) for i in slot_of}
-    start: list[float] = []
-    end: list[float] = []
-    admit: dict[int, float] = {}  # slot run -> when a slot takes it
-
-    def place() -> None:
-        nonlocal start, end, admit
-        start, end, admit = event_times(cost, deps, dur, release, slot_of, runs_cfg, sizes)
+    def place() -> tuple[list[float], list[float], dict[int, float]]:
+        """(start, end, when a slot takes each slot run) at the current durations."""
+        return event_times(cost, deps, dur, release, slot_of, runs_cfg, sizes)
 
     for _ in range(ROUNDS):
-        place()
+        start, end, admit = place()
         runs_on: dict[str, list[tuple[float, float]]] = {}
         for i, a in enumerate(actions):
             if a.kind == "run":
@@ -236,7 +232,7 @@ def retime(instance: Instance, cost: CostModel, schedule: Schedule) -> Schedule:
         if not changed:
             break
     else:
-        place()  # the last round's durations
+        start, end, admit = place()  # the last round's durations
     out: list[Action] = [replace(a, start_s=round(admit.get(i, start[i]), 6),
                                  end_s=round(end[i], 6)) for i, a in enumerate(actions)]
     timed = replace(schedule, actions=tuple(out))
