@@ -7,14 +7,16 @@ GPUs of ``tests/test_polish.py``: "fast" holds every layer, "slow" half.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from planner.checker import check_plan
-from planner.domain import Schedule
+from planner.domain import Instance, Model, Request, Schedule
 from planner.metrics import compute_metrics
-from planner.solver.greedy import smith_with_loads, start_plan
+from planner.solver.greedy import _smith_pooled, _smith_scan, smith_with_loads, start_plan
 from tests.test_polish import two_gpus
-from tests.test_solver import RoundCost, instance
+from tests.test_solver import RoundCost, arch, instance
 
 
 def _runs(sched: Schedule) -> dict[str | None, tuple[str, float, float]]:
@@ -63,3 +65,56 @@ def test_a_start_plan_past_its_deadline_is_given_up() -> None:
         smith_with_loads(inst, cost, deadline=time.perf_counter() - 1.0)
     assert start_plan(inst, cost, "mean_response", deadline=time.perf_counter() + 60.0) == \
         start_plan(inst, cost, "mean_response")
+
+
+def _bursty(seed: int, n_models: int = 5, duration_s: float = 400.0) -> Instance:
+    """A bursty overloaded trace of ``n_models`` models (RoundCost: 10 GiB each at full
+    speed) on the 10 and 5 GiB GPUs of ``two_gpus``: a backlog, swaps, both GPUs."""
+    from planner.generate import WorkloadSpec, generate_requests
+
+    models = [chr(ord("A") + k) for k in range(n_models)]
+    spec = WorkloadSpec(rates={m: 0.1 for m in models}, duration_s=duration_s,
+                        prompt_median=16, output_median=40, max_prompt=64, max_output=200,
+                        arrivals="bursty", burst_period_s=60, seed=seed)
+    reqs = tuple(Request(r["id"], r["model"], r["arrival_s"], r["prompt_tokens"],
+                         r["output_tokens"], r["weight"], None)
+                 for r in generate_requests(spec))
+    base = two_gpus([])
+    return Instance("bursty", base.cluster, tuple(Model(m, arch(m)) for m in models), reqs,
+                    "mean_response")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_pooled_rule_decides_as_the_scan_of_every_waiting_request(seed: int) -> None:
+    """The plain rule keeps per-model sums and heaps (a decision costs the models, not
+    the backlog: 7,146 requests 14.4 -> 0.65 s); it must make the scan's decisions,
+    ties included (first model to arrive, then first request), so the plans are equal
+    action by action."""
+    inst = _bursty(seed)
+    cost = RoundCost()
+    pooled = _smith_pooled(inst, cost, math.inf)
+    assert pooled.actions == _smith_scan(inst, cost, False, math.inf).actions
+    assert check_plan(inst, pooled) == []
+    assert {a.request for a in pooled.actions if a.kind == "run"} == \
+        {r.id for r in inst.requests}
+    assert {a.device for a in pooled.actions} == {"fast", "slow"}
+
+
+def test_the_filtered_rule_gives_up_once_its_pace_would_miss_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filtered rule stays quadratic; on a clock that ticks a second per decision it
+    would end after about a second per request, so with a deadline just short of that
+    it stops after its first 256 requests (its time goes back to the search) rather
+    than at the deadline."""
+    from types import SimpleNamespace
+
+    import planner.solver.greedy as greedy
+
+    inst = _bursty(1, duration_s=4000.0)
+    n = len(inst.requests)
+    assert n > 512
+    clock = iter(range(10**9))
+    monkeypatch.setattr(greedy, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    with pytest.raises(RuntimeError, match="would run out of time"):
+        _smith_scan(inst, RoundCost(), True, deadline=n - 1.0)
+    assert next(clock) < n / 2  # stopped early, far from the deadline

@@ -94,10 +94,9 @@ MAX_SPLITS = 12  # requests with preemption alternatives per CP-SAT model (where
 #: 458,612 no-overlap constraints), and CP-SAT's presolve alone outran a 10 s limit
 MAX_SLOT_PAIRS = 30_000
 POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (polish/)
-#: the most of the time limit the greedy start plan (greedy.py) may take: it weighs every
-#: waiting request at each decision, minutes on an overloaded trace of thousands (without
-#: it the search starts from the baselines; on 7,146 requests at 60 s, a quarter left it
-#: out: 5,157 s against 3,630 s with half)
+#: the most of the time limit the greedy start plans (greedy.py) may take: the filtered
+#: one weighs every waiting request at each decision, minutes on an overloaded trace of
+#: thousands (the plain one takes about a second per 10,000 requests)
 START_PLAN_SHARE = 0.5
 #: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
 #: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
