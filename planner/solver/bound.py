@@ -332,7 +332,7 @@ def _two_phase_jobs(reqs: tuple[Request, ...], options: list[str],
     matters = False
     for r, job in zip(reqs, jobs, strict=True):
         here = [d for d in options if d in pd[r.id] and (r.model, d) in cfgs]
-        places = [[c for c in cfgs[(r.model, d)] if r.total_tokens <= c.n_ctx] for d in here]
+        places = [two.place(cfgs[(r.model, d)], r.total_tokens) for d in here]
         if not here or any(not cs for cs in places):
             out.append(job)
             continue
@@ -365,7 +365,7 @@ def decode_only(instance: Instance, load: dict[tuple[str, str], float],
     ready: dict[str, float] = {}
     for r in instance.requests:
         here = [d for d in pd[r.id] if (r.model, d) in cfgs]
-        places = [[c for c in cfgs[(r.model, d)] if r.total_tokens <= c.n_ctx] for d in here]
+        places = [two.place(cfgs[(r.model, d)], r.total_tokens) for d in here]
         keep = [(d, cs) for d, cs in zip(here, places, strict=True) if cs]
         if not keep:
             continue

@@ -45,6 +45,7 @@ would then do all its work at its prefill rate. :class:`TwoPhases` keeps the pha
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -122,6 +123,13 @@ class TwoPhases:
         self.decode: dict[str, Phases] = {}  # the decode steps alone
         self.ratios: dict[tuple[EngineConfig, ...], tuple[float, float]] = {}
         self.fast: dict[tuple[EngineConfig, ...], list[EngineConfig]] = {}
+        # by identity (hashing a place's configurations for each of 180,000 requests took
+        # half a minute): the lists of :meth:`place`, and what :meth:`_fastest` returns
+        self._places: dict[int, tuple[list[EngineConfig], list[int],
+                                      dict[int, list[EngineConfig]]]] = {}
+        self._fast_of: dict[int, tuple[list[EngineConfig], list[EngineConfig]]] = {}
+        self._rk_of: dict[int, tuple[list[EngineConfig], tuple[float, float]]] = {}
+        self._canonical: set[int] = set()
         every: dict[str, list[EngineConfig]] = {}
         for m, cs in cfgs:
             every.setdefault(m, []).extend(cs)
@@ -130,21 +138,45 @@ class TwoPhases:
             self.lengths[m] = ph.lengths
             self.decode[m] = Phases((), ph.depths, ph.best[len(ph.lengths):])
 
+    def place(self, cs: list[EngineConfig], total_tokens: int) -> list[EngineConfig]:
+        """``cs`` (a place's configurations, a list kept by the caller) less those whose
+        context cannot hold ``total_tokens``: the same list object for every request with
+        the same configurations left, so that :meth:`seconds` finds its fastest by
+        identity."""
+        got = self._places.get(id(cs))
+        if got is None or got[0] is not cs:
+            got = self._places[id(cs)] = (cs, sorted({c.n_ctx for c in cs}), {})
+        _, sizes, lists = got
+        k = bisect.bisect_left(sizes, total_tokens)  # those of n_ctx >= sizes[k] hold it
+        if k not in lists:
+            lists[k] = [c for c in cs if total_tokens <= c.n_ctx]
+            self._canonical.add(id(lists[k]))
+        return lists[k]
+
     def _rho_kappa(self, model: str, cs: list[EngineConfig]) -> tuple[float, float]:
+        hit = self._rk_of.get(id(cs))
+        if hit is not None and hit[0] is cs:
+            return hit[1]
         key = tuple(cs)
         if key not in self.ratios:
             self.ratios[key] = rho_kappa(self.cost, cs, self.decode[model])
+        self._rk_of[id(cs)] = (cs, self.ratios[key])
         return self.ratios[key]
 
     def _fastest(self, model: str, cs: list[EngineConfig]) -> list[EngineConfig]:
         """Those of ``cs`` that are the fastest of them at a probed prefill length or decode
         depth (as ``bound_requests._fastest``; usually one)."""
+        hit = self._fast_of.get(id(cs))
+        if hit is not None and hit[0] is cs:
+            return hit[1]
         key = tuple(cs)
         if key not in self.fast:
             cost = self.cost
             keep = {min(cs, key=partial(_prefill, cost, n)) for n in self.lengths[model]}
             keep |= {min(cs, key=partial(_step, cost, k)) for k in self.decode[model].depths}
             self.fast[key] = [c for c in cs if c in keep]
+        if id(cs) in self._canonical:  # a list of place(): kept, so its id stays its own
+            self._fast_of[id(cs)] = (cs, self.fast[key])
         return self.fast[key]
 
     def seconds(self, r: Request, places: list[list[EngineConfig]]

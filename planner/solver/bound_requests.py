@@ -195,12 +195,23 @@ def pooled_speed(instance: Instance, devices: list[Device], group: list[Request]
     """The pooled machine's speed for ``group`` (module docstring), as sorted (from time,
     speed) steps: device ``d`` adds ``S_d = max_j p_j / p_jd`` (at most 1) from its first
     possible load (of ``model``'s, when given)."""
+    lanes: dict[str, list[str]] = {}  # run place -> the devices it occupies
+    fastest: dict[str, float] = {}  # device -> max_j p_j / p_jd (its share of a split run)
+    for r in group:
+        for k, v in pd[r.id].items():
+            if v <= 0:
+                continue
+            ms = lanes.get(k)
+            if ms is None:
+                ms = lanes[k] = members(instance, k)
+            # a split run advances j at p_j / p_jS on |S| devices: each gets a share
+            rel = p[r.id] / (v * len(ms))
+            for g in ms:
+                if rel > fastest.get(g, 0.0):
+                    fastest[g] = rel
     steps = []
     for d in devices:
-        # a split run advances j at p_j / p_jS on |S| devices: each gets a share
-        rel = [p[r.id] / (v * len(members(instance, k))) for r in group
-               for k, v in pd[r.id].items() if d.id in members(instance, k) and v > 0]
-        sp = min(1.0, max(rel, default=0.0))
+        sp = min(1.0, fastest.get(d.id, 0.0))
         at = min((v for (m, dd), v in load.items()
                   if d.id in members(instance, dd) and model in (None, m)),
                  default=math.inf)
