@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -98,3 +99,109 @@ def _refuse_unservable(inst: Instance, out: Path) -> None:
     if faults:
         raise InputError(faults, hint="nothing written: leave that model out, or give the "
                          "cluster more memory")
+
+
+@instance.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--cost-model", type=click.Choice(["auto", "analytic"]), default="auto",
+              show_default=True,
+              help="auto: the instance's profiles where they cover a (model, device), the "
+                   "analytic model elsewhere.")
+def show_cmd(file: Path, as_json: bool, cost_model: str) -> None:
+    """What an instance asks of its cluster: each model's fit and speed on each device,
+    and the work its requests bring against the GPUs' time.
+
+    For each model on each device alone: the most GPU layers that fit (host RAM
+    included), decode and prefill speed at that split and its load time. For each
+    model's requests: count, rate, median lengths, and their runs at their fastest
+    device, summed. The busy share divides that work by the GPUs' time over the
+    arrival span: above 1 the GPUs cannot keep up even with no swap at all.
+
+    \b
+    Examples:
+      planner instance show instances/mixed.json
+      planner instance show instances/mixed.json --json | jq .busy_share
+    """
+    import json
+
+    from planner.costmodel import cost_model_for
+    from planner.io import load_instance
+    from planner.summary import summarize
+
+    inst = load_instance(file)
+    s = summarize(inst, cost_model_for(inst, cost_model))
+    if as_json:
+        click.echo(json.dumps(s.to_json(), indent=2))
+        return
+    _print_summary(s)
+
+
+def _print_summary(s: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from planner.commands.common import console, fmt
+
+    def num(v: float | None, digits: int = 1) -> str:
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    console.print(f"[bold]{s.name}[/bold]: {s.requests} requests over {s.span_s:,.0f} s of "
+                  f"arrivals, objective {s.objective}")
+    sources = {_short(f.source) for f in s.fits}
+    one_source = len(sources) == 1
+    names = max((len(f.model) for f in s.fits), default=5)
+    t = Table(title="each model alone on a device: the most GPU layers that fit, decode speed "
+                    "at its median prompt, load time"
+                    + (f" ({next(iter(sources))} cost model)" if one_source else ""),
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["model", "devices", "layers", "GPU GiB", "host GiB", "tok/s", "load s"] + (
+        [] if one_source else ["source"])
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("model", "devices", "source") else "right",
+                     min_width=names if col == "model" else None)
+    rows: list[list[str]] = []
+    for f in s.fits:  # devices with the same figures for a model share a row
+        cells = ["none fit", "", "", "", ""] if f.n_gpu_layers is None else [
+            f"{f.n_gpu_layers}/{f.max_gpu_layers}", f"{f.gpu_gib:.1f}", f"{f.host_gib:.1f}",
+            num(f.decode_tok_s), num(f.load_s)]
+        cells += [] if one_source else [_short(f.source)]
+        if rows and rows[-1][0] == f.model and rows[-1][2:] == cells:
+            rows[-1][1] += f"\n{f.device}"
+        else:
+            rows.append([f.model, f.device, *cells])
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    w = Table(title="requests per model: median prompt and output tokens, and the work "
+                    "of their runs alone at their fastest device",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "requests", "per s", "prompt", "output", "work s", "fastest on"):
+        w.add_column(col, justify="left" if col in ("model", "fastest on") else "right",
+                     min_width=names if col == "model" else None)
+    for m in s.work:
+        w.add_row(m.model, str(m.requests), num(m.rate_per_s, 3), fmt(m.median_prompt),
+                  fmt(m.median_output), num(m.fastest_s), m.fastest_on or "-")
+    console.print(w)
+    for m in s.unservable:
+        console.print(f"[red]{m} fits no device at any layer split[/red]: "
+                      "`planner solve` refuses this instance")
+    pool = f"{s.pool_size} {s.pool if s.pool_size > 1 else s.pool.rstrip('s')}"
+    if s.busy_share is None:
+        console.print(f"work at the fastest: {s.fastest_s:,.1f} s on {pool} (every request "
+                      "arrives at once: no busy share)")
+        return
+    if s.busy_share > 1:
+        verdict = f"the {s.pool} cannot keep up even with no swap: a backlog grows" + (
+            " unless host CPUs take work" if s.pool == "GPUs" else "")
+    else:
+        verdict = "room left for swaps" + (" and slower splits" if s.pool == "GPUs" else "")
+    console.print(f"busy share: [bold]{s.busy_share:.2f}[/bold] ({s.fastest_s:,.1f} s of work "
+                  f"at the fastest over {s.span_s:,.0f} s of arrivals on {pool}): {verdict}")
+
+
+def _short(source: str) -> str:
+    """A profile's file name, not its whole path (the JSON keeps the path)."""
+    if source.startswith("profile "):
+        return "profile " + Path(source[len("profile "):]).name
+    return source
