@@ -224,3 +224,27 @@ def test_replay_of_a_plan_whose_models_have_no_gguf_says_where_to_get_one(
     assert res.exit_code == 2, res.output
     assert 'models[llama3-8b]: no GGUF file to run (give "gguf")' in res.output
     assert "planner profile synth" in res.output and "Traceback" not in res.output
+
+
+def test_solve_clock_shows_the_phase_and_time_on_a_terminal_only() -> None:
+    """`planner solve` draws a transient bar (phase, elapsed of the limit) on a terminal's
+    stderr; elsewhere it draws nothing, so logs and pipes read as before."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from planner.commands.solve import SolveClock
+
+    tty = io.StringIO()
+    with SolveClock(2.0, Console(file=tty, force_terminal=True, width=100)) as clock:
+        time.sleep(0.6)
+        clock.phase("cp-sat search and polish")
+        time.sleep(0.6)
+    shown = tty.getvalue()
+    assert "baselines" in shown and "cp-sat search and polish" in shown and "of 2 s" in shown
+    pipe = io.StringIO()
+    with SolveClock(2.0, Console(file=pipe, force_terminal=False)) as clock:
+        time.sleep(0.3)
+        clock.phase("cp-sat search and polish")
+    assert pipe.getvalue() == ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,46 @@ def print_summary(data: dict[str, Any], out: Path) -> None:
     console.print(table)
     for name, error in errors.items():
         console.print(f"[yellow]{name}[/]: {error}")
+
+
+class SolveClock:
+    """A transient bar on a terminal's stderr while a solve runs: its phase (the baselines,
+    then the search and the polish) and the wall time against the limit, which covers
+    both; after the limit, the checks and the re-timing that follow. Off where stderr is
+    no terminal (logs, pipes), so nothing there changes."""
+
+    def __init__(self, limit_s: float, console: Any = None) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        con = console or err
+        self.limit_s = limit_s
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TimeElapsedColumn(), TextColumn(f"of {limit_s:g} s"),
+                            console=con, transient=True, disable=not con.is_terminal)
+        self.task = self.bar.add_task("baselines", total=limit_s)
+        self._done = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def phase(self, what: str) -> None:
+        self.bar.update(self.task, description=what)
+
+    def _tick(self) -> None:
+        t0 = time.perf_counter()
+        while not self._done.wait(0.25):
+            elapsed = time.perf_counter() - t0
+            if elapsed > self.limit_s:
+                self.phase("checking and re-timing the plan")
+            self.bar.update(self.task, completed=min(elapsed, self.limit_s))
+
+    def __enter__(self) -> SolveClock:
+        self.bar.start()
+        self._ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._ticker.join()
+        self.bar.stop()
 
 
 @click.command()
@@ -117,9 +159,12 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
                         cpu_engines=cpu_engines, slots=slot_values, polish=polish)
     target = out or Path("solutions") / f"{instance.stem}.json"
 
+    clock = SolveClock(time_limit)
+
     def started(what: str) -> None:
         err.print(f"{what}: searching for up to {time_limit:g} s (Ctrl-C stops the search and "
                   "keeps the best plan found so far)", soft_wrap=True)
+        clock.phase(f"{what} search and polish")
 
     def stopping(signame: str) -> None:
         err.print(f"{signame}: stopping; the best plan found so far will be checked and "
@@ -127,8 +172,9 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
                   soft_wrap=True)
 
     interrupt.reset()
-    plan = interrupt.run_stoppable(lambda: do_solve(inst, cost, opts, progress=started),
-                                   on_stop=stopping)
+    with clock:
+        plan = interrupt.run_stoppable(lambda: do_solve(inst, cost, opts, progress=started),
+                                       on_stop=stopping)
     reason = interrupt.stop_reason()
     if reason is not None:
         plan = mark_interrupted(plan, reason)
