@@ -58,6 +58,17 @@ class ModelWork:
 
 
 @dataclass(frozen=True)
+class GpuRoom:
+    """Whether a GPU holds every model at its most layers at once (GPU memory only)."""
+
+    device: str
+    gib: float
+    need_gib: float  # every model's fit on it, together
+    most_at_once: int  # the most of those models that fit together (smallest first)
+    models: int
+
+
+@dataclass(frozen=True)
 class InstanceSummary:
     name: str
     objective: str
@@ -66,6 +77,7 @@ class InstanceSummary:
     pool: str  # "GPUs" or "host CPUs": the devices the busy share counts
     pool_size: int
     fits: tuple[Fit, ...]
+    rooms: tuple[GpuRoom, ...]
     work: tuple[ModelWork, ...]
     unservable: tuple[str, ...]  # models that fit no device
     fastest_s: float
@@ -143,6 +155,16 @@ def summarize(instance: Instance, cost: CostModel) -> InstanceSummary:
             sum(r.weight for r in reqs), sum(1 for r in reqs if r.slo_s is not None),
             fastest, max(wins, key=lambda d: wins[d]) if wins else None))
     busy = total / (span * len(pool)) if span > 0 and pool else None
+    rooms = []
+    for g in gpus:
+        sizes = sorted(f.gpu_gib for f in fits if f.device == g.id and f.gpu_gib is not None
+                       and f.n_gpu_layers)
+        room, count, used = g.memory_bytes / GIB, 0, 0.0
+        for size in sizes:  # smallest first: the most models that fit together
+            if used + size > room:
+                break
+            used, count = used + size, count + 1
+        rooms.append(GpuRoom(g.id, room, sum(sizes), count, len(sizes)))
     return InstanceSummary(instance.name, instance.objective, len(instance.requests), span,
                            "GPUs" if gpus else "host CPUs", len(pool), tuple(fits),
-                           tuple(work), tuple(unservable), total, busy)
+                           tuple(rooms), tuple(work), tuple(unservable), total, busy)

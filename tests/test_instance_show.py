@@ -38,6 +38,9 @@ def test_fits_speeds_and_busy_share_by_hand() -> None:
     assert fit["fast"].gpu_gib == pytest.approx(10.0) and fit["slow"].host_gib == \
         pytest.approx(5.0)
     assert fit["fast"].load_s == pytest.approx(2.0)
+    room = {r.device: r for r in s.rooms}
+    assert (room["fast"].need_gib, room["fast"].most_at_once, room["fast"].models) == \
+        (10.0, 1, 1)
     (a,) = s.work
     assert (a.requests, a.fastest_on, a.median_output) == (2, "fast", 100)
     assert a.fastest_s == pytest.approx(20.0) and a.rate_per_s == pytest.approx(0.2)
@@ -83,6 +86,9 @@ def test_mixed_instance_with_the_analytic_model() -> None:
     assert sum(m.fastest_s for m in s.work) == pytest.approx(s.fastest_s)
     assert s.busy_share is not None and s.busy_share > 0
     assert all(f.source == "analytic" for f in s.fits)
+    # six models at their most layers never fit one GPU together: swaps are certain
+    assert len(s.rooms) == 4
+    assert all(r.need_gib > r.gib and 0 < r.most_at_once < r.models == 6 for r in s.rooms)
 
 
 def test_cli_table_and_json() -> None:

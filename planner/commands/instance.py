@@ -173,6 +173,15 @@ def _print_summary(s: Any) -> None:
     for row in rows:
         t.add_row(*row)
     console.print(t)
+    for r in s.rooms:
+        if r.models and r.need_gib > r.gib:
+            console.print(f"{r.device} ({r.gib:.0f} GiB): its {r.models} models at those "
+                          f"splits need {r.need_gib:.1f} GiB together; at most "
+                          f"{r.most_at_once} fit at once, so serving them all means swaps "
+                          "(or fewer layers)")
+        elif r.models:
+            console.print(f"{r.device} ({r.gib:.0f} GiB): all {r.models} models fit at once "
+                          f"at those splits ({r.need_gib:.1f} GiB)")
     w = Table(title="requests per model: median prompt and output tokens, and the work "
                     "of their runs alone at their fastest device",
               box=box.SIMPLE_HEAD, pad_edge=False)
