@@ -118,3 +118,10 @@ def test_work_sums_each_requests_fastest_run() -> None:
     s = summarize(inst, RoundCost())
     assert s.work[0].fastest_on == "fast"
     assert s.work[0].fastest_s == pytest.approx(15.0)
+
+
+def test_an_instance_without_requests_says_so() -> None:
+    inst = two_gpus([])
+    s = summarize(inst, RoundCost())
+    assert (s.requests, s.span_s, s.busy_share, s.fastest_s) == (0, 0.0, None, 0.0)
+    assert s.work[0].requests == 0 and s.work[0].median_prompt is None

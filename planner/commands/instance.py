@@ -196,6 +196,9 @@ def _print_summary(s: Any) -> None:
         console.print(f"[red]{m} fits no device at any layer split[/red]: "
                       "`planner solve` refuses this instance")
     pool = f"{s.pool_size} {s.pool if s.pool_size > 1 else s.pool.rstrip('s')}"
+    if s.requests == 0:
+        console.print("no requests: nothing to serve (its plan is the empty plan)")
+        return
     if s.busy_share is None:
         console.print(f"work at the fastest: {s.fastest_s:,.1f} s on {pool} (every request "
                       "arrives at once: no busy share)")
