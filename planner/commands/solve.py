@@ -54,14 +54,15 @@ class SolveClock:
     both; after the limit, the checks and the re-timing that follow. Off where stderr is
     no terminal (logs, pipes), so nothing there changes."""
 
-    def __init__(self, limit_s: float, console: Any = None) -> None:
+    def __init__(self, limit_s: float, console: Any = None, enabled: bool = True) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         con = console or err
         self.limit_s = limit_s
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             TimeElapsedColumn(), TextColumn(f"of {limit_s:g} s"),
-                            console=con, transient=True, disable=not con.is_terminal)
+                            console=con, transient=True,
+                            disable=not (enabled and con.is_terminal))
         self.task = self.bar.add_task("baselines", total=limit_s)
         self._done = threading.Event()
         self._ticker = threading.Thread(target=self._tick, daemon=True)
@@ -159,7 +160,8 @@ def solve(instance: Path, out: Path | None, solver: str, objective: str | None,
                         cpu_engines=cpu_engines, slots=slot_values, polish=polish)
     target = out or Path("solutions") / f"{instance.stem}.json"
 
-    clock = SolveClock(time_limit)
+    # (not beside CP-SAT's own log, which prints to the same terminal)
+    clock = SolveClock(time_limit, enabled=not log)
 
     def started(what: str) -> None:
         err.print(f"{what}: searching for up to {time_limit:g} s (Ctrl-C stops the search and "
