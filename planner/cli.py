@@ -95,6 +95,7 @@ def cli(debug: bool) -> None:
     \b
     Typical flow:
       planner profile --quick                  # measure this machine (cached)
+      planner instance show instances/mixed.json  # fits, speeds, busy share
       planner solve instances/mixed.json       # plan: placement, layers, schedule
       planner validate solutions/mixed.json --instance instances/mixed.json
     Errors print one line per fault and exit with code 2;

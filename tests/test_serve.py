@@ -246,8 +246,23 @@ def test_bad_input_is_4xx_with_one_line_per_fault(tmp_path: Path) -> None:
         assert srv.request("GET", "/v1/jobs?limit=0")[0] == 422
         status, listing = srv.request("GET", "/v1/jobs")
         assert status == 200 and listing["jobs"] == []  # nothing bad was queued
+        # what an instance asks of its cluster, answered at once (no job)
+        status, summary = srv.request("POST", "/v1/instances/summary",
+                                      json.dumps(tiny).encode())
+        assert status == 200 and summary["requests"] == len(tiny["requests"])
+        assert {"fits", "rooms", "work", "busy_share"} <= set(summary)
+        assert summary["busy_share"] > 0
+        for body, code, text in [
+                (b"{not json", 400, "malformed JSON"),
+                (json.dumps({**tiny, "requests": [{**tiny["requests"][0], "model": "gpt-9"}]})
+                 .encode(), 422, "unknown model 'gpt-9'"),
+                (json.dumps([1]).encode(), 422, "wrong type, expected object"),
+                (b" " * 30000, 413, "over the limit")]:
+            status, answer = srv.request("POST", "/v1/instances/summary", body)
+            assert status == code and text in answer["detail"], (text, answer)
         status, spec = srv.request("GET", "/openapi.json")
         assert status == 200 and "/v1/jobs/{job_id}/events" in spec["paths"]
+        assert "/v1/instances/summary" in spec["paths"]
         status, docs = srv.request("GET", "/docs")  # served offline: no CDN
         assert status == 200 and "/v1/jobs/{job_id}/plan" in docs
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs)

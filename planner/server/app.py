@@ -120,6 +120,34 @@ def validate_instance(body: bytes,
             opts.model_dump())
 
 
+def summarize_instance(body: bytes, cost_model: str) -> dict[str, Any]:
+    """``planner instance show --json`` of an instance given as a body; ApiError on faults."""
+    import hashlib
+
+    from planner.costmodel import cost_model_for
+    from planner.errors import PlannerError
+    from planner.io import INSTANCE_FORMAT, parse_instance
+    from planner.summary import summarize
+
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, [f"body: malformed JSON ({exc})"]) from None
+    except RecursionError:
+        raise ApiError(400, ["body: JSON nested too deeply"]) from None
+    if not isinstance(data, dict):
+        raise ApiError(422, ["instance: (top level): wrong type, expected object"])
+    if data.get("format") not in (None, INSTANCE_FORMAT):
+        raise ApiError(422, [f"instance: format: expected {INSTANCE_FORMAT!r}, "
+                             f"got {data.get('format')!r}"])
+    try:
+        instance = parse_instance(data, "instance", Path.cwd(),
+                                  hashlib.sha256(body).hexdigest())
+        return summarize(instance, cost_model_for(instance, cost_model)).to_json()
+    except PlannerError as exc:
+        raise ApiError(422, [line for m in exc.lines for line in m.splitlines()]) from None
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     state: dict[str, Any] = {}
 
@@ -185,6 +213,34 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ApiError(404, [f"no job {job_id!r}"])
         return job
 
+    async def read_body(request: Request) -> bytes:
+        """The request's body, refused (413) past ``max_body_bytes``."""
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
+            raise ApiError(413, [f"body: {int(size)} bytes, over the limit of "
+                                 f"{config.max_body_bytes} bytes"])
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > config.max_body_bytes:
+                raise ApiError(413, [f"body: over the limit of {config.max_body_bytes} bytes"])
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/v1/instances/summary", summary="What an instance asks of its cluster, as "
+              "`planner instance show --json` prints it",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object", "description":
+                                       "an instance (SPEC section 1)"}}}}})
+    async def instance_summary(request: Request,
+                               cost_model: Literal["auto", "analytic"] | None = None
+                               ) -> dict[str, Any]:
+        """Each model's fit, speed and load time per device, whether each GPU holds its
+        models at once, each model's work at its fastest device and the busy share; no
+        job, answered at once (a model that fits nowhere is listed, not refused)."""
+        raw = await read_body(request)
+        return await run_in_threadpool(summarize_instance, raw, cost_model or "auto")
+
     @app.post("/v1/jobs", status_code=202, summary="Submit an instance as a job",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": {"type": "object", "description":
@@ -199,16 +255,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                      cost_model: Literal["auto", "analytic", "profiled"] | None = None,
                      ) -> JSONResponse:
         """Returns at once with the job's id; the solve runs in a worker process."""
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
-            raise ApiError(413, [f"body: {int(size)} bytes, over the limit of "
-                                 f"{config.max_body_bytes} bytes"])
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > config.max_body_bytes:
-                raise ApiError(413, [f"body: over the limit of {config.max_body_bytes} bytes"])
-            chunks.append(chunk)
+        raw = await read_body(request)
         given = {k: v for k, v in dict(solver=solver, objective=objective,
                                        time_limit_s=time_limit_s,
                                        search_workers=search_workers, seed=seed,
@@ -216,7 +263,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                                        cost_model=cost_model).items() if v is not None}
         opts = JobOptions.model_validate(given)
         name, n_req, objective_name, body, options = await run_in_threadpool(
-            validate_instance, b"".join(chunks), opts)
+            validate_instance, raw, opts)
         job_id = uuid.uuid4().hex[:12]
         await run_in_threadpool(store().create, job_id, name, n_req, options,
                                 objective_name, body)
