@@ -85,18 +85,23 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_body(body: bytes) -> Any:
+    """The parsed body; ApiError(400) when it is no JSON."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, [f"body: malformed JSON ({exc})"]) from None
+    except RecursionError:
+        raise ApiError(400, ["body: JSON nested too deeply"]) from None
+
+
 def validate_instance(body: bytes,
                       opts: JobOptions) -> tuple[str, int, str, bytes, dict[str, Any]]:
     """Parse and check an instance as ``planner validate`` would; raises ApiError(422)."""
     from planner.errors import PlannerError
     from planner.service import prepare_data
 
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, [f"body: malformed JSON ({exc})"]) from None
-    except RecursionError:
-        raise ApiError(400, ["body: JSON nested too deeply"]) from None
+    data = _json_body(body)
     if isinstance(data, dict) and "instance" in data and "cluster" not in data:
         extra = set(data) - {"instance", "options"}
         if extra:
@@ -129,12 +134,7 @@ def summarize_instance(body: bytes, cost_model: str) -> dict[str, Any]:
     from planner.io import INSTANCE_FORMAT, parse_instance
     from planner.summary import summarize
 
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, [f"body: malformed JSON ({exc})"]) from None
-    except RecursionError:
-        raise ApiError(400, ["body: JSON nested too deeply"]) from None
+    data = _json_body(body)
     if not isinstance(data, dict):
         raise ApiError(422, ["instance: (top level): wrong type, expected object"])
     if data.get("format") not in (None, INSTANCE_FORMAT):
