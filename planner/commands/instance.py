@@ -113,10 +113,11 @@ def show_cmd(file: Path, as_json: bool, cost_model: str) -> None:
     and the work its requests bring against the GPUs' time.
 
     For each model on each device alone: the most GPU layers that fit (host RAM
-    included), decode and prefill speed at that split and its load time. For each
-    model's requests: count, rate, median lengths, and their runs at their fastest
-    device, summed. The busy share divides that work by the GPUs' time over the
-    arrival span: above 1 the GPUs cannot keep up even with no swap at all.
+    included), decode speed at that split (prefill too with --json) and its load
+    time. For each GPU: whether its models at those splits fit at once, and how many
+    do. For each model's requests: count, rate, median lengths, and their runs at
+    their fastest device, summed. The busy share divides that work by the GPUs' time
+    over the arrival span: above 1 the GPUs cannot keep up even with no swap at all.
 
     \b
     Examples:
