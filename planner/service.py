@@ -93,10 +93,9 @@ def prepare(instance_path: str | Path, cost_kind: str = "auto") -> tuple[Instanc
     return instance, cost
 
 
-def prepare_data(data: Any, raw: bytes, where: str,
-                 cost_kind: str = "auto") -> tuple[Instance, CostModel]:
-    """``prepare`` for an instance given as parsed JSON (its bytes hashed for the plan);
-    relative paths in it are relative to the current folder."""
+def parse_data(data: Any, raw: bytes, where: str) -> Instance:
+    """An instance given as parsed JSON (its bytes hashed for the plan); relative paths in
+    it are relative to the current folder. InputError on faults."""
     import hashlib
 
     from planner.io import INSTANCE_FORMAT, parse_instance
@@ -106,7 +105,13 @@ def prepare_data(data: Any, raw: bytes, where: str,
     if data.get("format") not in (None, INSTANCE_FORMAT):
         raise InputError([f"{where}: format: expected {INSTANCE_FORMAT!r}, "
                           f"got {data.get('format')!r}"])
-    instance = parse_instance(data, where, Path.cwd(), hashlib.sha256(raw).hexdigest())
+    return parse_instance(data, where, Path.cwd(), hashlib.sha256(raw).hexdigest())
+
+
+def prepare_data(data: Any, raw: bytes, where: str,
+                 cost_kind: str = "auto") -> tuple[Instance, CostModel]:
+    """``prepare`` for an instance given as parsed JSON (:func:`parse_data`)."""
+    instance = parse_data(data, raw, where)
     cost = cost_model_for(instance, cost_kind)
     faults = sizing_faults(instance, cost, where)
     if faults:

@@ -19,9 +19,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from planner.baselines.sim import context_sizes
+from planner.baselines.sim import context_sizes, fit_alone
 from planner.costmodel.base import CostModel
-from planner.domain import Device, EngineConfig, Instance
+from planner.domain import Instance
 
 GIB = 2**30
 
@@ -87,19 +87,6 @@ class InstanceSummary:
         return asdict(self)
 
 
-def fit_alone(instance: Instance, cost: CostModel, n_ctx: int, model: str,
-              d: Device) -> EngineConfig | None:
-    """The most GPU layers of ``model`` that fit ``d`` (0 on a host CPU) with nothing else
-    resident, its host's RAM included (as the baselines load); None if none fit."""
-    host = instance.cluster.host(d.host).memory_bytes
-    top = cost.max_gpu_layers(model) if d.kind == "gpu" else 0
-    for g in range(top, -1, -1):
-        cfg = EngineConfig(model, d.id, g, n_ctx)
-        if cost.fits(cfg, d.memory_bytes if d.kind == "gpu" else None, host):
-            return cfg
-    return None
-
-
 def summarize(instance: Instance, cost: CostModel) -> InstanceSummary:
     n_ctx = context_sizes(instance)
     devices = instance.cluster.devices
@@ -114,7 +101,7 @@ def summarize(instance: Instance, cost: CostModel) -> InstanceSummary:
         prompt = int(statistics.median(r.prompt_tokens for r in reqs)) if reqs else 512
         top = cost.max_gpu_layers(m.id)
         for d in devices:
-            cfg = fit_alone(instance, cost, n_ctx[m.id], m.id, d)
+            cfg = fit_alone(instance, cost, m.id, d, n_ctx[m.id])
             src = source(m.id, d.id) if callable(source) else cost.name
             if cfg is None:
                 fits.append(Fit(m.id, d.id, top, None, None, None, None, None, None, src))

@@ -26,6 +26,22 @@ def _end(interval: list[float]) -> float:
     return interval[1]
 
 
+def fit_alone(instance: Instance, cost: CostModel, model: str, d: Device, n_ctx: int,
+              slots: int = 1, gpu_free: int | None = None) -> EngineConfig | None:
+    """The most GPU layers of ``model`` that fit ``d`` in ``gpu_free`` (default: the whole
+    GPU; 0 on a host CPU), its host's RAM included, like ``--fit``; None if none fit."""
+    host_cap = instance.cluster.host(d.host).memory_bytes
+    if d.kind == "cpu":
+        cfg = EngineConfig(model, d.id, 0, n_ctx, slots)
+        return cfg if cost.host_bytes(cfg) <= host_cap else None
+    cap = d.memory_bytes if gpu_free is None else gpu_free
+    for g in range(cost.max_gpu_layers(model), -1, -1):
+        cfg = EngineConfig(model, d.id, g, n_ctx, slots)
+        if cost.gpu_bytes(cfg) <= cap and cost.host_bytes(cfg) <= host_cap:
+            return cfg
+    return None
+
+
 @dataclass
 class Resident:
     engine: Engine
@@ -104,17 +120,8 @@ class Simulator:
 
     def _fit_config(self, model: str, device: str,
                     gpu_free: int | None) -> EngineConfig | None:
-        d = self.devices[device].device
-        host_cap = self.inst.cluster.host(d.host).memory_bytes
-        if d.kind == "cpu":
-            cfg = EngineConfig(model, device, 0, self.n_ctx[model], self.slots)
-            return cfg if self.cost.host_bytes(cfg) <= host_cap else None
-        cap = d.memory_bytes if gpu_free is None else gpu_free
-        for g in range(self.cost.max_gpu_layers(model), -1, -1):
-            cfg = EngineConfig(model, device, g, self.n_ctx[model], self.slots)
-            if self.cost.gpu_bytes(cfg) <= cap and self.cost.host_bytes(cfg) <= host_cap:
-                return cfg
-        return None
+        return fit_alone(self.inst, self.cost, model, self.devices[device].device,
+                         self.n_ctx[model], self.slots, gpu_free)
 
     # --- host memory ledger -------------------------------------------------------
     def host_peak_from(self, host: str, t: float, ending: dict[int, float]) -> float:

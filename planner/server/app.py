@@ -127,22 +127,14 @@ def validate_instance(body: bytes,
 
 def summarize_instance(body: bytes, cost_model: str) -> dict[str, Any]:
     """``planner instance show --json`` of an instance given as a body; ApiError on faults."""
-    import hashlib
-
     from planner.costmodel import cost_model_for
     from planner.errors import PlannerError
-    from planner.io import INSTANCE_FORMAT, parse_instance
+    from planner.service import parse_data
     from planner.summary import summarize
 
     data = _json_body(body)
-    if not isinstance(data, dict):
-        raise ApiError(422, ["instance: (top level): wrong type, expected object"])
-    if data.get("format") not in (None, INSTANCE_FORMAT):
-        raise ApiError(422, [f"instance: format: expected {INSTANCE_FORMAT!r}, "
-                             f"got {data.get('format')!r}"])
     try:
-        instance = parse_instance(data, "instance", Path.cwd(),
-                                  hashlib.sha256(body).hexdigest())
+        instance = parse_data(data, body, "instance")
         return summarize(instance, cost_model_for(instance, cost_model)).to_json()
     except PlannerError as exc:
         raise ApiError(422, [line for m in exc.lines for line in m.splitlines()]) from None
