@@ -6,6 +6,7 @@ unloads 1 s, 0.1 s per token with every layer on the GPU).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import replace
@@ -750,3 +751,99 @@ def test_candidates_timed_from_their_change_get_the_whole_plans_keys() -> None:
                 assert key == score(cand, earliest_times(cand, score.arrival)[1])
                 checked += 1
     assert checked > 1000
+
+
+def _random_plans(seed: int, n_plans: int, spread: float):  # type: ignore[no-untyped-def]
+    """fcfs-lru plans of random instances of 30 requests (two models of 10 GiB on a
+    10-15 GiB GPU, so swaps are forced), arrivals over ``spread`` seconds: with a long
+    spread the GPU idles between bursts."""
+    from planner.executor.deps import plan_order
+
+    rng = random.Random(seed)
+    cost = RoundCost()
+    for _ in range(n_plans):
+        reqs = [(f"r{i:02d}", rng.choice("AB"), round(rng.uniform(0, spread), 1),
+                 rng.choice([5, 10, 20, 30])) for i in range(30)]
+        inst = instance(rng.choice([10, 15]), reqs)
+        inst = replace(inst, requests=tuple(replace(r, weight=rng.choice([1.0, 2.0]))
+                                            for r in inst.requests))
+        sched = baselines(inst, cost)["fcfs-lru"]
+        by_model: dict[str, list[Engine]] = {}
+        for e in sched.engines:
+            by_model.setdefault(e.model, []).append(e)
+        yield inst, cost, sched, plan_order(sched), by_model
+
+
+def test_the_bound_on_a_places_key_is_never_above_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``Prefix.run_bound`` (a run's own response plus the least delay it passes down
+    its lane, through the swaps too) is at most the key of the plan with the run put
+    there, timed whole: for every run, after every action of its engine and in a period
+    of its own at every slot, on busy and on idle random plans. The placements timed,
+    best bound first, still find the best place of all."""
+    from planner.executor.deps import earliest_times
+    from planner.solver.polish import moves
+    from planner.solver.polish.moves import drop_empty, movable_runs, period_slots, placements
+    from planner.solver.polish.timing import Prefix
+
+    checked = tight = found = 0
+    for spread in (60.0, 2000.0):
+        for inst, cost, sched, order, by_model in _random_plans(7, 5, spread):
+            score = Score(inst, "mean_response")
+            for run in movable_runs(order, by_model).values():
+                at = next(i for i, a in enumerate(order) if a is run)
+                rest = drop_empty(order[:at] + order[at + 1:], run.engine)
+                prefix = Prefix(rest, score.arrival)
+                e = next(x for x in sched.engines if x.id == run.engine)
+                load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
+                unload = Action("unload", e.id, e.device, 0.0, cost.unload_s(e.config))
+                places = [(j, (run,), prefix.end[j]) for j, x in enumerate(rest)
+                          if x.engine == e.id and x.kind in ("load", "run")]
+                places += [(j, (load, run, unload), load.end_s + (
+                    prefix.end[j] if j >= 0 and rest[j].kind == "unload" else 0.0))
+                    for j in period_slots(rest, e)]
+                for j, put, ready in places:
+                    cand = [*rest[:j + 1], *put, *rest[j + 1:]]
+                    key = score(cand, earliest_times(cand, score.arrival)[1])
+                    bound = prefix.run_bound(score, j, run, ready)
+                    assert bound is not None and bound[0] == key[0]
+                    assert bound[1] <= key[1] + 1e-9
+                    tight += bound[1] > key[1] - 1e-6
+                    checked += 1
+                args = (inst, cost, order[:at] + order[at + 1:], run, by_model,
+                        score.arrival, score, (math.inf,), time.perf_counter() + 60)
+                pruned = placements(*args)[:1]
+                monkeypatch.setattr(moves, "_beyond", lambda bound, bar: False)
+                every = placements(*args)[:1]  # every place timed
+                monkeypatch.undo()
+                assert pruned == every
+                found += bool(every)
+    assert checked > 2000 and found > 200
+    assert tight > checked // 10  # (a bound that is never tight would prune nothing)
+
+
+def test_a_candidate_is_timed_only_until_it_meets_the_plan_again() -> None:
+    """On a plan whose GPU idles between bursts, a run put in delays its lane only
+    until the next idle time: ``Prefix.key`` stops timing there (the rest of the plan
+    keeps its times) and still gives the key of the whole candidate timed."""
+    from planner.executor.deps import earliest_times
+    from planner.solver.polish.moves import drop_empty, movable_runs
+    from planner.solver.polish.timing import Prefix
+
+    timed = tails = 0
+    for inst, _cost, _sched, order, by_model in _random_plans(11, 4, 3000.0):
+        score = Score(inst, "mean_response")
+        for run in movable_runs(order, by_model).values():
+            at = next(i for i, a in enumerate(order) if a is run)
+            rest = drop_empty(order[:at] + order[at + 1:], run.engine)
+            prefix = Prefix(rest, score.arrival)
+            for j, x in enumerate(rest):
+                if x.engine != run.engine or x.kind not in ("load", "run"):
+                    continue
+                cand = [*rest[:j + 1], run, *rest[j + 1:]]
+                before = prefix.timed
+                assert prefix.key(score, cand, j + 1, inserted=1) == \
+                    score(cand, earliest_times(cand, score.arrival)[1])
+                timed += prefix.timed - before
+                tails += len(cand) - (j + 1) // 16 * 16
+    assert tails > 2000
+    assert timed < tails / 3

@@ -5,6 +5,7 @@ an engine of its model or in a period of its own, and the helpers the other move
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -61,18 +62,44 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                score: Score, bar: tuple[float, ...], deadline: float, skip: int = -2,
                spans: Spans | None = None, until: float | None = None
                ) -> list[tuple[tuple[float, ...], list[Action]]]:
-    """``rest`` with ``run`` (a whole run, taken out of it) put back in each place it may
-    go whose key beats ``bar``, with the keys; ``skip``: the index it came from (after
-    that action, on its own engine, is its own place)."""
+    """``rest`` with ``run`` (a whole run, taken out of it) put back in places it may go
+    whose keys beat ``bar``, with the keys, best first: the best of them all, and the others
+    timed before the bounds showed that none left could beat it (``Prefix.run_bound``);
+    ``skip``: the index it came from (after that action, on its own engine, is its own
+    place)."""
     assert run.request is not None
     req = instance.request(run.request)
     model = next(e.model for es in by_model.values() for e in es if e.id == run.engine)
-    prefix = Prefix(rest, arrival, spans)
-    # only where ``rest`` leaves a period of the run's engine empty can a candidate (rest
-    # with a run or a period added) have one: elsewhere it shares rest's first j + 1
-    # actions, and is timed and scored from there
-    empty = drop_empty(rest, run.engine) is not rest
-    cands: list[tuple[tuple[float, ...], list[Action]]] = []
+    # every place is ``rest`` (or, where the run leaves its period empty, ``rest`` without
+    # that period: ``base``) with actions put in, so timed from its change and bounded
+    # (Prefix); with a lower bound on its key (Prefix.run_bound), then timed best bound
+    # first until the bounds show that no place left can beat the best so far
+    base = drop_empty(rest, run.engine)
+    timing: dict[bool, Prefix] = {}  # on rest (True) and on base (False), as needed
+    shift = [0] * len(rest)  # actions of rest up to each that base lacks
+    kept: set[int] = set()
+    if base is not rest:
+        kept = {id(a) for a in base}
+        shift = list(itertools.accumulate(id(a) not in kept for a in rest))
+
+    def prefix(keep: bool) -> Prefix:
+        got = timing.get(keep)
+        if got is None:
+            got = timing[keep] = Prefix(rest if keep else base, arrival, spans)
+        return got
+
+    places: list[tuple[tuple[float, ...], int, tuple[bool, int], tuple[Action, ...]]] = []
+
+    def place(j: int, keep: bool, moved: Action, put: tuple[Action, ...],
+              wait: float) -> None:
+        """After rest[j], in rest (``keep``) or in base; ``wait``: when the run may start
+        at the earliest besides its lane and arrival (-1: at rest[j]'s end)."""
+        at = j if keep or j < 0 else j - shift[j]
+        pre = prefix(keep)
+        ready = pre.end[at] if wait < 0 else wait
+        places.append((pre.run_bound(score, at, moved, ready) or _UNKNOWN, len(places),
+                       (keep, at), put))
+
     for e in by_model.get(model, []):
         if req.total_tokens > e.n_ctx:
             continue
@@ -92,14 +119,9 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
             if nxt is not None and rest[nxt].kind == "unload" and \
                     rest[nxt].end_s < arrival[req.id]:
                 continue  # the engine is gone before the request arrives
-            if time.perf_counter() >= deadline:
-                break
-            cand = [*rest[:j + 1], moved, *rest[j + 1:]]
-            if empty:
-                cand = drop_empty(cand, run.engine)
-            key = prefix.key(score, cand, None if empty else j + 1)
-            if key < bar:
-                cands.append((key, cand))
+            # after rest[j], an action of its engine; after the load of the period it
+            # left, that period stays (rest), elsewhere it goes (base)
+            place(j, base is rest or id(x) not in kept, moved, (moved,), -1.0)
         # or a period of its own: e loaded for it where its device's lane frees memory
         # (after an unload) or ends, when e is not resident there
         load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
@@ -107,15 +129,37 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
         for j in period_slots(rest, e):
             if until is not None and j >= 0 and rest[j].end_s >= until:
                 continue
-            if time.perf_counter() >= deadline:
-                break
-            cand = [*rest[:j + 1], load, moved, unload, *rest[j + 1:]]
-            if empty:
-                cand = drop_empty(cand, run.engine)
-            key = prefix.key(score, cand, None if empty else j + 1)
-            if key < bar:
-                cands.append((key, cand))
-    return cands
+            # it waits for its load, which waits for the unload at rest[j] (if base has it)
+            free = 0.0
+            if j >= 0 and rest[j].kind == "unload" and (base is rest or id(rest[j]) in kept):
+                free = prefix(base is rest).end[j - shift[j]]
+            place(j, base is rest, moved, (load, moved, unload), free + load.end_s)
+    places.sort(key=lambda p: p[0])
+    best = bar
+    cands: list[tuple[tuple[float, ...], int, list[Action]]] = []
+    for bound, i, (keep, j), put in places:
+        if time.perf_counter() >= deadline or _beyond(bound, best):
+            break  # (sorted by bound: no place after it can beat the best either)
+        pre = timing[keep]
+        cand = [*pre.rest[:j + 1], *put, *pre.rest[j + 1:]]
+        key = pre.key(score, cand, j + 1, inserted=len(put))
+        if key < bar:
+            cands.append((key, i, cand))
+            best = min(best, key)
+    cands.sort(key=lambda c: (c[0], c[1]))  # equal keys in the order of the places
+    return [(key, cand) for key, _i, cand in cands]
+
+
+#: the bound of a place whose key has none
+_UNKNOWN = (-math.inf, -math.inf)
+
+
+def _beyond(bound: tuple[float, ...], bar: tuple[float, ...]) -> bool:
+    """Whether a candidate whose key is at least ``bound`` cannot beat ``bar`` (with room
+    for the float error of the bound's running sums)."""
+    if bound[0] != bar[0]:
+        return bound[0] > bar[0]
+    return bound[1] > bar[1] + 1e-9 * max(1.0, abs(bar[1]))
 
 
 def period_slots(actions: list[Action], engine: Engine) -> list[int]:

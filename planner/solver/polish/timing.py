@@ -4,10 +4,14 @@ changing what the executor waits for and passes the checker."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from dataclasses import replace
+from typing import Any
 
 from planner.checker import check_plan
-from planner.domain import Action, Instance, Schedule
+from planner.domain import TRANSFER_KINDS, Action, Instance, Schedule
 from planner.executor.deps import (
     Ends,
     Spans,
@@ -83,10 +87,27 @@ class Score:
         return tuple(round(x, 9) for x in key)
 
 
+#: the shapes of engine and request keys in :meth:`Prefix.key`'s difference set (a lane's
+#: key is its ``(device, lane)`` pair, as in :class:`Ends`)
+_ENGINE, _REQUEST = 1, 2
+
+
+def _writes(a: Action, spans: Spans | None) -> tuple[tuple[object, str], ...]:
+    """The keys of the waiting state an action sets when it ends: its lanes (every GPU's of
+    a split engine), its engine and its request (:func:`planner.executor.deps.earliest_times`)."""
+    ln = "transfer" if a.kind in TRANSFER_KINDS else "compute"
+    split = spans.get(a.engine) if spans else None
+    lanes = {(a.device, ln), *((d, ln) for d in split)} if split else {(a.device, ln)}
+    out: tuple[tuple[object, str], ...] = (*lanes, (_ENGINE, a.engine))
+    return (*out, (_REQUEST, a.request)) if a.request is not None else out
+
+
 class Prefix:
     """Earliest times of ``rest`` (a plan less the run being moved) and the waiting state
     before every PREFIX_STRIDE-th of its actions, so that a candidate (``rest`` changed
-    from index k on) is timed from the last kept state at or before k only."""
+    from index k on) is timed from the last kept state at or before k only, and (for
+    weighted mean response) only until its waiting state is ``rest``'s again: from there
+    on every action of the candidate that is one of ``rest``'s takes ``rest``'s times."""
 
     def __init__(self, rest: list[Action], arrival: dict[str, float],
                  spans: Spans | None = None) -> None:
@@ -96,16 +117,47 @@ class Prefix:
         self.states: list[Ends] = []
         self.done: list[dict[str, float]] = []  # the requests' last run ends before each
         ends = Ends()
+        self.start: list[float] = []
         self.end: list[float] = []
         done: dict[str, float] = {}
         for i in range(0, len(rest), PREFIX_STRIDE):
             self.states.append(ends.copy())
             self.done.append(dict(done))
-            part = earliest_times(rest[i:i + PREFIX_STRIDE], arrival, ends, spans)[1]
+            starts, part = earliest_times(rest[i:i + PREFIX_STRIDE], arrival, ends, spans)
             Score.done_by(rest[i:i + PREFIX_STRIDE], part, done)
+            self.start += starts
             self.end += part
         self.states.append(ends)
         self.done.append(done)
+        self.pos = {id(a): i for i, a in enumerate(rest)}
+        self.writes = [_writes(a, spans) for a in rest]
+        self.last: dict[tuple[object, str], int] = {}  # each key's last writer in rest
+        self.runs_of: dict[str, list[int]] = {}  # each request's runs in rest
+        for i, (a, ks) in enumerate(zip(rest, self.writes, strict=True)):
+            for key in ks:
+                self.last[key] = i
+            if a.kind == "run" and a.request is not None:
+                self.runs_of.setdefault(a.request, []).append(i)
+        # per action: what timing it reads and sets (its lane, the lanes of a split
+        # engine, its engine, request, release and seconds; the keys it sets that rest
+        # reads later and those it does not; for a run, whether it is its request's only
+        # one (None: it is not), else False)
+        self.rec: list[tuple[Any, ...]] = []
+        for i, (a, ks) in enumerate(zip(rest, self.writes, strict=True)):
+            ln = "transfer" if a.kind in TRANSFER_KINDS else "compute"
+            split = spans.get(a.engine) if spans else None
+            release = arrival[a.request] if a.kind == "run" and a.request is not None else \
+                arrival[a.on_demand] if a.kind == "load" and a.on_demand is not None else 0.0
+            run = a.kind == "run" and a.request is not None
+            self.rec.append((
+                (a.device, ln), tuple((d, ln) for d in split) if split else None, a.engine,
+                a.request, release, a.end_s - a.start_s,
+                tuple(x for x in ks if self.last[x] > i),
+                tuple(x for x in ks if self.last[x] <= i),
+                (len(self.runs_of[a.request or ""]) == 1 or None) if run else False))
+        self._sums: tuple[Score, float, float] | None = None
+        self._chains: dict[tuple[str, str], _Chain] = {}
+        self.timed = 0  # actions timed by key() so far (what stopping early saves)
 
     def _same(self, cand: list[Action], k: int | None) -> int:
         """How many first actions ``cand`` shares with ``rest`` (``k``: known to share at
@@ -116,16 +168,203 @@ class Prefix:
             k += 1
         return k
 
-    def key(self, score: Score, cand: list[Action], k: int | None = None
-            ) -> tuple[float, ...]:
+    def key(self, score: Score, cand: list[Action], k: int | None = None,
+            inserted: int | None = None) -> tuple[float, ...]:
         """``score``'s key of ``cand`` (as from timing the whole of it), timed and scored
         from its last kept state at or before its change only (``k``: it shares at least
-        its first ``k`` actions with ``rest``; ``cand[:k]`` is rest's, its times known)."""
-        base = self._same(cand, k) // PREFIX_STRIDE
-        k = base * PREFIX_STRIDE
-        tail = cand[k:]
-        return score.after(self.done[base], tail, earliest_times(
-            tail, self.arrival, self.states[base].copy(), self.spans)[1])
+        its first ``k`` actions with ``rest``; ``cand[:k]`` is rest's, its times known).
+        ``inserted``: ``cand`` is ``rest`` with that many actions put in at ``k`` (else its
+        end shared with ``rest`` is looked for)."""
+        if score.objective != "mean_response":
+            base = self._same(cand, k) // PREFIX_STRIDE
+            tail = cand[base * PREFIX_STRIDE:]
+            return score.after(self.done[base], tail, earliest_times(
+                tail, self.arrival, self.states[base].copy(), self.spans)[1])
+        rest = self.rest
+        if inserted is not None and k is not None:
+            s_c, p_s = k + inserted, k  # cand[s_c:] is rest[p_s:]
+        else:
+            k = self._same(cand, k)
+            t, n = 0, min(len(cand), len(rest)) - k
+            while t < n and cand[-1 - t] is rest[-1 - t]:
+                t += 1
+            s_c, p_s = len(cand) - t, len(rest) - t
+        return self._key(score, cand, k, s_c, p_s)
+
+    def _key(self, score: Score, cand: list[Action], k: int, s_c: int, p_s: int
+             ) -> tuple[float, ...]:
+        base = k // PREFIX_STRIDE
+        k0 = base * PREFIX_STRIDE
+        st = self.states[base]
+        lane, engine, reqs0 = dict(st.lane), dict(st.engine), st.request
+        req: dict[str, float] = {}  # request ends set from k0 on (before: reqs0's)
+        new_ends: dict[str, list[float]] = {}  # requests' run ends not rest's
+        moved_p: set[int] = set()  # rest's runs whose ends moved
+        first: dict[tuple[object, str], float] = {}  # keys' values at k, as they are set
+        # the changed part (and the shared actions before it since the kept state)
+        ends = Ends()
+        ends.lane, ends.engine = lane, engine
+        ends.request = req  # the requests it has, with their ends at the kept state
+        for a in cand[k0:s_c]:
+            if a.request is not None and a.request in reqs0:
+                req[a.request] = reqs0[a.request]
+        earliest_times(cand[k0:k], self.arrival, ends, self.spans)
+        changed = cand[k:s_c]
+        for a in changed:  # the values at k of what the changed part sets
+            for key in _writes(a, self.spans):
+                if key not in first:
+                    first[key] = self._value(key, lane, engine, req, reqs0)
+        rest_end = self.end
+        for a, e in zip(changed, earliest_times(changed, self.arrival, ends, self.spans)[1],
+                        strict=True):
+            if a.kind == "run" and a.request is not None:  # its end, where not rest's
+                p = self.pos.get(id(a))
+                if p is None or e != rest_end[p]:
+                    new_ends.setdefault(a.request, []).append(e)
+                    if p is not None:
+                        moved_p.add(p)
+        # rest's own actions, until the waiting state is rest's again: where an action
+        # ends as in rest, so do the keys it sets
+        diff = self._differ(first, k, p_s, lane, engine, req, reqs0)
+        weight, rec = score.weight, self.rec
+        shift = 0.0  # weighted seconds later that single-run requests of rest's end
+        p = p_s
+        n = len(rest_end)
+        while diff and p < n:
+            lk, lanes, eng, q, release, dur, live, dead, alone = rec[p]
+            s = lane.get(lk, 0.0)
+            if lanes:
+                s = max(lane.get(x, 0.0) for x in lanes)
+            x = engine.get(eng, 0.0)
+            if x > s:
+                s = x
+            if q is not None:
+                x = req[q] if q in req else reqs0.get(q, 0.0)
+                if x > s:
+                    s = x
+            if release > s:
+                s = release
+            e = s + dur
+            if e != rest_end[p]:
+                diff.update(live)
+                if dead:
+                    diff.difference_update(dead)
+                if alone:  # its request's only run: its response moves
+                    shift += weight[q] * (e - rest_end[p])
+                elif alone is None:  # a run of a request with other runs
+                    new_ends.setdefault(q, []).append(e)
+                    moved_p.add(p)
+            else:
+                diff.difference_update(live)
+                if dead:
+                    diff.difference_update(dead)
+            lane[lk] = engine[eng] = e
+            if lanes:
+                for x in lanes:
+                    lane[x] = e
+            if q is not None:
+                req[q] = e
+            p += 1
+        self.timed += s_c - k0 + p - p_s
+        return self._score(score, cand, k, s_c, p_s, shift, new_ends, moved_p)
+
+    @staticmethod
+    def _value(key: tuple[object, str], lane: dict[tuple[str, str], float],
+               engine: dict[str, float], req: dict[str, float],
+               reqs0: dict[str, float]) -> float:
+        kind, name = key
+        if kind == _ENGINE:
+            return engine.get(name, 0.0)
+        if kind == _REQUEST:
+            return req[name] if name in req else reqs0.get(name, 0.0)
+        return lane.get(key, 0.0)  # type: ignore[arg-type]
+
+    def _differ(self, first: dict[tuple[object, str], float], k: int, p_s: int,
+                lane: dict[tuple[str, str], float], engine: dict[str, float],
+                req: dict[str, float], reqs0: dict[str, float]) -> set[tuple[object, str]]:
+        """The keys read after ``rest[p_s]`` on whose values the candidate (timed up to its
+        shared end) and ``rest`` (up to ``p_s``) differ: those either set since ``k``."""
+        at_rest: dict[tuple[object, str], float] = {}
+        for p in range(k, p_s):
+            for key in self.writes[p]:
+                at_rest[key] = self.end[p]
+        out: set[tuple[object, str]] = set()
+        last = self.last
+        for key in first.keys() | at_rest.keys():
+            if last.get(key, -1) < p_s:
+                continue  # nothing of rest's reads it again
+            mine = self._value(key, lane, engine, req, reqs0)
+            theirs = at_rest[key] if key in at_rest else first[key]
+            if mine != theirs:
+                out.add(key)
+        return out
+
+    def _score(self, score: Score, cand: list[Action], k: int, s_c: int, p_s: int,
+               shift: float, new_ends: dict[str, list[float]], moved_p: set[int]
+               ) -> tuple[float, ...]:
+        """The key from rest's sums, changed by ``shift`` (the weighted seconds rest's
+        single-run requests end later) and by the other requests whose last run end is not
+        rest's (runs put in or moved, or taken out of ``rest[k:p_s]``)."""
+        done_r = self.done[-1]
+        w, arrival = score.weight, score.arrival
+        total_s, total_w = self._rest_sums(score)
+        total_s += shift
+        rest, runs_of = self.rest, self.runs_of
+        gone: set[int] = set()
+        if p_s > k:  # rest's actions the changed part does not hold
+            held = {id(a) for a in cand[k:s_c]}
+            gone = {p for p in range(k, p_s) if id(rest[p]) not in held}
+        changed = set(new_ends) | {q for p in gone if rest[p].kind == "run"
+                                   and (q := rest[p].request) is not None}
+        n_done = len(done_r)
+        for q in changed:
+            ends = list(new_ends.get(q, ()))
+            ends += [self.end[p] for p in runs_of.get(q, ()) if p not in moved_p
+                     and p not in gone]
+            if q in done_r:
+                total_s -= w[q] * (done_r[q] - arrival[q])
+                total_w -= w[q]
+                n_done -= 1
+            if ends:
+                total_s += w[q] * (max(ends) - arrival[q])
+                total_w += w[q]
+                n_done += 1
+        mean = total_s / total_w if total_w else 0.0
+        return (round(float(len(score.instance.requests) - n_done), 9), round(mean, 9))
+
+    def _rest_sums(self, score: Score) -> tuple[float, float]:
+        """(weighted response seconds, weight) of the requests rest serves."""
+        if self._sums is None or self._sums[0] is not score:
+            w, arrival, done_r = score.weight, score.arrival, self.done[-1]
+            self._sums = (score, sum(w[q] * (e - arrival[q]) for q, e in done_r.items()),
+                          sum(w[q] for q in done_r))
+        return self._sums[1], self._sums[2]
+
+    def run_bound(self, score: Score, j: int, run: Action, ready: float
+                  ) -> tuple[float, ...] | None:
+        """A lower bound on the key of ``rest`` with ``run`` (a whole run of a request
+        rest does not serve, on a one-device engine) put in after ``rest[j]``, not before
+        ``ready`` (what else it waits for, at the least), without timing it: the run's
+        own response plus the least delay it passes down its compute lane, ``rest``'s
+        later actions there each starting later by what is left of the delay after the
+        idle time before it (other waits can only add). None where not weighted mean
+        response, or the engine is split over GPUs."""
+        if score.objective != "mean_response" or (self.spans and run.engine in self.spans) \
+                or run.request is None:
+            return None
+        lk = (run.device, "compute")
+        chain = self._chains.get(lk)
+        if chain is None:
+            chain = self._chains[lk] = _Chain(self, lk, score)
+        c = bisect.bisect_right(chain.index, j)
+        q = run.request
+        s = max(self.end[chain.index[c - 1]] if c else 0.0, ready, score.arrival[q])
+        e = s + (run.end_s - run.start_s)
+        total_s, total_w = self._rest_sums(score)
+        w = score.weight[q]
+        total_s += w * (e - score.arrival[q]) + chain.delays(c, e)
+        n_done = len(self.done[-1]) + 1
+        return (float(len(score.instance.requests) - n_done), (total_s / (total_w + w)))
 
     def state_at(self, k: int) -> Ends:
         """The waiting state before ``rest[k]`` (a copy of its own)."""
@@ -133,6 +372,62 @@ class Prefix:
         ends = self.states[base].copy()
         earliest_times(self.rest[base * PREFIX_STRIDE:k], self.arrival, ends, self.spans)
         return ends
+
+
+class _Chain:
+    """One lane's actions in ``rest`` (their indices), with the running sums
+    :meth:`delays` needs: the slack before each (below), and the weights of the runs
+    (their requests' only ones) among them.
+
+    The slack before a lane action is the least idle time on a path of waits from the
+    lane's action before it to it: the lane itself, or, say, that run's engine unloaded,
+    another loaded and its first run (a delay passes a swap whole, though the lane idles
+    while the other engine loads). A delay of the action before it less that slack is a
+    delay of it, since each action starts when the last of what it waits for ends."""
+
+    def __init__(self, prefix: Prefix, lane: tuple[str, str], score: Score) -> None:
+        rest, start, end = prefix.rest, prefix.start, prefix.end
+        self.index: list[int] = []
+        slack: list[float] = []
+        writer: dict[tuple[object, str], int] = {}  # each key's last action so far
+        since: dict[int, float] = {}  # the least slack from the lane's last action
+        for i, (r, keys) in enumerate(zip(prefix.rec, prefix.writes, strict=True)):
+            least = math.inf
+            for key in keys:  # what it waits for: the last action of each of its keys
+                u = writer.get(key)
+                if u is not None and u in since:
+                    least = min(least, since[u] + start[i] - end[u])
+            if r[0] == lane or (r[1] and lane in r[1]):
+                slack.append(0.0 if not self.index else least)
+                self.index.append(i)
+                since = {i: 0.0}
+            elif least < math.inf:
+                since[i] = least
+            for key in keys:
+                writer[key] = i
+        self.start = [start[i] for i in self.index]
+        self.idle = list(itertools.accumulate(slack))  # from the lane's first action on
+        weights = [score.weight[q] if prefix.rec[i][8] and (q := rest[i].request) else 0.0
+                   for i in self.index]
+        self.weight = [0.0, *itertools.accumulate(weights)]
+        self.weighted_idle = [0.0, *itertools.accumulate(
+            wt * g for wt, g in zip(weights, self.idle, strict=True))]
+
+    def delays(self, c: int, end: float) -> float:
+        """The least weighted seconds the lane's runs from position ``c`` on start later
+        when an action ending at ``end`` goes in before them: the first starts
+        ``end - start`` later (if positive), each later one that less the idle time
+        between."""
+        if c >= len(self.index):
+            return 0.0
+        late = end - self.start[c]
+        if late <= 0:
+            return 0.0
+        # positions whose idle time since c is below the delay
+        stop = bisect.bisect_left(self.idle, self.idle[c] + late, lo=c)
+        weight = self.weight[stop] - self.weight[c]
+        return (late + self.idle[c]) * weight - (self.weighted_idle[stop]
+                                                  - self.weighted_idle[c])
 
 
 def first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, float],
