@@ -64,7 +64,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                ) -> list[tuple[tuple[float, ...], list[Action]]]:
     """``rest`` with ``run`` (a whole run, taken out of it) put back in places it may go
     whose keys beat ``bar``, with the keys, best first: the best of them all, and the others
-    timed before the bounds showed that none left could beat it (``Prefix.run_bound``);
+    timed before the bounds showed that none left could beat it (``Prefix.run_bounds``);
     ``skip``: the index it came from (after that action, on its own engine, is its own
     place)."""
     assert run.request is not None
@@ -72,7 +72,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
     model = next(e.model for es in by_model.values() for e in es if e.id == run.engine)
     # every place is ``rest`` (or, where the run leaves its period empty, ``rest`` without
     # that period: ``base``) with actions put in, so timed from its change and bounded
-    # (Prefix); with a lower bound on its key (Prefix.run_bound), then timed best bound
+    # (Prefix); with a lower bound on its key (Prefix.run_bounds), then timed best bound
     # first until the bounds show that no place left can beat the best so far
     base = drop_empty(rest, run.engine)
     timing: dict[bool, Prefix] = {}  # on rest (True) and on base (False), as needed
@@ -89,16 +89,27 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
         return got
 
     places: list[tuple[tuple[float, ...], int, tuple[bool, int], tuple[Action, ...]]] = []
+    # an engine's places, bounded together: (in rest, actions put in) -> where, when the
+    # run may start besides its lane and arrival, the place's number
+    pending: dict[tuple[bool, int], tuple[list[int], list[float], list[int]]] = {}
+    count = itertools.count()
 
-    def place(j: int, keep: bool, moved: Action, put: tuple[Action, ...],
-              wait: float) -> None:
-        """After rest[j], in rest (``keep``) or in base; ``wait``: when the run may start
-        at the earliest besides its lane and arrival (-1: at rest[j]'s end)."""
+    def place(j: int, keep: bool, put: int, wait: float) -> None:
+        """After rest[j], in rest (``keep``) or in base, ``put`` actions; ``wait``: when
+        the run may start at the earliest besides its lane and arrival (-1: at rest[j]'s
+        end)."""
         at = j if keep or j < 0 else j - shift[j]
-        pre = prefix(keep)
-        ready = pre.end[at] if wait < 0 else wait
-        places.append((pre.run_bound(score, at, moved, ready) or _UNKNOWN, len(places),
-                       (keep, at), put))
+        group = pending.setdefault((keep, put), ([], [], []))
+        group[0].append(at)
+        group[1].append(prefix(keep).end[at] if wait < 0 else wait)
+        group[2].append(next(count))
+
+    def bound_pending(moved: Action, puts: dict[int, tuple[Action, ...]]) -> None:
+        for (keep, n), (ats, ready, numbers) in pending.items():
+            got = prefix(keep).run_bounds(score, ats, moved, ready) or [_UNKNOWN] * len(ats)
+            places.extend((b, i, (keep, at), puts[n])
+                          for b, i, at in zip(got, numbers, ats, strict=True))
+        pending.clear()
 
     for e in by_model.get(model, []):
         if req.total_tokens > e.n_ctx:
@@ -121,7 +132,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                 continue  # the engine is gone before the request arrives
             # after rest[j], an action of its engine; after the load of the period it
             # left, that period stays (rest), elsewhere it goes (base)
-            place(j, base is rest or id(x) not in kept, moved, (moved,), -1.0)
+            place(j, base is rest or id(x) not in kept, 1, -1.0)
         # or a period of its own: e loaded for it where its device's lane frees memory
         # (after an unload) or ends, when e is not resident there
         load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
@@ -133,7 +144,8 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
             free = 0.0
             if j >= 0 and rest[j].kind == "unload" and (base is rest or id(rest[j]) in kept):
                 free = prefix(base is rest).end[j - shift[j]]
-            place(j, base is rest, moved, (load, moved, unload), free + load.end_s)
+            place(j, base is rest, 3, free + load.end_s)
+        bound_pending(moved, {1: (moved,), 3: (load, moved, unload)})
     places.sort(key=lambda p: p[0])
     best = bar
     cands: list[tuple[tuple[float, ...], int, list[Action]]] = []

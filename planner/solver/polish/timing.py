@@ -4,11 +4,11 @@ changing what the executor waits for and passes the checker."""
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from planner.checker import check_plan
 from planner.domain import TRANSFER_KINDS, Action, Instance, Schedule
@@ -340,15 +340,15 @@ class Prefix:
                           sum(w[q] for q in done_r))
         return self._sums[1], self._sums[2]
 
-    def run_bound(self, score: Score, j: int, run: Action, ready: float
-                  ) -> tuple[float, ...] | None:
-        """A lower bound on the key of ``rest`` with ``run`` (a whole run of a request
-        rest does not serve, on a one-device engine) put in after ``rest[j]``, not before
-        ``ready`` (what else it waits for, at the least), without timing it: the run's
-        own response plus the least delay it passes down its compute lane, ``rest``'s
-        later actions there each starting later by what is left of the delay after the
-        idle time before it (other waits can only add). None where not weighted mean
-        response, or the engine is split over GPUs."""
+    def run_bounds(self, score: Score, places: list[int], run: Action, ready: list[float]
+                   ) -> list[tuple[float, float]] | None:
+        """Lower bounds on the keys of ``rest`` with ``run`` (a whole run of a request
+        rest does not serve, on a one-device engine) put in after ``rest[j]`` for each j
+        of ``places``, not before ``ready`` (what else it waits for there, at the least),
+        without timing them: the run's own response plus the least delay it passes down
+        its compute lane, ``rest``'s later actions there each starting later by what is
+        left of the delay after the slack before it (:class:`_Chain`; other waits can only
+        add). None where not weighted mean response, or the engine is split over GPUs."""
         if score.objective != "mean_response" or (self.spans and run.engine in self.spans) \
                 or run.request is None:
             return None
@@ -356,15 +356,21 @@ class Prefix:
         chain = self._chains.get(lk)
         if chain is None:
             chain = self._chains[lk] = _Chain(self, lk, score)
-        c = bisect.bisect_right(chain.index, j)
+        c = np.searchsorted(chain.at, np.asarray(places, dtype=np.int64), side="right")
         q = run.request
-        s = max(self.end[chain.index[c - 1]] if c else 0.0, ready, score.arrival[q])
-        e = s + (run.end_s - run.start_s)
+        arrival, w = score.arrival[q], score.weight[q]
+        start = np.maximum(np.maximum(chain.end_before[c], np.asarray(ready)), arrival)
+        end = start + (run.end_s - run.start_s)
         total_s, total_w = self._rest_sums(score)
-        w = score.weight[q]
-        total_s += w * (e - score.arrival[q]) + chain.delays(c, e)
-        n_done = len(self.done[-1]) + 1
-        return (float(len(score.instance.requests) - n_done), (total_s / (total_w + w)))
+        means = (total_s + w * (end - arrival) + chain.delays(c, end)) / (total_w + w)
+        unserved = float(len(score.instance.requests) - len(self.done[-1]) - 1)
+        return [(unserved, m) for m in means.tolist()]
+
+    def run_bound(self, score: Score, j: int, run: Action, ready: float
+                  ) -> tuple[float, float] | None:
+        """:meth:`run_bounds` of one place."""
+        got = self.run_bounds(score, [j], run, [ready])
+        return got[0] if got else None
 
     def state_at(self, k: int) -> Ends:
         """The waiting state before ``rest[k]`` (a copy of its own)."""
@@ -405,29 +411,32 @@ class _Chain:
                 since[i] = least
             for key in keys:
                 writer[key] = i
-        self.start = [start[i] for i in self.index]
-        self.idle = list(itertools.accumulate(slack))  # from the lane's first action on
-        weights = [score.weight[q] if prefix.rec[i][8] and (q := rest[i].request) else 0.0
-                   for i in self.index]
-        self.weight = [0.0, *itertools.accumulate(weights)]
-        self.weighted_idle = [0.0, *itertools.accumulate(
-            wt * g for wt, g in zip(weights, self.idle, strict=True))]
+        at = np.asarray(self.index, dtype=np.int64)
+        self.at = at  # the lane's actions' indices in rest
+        self.start = np.asarray(start)[at] if len(at) else np.zeros(0)
+        self.end_before = np.concatenate(([0.0], np.asarray(end)[at]))  # of the one before
+        self.idle = np.cumsum(slack)  # from the lane's first action on
+        weights = np.asarray([score.weight[q] if prefix.rec[i][8] and (q := rest[i].request)
+                              else 0.0 for i in self.index])
+        self.weight = np.concatenate(([0.0], np.cumsum(weights)))
+        self.weighted_idle = np.concatenate(([0.0], np.cumsum(weights * self.idle)))
 
-    def delays(self, c: int, end: float) -> float:
-        """The least weighted seconds the lane's runs from position ``c`` on start later
-        when an action ending at ``end`` goes in before them: the first starts
+    def delays(self, c: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The least weighted seconds the lane's runs from positions ``c`` on start later
+        when actions ending at ``end`` go in before them (one each): the first starts
         ``end - start`` later (if positive), each later one that less the idle time
         between."""
-        if c >= len(self.index):
-            return 0.0
-        late = end - self.start[c]
-        if late <= 0:
-            return 0.0
+        n = len(self.at)
+        if not n:
+            return np.zeros(len(c))
+        cc = np.minimum(c, n - 1)
+        late = np.where(c < n, np.maximum(end - self.start[cc], 0.0), 0.0)
         # positions whose idle time since c is below the delay
-        stop = bisect.bisect_left(self.idle, self.idle[c] + late, lo=c)
+        stop = np.maximum(np.searchsorted(self.idle, self.idle[cc] + late, side="left"), c)
         weight = self.weight[stop] - self.weight[c]
-        return (late + self.idle[c]) * weight - (self.weighted_idle[stop]
-                                                  - self.weighted_idle[c])
+        out = (late + self.idle[cc]) * weight - (self.weighted_idle[stop] -
+                                                 self.weighted_idle[c])
+        return np.where(late > 0, out, 0.0)
 
 
 def first_valid(instance: Instance, schedule: Schedule, arrival: dict[str, float],
