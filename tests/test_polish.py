@@ -783,7 +783,7 @@ def _random_plans(seed: int, n_plans: int, spread: float):  # type: ignore[no-un
 
 
 def test_the_bound_on_a_places_key_is_never_above_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """``Prefix.run_bound`` (a run's own response plus the least delay it passes down
+    """``Prefix.run_bounds`` (a run's own response plus the least delay it passes down
     its lane, through the swaps too) is at most the key of the plan with the run put
     there, timed whole: for every run, after every action of its engine and in a period
     of its own at every slot, on busy and on idle random plans. The placements timed,
@@ -809,11 +809,13 @@ def test_the_bound_on_a_places_key_is_never_above_it(monkeypatch) -> None:  # ty
                 places += [(j, (load, run, unload), load.end_s + (
                     prefix.end[j] if j >= 0 and rest[j].kind == "unload" else 0.0))
                     for j in period_slots(rest, e)]
-                for j, put, ready in places:
+                bounds = prefix.run_bounds(score, [j for j, _p, _r in places], run,
+                                           [ready for _j, _p, ready in places])
+                assert bounds is not None
+                for (j, put, _ready), bound in zip(places, bounds, strict=True):
                     cand = [*rest[:j + 1], *put, *rest[j + 1:]]
                     key = score(cand, earliest_times(cand, score.arrival)[1])
-                    bound = prefix.run_bound(score, j, run, ready)
-                    assert bound is not None and bound[0] == key[0]
+                    assert bound[0] == key[0]
                     assert bound[1] <= key[1] + 1e-9
                     tight += bound[1] > key[1] - 1e-6
                     checked += 1

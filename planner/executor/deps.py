@@ -20,7 +20,9 @@ def spans_of(schedule: Schedule) -> dict[str, tuple[str, ...]]:
     return {e.id: e.devices for e in schedule.engines if e.shares}
 
 
-def _lanes(a: Action, spans: Spans | None) -> tuple[tuple[str, str], ...]:
+def lane_keys(a: Action, spans: Spans | None) -> tuple[tuple[str, str], ...]:
+    """The (device, lane) pairs an action keeps busy: its lane on each device its engine
+    spans."""
     devs = spans.get(a.engine) if spans else None
     return tuple((d, a.lane) for d in devs) if devs else ((a.device, a.lane),)
 
@@ -39,7 +41,7 @@ def _split_dependencies(actions: list[Action], slots: dict[str, int] | None = No
         lane: set[int] = set()
         hard: set[int] = set()
         slot_run = a.kind == "run" and slots.get(a.engine, 1) > 1
-        for key, d in (*((k, lane) for k in _lanes(a, spans)), (("engine", a.engine), hard)):
+        for key, d in (*((k, lane) for k in lane_keys(a, spans)), (("engine", a.engine), hard)):
             members = group.get(key, [])
             if slot_run and (not members or group_engine[key] == a.engine):
                 # runs of one slot engine decode together: they wait only for what
@@ -74,7 +76,7 @@ def lane_dependencies(actions: list[Action], slots: dict[str, int] | None = None
 def _waits_on(a: Action, spans: Spans | None = None) -> tuple[tuple[object, object], ...]:
     """What an action of a one-slot plan waits for: the last action before it in its
     lanes, on its engine and of its request (a key with None second holds nothing)."""
-    return (*_lanes(a, spans), ("engine", a.engine), ("request", a.request))
+    return (*lane_keys(a, spans), ("engine", a.engine), ("request", a.request))
 
 
 class Ends:

@@ -94,14 +94,19 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
     pending: dict[tuple[bool, int], tuple[list[int], list[float], list[int]]] = {}
     count = itertools.count()
 
-    def place(j: int, keep: bool, put: int, wait: float) -> None:
-        """After rest[j], in rest (``keep``) or in base, ``put`` actions; ``wait``: when
-        the run may start at the earliest besides its lane and arrival (-1: at rest[j]'s
-        end)."""
+    def place(j: int, keep: bool, load_s: float | None = None) -> None:
+        """After rest[j], in rest (``keep``) or in base: the run (waiting for rest[j], an
+        action of its engine), or (``load_s``) a period of its own (the run waiting for
+        its load, which waits for the unload at rest[j] where the list has it)."""
         at = j if keep or j < 0 else j - shift[j]
-        group = pending.setdefault((keep, put), ([], [], []))
+        if load_s is None:
+            ready = prefix(keep).end[at]
+        else:
+            unload = j >= 0 and rest[j].kind == "unload" and (keep or id(rest[j]) in kept)
+            ready = load_s + (prefix(keep).end[at] if unload else 0.0)
+        group = pending.setdefault((keep, 1 if load_s is None else 3), ([], [], []))
         group[0].append(at)
-        group[1].append(prefix(keep).end[at] if wait < 0 else wait)
+        group[1].append(ready)
         group[2].append(next(count))
 
     def bound_pending(moved: Action, puts: dict[int, tuple[Action, ...]]) -> None:
@@ -132,7 +137,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
                 continue  # the engine is gone before the request arrives
             # after rest[j], an action of its engine; after the load of the period it
             # left, that period stays (rest), elsewhere it goes (base)
-            place(j, base is rest or id(x) not in kept, 1, -1.0)
+            place(j, base is rest or id(x) not in kept)
         # or a period of its own: e loaded for it where its device's lane frees memory
         # (after an unload) or ends, when e is not resident there
         load = Action("load", e.id, e.device, 0.0, cost.load_s(e.config))
@@ -140,11 +145,7 @@ def placements(instance: Instance, cost: CostModel, rest: list[Action], run: Act
         for j in period_slots(rest, e):
             if until is not None and j >= 0 and rest[j].end_s >= until:
                 continue
-            # it waits for its load, which waits for the unload at rest[j] (if base has it)
-            free = 0.0
-            if j >= 0 and rest[j].kind == "unload" and (base is rest or id(rest[j]) in kept):
-                free = prefix(base is rest).end[j - shift[j]]
-            place(j, base is rest, 3, free + load.end_s)
+            place(j, base is rest, load.end_s)
         bound_pending(moved, {1: (moved,), 3: (load, moved, unload)})
     places.sort(key=lambda p: p[0])
     best = bar

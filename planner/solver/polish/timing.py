@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from planner.checker import check_plan
-from planner.domain import TRANSFER_KINDS, Action, Instance, Schedule
+from planner.domain import Action, Instance, Schedule
 from planner.executor.deps import (
     Ends,
     Spans,
     dependencies,
     earliest_times,
+    lane_keys,
     plan_order,
     same_dependencies,
     spans_of,
@@ -95,10 +97,7 @@ _ENGINE, _REQUEST = 1, 2
 def _writes(a: Action, spans: Spans | None) -> tuple[tuple[object, str], ...]:
     """The keys of the waiting state an action sets when it ends: its lanes (every GPU's of
     a split engine), its engine and its request (:func:`planner.executor.deps.earliest_times`)."""
-    ln = "transfer" if a.kind in TRANSFER_KINDS else "compute"
-    split = spans.get(a.engine) if spans else None
-    lanes = {(a.device, ln), *((d, ln) for d in split)} if split else {(a.device, ln)}
-    out: tuple[tuple[object, str], ...] = (*lanes, (_ENGINE, a.engine))
+    out: tuple[tuple[object, str], ...] = (*lane_keys(a, spans), (_ENGINE, a.engine))
     return (*out, (_REQUEST, a.request)) if a.request is not None else out
 
 
@@ -129,32 +128,6 @@ class Prefix:
             self.end += part
         self.states.append(ends)
         self.done.append(done)
-        self.pos = {id(a): i for i, a in enumerate(rest)}
-        self.writes = [_writes(a, spans) for a in rest]
-        self.last: dict[tuple[object, str], int] = {}  # each key's last writer in rest
-        self.runs_of: dict[str, list[int]] = {}  # each request's runs in rest
-        for i, (a, ks) in enumerate(zip(rest, self.writes, strict=True)):
-            for key in ks:
-                self.last[key] = i
-            if a.kind == "run" and a.request is not None:
-                self.runs_of.setdefault(a.request, []).append(i)
-        # per action: what timing it reads and sets (its lane, the lanes of a split
-        # engine, its engine, request, release and seconds; the keys it sets that rest
-        # reads later and those it does not; for a run, whether it is its request's only
-        # one (None: it is not), else False)
-        self.rec: list[tuple[Any, ...]] = []
-        for i, (a, ks) in enumerate(zip(rest, self.writes, strict=True)):
-            ln = "transfer" if a.kind in TRANSFER_KINDS else "compute"
-            split = spans.get(a.engine) if spans else None
-            release = arrival[a.request] if a.kind == "run" and a.request is not None else \
-                arrival[a.on_demand] if a.kind == "load" and a.on_demand is not None else 0.0
-            run = a.kind == "run" and a.request is not None
-            self.rec.append((
-                (a.device, ln), tuple((d, ln) for d in split) if split else None, a.engine,
-                a.request, release, a.end_s - a.start_s,
-                tuple(x for x in ks if self.last[x] > i),
-                tuple(x for x in ks if self.last[x] <= i),
-                (len(self.runs_of[a.request or ""]) == 1 or None) if run else False))
         self._sums: tuple[Score, float, float] | None = None
         self._chains: dict[tuple[str, str], _Chain] = {}
         self.timed = 0  # actions timed by key() so far (what stopping early saves)
@@ -167,6 +140,52 @@ class Prefix:
         while k < n and cand[k] is self.rest[k]:
             k += 1
         return k
+
+    # what timing only until a candidate meets rest again reads (weighted mean response:
+    # :meth:`_key`, :meth:`run_bounds`), built on first use
+    @cached_property
+    def pos(self) -> dict[int, int]:
+        """Each action's index in rest, by identity."""
+        return {id(a): i for i, a in enumerate(self.rest)}
+
+    @cached_property
+    def writes(self) -> list[tuple[tuple[object, str], ...]]:
+        """The keys each action of rest sets (:func:`_writes`)."""
+        return [_writes(a, self.spans) for a in self.rest]
+
+    @cached_property
+    def last(self) -> dict[tuple[object, str], int]:
+        """Each key's last action in rest."""
+        return {key: i for i, ks in enumerate(self.writes) for key in ks}
+
+    @cached_property
+    def runs_of(self) -> dict[str, list[int]]:
+        """Each request's runs in rest."""
+        out: dict[str, list[int]] = {}
+        for i, a in enumerate(self.rest):
+            if a.kind == "run" and a.request is not None:
+                out.setdefault(a.request, []).append(i)
+        return out
+
+    @cached_property
+    def rec(self) -> list[tuple[Any, ...]]:
+        """Per action: what timing it reads and sets (its lane, the lanes of a split
+        engine, its engine, request, release and seconds; the keys it sets that rest reads
+        later and those it does not; for a run, whether it is its request's only one
+        (None: it is not), else False)."""
+        out: list[tuple[Any, ...]] = []
+        last, runs_of, spans, arrival = self.last, self.runs_of, self.spans, self.arrival
+        for i, (a, ks) in enumerate(zip(self.rest, self.writes, strict=True)):
+            split = spans.get(a.engine) if spans else None
+            release = arrival[a.request] if a.kind == "run" and a.request is not None else \
+                arrival[a.on_demand] if a.kind == "load" and a.on_demand is not None else 0.0
+            run = a.kind == "run" and a.request is not None
+            out.append((
+                (a.device, a.lane), lane_keys(a, spans) if split else None, a.engine,
+                a.request, release, a.end_s - a.start_s,
+                tuple(x for x in ks if last[x] > i), tuple(x for x in ks if last[x] <= i),
+                (len(runs_of[a.request or ""]) == 1 or None) if run else False))
+        return out
 
     def key(self, score: Score, cand: list[Action], k: int | None = None,
             inserted: int | None = None) -> tuple[float, ...]:
@@ -365,12 +384,6 @@ class Prefix:
         means = (total_s + w * (end - arrival) + chain.delays(c, end)) / (total_w + w)
         unserved = float(len(score.instance.requests) - len(self.done[-1]) - 1)
         return [(unserved, m) for m in means.tolist()]
-
-    def run_bound(self, score: Score, j: int, run: Action, ready: float
-                  ) -> tuple[float, float] | None:
-        """:meth:`run_bounds` of one place."""
-        got = self.run_bounds(score, [j], run, [ready])
-        return got[0] if got else None
 
     def state_at(self, k: int) -> Ends:
         """The waiting state before ``rest[k]`` (a copy of its own)."""
