@@ -85,15 +85,19 @@ def _bursty(seed: int, n_models: int = 5, duration_s: float = 400.0) -> Instance
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_the_pooled_rule_decides_as_the_scan_of_every_waiting_request(seed: int) -> None:
+@pytest.mark.parametrize(("evict_weight", "per_request"),
+                         [(0.0, False), (8.0, False), (2.0, True)])
+def test_the_pooled_rule_decides_as_the_scan_of_every_waiting_request(
+        seed: int, evict_weight: float, per_request: bool) -> None:
     """The plain rule keeps per-model sums and heaps (a decision costs the models, not
     the backlog: 7,146 requests 14.4 -> 0.65 s); it must make the scan's decisions,
     ties included (first model to arrive, then first request), so the plans are equal
-    action by action."""
+    action by action; with an eviction charge too."""
     inst = _bursty(seed)
     cost = RoundCost()
-    pooled = _smith_pooled(inst, cost, math.inf)
-    assert pooled.actions == _smith_scan(inst, cost, False, math.inf).actions
+    pooled = _smith_pooled(inst, cost, math.inf, evict_weight, per_request)
+    assert pooled.actions == _smith_scan(inst, cost, False, math.inf, evict_weight,
+                                         per_request).actions
     assert check_plan(inst, pooled) == []
     assert {a.request for a in pooled.actions if a.kind == "run"} == \
         {r.id for r in inst.requests}
@@ -118,3 +122,30 @@ def test_the_filtered_rule_gives_up_once_its_pace_would_miss_the_deadline(
     with pytest.raises(RuntimeError, match="would run out of time"):
         _smith_scan(inst, RoundCost(), True, deadline=n - 1.0)
     assert next(clock) < n / 2  # stopped early, far from the deadline
+
+
+def test_an_eviction_charge_keeps_a_model_whose_requests_wait() -> None:
+    """One 10 GiB GPU, models A and B of 10 GiB each (load 2 s, unload 1 s). a1-a3 (A, 4 s
+    each, weight 1) at 0, b (B, 1 s, weight 1.5) at 0.1. A loads [0,2], a1 runs [2,6]. At
+    6 the plain rule weighs b at 1.5 / (1 + 2 + 1) = 0.375 against a2's 1 / 4: it swaps
+    (b [9,10], A back [11,13], a2 [13,17], a3 [17,21]: 6 + 17 + 21 + 1.5 * 9.9 = 58.85
+    weighted seconds). Charged twice A's reload (its requests wait), b weighs 1.5 / 8:
+    a2 [6,10], a3 [10,14], then B, b [17,18]: 6 + 10 + 14 + 1.5 * 17.9 = 56.85. The start
+    plan is the better of the variants."""
+    from dataclasses import replace
+
+    base = instance(10, [("a1", "A", 0.0, 40), ("a2", "A", 0.0, 40), ("a3", "A", 0.0, 40),
+                         ("b", "B", 0.1, 10)])
+    inst = replace(base, requests=tuple(replace(r, weight=1.5) if r.id == "b" else r
+                                        for r in base.requests))
+    cost = RoundCost()
+    plain = smith_with_loads(inst, cost)
+    charged = smith_with_loads(inst, cost, evict_weight=2.0)
+    for plan in (plain, charged):
+        assert check_plan(inst, plan) == []
+    assert {k: v[2] for k, v in _runs(plain).items()} == \
+        {"a1": 6.0, "b": 10.0, "a2": 17.0, "a3": 21.0}
+    assert {k: v[2] for k, v in _runs(charged).items()} == \
+        {"a1": 6.0, "a2": 10.0, "a3": 14.0, "b": 18.0}
+    assert compute_metrics(inst, start_plan(inst, cost, "mean_response").actions) \
+        .weighted_mean_response_s == pytest.approx(56.85 / 4.5)

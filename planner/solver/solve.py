@@ -98,6 +98,9 @@ POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (
 #: one weighs every waiting request at each decision, minutes on an overloaded trace of
 #: thousands (the plain one takes about a second per 10,000 requests)
 START_PLAN_SHARE = 0.5
+#: ... and the most they take with their eviction charges (greedy.EVICT_WEIGHTS) after the
+#: two plain rules
+START_VARIANTS_SHARE = 0.15
 #: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
 #: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
 #: limit on one GPU")
@@ -161,8 +164,9 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # of the planner's need not (it knows the arrivals)
     baseline_schedules = {k: _planned(s) for k, s in baselines.items()}
     with contextlib.suppress(RuntimeError, BaselineError):  # (none where out of time)
-        baseline_schedules[SMITH] = start_plan(instance, cost, objective,
-                                               deadline=t0 + START_PLAN_SHARE * full)
+        baseline_schedules[SMITH] = start_plan(
+            instance, cost, objective, deadline=t0 + START_PLAN_SHARE * full,
+            variants_by=t0 + START_VARIANTS_SHARE * full)
     t_start = time.perf_counter() - t0
     try:
         cpu = bool(getattr(opts, "cpu_engines", True))
