@@ -46,6 +46,12 @@ Choice = tuple[float, Request, Resident | None]
 EVICTION_CHARGES: tuple[tuple[float, bool], ...] = (
     (8.0, False), (2.0, True), (32.0, False), (8.0, True), (2.0, False), (1.0, True),
     (16.0, False), (4.0, True), (64.0, False), (0.5, True), (4.0, False))
+#: a charged plan replaces the plain rules' only where it is better by this share, and
+#: past a fifth of their time the charged runs go on only where one is: on an overloaded
+#: trace of 18,015 requests the best charge gained 0.2 % (11,270.3 -> 11,250.7 s), and its
+#: plan polished in a 60 s solve to 11,084.7 s against the plain plan's 10,961.8 s (a
+#: local search's end is not ordered by its start's value where starts differ so little)
+CHARGES_GAIN = 0.01
 
 
 def start_plan(instance: Instance, cost: CostModel, objective: str,
@@ -57,14 +63,28 @@ def start_plan(instance: Instance, cost: CostModel, objective: str,
     10,000 requests; the filtered one weighs every waiting request at each decision,
     minutes on an overloaded trace of thousands, and gives up once its pace shows it
     would not end in time. A rule is not run again where its last run would not fit in
-    the time left."""
+    the time left. A charged plan is kept only where it beats the plain rules' by
+    :data:`CHARGES_GAIN`, and the charged runs stop after a fifth of their time unless
+    one does."""
     by = deadline if variants_by is None else min(deadline, variants_by)
     took: dict[bool, float] = {}  # rule (filtered?) -> seconds its last run took
     best: tuple[tuple[float, ...], Schedule] | None = None
+    plain: tuple[tuple[float, ...], Schedule] | None = None  # the plain rules' best
+    since = 0.0  # when the charged runs began
+
+    def gained() -> bool:
+        assert best is not None and plain is not None
+        return best[0] < tuple((1.0 - CHARGES_GAIN) * k for k in plain[0])
+
     for (weight, per_request), until in (((0.0, False), deadline),
                                          *((c, by) for c in EVICTION_CHARGES)):
         for ect in (False, True):
             began = time.perf_counter()
+            if weight and best is not None:
+                if plain is None:
+                    plain, since = best, began
+                if began - since > (by - since) / 5 and not gained():
+                    return plain[1]
             if began + took.get(ect, 0.0) > until:
                 continue
             try:
@@ -80,7 +100,7 @@ def start_plan(instance: Instance, cost: CostModel, objective: str,
                 best = (key, plan)
     if best is None:
         raise RuntimeError("no device can serve the waiting requests, or no time left")
-    return best[1]
+    return best[1] if plain is None or gained() else plain[1]
 
 
 def smith_with_loads(instance: Instance, cost: CostModel,
