@@ -18,6 +18,13 @@ schedulers for unrelated machines do (earliest completion time): on heterogeneou
 GPUs this keeps a 70B request off the slow GPU that happens to fall free first.
 Which of the two plans is better depends on the workload; :func:`start_plan`
 builds both and keeps the better.
+
+With an eviction charge, a load that evicts an engine whose model has requests waiting
+also pays for the reload it makes due (a multiple of that engine's load seconds, per
+engine or per waiting request): without it, on a long bursty trace the rule swapped back
+and forth (923 loads on 2,919 requests, about 13 % of every GPU's time). :func:`start_plan`
+tries a range of charges after the plain rules and keeps a charged plan where it is
+clearly better.
 """
 
 from __future__ import annotations
@@ -230,7 +237,7 @@ def _smith_pooled(instance: Instance, cost: CostModel, deadline: float,
                 weight, seconds = p.sums()
                 if evict_weight and opt.evict:
                     seconds += evict_weight * _reloads(
-                        cost, opt, lambda m: len(ready.get(m, ())), per_request)
+                        cost, opt, lambda name: len(ready.get(name, ())), per_request)
                 score = weight / max(1e-9, opt.ready_at - t + seconds)
                 i = p.top()[1]
             if best is None or score > best[0]:
@@ -353,7 +360,7 @@ def _choose(sim: Simulator, cost: CostModel, ds: DeviceState, t: float,
         seconds = math.fsum(d for _, d in runs)
         if charge[0] and opt.evict:
             seconds += charge[0] * _reloads(
-                cost, opt, lambda m: len(by_model.get(m, ())), charge[1])
+                cost, opt, lambda name: len(by_model.get(name, ())), charge[1])
         score = math.fsum(r.weight for r, _ in runs) / max(1e-9, opt.ready_at - t + seconds)
         if best is None or score > best[0]:
             first = max(runs, key=lambda x: x[0].weight / x[1])[0]

@@ -98,8 +98,8 @@ POLISH_SHARE = 0.3  # share of the time limit kept for local moves on the plan (
 #: one weighs every waiting request at each decision, minutes on an overloaded trace of
 #: thousands (the plain one takes about a second per 10,000 requests)
 START_PLAN_SHARE = 0.5
-#: ... and the most they take with their eviction charges (greedy.EVICT_WEIGHTS) after the
-#: two plain rules
+#: ... and the most they take with their eviction charges (greedy.EVICTION_CHARGES) after
+#: the two plain rules
 START_VARIANTS_SHARE = 0.15
 #: ... on an instance with one GPU, where the swap-aware bound's MIP runs beside the polish
 #: (its time is the polish's) and CP-SAT's plan stalls early (docs/solver.md, "Half the
