@@ -276,6 +276,7 @@ def _smith_scan(instance: Instance, cost: CostModel, earliest_completion: bool,
     cold: dict[tuple[str, str], float] = {}
     runs: dict[tuple[str, EngineConfig], float] = {}  # (request, engine) -> run seconds
     started, n = time.perf_counter(), len(waiting)
+    charge = (evict_weight, per_request)
     while waiting:
         now, done = time.perf_counter(), n - len(waiting)
         if now > deadline:
@@ -290,7 +291,6 @@ def _smith_scan(instance: Instance, cost: CostModel, earliest_completion: bool,
         if not ready:
             ds.free_at = min(a for a in arrivals if a > t)
             continue
-        charge = (evict_weight, per_request)
         best = _choose(sim, cost, ds, t, ready, earliest_completion, cold, runs, charge)
         if best is None:  # nothing this device should take: wait for another to act
             later = [d.free_at for d in sim.devices.values() if d.free_at > t]
