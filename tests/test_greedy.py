@@ -85,23 +85,67 @@ def _bursty(seed: int, n_models: int = 5, duration_s: float = 400.0) -> Instance
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize(("evict_weight", "per_request"),
-                         [(0.0, False), (8.0, False), (2.0, True)])
+@pytest.mark.parametrize(("evict_weight", "per_request", "cpus"),
+                         [(0.0, False, False), (8.0, False, False), (2.0, True, False),
+                          (0.0, False, True), (2.0, True, True)])
 def test_the_pooled_rule_decides_as_the_scan_of_every_waiting_request(
-        seed: int, evict_weight: float, per_request: bool) -> None:
+        seed: int, evict_weight: float, per_request: bool, cpus: bool) -> None:
     """The plain rule keeps per-model sums and heaps (a decision costs the models, not
     the backlog: 7,146 requests 14.4 -> 0.65 s); it must make the scan's decisions,
     ties included (first model to arrive, then first request), so the plans are equal
-    action by action; with an eviction charge too."""
+    action by action; with an eviction charge too, and with the host's CPU beside the
+    GPUs (there both rules ask the same offload rule)."""
     inst = _bursty(seed)
     cost = RoundCost()
-    pooled = _smith_pooled(inst, cost, math.inf, evict_weight, per_request)
+    pooled = _smith_pooled(inst, cost, math.inf, evict_weight, per_request, cpus)
     assert pooled.actions == _smith_scan(inst, cost, False, math.inf, evict_weight,
-                                         per_request).actions
+                                         per_request, cpus).actions
     assert check_plan(inst, pooled) == []
     assert {a.request for a in pooled.actions if a.kind == "run"} == \
         {r.id for r in inst.requests}
-    assert {a.device for a in pooled.actions} == {"fast", "slow"}
+    assert {a.device for a in pooled.actions} == ({"fast", "slow", "h"} if cpus
+                                                  else {"fast", "slow"})
+
+
+def test_a_host_cpu_takes_a_request_where_the_gpu_queue_is_longer() -> None:
+    """One 10 GiB GPU and its host's CPU (RoundCost: a CPU engine has no GPU layer, 0.3 s
+    per token, 3 times the GPU's), a1-a4 (model A, 5, 10, 20 and 40 tokens: 0.5, 1, 2 and
+    4 s on the GPU) at 0. The GPU decides first: load [0,2], a1 [2,2.5]. The CPU, free at
+    0, weighs the rest in the GPU's order (most weight per second first), each ending on
+    the GPU after its 2.5 s of work and the runs ahead of it, against the CPU (load 2 s,
+    then 3 times the run), plus the wait it takes off the requests behind it:
+    a2: (3.5 - 5) + 2 * 1 = 0.5; a3: (5.5 - 8) + 1 * 2 = -0.5; a4: 9.5 - 14 = -4.5. So
+    a2 goes to the CPU: load [0,2], a2 [2,5]; the GPU runs a3 [2.5,4.5] and a4 [4.5,8.5].
+    Completions 2.5, 5, 4.5, 8.5: mean 5.125 against 5.25 with the GPU alone (2.5, 3.5,
+    5.5, 9.5), and the start plan is the better one."""
+    inst = instance(10, [("a1", "A", 0.0, 5), ("a2", "A", 0.0, 10), ("a3", "A", 0.0, 20),
+                         ("a4", "A", 0.0, 40)])
+    cost = RoundCost()
+    gpu = smith_with_loads(inst, cost)
+    both = smith_with_loads(inst, cost, cpus=True)
+    for plan in (gpu, both):
+        assert check_plan(inst, plan) == []
+    assert compute_metrics(inst, gpu.actions).weighted_mean_response_s == pytest.approx(5.25)
+    assert _runs(both) == {"a1": ("g0", 2.0, 2.5), "a2": ("h", 2.0, 5.0),
+                           "a3": ("g0", 2.5, 4.5), "a4": ("g0", 4.5, 8.5)}
+    assert smith_with_loads(inst, cost, earliest_completion=True, cpus=True).actions == \
+        both.actions
+    assert compute_metrics(inst, start_plan(inst, cost, "mean_response").actions) \
+        .weighted_mean_response_s == pytest.approx(5.125)
+    assert compute_metrics(inst, start_plan(inst, cost, "mean_response", cpus=False)
+                           .actions).weighted_mean_response_s == pytest.approx(5.25)
+
+
+def test_a_host_cpu_engine_leaves_room_for_the_gpus_engines() -> None:
+    """A 12 GiB host: model A's CPU engine (10 GiB of host memory) would leave too little
+    for a GPU engine of A at the most layers a 5 GiB GPU holds (5 GiB on the host), so
+    the CPU takes nothing and the plan is the GPU's alone."""
+    inst = instance(5, [(f"a{k}", "A", 0.0, 10) for k in range(1, 7)], host_gib=12)
+    cost = RoundCost()
+    both = smith_with_loads(inst, cost, cpus=True)
+    assert check_plan(inst, both) == []
+    assert {a.device for a in both.actions} == {"g0"}
+    assert both.actions == smith_with_loads(inst, cost).actions
 
 
 def test_the_filtered_rule_gives_up_once_its_pace_would_miss_the_deadline(
@@ -153,8 +197,8 @@ def test_an_eviction_charge_keeps_a_model_whose_requests_wait() -> None:
         {"a1": 6.0, "b": 10.0, "a2": 17.0, "a3": 21.0}
     assert {k: v[2] for k, v in _runs(charged).items()} == \
         {"a1": 6.0, "a2": 10.0, "a3": 14.0, "b": 18.0}
-    assert compute_metrics(inst, start_plan(inst, cost, "mean_response").actions) \
-        .weighted_mean_response_s == pytest.approx(56.85 / 4.5)
+    assert compute_metrics(inst, start_plan(inst, cost, "mean_response", cpus=False)
+                           .actions).weighted_mean_response_s == pytest.approx(56.85 / 4.5)
 
 
 def test_a_charged_plan_must_beat_the_plain_one_by_a_margin(
@@ -166,5 +210,5 @@ def test_a_charged_plan_must_beat_the_plain_one_by_a_margin(
 
     inst = _swap_case()
     monkeypatch.setattr(greedy, "CHARGES_GAIN", 0.05)
-    assert compute_metrics(inst, start_plan(inst, RoundCost(), "mean_response").actions) \
-        .weighted_mean_response_s == pytest.approx(58.85 / 4.5)
+    assert compute_metrics(inst, start_plan(inst, RoundCost(), "mean_response", cpus=False)
+                           .actions).weighted_mean_response_s == pytest.approx(58.85 / 4.5)

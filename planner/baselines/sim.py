@@ -95,12 +95,15 @@ def serving_devices(instance: Instance) -> list[Device]:
 
 
 class Simulator:
-    def __init__(self, instance: Instance, cost: CostModel, slots: int = 1) -> None:
+    def __init__(self, instance: Instance, cost: CostModel, slots: int = 1,
+                 devices: list[Device] | None = None) -> None:
+        """``devices``: those that serve (default :func:`serving_devices`)."""
         self.inst = instance
         self.cost = cost
         self.slots = slots  # n_parallel of every engine (OLLAMA_NUM_PARALLEL, concurrencyLimit)
         self.n_ctx = context_sizes(instance)
-        self.devices = {d.id: DeviceState(d) for d in serving_devices(instance)}
+        self.devices = {d.id: DeviceState(d)
+                        for d in (serving_devices(instance) if devices is None else devices)}
         # per host: the intervals of resident engines (end inf), and the ended ones by end
         self.ledger: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}
         self.ended: dict[str, list[list[float]]] = {h.id: [] for h in instance.cluster.hosts}

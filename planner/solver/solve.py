@@ -163,13 +163,13 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # baselines' loads wait for the request that makes Ollama or llama-swap load, a plan
     # of the planner's need not (it knows the arrivals)
     baseline_schedules = {k: _planned(s) for k, s in baselines.items()}
+    cpu = bool(getattr(opts, "cpu_engines", True))
     with contextlib.suppress(RuntimeError, BaselineError):  # (none where out of time)
         baseline_schedules[SMITH] = start_plan(
             instance, cost, objective, deadline=t0 + START_PLAN_SHARE * full,
-            variants_by=t0 + START_VARIANTS_SHARE * full)
+            variants_by=t0 + START_VARIANTS_SHARE * full, cpus=cpu)
     t_start = time.perf_counter() - t0
     try:
-        cpu = bool(getattr(opts, "cpu_engines", True))
         slots = tuple(getattr(opts, "slots", (1,)) or (1,))
         data = build_data(instance, cost, baseline_schedules, CANDIDATE_OPTIONS, PERIODS,
                           cpu, n_ctx, max_splits=max_splits, slots=slots)
