@@ -75,7 +75,7 @@ def start_plan(instance: Instance, cost: CostModel, objective: str,
                deadline: float = math.inf, variants_by: float | None = None,
                cpus: bool = True) -> Schedule:
     """The best (by ``objective``) of the list schedules: the plain and the filtered rule,
-    then both again with each of :data:`EVICTION_CHARGES` while ``variants_by`` (default:
+    then each again with each of :data:`EVICTION_CHARGES` while ``variants_by`` (default:
     ``deadline``) allows. RuntimeError when none can serve every request, or none is done
     by ``deadline`` (``time.perf_counter()``). The plain rule costs about a second per
     10,000 requests; the filtered one weighs every waiting request at each decision,
@@ -83,48 +83,61 @@ def start_plan(instance: Instance, cost: CostModel, objective: str,
     would not end in time. A rule is not run again where its last run would not fit in
     the time left. A charged plan is kept only where it beats the plain rules' by
     :data:`CHARGES_GAIN`, and the charged runs stop after a fifth of their time unless
-    one does. ``cpus``: each rule also with the hosts' CPUs beside the GPUs
-    (:class:`_Offload`), first, where the cluster has both."""
+    one does; they go rule by rule, the rules whose plain plans were best first.
+    ``cpus``: each rule also with the hosts' CPUs beside the GPUs (:class:`_Offload`),
+    where the cluster has both."""
     by = deadline if variants_by is None else min(deadline, variants_by)
     took: dict[tuple[bool, bool], float] = {}  # rule (filtered?, CPUs?) -> its last run's s
     best: tuple[tuple[float, ...], Schedule] | None = None
     plain: tuple[tuple[float, ...], Schedule] | None = None  # the plain rules' best
     since = 0.0  # when the charged runs began
-    # (filtered?, CPUs?) of each rule: where the cluster has GPUs and host CPUs, each with
-    # the CPUs beside the GPUs first (on saturated multi-GPU traces those plans are far
-    # better, and the charged runs go on only while one beats the plain rules' plan)
-    rules: tuple[tuple[bool, bool], ...] = ((False, False), (True, False))
+    # (filtered?, CPUs?) of each rule, the plain one alone first (a second per 10,000
+    # requests, so that there is a plan); where the cluster has GPUs and host CPUs, each
+    # also with the CPUs beside the GPUs
+    rules: list[tuple[bool, bool]] = [(False, False), (True, False)]
     if cpus and {d.kind for d in instance.cluster.devices} == {"gpu", "cpu"}:
-        rules = ((False, True), (True, True), *rules)
+        rules[1:1] = [(False, True), (True, True)]
+    ranked: dict[tuple[bool, bool], tuple[float, ...]] = {}  # rule -> its plain plan's key
 
     def gained() -> bool:
         assert best is not None and plain is not None
         return best[0] < tuple((1.0 - CHARGES_GAIN) * k for k in plain[0])
 
-    for (weight, per_request), until in (((0.0, False), deadline),
-                                         *((c, by) for c in EVICTION_CHARGES)):
-        # the plain rule alone first: a second per 10,000 requests, so there is a plan
-        for ect, cpus in (((False, False), *(x for x in rules if x != (False, False)))
-                          if not weight else rules):
+    def run(rule: tuple[bool, bool], weight: float, per_request: bool, until: float
+            ) -> tuple[float, ...] | None:
+        nonlocal best
+        began = time.perf_counter()
+        if began + took.get(rule, 0.0) > until:
+            return None
+        try:
+            plan = smith_with_loads(instance, cost, earliest_completion=rule[0],
+                                    deadline=until, evict_weight=weight,
+                                    per_request=per_request, cpus=rule[1])
+        except RuntimeError:
+            took[rule] = math.inf  # out of time, or nothing serves: not again
+            return None
+        took[rule] = time.perf_counter() - began
+        key = objective_key(compute_metrics(instance, plan.actions), objective)
+        if best is None or key < best[0]:
+            best = (key, plan)
+        return key
+
+    for rule in rules:
+        key = run(rule, 0.0, False, deadline)
+        if key is not None:
+            ranked[rule] = key
+    # then the charges, rule by rule, the rules whose plain plans were best first (with
+    # the hosts' CPUs on a saturated trace, without them where the CPUs do not pay), so
+    # that the charges of the likeliest rule are tried within the time
+    for rule in sorted(ranked, key=ranked.__getitem__):
+        for weight, per_request in EVICTION_CHARGES:
             began = time.perf_counter()
-            if weight and best is not None:
+            if best is not None:
                 if plain is None:
                     plain, since = best, began
                 if began - since > (by - since) / 5 and not gained():
                     return plain[1]
-            if began + took.get((ect, cpus), 0.0) > until:
-                continue
-            try:
-                plan = smith_with_loads(instance, cost, earliest_completion=ect,
-                                        deadline=until, evict_weight=weight,
-                                        per_request=per_request, cpus=cpus)
-            except RuntimeError:
-                took[(ect, cpus)] = math.inf  # out of time, or nothing serves: not again
-                continue
-            took[(ect, cpus)] = time.perf_counter() - began
-            key = objective_key(compute_metrics(instance, plan.actions), objective)
-            if best is None or key < best[0]:
-                best = (key, plan)
+            run(rule, weight, per_request, by)
     if best is None:
         raise RuntimeError("no device can serve the waiting requests, or no time left")
     return best[1] if plain is None or gained() else plain[1]
