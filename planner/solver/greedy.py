@@ -31,8 +31,7 @@ rule alone never sends a request to a CPU (4-5 times slower), yet on a saturated
 the GPUs' backlog grows while the CPUs sit idle. A CPU that falls free takes the waiting
 request whose completion it would bring forward most, against an estimate of when the
 GPUs' queue would finish it, counting the wait it takes off the requests behind it.
-:func:`start_plan` builds every rule both ways (with the CPUs first) where the cluster has
-GPUs and host CPUs.
+:func:`start_plan` builds every rule both ways where the cluster has GPUs and host CPUs.
 """
 
 from __future__ import annotations
@@ -202,7 +201,7 @@ class _Offload:
     (the wait it takes off them). The request of most saving per CPU second goes, if it
     saves anything. Loads and swaps are left out of the estimate, which only makes the
     GPUs look faster (the rule sends fewer). A CPU engine is loaded only where its host
-    keeps room for the largest engine of its GPUs' each. Requests are known by their
+    keeps room for the largest engine each of its GPUs may load. Requests are known by their
     arrival order (``order``); their times are kept in arrays, filled as they are first
     weighed, so that a decision over a backlog of thousands is a few array operations."""
 
