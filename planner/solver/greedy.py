@@ -182,11 +182,15 @@ def _pick_device(sim: Simulator) -> DeviceState:
                key=lambda d: (d.free_at, d.device.kind == "cpu", d.device.id))
 
 
-def _gpu_times_after(sim: Simulator, t: float) -> list[float]:
-    """When each GPU busy after ``t`` falls free (a host CPU's actions never give a GPU
-    work, so a waiting GPU waits for these and arrivals only)."""
-    return [d.free_at for d in sim.devices.values()
-            if d.device.kind == "gpu" and d.free_at > t]
+def _later(sim: Simulator, t: float, arrivals: list[float], gpus_only: bool) -> list[float]:
+    """When something next happens after ``t`` that a waiting device waits for: another
+    device falls free (with host CPUs serving beside the GPUs, a GPU: a CPU's actions never
+    give anyone work, so everyone waits for the GPUs and arrivals only), or the next
+    request arrives (``arrivals``: sorted)."""
+    out = [d.free_at for d in sim.devices.values()
+           if d.free_at > t and not (gpus_only and d.device.kind != "gpu")]
+    k = bisect.bisect_right(arrivals, t)
+    return out + arrivals[k:k + 1]
 
 
 class _Offload:
@@ -258,7 +262,7 @@ class _Offload:
         """(saving per CPU second, arrival order of the request, resident engine or None:
         load its model) for the CPU ``ds`` free at ``t`` over the ``ready`` requests (by
         arrival order); None where none saves anything there."""
-        idx = np.array(sorted(ready), dtype=int)
+        idx = np.array(ready, dtype=int)  # (the GPUs' order below breaks ties by it)
         if not len(idx):
             return None
         cpu = self._fill(idx, ds)
@@ -407,9 +411,7 @@ def _smith_pooled(instance: Instance, cost: CostModel, deadline: float,
         if off is not None and ds.device.kind == "cpu":
             pick = off.pick(ds, t, [i for m in ready.values() for i in m])
             if pick is None:  # wait for a GPU or an arrival
-                k = bisect.bisect_right(arrivals, t)
-                ds.free_at = min(_gpu_times_after(sim, t) + arrivals[k:k + 1],
-                                 default=math.inf)
+                ds.free_at = min(_later(sim, t, arrivals, True), default=math.inf)
                 continue
             _score, i, res = pick
             req = order[i]
@@ -417,10 +419,7 @@ def _smith_pooled(instance: Instance, cost: CostModel, deadline: float,
             choice = _pooled_choice(sim, ds, t, models, ready, pool, evict_weight,
                                     per_request, cost)
             if choice is None:  # nothing this device can take: wait for another to act
-                later = _gpu_times_after(sim, t) if off is not None else \
-                    [d.free_at for d in sim.devices.values() if d.free_at > t]
-                k = bisect.bisect_right(arrivals, t)
-                later += arrivals[k:k + 1]
+                later = _later(sim, t, arrivals, off is not None)
                 if not later:
                     raise RuntimeError("no device can serve the waiting requests")
                 ds.free_at = min(later)
@@ -502,18 +501,14 @@ def _smith_scan(instance: Instance, cost: CostModel, earliest_completion: bool,
         if off is not None and ds.device.kind == "cpu":
             pick = off.pick(ds, t, [index[r.id] for r in ready])
             if pick is None:  # wait for a GPU or an arrival
-                k = bisect.bisect_right(arrivals, t)
-                ds.free_at = min(_gpu_times_after(sim, t) + arrivals[k:k + 1],
-                                 default=math.inf)
+                ds.free_at = min(_later(sim, t, arrivals, True), default=math.inf)
                 continue
             best = (pick[0], off.order[pick[1]], pick[2])
         else:
             best = _choose(sim, cost, ds, t, ready, earliest_completion, cold, runs, charge,
                            off is not None)
         if best is None:  # nothing this device should take: wait for another to act
-            later = _gpu_times_after(sim, t) if off is not None else \
-                [d.free_at for d in sim.devices.values() if d.free_at > t]
-            later += [a for a in arrivals if a > t]
+            later = _later(sim, t, arrivals, off is not None)
             if later:
                 ds.free_at = min(later)
                 continue
