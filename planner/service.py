@@ -210,6 +210,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         ok = {k: v for k, v in baselines.items() if v.schedule is not None}
         hints = {k: v.schedule for k, v in ok.items() if v.schedule is not None}
         run_opts: Any = opts
+        batch_note = ""  # how the batched one-slot plan, a start plan, was made
         if max(opts.slots) > 1:
             # the slot plans' bound (an LP, seconds) inside the time limit, as the one-slot
             # search does with its own; the batching pass below reads it from the cache
@@ -227,12 +228,20 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
                                        on_plan=None)
             one_base = {k: v.schedule for k, v in run_baselines(instance, cost).items()
                         if v.schedule is not None}
-            one, _ = solve_cpsat(instance, cost, objective, half, one_base)
+            one, one_info = solve_cpsat(instance, cost, objective, half, one_base)
             hints["cp-sat (one slot)"] = one
+            # and batched: a start plan with slots, which the slot search, with its
+            # pairwise compute lanes, may not reach in its time
+            batched, b_info = _batched(instance, cost, one, one_info, objective, opts.slots)
+            if batched is not one:
+                hints[BATCHED] = batched
+                batch_note = (b_info.notes or "").removeprefix(one_info.notes or "")
             run_opts = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2)
         observe = _Observe(run_opts, instance, cost, objective, baselines) \
             if opts.on_plan else None
         schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
+        if batch_note and BATCHED in info.status:  # that start plan kept: how it was made
+            info = replace(info, notes=f"{info.notes}{batch_note}")
         if max(opts.slots) > 1:
             if not any(e.n_parallel > 1 for e in schedule.engines):
                 schedule, info = _batched(instance, cost, schedule, info, objective,
@@ -303,6 +312,10 @@ def mark_interrupted(plan: Plan, reason: str) -> Plan:
     note = f"interrupted ({reason}) after {plan.solver.wall_s:.1f} s: the best plan found by then"
     notes = f"{note}; {plan.solver.notes}" if plan.solver.notes else note
     return replace(plan, solver=replace(plan.solver, notes=notes))
+
+
+#: the one-slot CP-SAT plan re-dispatched on slot engines, a start plan of a slot search
+BATCHED = "cp-sat (one slot, batched)"
 
 
 def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: SolverInfo,

@@ -214,7 +214,7 @@ def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
     one = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1,)))
     slotted = [e for e in plan.schedule.engines if e.n_parallel > 1]
     runs = sorted((a for a in plan.schedule.actions if a.kind == "run"),
-                  key=lambda a: a.start_s)
+                  key=lambda a: (a.engine, a.start_s))
     overlap = any(b.start_s < a.end_s - 1e-9 and a.engine == b.engine
                   for a, b in itertools.pairwise(runs))
     from planner.metrics import compute_metrics
@@ -417,3 +417,57 @@ def test_split_engine_puts_more_layers_on_the_faster_gpu(write_instance) -> None
     inst = load_instance(write_instance(d))
     got = split_config(inst, AnalyticCostModel.for_instance(inst), "m14", "box", n_ctx)
     assert got is not None and [f for _, f in got.split] == [0.5, 0.5]
+
+
+def one_model_slot_dict() -> dict[str, Any]:
+    """Qwen2.5-14B F16 alone on a 24 GiB RTX 4090: its splits that run fast fill the GPU,
+    so no two of its engines there fit together; 20 requests over 10 minutes."""
+    import random
+
+    rng = random.Random(13)
+    return {
+        "format": "planner.instance/1", "name": "one-model-slots",
+        "cluster": {"hosts": [{"id": "box", "cpu": "desktop-dual-channel", "threads": 16,
+                               "memory_gib": 64,
+                               "gpus": [{"id": "g0", "type": "rtx-4090", "memory_gib": 24}]}]},
+        "models": [{"id": "m14", "reference": "qwen2.5-14b-f16"}],
+        "requests": [{"id": f"r{i:02d}", "model": "m14", "arrival_s": 30.0 * i + rng.random(),
+                      "prompt_tokens": rng.randint(200, 1200),
+                      "output_tokens": rng.randint(30, 400)} for i in range(20)]}
+
+
+def test_slot_lanes_pair_only_engines_that_fit_together(write_instance) -> None:  # type: ignore[no-untyped-def]
+    """Runs of two engines that cannot be resident at once never overlap (they lie inside
+    their resident periods, SPEC rules 3 and 4), so the slot model's pairwise no-overlap
+    constraints leave them out. Before, this one-model instance had 14,400 pairs and CP-SAT
+    found no plan with slots in 60 s (feasibility jump spent 8 s in one step): the solve
+    wrote the static baseline."""
+    from planner.service import SolveOptions, prepare, run_baselines, solve
+    from planner.solver.data import build_data, co_resident
+    from planner.solver.solve import CANDIDATE_OPTIONS, PERIODS
+    from planner.solver.steps import slot_pairs
+
+    inst, cost = prepare(write_instance(one_model_slot_dict()))
+    base = {k: v.schedule for k, v in run_baselines(inst, cost, 2).items()
+            if v.schedule is not None}
+    data = build_data(inst, cost, base, CANDIDATE_OPTIONS, PERIODS, True, None, slots=(1, 2))
+    gpu = [e for e in data.engines if e.on_gpu]
+    big = [e for e in gpu if e.gpu_mib > data.gpu_mib["g0"] / 2]
+    assert big and any(e.slots > 1 for e in big)
+    for a in big:
+        for b in gpu:
+            fits = dict(a.gpu_share_mib)["g0"] + dict(b.gpu_share_mib)["g0"] <= \
+                data.gpu_mib["g0"]
+            assert co_resident(data, a, b) == co_resident(data, b, a) == fits
+    naive = 0
+    for d in data.devices:
+        keys = [e.key for e in data.engines if d in e.devices]
+        count = {k: sum(k in rd.run for rd in data.requests) * PERIODS for k in keys}
+        n = sum(count.values())
+        naive += sum(c * (n - c) for k, c in count.items()
+                     if next(e for e in data.engines if e.key == k).slots > 1)
+    assert 0 < slot_pairs(data, PERIODS) < naive / 2
+
+    plan = solve(inst, cost, SolveOptions(time_limit_s=15, workers=2, slots=(1, 2)))
+    assert not plan.solver.status.startswith("UNKNOWN"), plan.solver.status
+    assert check_plan(inst, plan.schedule) == []

@@ -9,7 +9,7 @@ from typing import Any
 
 from ortools.sat.python import cp_model
 
-from planner.solver.data import ProblemData
+from planner.solver.data import ProblemData, co_resident
 from planner.solver.preempt import PartOption
 from planner.solver.variables import Frozen, RunVar, Variables
 
@@ -72,7 +72,9 @@ class Constraints:
         """Compute lanes (SPEC rule 2): per device, NoOverlap over the runs of one-slot
         engines; runs of an engine with p slots overlap at most p at a time
         (Cumulative), and never overlap a run of another engine on its devices
-        (pairwise NoOverlap). A split engine's runs use every GPU it spans."""
+        (pairwise NoOverlap, left out for engines that do not fit in memory together:
+        their runs, inside their resident periods, cannot overlap). A split engine's
+        runs use every GPU it spans."""
         lanes: dict[str, list[cp_model.IntervalVar]] = {d: [] for d in self.data.devices}
         engine_runs: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
         pauses: dict[tuple[int, int], list[cp_model.IntervalVar]] = {}
@@ -103,6 +105,14 @@ class Constraints:
                 self.m.add_no_overlap(ivs)
         for ek, ivs in per_engine.items():
             self.m.add_cumulative(ivs, [1] * len(ivs), self.engine[ek].slots)
+        together: dict[tuple[int, int], bool] = {}
+
+        def apart(a: int, b: int) -> bool:
+            """whether the runs of engines a and b need a no-overlap of their own"""
+            if (a, b) not in together:
+                together[a, b] = co_resident(self.data, self.engine[a], self.engine[b])
+            return together[a, b]
+
         for d, items in slotted.items():
             fixed = [self._fixed(s, e, f"fixed-run[{d}]")
                      for s, e in self.frozen.compute.get(d, [])]
@@ -113,7 +123,8 @@ class Constraints:
                     self.m.add_no_overlap([ia, ib])
                 for j, (eb, ib) in enumerate(items):
                     # each pair once: with a one-slot engine from this side, else j < i
-                    if eb != ea and (self.engine[eb].slots == 1 or j < i):
+                    if eb != ea and (self.engine[eb].slots == 1 or j < i) and \
+                            apart(ea, eb):
                         self.m.add_no_overlap([ia, ib])
 
     def _transfer_lanes(self) -> None:

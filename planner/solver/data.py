@@ -105,6 +105,18 @@ def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
                        data.gpu_mib, data.host_mib, data.devices, data.device_host, data.pool)
 
 
+def co_resident(data: ProblemData, a: CandidateEngine, b: CandidateEngine) -> bool:
+    """Whether engines ``a`` and ``b`` fit in memory together (SPEC rule 4: on every GPU
+    both use, and on their host when they share one). Engines that do not can never be
+    resident at once, so their runs never overlap, whatever else holds memory."""
+    if a.host == b.host and a.host_mib + b.host_mib > data.host_mib.get(a.host, a.host_mib
+                                                                         + b.host_mib):
+        return False
+    mine = dict(a.gpu_share_mib)
+    return all(g not in mine or mine[g] + mib <= data.gpu_mib.get(g, mine[g] + mib)
+               for g, mib in b.gpu_share_mib)
+
+
 class InfeasibleInstance(Exception):
     """No plan exists; the message names the model, device or request responsible."""
 

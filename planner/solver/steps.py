@@ -19,6 +19,7 @@ from planner.solver.data import (
     WEIGHT_SCALE,
     ProblemData,
     RequestData,
+    co_resident,
     restrict,
 )
 from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams, WindowSolution
@@ -76,8 +77,10 @@ def cpsat_bound_seconds(data: ProblemData, sol: WindowSolution, objective: str) 
 
 def slot_pairs(data: ProblemData, periods: int) -> int:
     """How many pairwise no-overlap constraints the compute lanes of ``data`` need: each
-    run option on a slot engine against every option of another engine on its devices."""
+    run option on a slot engine against every option of another engine on its devices
+    that fits in memory beside it (:func:`co_resident`)."""
     devices = {e.key: e.devices for e in data.engines}
+    engine = {e.key: e for e in data.engines}
     per: dict[str, dict[int, int]] = {}
     for rd in data.requests:
         for key in rd.run:
@@ -87,8 +90,9 @@ def slot_pairs(data: ProblemData, periods: int) -> int:
     slots = {e.key for e in data.engines if e.slots > 1}
     total = 0
     for counts in per.values():
-        n = sum(counts.values())
-        total += sum(c * (n - c) for k, c in counts.items() if k in slots)
+        total += sum(c * n for k, c in counts.items() if k in slots
+                     for k2, n in counts.items()
+                     if k2 != k and co_resident(data, engine[k], engine[k2]))
     return total
 
 

@@ -1,0 +1,150 @@
+"""Random workloads and `planner solve` options, each solve checked against what the
+solver promises: a plan that `planner validate` passes, never worse than a baseline,
+a bound on the right side of its objective, a CP-SAT plan rather than a written
+baseline, and the time limit kept.
+
+Each case draws a generator setting (`planner instance generate`: cluster, a subset
+of the reference models, rate, duration, arrivals, lengths, objective) and solve
+options (`--time-limit`, and one of `--no-cpu-engines`, `--no-preemption`,
+`--no-polish`, `--slots 1,2`, `--workers 1` or none), runs both commands as a user
+would, and writes one CSV row per case with what it found (`flags`: empty when
+every property held). Faults are counted, not raised; it exits 1 if any case broke
+a hard property (exit code, validation, bound, baseline, time).
+
+    .venv/bin/python benchmarks/sweep.py                       # 30 cases, seed 1
+    .venv/bin/python benchmarks/sweep.py --cases 60 --seed 2 --out /tmp/sweep
+
+A `--slots 1,2` case that wrote a baseline (status UNKNOWN) is how the pairwise slot
+lanes of engines that never fit together were found (docs/solver.md, "Compute lanes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["llama3-8b-q4_k_m", "qwen3-32b-q4_k_m", "llama2-70b-q4_k_m", "qwen2.5-3b-f16",
+          "qwen3-8b-f16", "qwen2.5-14b-f16"]
+METRIC = {"mean_response": "weighted_mean_response_s", "makespan": "makespan_s",
+          "slo_attainment": "slo_attainment", "tardiness": "weighted_tardiness_s"}
+EXTRAS = [[], [], ["--no-cpu-engines"], ["--no-preemption"], ["--no-polish"],
+          ["--slots", "1,2"], ["--workers", "1"]]
+#: seconds a solve may run past its limit (start-up, baselines' replay, writing)
+OVERRUN_S = 6.0
+#: relative slack for figures rounded in the plan file (metrics have 6 decimals)
+ROUNDED = 1e-5
+
+
+def draw(rng: random.Random) -> tuple[list[str], list[str], str]:
+    """(generator arguments, solve arguments, objective) for one case."""
+    cluster = rng.choice(["one-gpu", "two-servers"])
+    objective = rng.choice(["mean_response", "mean_response", "makespan", "slo_attainment",
+                            "tardiness"])
+    rate = rng.choice([0.002, 0.01, 0.03, 0.08, 0.2]) / (3 if cluster == "one-gpu" else 1)
+    gen = ["--cluster", cluster, "--models", ",".join(rng.sample(MODELS, rng.randint(1, 6))),
+           "--rate", str(rate), "--duration", str(rng.choice([30, 120, 600])),
+           "--seed", str(rng.randrange(1000, 9999)), "--objective", objective,
+           "--arrivals", rng.choice(["poisson", "bursty"]),
+           "--lengths", rng.choice(["lognormal", "pareto"])]
+    solve = ["--time-limit", str(rng.choice([3, 8, 15]))] + rng.choice(EXTRAS)
+    return gen, solve, objective
+
+
+def worse(a: float, b: float, maximise: bool) -> bool:
+    """whether ``a`` is worse than ``b`` beyond rounding"""
+    slack = ROUNDED * max(1.0, abs(b))
+    return a < b - slack if maximise else a > b + slack
+
+
+def check(plan: dict, objective: str, limit: float, wall: float) -> list[str]:
+    """What the plan breaks of the solver's promises (empty: nothing)."""
+    flags = []
+    key, maximise = METRIC[objective], objective == "slo_attainment"
+    value = plan["metrics"].get(key)
+    for name, base in plan.get("baselines", {}).items():
+        got = (base.get("metrics") or {}).get(key)
+        if value is not None and got is not None and worse(value, got, maximise):
+            flags.append(f"worse than {name} ({value} against {got})")
+    bound = plan["solver"].get("bound")
+    if value is not None and bound is not None and worse(bound, value, not maximise):
+        flags.append(f"bound {bound} past the plan's {value}")
+    if wall > limit + OVERRUN_S:
+        flags.append(f"ran {wall:.1f} s on a {limit:g} s limit")
+    return flags
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-requests", type=int, default=400,
+                    help="cases whose instance has more requests are skipped")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
+                    help="folder for the instances, plans and sweep.csv")
+    args = ap.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    planner = str(Path(sys.executable).with_name("planner"))
+    rng = random.Random(args.seed)
+    rows, faults = [], 0
+    for k in range(args.cases):
+        gen, opts, objective = draw(rng)
+        inst, sol = out / f"i{k}.json", out / f"s{k}.json"
+        made = subprocess.run([planner, "instance", "generate", "-o", str(inst), *gen],
+                              capture_output=True, text=True)
+        row: dict[str, object] = {"case": k, "generate": " ".join(gen),
+                                  "solve": " ".join(opts), "objective": objective}
+        if made.returncode:
+            row["flags"] = f"generate exited {made.returncode}: {made.stderr.strip()[-300:]}"
+            faults += 1
+            rows.append(row)
+            continue
+        n = len(json.loads(inst.read_text())["requests"])
+        row["requests"] = n
+        if n == 0 or n > args.max_requests:
+            row["flags"] = "skipped"
+            rows.append(row)
+            continue
+        t = time.perf_counter()
+        ran = subprocess.run([planner, "solve", str(inst), "-o", str(sol), *opts],
+                             capture_output=True, text=True)
+        row["wall_s"] = round(time.perf_counter() - t, 1)
+        flags = []
+        if ran.returncode or "Traceback" in ran.stderr:
+            flags.append(f"solve exited {ran.returncode}: {ran.stderr.strip()[-300:]}")
+        else:
+            plan = json.loads(sol.read_text())
+            row.update(status=plan["solver"]["status"], objective_value=plan["solver"]["objective"],
+                       bound=plan["solver"].get("bound"), gap=plan["solver"].get("gap"))
+            flags += check(plan, objective, float(opts[1]), float(row["wall_s"]))
+            valid = subprocess.run([planner, "validate", str(sol), "--instance", str(inst)],
+                                   capture_output=True, text=True)
+            if valid.returncode:
+                flags.append(f"validate: {(valid.stdout + valid.stderr).strip()[-300:]}")
+        faults += bool(flags)
+        # a written baseline is no fault (a short limit on a large instance), but worth a look
+        if str(row.get("status", "")).startswith("UNKNOWN"):
+            flags.append("no CP-SAT plan")
+        row["flags"] = "; ".join(flags)
+        rows.append(row)
+        print(f"{k:3} n={n:<4} {' '.join(opts):28} {row.get('status', '')[:40]:40} "
+              f"{row['flags'] or 'ok'}", flush=True)
+    fields = ["case", "requests", "objective", "generate", "solve", "status", "objective_value",
+              "bound", "gap", "wall_s", "flags"]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} cases, {faults} with a fault; {out / 'sweep.csv'}")
+    return 1 if faults else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
