@@ -53,7 +53,7 @@ def draw(rng: random.Random) -> tuple[list[str], list[str], str]:
            "--seed", str(rng.randrange(1000, 9999)), "--objective", objective,
            "--arrivals", rng.choice(["poisson", "bursty"]),
            "--lengths", rng.choice(["lognormal", "pareto"])]
-    solve = ["--time-limit", str(rng.choice([3, 8, 15]))] + rng.choice(EXTRAS)
+    solve = ["--time-limit", str(rng.choice([3, 8, 15])), *rng.choice(EXTRAS)]
     return gen, solve, objective
 
 
