@@ -471,3 +471,52 @@ def test_slot_lanes_pair_only_engines_that_fit_together(write_instance) -> None:
     plan = solve(inst, cost, SolveOptions(time_limit_s=15, workers=2, slots=(1, 2)))
     assert not plan.solver.status.startswith("UNKNOWN"), plan.solver.status
     assert check_plan(inst, plan.schedule) == []
+
+
+def test_a_slot_search_without_a_plan_hands_its_time_to_the_model_without_slots(
+        write_instance, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """When CP-SAT finds no plan with slot engines in its time (its pairwise lanes can
+    keep it from any), the time left goes to the model with one slot per engine: a CP-SAT
+    plan comes back, not a baseline with status UNKNOWN. Here the slot model is made to
+    find nothing."""
+    import planner.solver.solve as solve_mod
+    from planner.service import SolveOptions, prepare, solve
+
+    real = solve_mod.CPModel.solve
+    slot_models = []
+
+    def no_plan_with_slots(self, params):  # type: ignore[no-untyped-def]
+        if any(e.slots > 1 for e in self.data.engines):
+            slot_models.append(self)
+            return None
+        return real(self, params)
+
+    monkeypatch.setattr(solve_mod.CPModel, "solve", no_plan_with_slots)
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=8, workers=1, slots=(1, 2)))
+    assert slot_models  # the slot model was tried
+    assert not plan.solver.status.startswith("UNKNOWN"), plan.solver.status
+    assert "slots left out: CP-SAT found no plan with them" in plan.solver.notes
+    assert check_plan(inst, plan.schedule) == []
+
+
+def test_a_slot_plan_meeting_every_slo_is_optimal_without_a_search(
+        write_instance) -> None:  # type: ignore[no-untyped-def]
+    """A start plan with slot engines that meets every SLO cannot be beaten, whatever the
+    bound: it is written at once, OPTIMAL. Before, slot plans were never held to be
+    optimal, and the slot search, finding none of its own in time, wrote it as UNKNOWN."""
+    from planner.service import SolveOptions, prepare, solve
+
+    data = two_gpu_dict()
+    data["objective"] = "slo_attainment"
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200, "slo_s": 600.0}
+                        for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=8, workers=1, slots=(1, 2)))
+    assert plan.solver.status == "OPTIMAL", plan.solver.status
+    assert plan.solver.objective == 1.0
+    assert check_plan(inst, plan.schedule) == []
