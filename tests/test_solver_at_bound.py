@@ -78,3 +78,37 @@ def test_the_search_ends_when_its_plan_reaches_the_bound(tmp_path: Path) -> None
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert load_instance(inst_path).requests  # the workload is not empty
+
+
+def test_a_plan_the_polish_brings_to_the_bound_is_reported_optimal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound is checked again after the polish (against the bound as it then stands):
+    a plan at it is OPTIMAL, not FEASIBLE beside a gap of 0. Here the checks before the
+    polish are made to fail, so the search and the polish run on a plan already at the
+    bound (one request of A: load 2 s, run 1 s)."""
+    import planner.solver.solve as solve_mod
+
+    real, real_polish = solve_mod.meets_bound, solve_mod.polish
+    polished: list[bool] = []
+    after: list[bool] = []
+
+    def not_before_the_polish(obj: float, bound: float, objective: str) -> bool:
+        if not polished:
+            return False
+        after.append(real(obj, bound, objective))
+        return after[-1]
+
+    def polish(*args, **kw):  # type: ignore[no-untyped-def]
+        polished.append(True)
+        return real_polish(*args, **kw)
+
+    monkeypatch.setattr(solve_mod, "meets_bound", not_before_the_polish)
+    monkeypatch.setattr(solve_mod, "polish", polish)
+    inst = instance(16, [("a1", "A", 5.0, 10)])
+    cost = RoundCost()
+    sched, info = solve_cpsat(inst, cost, "mean_response", Opts(time_limit_s=4.0),
+                              baselines(inst, cost))
+    assert polished and after and all(after)
+    assert info.status == "OPTIMAL", info.status
+    assert "the polished plan reaches the bound" in info.notes
+    assert check_plan(inst, sched) == []
