@@ -89,7 +89,8 @@ def main() -> int:
                     help="cases whose instance has more requests are skipped")
     ap.add_argument("--extra", action="append", default=None,
                     help="solve flags to draw from instead of the built-in set (repeat; "
-                         "'' for none), e.g. --extra '--slots 1,2' --extra '--slots 1,2,4'")
+                         "'' for none), e.g. --extra '--slots 1,2' --extra=--no-polish (a "
+                         "single flag needs the '=')")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
                     help="folder for the instances, plans and sweep.csv")
     args = ap.parse_args()

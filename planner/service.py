@@ -266,6 +266,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         schedule, info = _never_worse(instance, cost, schedule, info, objective, baselines,
                                       timed_base)
         info = swap_caveat(schedule, info)
+        info = _proven(info, objective)
     return Plan(instance.name, instance.sha256, info, schedule,
                 {k: v.to_json(objective) for k, v in baselines.items()}, objective)
 
@@ -335,6 +336,20 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
         notes=(f"{info.notes}; slots: the plan's GPU runs re-dispatched on {n}-slot engines "
                f"with continuous batching (batching.py), objective {before:.3f} -> "
                f"{after:.3f}"))
+
+
+def _proven(info: SolverInfo, objective: str) -> SolverInfo:
+    """``info`` with status OPTIMAL where the plan written, as the executor dispatches it,
+    reaches the bound reported beside it (a slot plan at the slot bound, a baseline kept
+    at the bound): no plan can do better, whatever the search itself could prove."""
+    from planner.solver.bound import meets_bound
+
+    if not info.status.startswith("FEASIBLE") or info.objective is None or info.bound is None \
+            or not meets_bound(info.objective, info.bound, objective):
+        return info
+    return replace(info, status="OPTIMAL" + info.status.removeprefix("FEASIBLE"),
+                   notes=f"{info.notes}; the plan written reaches the bound: no plan can do "
+                         "better")
 
 
 def _slot_bound(instance: Instance, cost: CostModel, objective: str, slots: int,

@@ -112,3 +112,24 @@ def test_a_plan_the_polish_brings_to_the_bound_is_reported_optimal(
     assert info.status == "OPTIMAL", info.status
     assert "the polished plan reaches the bound" in info.notes
     assert check_plan(inst, sched) == []
+
+
+def test_a_written_plan_at_the_reported_bound_is_optimal() -> None:
+    """`planner solve` marks the plan it writes OPTIMAL where it reaches the bound written
+    beside it (a baseline kept at the bound, a slot plan at the slot bound), and leaves
+    every other status alone."""
+    from planner.domain import SolverInfo
+    from planner.service import _proven
+
+    kept = SolverInfo("cp-sat", "FEASIBLE (baseline static kept)", 5.0, 5.0 * (1 - 1e-9), 0.0)
+    got = _proven(kept, "mean_response")
+    assert got.status == "OPTIMAL (baseline static kept)"
+    assert got.notes.endswith("the plan written reaches the bound: no plan can do better")
+    assert _proven(SolverInfo("cp-sat", "FEASIBLE", 5.01, 5.0), "mean_response").status == \
+        "FEASIBLE"
+    unknown = SolverInfo("cp-sat", "UNKNOWN: no CP-SAT solution in time", 5.0, 5.0)
+    assert _proven(unknown, "mean_response") == unknown
+    assert _proven(SolverInfo("cp-sat", "FEASIBLE", 0.9, 0.9), "slo_attainment").status == \
+        "OPTIMAL"
+    assert _proven(SolverInfo("cp-sat", "FEASIBLE", 0.9, 0.95), "slo_attainment").status == \
+        "FEASIBLE"
