@@ -341,13 +341,15 @@ def _batched(instance: Instance, cost: CostModel, schedule: Schedule, info: Solv
 def _proven(info: SolverInfo, objective: str) -> SolverInfo:
     """``info`` with status OPTIMAL where the plan written, as the executor dispatches it,
     reaches the bound reported beside it (a slot plan at the slot bound, a baseline kept
-    at the bound): no plan can do better, whatever the search itself could prove."""
+    at the bound, a start plan written when CP-SAT found none): no plan can do better,
+    whatever the search itself could prove."""
     from planner.solver.bound import meets_bound
 
-    if not info.status.startswith("FEASIBLE") or info.objective is None or info.bound is None \
+    word = next((w for w in ("FEASIBLE", "UNKNOWN") if info.status.startswith(w)), None)
+    if word is None or info.objective is None or info.bound is None \
             or not meets_bound(info.objective, info.bound, objective):
         return info
-    return replace(info, status="OPTIMAL" + info.status.removeprefix("FEASIBLE"),
+    return replace(info, status="OPTIMAL" + info.status.removeprefix(word),
                    notes=f"{info.notes}; the plan written reaches the bound: no plan can do "
                          "better")
 

@@ -118,6 +118,8 @@ def test_a_written_plan_at_the_reported_bound_is_optimal() -> None:
     """`planner solve` marks the plan it writes OPTIMAL where it reaches the bound written
     beside it (a baseline kept at the bound, a slot plan at the slot bound), and leaves
     every other status alone."""
+    from dataclasses import replace
+
     from planner.domain import SolverInfo
     from planner.service import _proven
 
@@ -128,7 +130,11 @@ def test_a_written_plan_at_the_reported_bound_is_optimal() -> None:
     assert _proven(SolverInfo("cp-sat", "FEASIBLE", 5.01, 5.0), "mean_response").status == \
         "FEASIBLE"
     unknown = SolverInfo("cp-sat", "UNKNOWN: no CP-SAT solution in time", 5.0, 5.0)
-    assert _proven(unknown, "mean_response") == unknown
+    assert _proven(unknown, "mean_response").status == \
+        "OPTIMAL: no CP-SAT solution in time"
+    assert _proven(replace(unknown, bound=4.0), "mean_response").status == unknown.status
+    infeasible = SolverInfo("cp-sat", "INFEASIBLE restricted model", 5.0, 5.0)
+    assert _proven(infeasible, "mean_response") == infeasible
     assert _proven(SolverInfo("cp-sat", "FEASIBLE", 0.9, 0.9), "slo_attainment").status == \
         "OPTIMAL"
     assert _proven(SolverInfo("cp-sat", "FEASIBLE", 0.9, 0.95), "slo_attainment").status == \
