@@ -91,7 +91,7 @@ def main() -> int:
                     help="solve flags to draw from instead of the built-in set (repeat; "
                          "'' for none), e.g. --extra '--slots 1,2' --extra=--no-polish (a "
                          "single flag needs the '=')")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/sweep"),
                     help="folder for the instances, plans and sweep.csv")
     args = ap.parse_args()
     out = args.out.resolve()
