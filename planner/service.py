@@ -211,6 +211,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         hints = {k: v.schedule for k, v in ok.items() if v.schedule is not None}
         run_opts: Any = opts
         batch_note = ""  # how the batched one-slot plan, a start plan, was made
+        one: Schedule | None = None  # the one-slot CP-SAT plan, batching tried on it
         if max(opts.slots) > 1:
             # the slot plans' bound (an LP, seconds) inside the time limit, as the one-slot
             # search does with its own; the batching pass below reads it from the cache
@@ -232,10 +233,11 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
             hints["cp-sat (one slot)"] = one
             # and batched: a start plan with slots, which the slot search, with its
             # pairwise compute lanes, may not reach in its time
-            batched, b_info = _batched(instance, cost, one, one_info, objective, opts.slots)
+            batched, b_info = _batched(instance, cost, one, replace(one_info, notes=""),
+                                       objective, opts.slots)
             if batched is not one:
                 hints[BATCHED] = batched
-                batch_note = (b_info.notes or "").removeprefix(one_info.notes or "")
+                batch_note = b_info.notes
             run_opts = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2)
         observe = _Observe(run_opts, instance, cost, objective, baselines) \
             if opts.on_plan else None
@@ -243,7 +245,8 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
         if batch_note and BATCHED in info.status:  # that start plan kept: how it was made
             info = replace(info, notes=f"{info.notes}{batch_note}")
         if max(opts.slots) > 1:
-            if not any(e.n_parallel > 1 for e in schedule.engines):
+            if schedule is not one and not any(e.n_parallel > 1 for e in schedule.engines):
+                # (the one-slot plan returned as it was: batching it gained nothing above)
                 schedule, info = _batched(instance, cost, schedule, info, objective,
                                           opts.slots)
             # the bound holds for every plan the user allowed, with or without slots (the

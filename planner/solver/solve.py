@@ -494,12 +494,11 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     # the polish (or a bound found beside it) may bring the plan to the bound; re-timed
     # (about a second on a thousand requests, past the limit) only where its objective on
     # the grid is that close already
-    near = moves is not None and not at_bound and gap_of(objective_value(
-        compute_metrics(instance, sched.actions), objective), bound, objective) <= NEAR_BOUND
-    polished_to_bound = near and optimal(sched, bound)
-    wall = time.perf_counter() - t0  # the search, the polish and any rounds after it
     m = compute_metrics(instance, sched.actions)
     obj = objective_value(m, objective)
+    near = moves is not None and not at_bound and gap_of(obj, bound, objective) <= NEAR_BOUND
+    polished_to_bound = near and optimal(sched, bound)
+    wall = time.perf_counter() - t0  # the search, the polish and any rounds after it
     bound_note += (f"; preemption: {n_splits} requests per CP-SAT model may be split (once or "
                    f"twice, where a heavier request arrives or at quarter points; kv_save/"
                    f"kv_restore, recompute or a same-engine pause), "
