@@ -14,6 +14,13 @@ a hard property (exit code, validation, bound, baseline, time).
     .venv/bin/python benchmarks/sweep.py                       # 30 cases, seed 1
     .venv/bin/python benchmarks/sweep.py --cases 60 --seed 2 --out /tmp/sweep
     .venv/bin/python benchmarks/sweep.py --extra '--slots 1,2' --extra '--slots 1,2,4'
+    .venv/bin/python benchmarks/sweep.py --reference 20 --like instances/mixed.json
+
+`--reference S` solves each instance a second time (default options, `S` seconds) and
+checks every bound against every plan without parallel slots: a bound is valid for the
+instance, not only for the options or the search that gave it, so no plan of any solve
+may pass it. `--like FILE` adds an instance's cluster and models (`planner instance
+generate --like`) to the clusters drawn from.
 
 A `--slots 1,2` case that wrote a baseline (status UNKNOWN) is how the pairwise slot
 lanes of engines that never fit together were found (docs/solver.md, "Compute lanes").
@@ -43,14 +50,18 @@ OVERRUN_S = 6.0
 ROUNDED = 1e-5
 
 
-def draw(rng: random.Random, extras: list[list[str]]) -> tuple[list[str], list[str], str]:
-    """(generator arguments, solve arguments, objective) for one case."""
-    cluster = rng.choice(["one-gpu", "two-servers"])
+def draw(rng: random.Random, extras: list[list[str]],
+         like: tuple[Path, ...] = ()) -> tuple[list[str], list[str], str]:
+    """(generator arguments, solve arguments, objective) for one case; ``like``: instance
+    files whose cluster and models may be drawn beside the built-in clusters."""
+    cluster = rng.choice(["one-gpu", "two-servers", *(str(f) for f in like)])
     objective = rng.choice(["mean_response", "mean_response", "makespan", "slo_attainment",
                             "tardiness"])
     rate = rng.choice([0.002, 0.01, 0.03, 0.08, 0.2]) / (3 if cluster == "one-gpu" else 1)
-    gen = ["--cluster", cluster, "--models", ",".join(rng.sample(MODELS, rng.randint(1, 6))),
-           "--rate", str(rate), "--duration", str(rng.choice([30, 120, 600])),
+    models = ",".join(rng.sample(MODELS, rng.randint(1, 6)))
+    place = (["--cluster", cluster, "--models", models] if cluster in ("one-gpu", "two-servers")
+             else ["--like", cluster])
+    gen = [*place, "--rate", str(rate), "--duration", str(rng.choice([30, 120, 600])),
            "--seed", str(rng.randrange(1000, 9999)), "--objective", objective,
            "--arrivals", rng.choice(["poisson", "bursty"]),
            "--lengths", rng.choice(["lognormal", "pareto"])]
@@ -81,6 +92,47 @@ def check(plan: dict, objective: str, limit: float, wall: float) -> list[str]:
     return flags
 
 
+def slotless(plan: dict) -> bool:
+    """whether no engine of the plan has parallel slots (the bounds' class of plans)"""
+    return all(int(e.get("n_parallel", 1)) == 1 for e in plan.get("engines", []))
+
+
+def cross_check(solves: list[tuple[dict, list[str]]], objective: str) -> list[str]:
+    """Every solve's bound against every plan without slots, from any solve (each with
+    the options it ran with): its own plan, and its baselines where it had no slots."""
+    key, maximise = METRIC[objective], objective == "slo_attainment"
+    plans: list[tuple[float, str]] = []
+    for k, (plan, opts) in enumerate(solves):
+        value = plan["metrics"].get(key)
+        if value is not None and slotless(plan):
+            plans.append((value, f"solve {k}'s plan"))
+        if "--slots" not in opts:
+            plans += [(b["metrics"][key], f"solve {k}'s {name}")
+                      for name, b in plan.get("baselines", {}).items()
+                      if (b.get("metrics") or {}).get(key) is not None]
+    flags = []
+    for k, (plan, _) in enumerate(solves):
+        bound = plan["solver"].get("bound")
+        if bound is None:
+            continue
+        for value, where in plans:
+            if worse(bound, value, maximise):
+                flags.append(f"solve {k}'s bound {bound} past {where} ({value})")
+    return flags
+
+
+def reference(planner: str, inst: Path, sol: Path, limit: float,
+              solves: list[tuple[dict, list[str]]], objective: str) -> list[str]:
+    """The reference solve (default options, ``limit`` seconds) and the cross check of
+    every bound against every slotless plan; flags as :func:`check`'s."""
+    opts = ["--time-limit", f"{limit:g}"]
+    ran = subprocess.run([planner, "solve", str(inst), "-o", str(sol), *opts],
+                         capture_output=True, text=True)
+    if ran.returncode or "Traceback" in ran.stderr:
+        return [f"reference solve exited {ran.returncode}: {ran.stderr.strip()[-300:]}"]
+    return cross_check([*solves, (json.loads(sol.read_text()), opts)], objective)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=30)
@@ -91,6 +143,12 @@ def main() -> int:
                     help="solve flags to draw from instead of the built-in set (repeat; "
                          "'' for none), e.g. --extra '--slots 1,2' --extra=--no-polish (a "
                          "single flag needs the '=')")
+    ap.add_argument("--reference", type=float, default=0.0, metavar="S",
+                    help="also solve each instance with default options for S seconds and "
+                         "check every bound against every plan without slots (0: off)")
+    ap.add_argument("--like", type=Path, action="append", default=[],
+                    help="an instance whose cluster and models are drawn beside the "
+                         "built-in clusters (repeat)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/sweep"),
                     help="folder for the instances, plans and sweep.csv")
     args = ap.parse_args()
@@ -101,7 +159,7 @@ def main() -> int:
     extras = EXTRAS if args.extra is None else [x.split() for x in args.extra]
     rows, faults = [], 0
     for k in range(args.cases):
-        gen, opts, objective = draw(rng, extras)
+        gen, opts, objective = draw(rng, extras, tuple(args.like))
         inst, sol = out / f"i{k}.json", out / f"s{k}.json"
         made = subprocess.run([planner, "instance", "generate", "-o", str(inst), *gen],
                               capture_output=True, text=True)
@@ -134,6 +192,9 @@ def main() -> int:
                                    capture_output=True, text=True)
             if valid.returncode:
                 flags.append(f"validate: {(valid.stdout + valid.stderr).strip()[-300:]}")
+            if args.reference > 0:
+                flags += reference(planner, inst, out / f"r{k}.json", args.reference,
+                                   [(plan, opts)], objective)
         faults += bool(flags)
         # a written baseline is no fault (a short limit on a large instance), but worth a look
         if str(row.get("status", "")).startswith("UNKNOWN"):

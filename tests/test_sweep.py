@@ -52,3 +52,25 @@ def test_a_drawn_case_runs_end_to_end(tmp_path: Path) -> None:
     assert row["requests"] == "6" and row["solve"] == "--time-limit 3 --slots 1,2"
     assert row["status"] and not row["flags"], row
     assert (out / "s0.json").exists() and (out / "i0.json").exists()
+
+
+def test_cross_check_holds_every_bound_to_every_slotless_plan() -> None:
+    s = sweep()
+    key = "weighted_mean_response_s"
+    drawn = plan(10.0, 9.5, 12.0, key)
+    ref = plan(9.0, 8.0, 11.0, key)
+    # the drawn solve's bound (9.5) passes the reference's plan (9.0)
+    flags = s.cross_check([(drawn, ["--no-cpu-engines"]), (ref, [])], "mean_response")
+    assert flags == ["solve 0's bound 9.5 past solve 1's plan (9.0)"]
+    assert s.cross_check([(plan(10.0, 8.9, 12.0, key), []), (ref, [])], "mean_response") == []
+    # a plan with parallel slots, and the baselines of a solve with slots, may pass it
+    slots = plan(7.0, 6.0, 8.5, key)
+    slots["engines"] = [{"id": "e1", "n_parallel": 2}]
+    assert s.cross_check([(slots, ["--slots", "1,2"]), (ref, [])], "mean_response") == []
+    slots["engines"] = [{"id": "e1", "n_parallel": 1}]
+    flags = s.cross_check([(slots, ["--slots", "1,2"]), (ref, [])], "mean_response")
+    assert flags == ["solve 1's bound 8.0 past solve 0's plan (7.0)"]
+    # SLO attainment: the bound lies above every plan
+    up = plan(0.8, 0.85, 0.7, "slo_attainment")
+    assert s.cross_check([(up, []), (plan(0.9, 0.95, 0.7, "slo_attainment"), [])],
+                         "slo_attainment") == ["solve 0's bound 0.85 past solve 1's plan (0.9)"]
