@@ -14,13 +14,23 @@ a hard property (exit code, validation, bound, baseline, time).
     .venv/bin/python benchmarks/sweep.py                       # 30 cases, seed 1
     .venv/bin/python benchmarks/sweep.py --cases 60 --seed 2 --out /tmp/sweep
     .venv/bin/python benchmarks/sweep.py --extra '--slots 1,2' --extra '--slots 1,2,4'
-    .venv/bin/python benchmarks/sweep.py --reference 20 --like instances/mixed.json
+    .venv/bin/python benchmarks/sweep.py --reference 20 --cluster instances/swap.json
 
 `--reference S` solves each instance a second time (default options, `S` seconds) and
 checks every bound against every plan without parallel slots: a bound is valid for the
 instance, not only for the options or the search that gave it, so no plan of any solve
-may pass it. `--like FILE` adds an instance's cluster and models (`planner instance
-generate --like`) to the clusters drawn from.
+may pass it. `--cluster` names the clusters drawn from: the built-in `one-gpu` and
+`two-servers` (the default), or an instance file whose cluster and models are copied
+(`planner instance generate --like`). `--execute` replays each plan on a
+cluster without GPUs with `planner execute` on this machine's real llama.cpp engines
+(`--cluster instances/cpu-demo.json`, after `make demo` has made its models): every request
+must be served and the host's measured memory stay within its budget; the response
+time's prediction error is recorded.
+
+    .venv/bin/python benchmarks/sweep.py --cluster instances/cpu-demo.json --execute
+
+`--export` writes each plan's deployment with `planner export` to every target (and
+llama-swap's legacy groups); an export that fails is a fault.
 
 A `--slots 1,2` case that wrote a baseline (status UNKNOWN) is how the pairwise slot
 lanes of engines that never fit together were found (docs/solver.md, "Compute lanes").
@@ -50,16 +60,19 @@ OVERRUN_S = 6.0
 ROUNDED = 1e-5
 
 
+BUILT_IN = ("one-gpu", "two-servers")
+
+
 def draw(rng: random.Random, extras: list[list[str]],
-         like: tuple[Path, ...] = ()) -> tuple[list[str], list[str], str]:
-    """(generator arguments, solve arguments, objective) for one case; ``like``: instance
-    files whose cluster and models may be drawn beside the built-in clusters."""
-    cluster = rng.choice(["one-gpu", "two-servers", *(str(f) for f in like)])
+         clusters: tuple[str, ...] = BUILT_IN) -> tuple[list[str], list[str], str]:
+    """(generator arguments, solve arguments, objective) for one case; ``clusters``:
+    built-in names or instance files whose cluster and models are copied."""
+    cluster = rng.choice(clusters)
     objective = rng.choice(["mean_response", "mean_response", "makespan", "slo_attainment",
                             "tardiness"])
     rate = rng.choice([0.002, 0.01, 0.03, 0.08, 0.2]) / (3 if cluster == "one-gpu" else 1)
     models = ",".join(rng.sample(MODELS, rng.randint(1, 6)))
-    place = (["--cluster", cluster, "--models", models] if cluster in ("one-gpu", "two-servers")
+    place = (["--cluster", cluster, "--models", models] if cluster in BUILT_IN
              else ["--like", cluster])
     gen = [*place, "--rate", str(rate), "--duration", str(rng.choice([30, 120, 600])),
            "--seed", str(rng.randrange(1000, 9999)), "--objective", objective,
@@ -133,6 +146,52 @@ def reference(planner: str, inst: Path, sol: Path, limit: float,
     return cross_check([*solves, (json.loads(sol.read_text()), opts)], objective)
 
 
+def replay(planner: str, inst: Path, sol: Path, report: Path, max_s: float
+           ) -> tuple[list[str], dict[str, object]]:
+    """``planner execute`` of a plan whose cluster has no GPU (flags, CSV fields); plans
+    longer than ``max_s`` are not replayed."""
+    if any(h.get("gpus") for h in json.loads(inst.read_text())["cluster"]["hosts"]):
+        return [], {}
+    makespan = json.loads(sol.read_text())["metrics"]["makespan_s"]
+    if makespan > max_s:
+        return [], {"replay": f"skipped (makespan {makespan:.0f} s)"}
+    t = time.perf_counter()
+    ran = subprocess.run([planner, "execute", str(sol), "--instance", str(inst), "-o",
+                          str(report)], capture_output=True, text=True)
+    info: dict[str, object] = {"replay": f"{time.perf_counter() - t:.0f} s"}
+    if ran.returncode or "Traceback" in ran.stderr:
+        return [f"execute exited {ran.returncode}: {ran.stderr.strip()[-300:]}"], info
+    rep = json.loads(report.read_text())
+    flags = []
+    left = [r["id"] for r in rep["requests"] if r["status"] != "done"]
+    if left:
+        flags.append(f"replay left {len(left)} requests undone ({', '.join(left[:3])})")
+    for d in rep["devices"]:
+        peak, budget = d.get("measured_peak_host_bytes"), d.get("budget_host_bytes")
+        if peak is not None and budget is not None and peak > budget:
+            flags.append(f"replay: {d['id']} held {peak} bytes over its {budget}")
+    err = rep["summary"]["response"]
+    info.update(response_err_p50=err["median"], response_err_p90=err["p90"])
+    return flags, info
+
+
+EXPORTS = [["--to", "llama-server"], ["--to", "llama-server-router"], ["--to", "llama-swap"],
+           ["--to", "llama-swap", "--llama-swap-form", "groups"], ["--to", "ollama"],
+           ["--to", "llama-cpp-python"]]
+
+
+def export(planner: str, inst: Path, sol: Path, folder: Path) -> list[str]:
+    """``planner export`` of the plan to every target; a flag per failed one."""
+    flags = []
+    for k, target in enumerate(EXPORTS):
+        ran = subprocess.run([planner, "export", str(sol), "--instance", str(inst), "-o",
+                              str(folder / str(k)), *target], capture_output=True, text=True)
+        if ran.returncode or "Traceback" in ran.stderr:
+            flags.append(f"export {' '.join(target[1:])} exited {ran.returncode}: "
+                         f"{(ran.stdout + ran.stderr).strip()[-200:]}")
+    return flags
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=30)
@@ -146,9 +205,18 @@ def main() -> int:
     ap.add_argument("--reference", type=float, default=0.0, metavar="S",
                     help="also solve each instance with default options for S seconds and "
                          "check every bound against every plan without slots (0: off)")
-    ap.add_argument("--like", type=Path, action="append", default=[],
-                    help="an instance whose cluster and models are drawn beside the "
-                         "built-in clusters (repeat)")
+    ap.add_argument("--cluster", action="append", default=None,
+                    help="a cluster to draw from (repeat): one-gpu, two-servers (the "
+                         "default: both) or an instance file, whose cluster and models "
+                         "are copied")
+    ap.add_argument("--execute", action="store_true",
+                    help="replay each plan whose cluster has no GPU with `planner execute` "
+                         "(real llama.cpp engines on this machine)")
+    ap.add_argument("--export", action="store_true",
+                    help="write each plan's deployment to every `planner export` target")
+    ap.add_argument("--max-replay", type=float, default=180.0, metavar="S",
+                    help="with --execute: plans whose makespan passes S seconds are not "
+                         "replayed")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/sweep"),
                     help="folder for the instances, plans and sweep.csv")
     args = ap.parse_args()
@@ -157,9 +225,13 @@ def main() -> int:
     planner = str(Path(sys.executable).with_name("planner"))
     rng = random.Random(args.seed)
     extras = EXTRAS if args.extra is None else [x.split() for x in args.extra]
+    clusters = tuple(args.cluster or BUILT_IN)
+    for c in clusters:
+        if c not in BUILT_IN and not Path(c).is_file():
+            ap.error(f"--cluster {c}: neither {' nor '.join(BUILT_IN)} nor an instance file")
     rows, faults = [], 0
     for k in range(args.cases):
-        gen, opts, objective = draw(rng, extras, tuple(args.like))
+        gen, opts, objective = draw(rng, extras, clusters)
         inst, sol = out / f"i{k}.json", out / f"s{k}.json"
         made = subprocess.run([planner, "instance", "generate", "-o", str(inst), *gen],
                               capture_output=True, text=True)
@@ -195,6 +267,13 @@ def main() -> int:
             if args.reference > 0:
                 flags += reference(planner, inst, out / f"r{k}.json", args.reference,
                                    [(plan, opts)], objective)
+            if args.export:
+                flags += export(planner, inst, sol, out / f"export{k}")
+            if args.execute and not flags:
+                more, info = replay(planner, inst, sol, out / f"report{k}.json",
+                                    args.max_replay)
+                flags += more
+                row.update(info)
         faults += bool(flags)
         # a written baseline is no fault (a short limit on a large instance), but worth a look
         if str(row.get("status", "")).startswith("UNKNOWN"):
@@ -204,7 +283,8 @@ def main() -> int:
         print(f"{k:3} n={n:<4} {' '.join(opts):28} {row.get('status', '')[:40]:40} "
               f"{row['flags'] or 'ok'}", flush=True)
     fields = ["case", "requests", "objective", "generate", "solve", "status", "objective_value",
-              "bound", "gap", "wall_s", "flags"]
+              "bound", "gap", "wall_s", "replay", "response_err_p50", "response_err_p90",
+              "flags"]
     with open(out / "sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()

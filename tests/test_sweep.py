@@ -45,13 +45,16 @@ def test_a_drawn_case_runs_end_to_end(tmp_path: Path) -> None:
     """Seed 25's first case with `--slots 1,2`: 6 requests on the two servers, 3 s."""
     out = tmp_path / "sweep"
     ran = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--cases", "1",
-                          "--seed", "25", "--extra", "--slots 1,2", "--out", str(out)],
+                          "--seed", "25", "--extra", "--slots 1,2", "--export", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     (row,) = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert row["requests"] == "6" and row["solve"] == "--time-limit 3 --slots 1,2"
     assert row["status"] and not row["flags"], row
     assert (out / "s0.json").exists() and (out / "i0.json").exists()
+    # --export: one folder per target, each with what it writes
+    assert sorted(p.name for p in (out / "export0").iterdir()) == [str(k) for k in range(6)]
+    assert all(any(p.iterdir()) for p in (out / "export0").iterdir())
 
 
 def test_cross_check_holds_every_bound_to_every_slotless_plan() -> None:
@@ -74,3 +77,17 @@ def test_cross_check_holds_every_bound_to_every_slotless_plan() -> None:
     up = plan(0.8, 0.85, 0.7, "slo_attainment")
     assert s.cross_check([(up, []), (plan(0.9, 0.95, 0.7, "slo_attainment"), [])],
                          "slo_attainment") == ["solve 0's bound 0.85 past solve 1's plan (0.9)"]
+
+
+def test_replay_leaves_gpu_clusters_and_long_plans_alone(tmp_path: Path) -> None:
+    """`--execute` replays only plans of clusters without GPUs and within --max-replay
+    (its real replays are run by hand: README, "Solve sweep")."""
+    s = sweep()
+    inst, sol = tmp_path / "i.json", tmp_path / "s.json"
+    sol.write_text('{"metrics": {"makespan_s": 400.0}}')
+    inst.write_text('{"cluster": {"hosts": [{"id": "h", "gpus": [{"id": "g"}]}]}}')
+    assert s.replay("planner", inst, sol, tmp_path / "r.json", 180.0) == ([], {})
+    inst.write_text('{"cluster": {"hosts": [{"id": "h", "gpus": []}]}}')
+    flags, info = s.replay("planner", inst, sol, tmp_path / "r.json", 180.0)
+    assert flags == [] and info == {"replay": "skipped (makespan 400 s)"}
+    assert not (tmp_path / "r.json").exists()
