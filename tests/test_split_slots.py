@@ -520,3 +520,42 @@ def test_a_slot_plan_meeting_every_slo_is_optimal_without_a_search(
     assert plan.solver.status == "OPTIMAL", plan.solver.status
     assert plan.solver.objective == 1.0
     assert check_plan(inst, plan.schedule) == []
+
+
+def test_slot_models_keep_their_pairwise_lanes_as_pairs(write_instance,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """CP-SAT's presolve would merge the slot model's pairwise exclusions into cliques (on a
+    67-request CPU instance 21,766 pairs became 4,342 no-overlaps of 581,718 intervals, and
+    one step of its feasibility-jump worker took 6.2 s of a 3.7 s limit, with no plan):
+    slot models are solved with no-overlap merging off, the others as before."""
+    from ortools.sat.python import cp_model
+
+    import planner.solver.model as model_mod
+    from planner.service import SolveOptions, prepare, solve
+
+    seen: list[tuple[bool, float]] = []
+    real = model_mod.CPModel.solve
+
+    def record(self, params):  # type: ignore[no-untyped-def]
+        solver_solve = cp_model.CpSolver.solve
+
+        def spy(solver, model, *a):  # type: ignore[no-untyped-def]
+            seen.append((any(e.slots > 1 for e in self.data.engines),
+                         solver.parameters.merge_no_overlap_work_limit))
+            return solver_solve(solver, model, *a)
+
+        monkeypatch.setattr(cp_model.CpSolver, "solve", spy)
+        try:
+            return real(self, params)
+        finally:
+            monkeypatch.setattr(cp_model.CpSolver, "solve", solver_solve)
+
+    monkeypatch.setattr(model_mod.CPModel, "solve", record)
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2)))
+    assert check_plan(inst, plan.schedule) == []
+    assert {limit for slots, limit in seen if slots} == {0.0}
+    assert {limit for slots, limit in seen if not slots} == {1e12}
