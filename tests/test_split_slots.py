@@ -559,3 +559,30 @@ def test_slot_models_keep_their_pairwise_lanes_as_pairs(write_instance,
     assert check_plan(inst, plan.schedule) == []
     assert {limit for slots, limit in seen if slots} == {0.0}
     assert {limit for slots, limit in seen if not slots} == {1e12}
+
+
+def test_the_one_slot_cp_sat_plan_kept_by_a_failed_slot_search_is_no_unknown(
+        write_instance, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """With no time left for the model without slots, a slot search that finds nothing
+    writes its best start plan; when that is the one-slot CP-SAT plan, the status credits
+    CP-SAT (FEASIBLE) rather than saying no CP-SAT solution was found (UNKNOWN), as
+    `benchmarks/sweep.py` seed 4 case 3 (20 requests, 3 s, `--slots 1,2,4`) wrote."""
+    import planner.solver.solve as solve_mod
+    from planner.service import SolveOptions, prepare, solve
+
+    real = solve_mod.CPModel.solve
+
+    def no_plan_with_slots(self, params):  # type: ignore[no-untyped-def]
+        return None if any(e.slots > 1 for e in self.data.engines) else real(self, params)
+
+    monkeypatch.setattr(solve_mod.CPModel, "solve", no_plan_with_slots)
+    monkeypatch.setattr(solve_mod, "SLOTLESS_MIN_S", 1e9)  # no time for the retry
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    inst, cost = prepare(write_instance(data))
+    plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2)))
+    assert check_plan(inst, plan.schedule) == []
+    status = plan.solver.status
+    assert status.startswith("FEASIBLE (start plan cp-sat (one slot"), status
+    assert "no better CP-SAT solution in time" in status

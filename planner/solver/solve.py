@@ -409,9 +409,12 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
             f"{wall:.1f} s"))
 
     if failed is not None:
-        status = (f"UNKNOWN: no CP-SAT solution in time, best {kept} written"
-                  if "INFEASIBLE" not in failed else
-                  f"INFEASIBLE restricted model ({failed}), best {kept} written")
+        status = (f"INFEASIBLE restricted model ({failed}), best {kept} written"
+                  if "INFEASIBLE" in failed else
+                  # a start plan CP-SAT made (the one-slot plan a slot search starts from)
+                  f"FEASIBLE ({kept} written: no better CP-SAT solution in time)"
+                  if best_base is not None and best_base.startswith("cp-sat") else
+                  f"UNKNOWN: no CP-SAT solution in time, best {kept} written")
         if polishing and best_base is not None and not stopped() and \
                 t0 + full - time.perf_counter() > 0.5:
             # the time CP-SAT would have had goes to local moves on the start plan
