@@ -18,6 +18,14 @@ from planner.export import llama_server, llama_swap, ollama
 from planner.io import load_instance, load_plan, parse_schedule, plan_format
 
 
+def six_small_requests() -> dict[str, Any]:
+    """:func:`two_gpu_dict` with six requests of its small model, 0.2 s apart."""
+    data = two_gpu_dict()
+    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
+                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
+    return data
+
+
 def two_gpu_dict() -> dict[str, Any]:
     """A 70B model on a host with two 24 GiB GPUs and too little RAM to offload layers to."""
     return {
@@ -205,10 +213,7 @@ def test_solver_with_slots_overlaps_runs_and_passes_the_checker(
         write_instance) -> None:  # type: ignore[no-untyped-def]
     from planner.service import SolveOptions, prepare, solve
 
-    data = two_gpu_dict()
-    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
-                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
-    inst, cost = prepare(write_instance(data))
+    inst, cost = prepare(write_instance(six_small_requests()))
     plan = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1, 2, 4)))
     assert check_plan(inst, plan.schedule) == []
     one = solve(inst, cost, SolveOptions(time_limit_s=10, workers=1, slots=(1,)))
@@ -359,10 +364,7 @@ def test_a_slot_solve_reports_a_bound_for_slot_plans_whatever_plan_it_returns(
     from planner.service import SolveOptions, prepare, solve
     from planner.solver.bound import slot_plan_bound
 
-    data = two_gpu_dict()
-    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
-                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
-    inst, cost = prepare(write_instance(data))
+    inst, cost = prepare(write_instance(six_small_requests()))
     real_base, real_cpsat = service.run_baselines, solver_pkg.solve_cpsat
     monkeypatch.setattr(service, "run_baselines", lambda i, c, slots=1: real_base(i, c))
     monkeypatch.setattr(service, "_batched", lambda i, c, s, info, o, k: (s, info))
@@ -492,10 +494,7 @@ def test_a_slot_search_without_a_plan_hands_its_time_to_the_model_without_slots(
         return real(self, params)
 
     monkeypatch.setattr(solve_mod.CPModel, "solve", no_plan_with_slots)
-    data = two_gpu_dict()
-    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
-                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
-    inst, cost = prepare(write_instance(data))
+    inst, cost = prepare(write_instance(six_small_requests()))
     plan = solve(inst, cost, SolveOptions(time_limit_s=8, workers=1, slots=(1, 2)))
     assert slot_models  # the slot model was tried
     assert not plan.solver.status.startswith("UNKNOWN"), plan.solver.status
@@ -551,10 +550,7 @@ def test_slot_models_keep_their_pairwise_lanes_as_pairs(write_instance,
             monkeypatch.setattr(cp_model.CpSolver, "solve", solver_solve)
 
     monkeypatch.setattr(model_mod.CPModel, "solve", record)
-    data = two_gpu_dict()
-    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
-                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
-    inst, cost = prepare(write_instance(data))
+    inst, cost = prepare(write_instance(six_small_requests()))
     plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2)))
     assert check_plan(inst, plan.schedule) == []
     assert {limit for slots, limit in seen if slots} == {0.0}
@@ -577,10 +573,7 @@ def test_the_one_slot_cp_sat_plan_kept_by_a_failed_slot_search_is_no_unknown(
 
     monkeypatch.setattr(solve_mod.CPModel, "solve", no_plan_with_slots)
     monkeypatch.setattr(solve_mod, "SLOTLESS_MIN_S", 1e9)  # no time for the retry
-    data = two_gpu_dict()
-    data["requests"] = [{"id": f"r{i}", "model": "small", "arrival_s": 0.2 * i,
-                         "prompt_tokens": 128, "output_tokens": 200} for i in range(6)]
-    inst, cost = prepare(write_instance(data))
+    inst, cost = prepare(write_instance(six_small_requests()))
     plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2)))
     assert check_plan(inst, plan.schedule) == []
     status = plan.solver.status
