@@ -411,9 +411,10 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     if failed is not None:
         status = (f"INFEASIBLE restricted model ({failed}), best {kept} written"
                   if "INFEASIBLE" in failed else
-                  # a start plan CP-SAT made (the one-slot plan a slot search starts from)
+                  # CP-SAT made a start plan (the one-slot plan a slot search starts
+                  # from): this search found none better, the best start plan is written
                   f"FEASIBLE ({kept} written: no better CP-SAT solution in time)"
-                  if best_base is not None and best_base.startswith("cp-sat") else
+                  if any(k.startswith("cp-sat") for k in baseline_schedules) else
                   f"UNKNOWN: no CP-SAT solution in time, best {kept} written")
         if polishing and best_base is not None and not stopped() and \
                 t0 + full - time.perf_counter() > 0.5:
