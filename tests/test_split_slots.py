@@ -533,28 +533,26 @@ def test_slot_models_keep_their_pairwise_lanes_as_pairs(write_instance,
     from planner.service import SolveOptions, prepare, solve
 
     seen: list[tuple[bool, float]] = []
-    real = model_mod.CPModel.solve
+    slot_model: list[bool] = []  # whether the CPModel being solved has slot engines
+    real, real_solver = model_mod.CPModel.solve, cp_model.CpSolver.solve
 
     def record(self, params):  # type: ignore[no-untyped-def]
-        solver_solve = cp_model.CpSolver.solve
+        slot_model.append(any(e.slots > 1 for e in self.data.engines))
+        return real(self, params)
 
-        def spy(solver, model, *a):  # type: ignore[no-untyped-def]
-            seen.append((any(e.slots > 1 for e in self.data.engines),
-                         solver.parameters.merge_no_overlap_work_limit))
-            return solver_solve(solver, model, *a)
-
-        monkeypatch.setattr(cp_model.CpSolver, "solve", spy)
-        try:
-            return real(self, params)
-        finally:
-            monkeypatch.setattr(cp_model.CpSolver, "solve", solver_solve)
+    def spy(solver, model, *a):  # type: ignore[no-untyped-def]
+        seen.append((slot_model[-1], solver.parameters.merge_no_overlap_work_limit))
+        return real_solver(solver, model, *a)
 
     monkeypatch.setattr(model_mod.CPModel, "solve", record)
+    monkeypatch.setattr(cp_model.CpSolver, "solve", spy)
     inst, cost = prepare(write_instance(six_small_requests()))
     plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2)))
     assert check_plan(inst, plan.schedule) == []
+    default = cp_model.CpSolver().parameters.merge_no_overlap_work_limit
+    assert default > 0
     assert {limit for slots, limit in seen if slots} == {0.0}
-    assert {limit for slots, limit in seen if not slots} == {1e12}
+    assert {limit for slots, limit in seen if not slots} == {default}
 
 
 def test_the_one_slot_cp_sat_plan_kept_by_a_failed_slot_search_is_no_unknown(
