@@ -230,7 +230,7 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
             one_base = {k: v.schedule for k, v in run_baselines(instance, cost).items()
                         if v.schedule is not None}
             one, one_info = solve_cpsat(instance, cost, objective, half, one_base)
-            hints["cp-sat (one slot)"] = one
+            hints[ONE_SLOT] = one
             # and batched: a start plan with slots, which the slot search, with its
             # pairwise compute lanes, may not reach in its time
             batched, b_info = _batched(instance, cost, one, replace(one_info, notes=""),
@@ -241,7 +241,8 @@ def solve(instance: Instance, cost: CostModel, opts: SolveOptions,
             run_opts = dataclasses.replace(opts, time_limit_s=opts.time_limit_s / 2)
         observe = _Observe(run_opts, instance, cost, objective, baselines) \
             if opts.on_plan else None
-        schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints)
+        schedule, info = solve_cpsat(instance, cost, objective, observe or run_opts, hints,
+                                     cp_sat_starts=frozenset({ONE_SLOT, BATCHED}))
         if batch_note and BATCHED in info.status:  # that start plan kept: how it was made
             info = replace(info, notes=f"{info.notes}{batch_note}")
         if max(opts.slots) > 1:
@@ -318,7 +319,9 @@ def mark_interrupted(plan: Plan, reason: str) -> Plan:
     return replace(plan, solver=replace(plan.solver, notes=notes))
 
 
-#: the one-slot CP-SAT plan re-dispatched on slot engines, a start plan of a slot search
+#: the one-slot CP-SAT plan, a start plan of a slot search; and that plan re-dispatched on
+#: slot engines. Both are CP-SAT's plans (`solve_cpsat(..., cp_sat_starts=...)`)
+ONE_SLOT = "cp-sat (one slot)"
 BATCHED = "cp-sat (one slot, batched)"
 
 

@@ -555,7 +555,7 @@ def test_solve_never_hands_back_a_plan_worse_than_a_baseline(
     best_name = min(base, key=lambda k: mean(base[k]))
     assert mean(worst) > mean(base[best_name])
 
-    def fake(instance, cost, objective, opts, hints):  # type: ignore[no-untyped-def]
+    def fake(instance, cost, objective, opts, hints, **kw):  # type: ignore[no-untyped-def]
         return worst, SolverInfo("cp-sat", "FEASIBLE", mean(worst), 1.0, 0.5, 0.1,
                                  notes="fake search")
 
@@ -586,7 +586,7 @@ def test_the_gap_written_is_from_the_objective_as_executed(
                                        for a in best.actions))
     assert check_plan(inst, late) == []
 
-    def fake(instance, cost, objective, opts, hints):  # type: ignore[no-untyped-def]
+    def fake(instance, cost, objective, opts, hints, **kw):  # type: ignore[no-untyped-def]
         return late, SolverInfo("cp-sat", "FEASIBLE", mean(late), 1.0,
                                 1 - 1.0 / mean(late), 0.1, notes="fake search")
 

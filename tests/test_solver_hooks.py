@@ -93,9 +93,9 @@ def test_the_time_limit_covers_the_baselines(monkeypatch: pytest.MonkeyPatch) ->
     limits: list[float] = []
     real_cpsat = solver_pkg.solve_cpsat
 
-    def spy(instance, cost_, objective, opts, hints):  # type: ignore[no-untyped-def]
+    def spy(instance, cost_, objective, opts, hints, **kw):  # type: ignore[no-untyped-def]
         limits.append(opts.time_limit_s)
-        return real_cpsat(instance, cost_, objective, opts, hints)
+        return real_cpsat(instance, cost_, objective, opts, hints, **kw)
 
     monkeypatch.setattr(service, "run_baselines", slow_baselines)
     monkeypatch.setattr(solver_pkg, "solve_cpsat", spy)

@@ -368,8 +368,8 @@ def test_a_slot_solve_reports_a_bound_for_slot_plans_whatever_plan_it_returns(
     real_base, real_cpsat = service.run_baselines, solver_pkg.solve_cpsat
     monkeypatch.setattr(service, "run_baselines", lambda i, c, slots=1: real_base(i, c))
     monkeypatch.setattr(service, "_batched", lambda i, c, s, info, o, k: (s, info))
-    monkeypatch.setattr(solver_pkg, "solve_cpsat", lambda i, c, o, opts, h: real_cpsat(
-        i, c, o, dataclasses.replace(opts, slots=(1,)), h))
+    monkeypatch.setattr(solver_pkg, "solve_cpsat", lambda i, c, o, opts, h, **kw: real_cpsat(
+        i, c, o, dataclasses.replace(opts, slots=(1,)), h, **kw))
     plan = solve(inst, cost, SolveOptions(time_limit_s=6, workers=1, slots=(1, 2, 4)))
     assert not any(e.n_parallel > 1 for e in plan.schedule.engines)
     want, name = slot_plan_bound(inst, cost, "mean_response", 4)

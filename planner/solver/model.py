@@ -60,11 +60,6 @@ __all__ = ["CPModel", "Constraints", "Frozen", "Hint", "Objective", "OpenPeriod"
 PROGRESS: list[tuple[float, float]] = []
 
 
-class _Progress(cp_model.CpSolverSolutionCallback):
-    def on_solution_callback(self) -> None:
-        PROGRESS.append((time.perf_counter(), self.objective_value))
-
-
 @dataclass
 class SolveHooks:
     """Observers of a running search; they never change what the solver decides.
@@ -81,23 +76,39 @@ class SolveHooks:
 
 @dataclass
 class SolveParams:
+    """``grace_s``: when the search has no solution at ``time_limit_s``, it goes on for up
+    to this much longer and stops at its first solution (a model whose presolve alone takes
+    most of its share: 292 requests on four GPUs, docs/solver.md "A first solution late")."""
+
     time_limit_s: float
     workers: int
     seed: int
     log: bool
     hooks: SolveHooks | None = None
+    grace_s: float = 0.0
 
 
 class _Observer(cp_model.CpSolverSolutionCallback):
-    """Passes each improving solution to ``SolveHooks.on_solution``."""
+    """Records each improving solution (``PROGRESS``, ``found``), passes it to
+    ``SolveHooks.on_solution``, and stops the search at a solution found after
+    ``deadline`` (the time limit, when a grace period extends the search past it)."""
 
-    def __init__(self, cp: CPModel, hooks: SolveHooks) -> None:
+    def __init__(self, cp: CPModel, hooks: SolveHooks | None, solver: cp_model.CpSolver,
+                 deadline: float | None) -> None:
         super().__init__()
-        self.cp, self.hooks = cp, hooks
+        self.cp, self.hooks, self.solver, self.deadline = cp, hooks, solver, deadline
+        self.found = threading.Event()
+        self.first: float | None = None  # perf_counter at the first solution
 
     def on_solution_callback(self) -> None:
-        PROGRESS.append((time.perf_counter(), self.objective_value))
-        if self.hooks.on_solution is not None:
+        now = time.perf_counter()
+        PROGRESS.append((now, self.objective_value))
+        if self.first is None:
+            self.first = now
+        self.found.set()
+        if self.deadline is not None and now >= self.deadline:
+            self.solver.stop_search()  # the first solution of the grace period
+        if self.hooks is not None and self.hooks.on_solution is not None:
             self.hooks.on_solution(self.objective_value, lambda: self.cp.read_values(
                 self.boolean_value, self.value, "FEASIBLE", self.objective_value,
                 self.best_objective_bound))
@@ -157,7 +168,9 @@ class CPModel:
 
     def solve(self, params: SolveParams) -> WindowSolution | None:
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.05, params.time_limit_s)
+        limit = max(0.05, params.time_limit_s)
+        grace = max(0.0, params.grace_s)
+        solver.parameters.max_time_in_seconds = limit + grace
         solver.parameters.num_workers = params.workers
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
@@ -171,33 +184,42 @@ class CPModel:
         hooks = params.hooks
         if hooks is not None and hooks.stop is not None and hooks.stop.is_set():
             return None  # stopped: no search, as if the time ran out without a solution
+        started = time.perf_counter()
+        deadline = started + limit if grace > 0 else None
+        observer = _Observer(self, hooks, solver, deadline)
         with stoppable(solver.stop_search):  # Ctrl-C/SIGTERM: return the best so far
-            status = solver.solve(self.model, _Progress()) if hooks is None else \
-                self._solve_observed(solver, hooks)
+            status = self._solve_watched(solver, observer, hooks.stop if hooks else None)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 return WindowSolution("INFEASIBLE", 0.0, 0.0, {}, {})
             return None
-        return self.solution(solver, status)
+        sol = self.solution(solver, status)
+        sol.first_s = (observer.first if observer.first is not None
+                       else time.perf_counter()) - started
+        return sol
 
-    def _solve_observed(self, solver: cp_model.CpSolver, hooks: SolveHooks) -> Any:
-        """Solve with a solution callback and a watcher that stops the search on request."""
+    def _solve_watched(self, solver: cp_model.CpSolver, observer: _Observer,
+                       stop: threading.Event | None) -> Any:
+        """Solve with ``observer``, and a watcher that stops the search on request and, in a
+        grace period, at the time limit where a solution was found by then."""
         done = threading.Event()
-        stop = hooks.stop
+        deadline = observer.deadline
 
         def watch() -> None:
-            assert stop is not None
             while not done.wait(0.05):
-                if stop.is_set():  # repeated: a stop before the search begins is forgotten
+                if stop is not None and stop.is_set():
+                    # repeated: a stop before the search begins is forgotten
+                    solver.stop_search()
+                if deadline is not None and observer.found.is_set() and \
+                        time.perf_counter() >= deadline:
                     solver.stop_search()
 
-        watcher = threading.Thread(target=watch, daemon=True) if stop is not None else None
+        watcher = threading.Thread(target=watch, daemon=True) \
+            if stop is not None or deadline is not None else None
         if watcher is not None:
             watcher.start()
         try:
-            if hooks.on_solution is not None:
-                return solver.solve(self.model, _Observer(self, hooks))
-            return solver.solve(self.model)
+            return solver.solve(self.model, observer)
         finally:
             done.set()
             if watcher is not None:

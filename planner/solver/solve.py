@@ -143,11 +143,15 @@ def _windows(reqs: list[RequestData], per_request: float) -> list[list[RequestDa
 
 def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                 baselines: dict[str, Schedule],
-                n_ctx: dict[str, int] | None = None) -> tuple[Schedule, SolverInfo]:
+                n_ctx: dict[str, int] | None = None,
+                cp_sat_starts: frozenset[str] = frozenset()) -> tuple[Schedule, SolverInfo]:
     """CP-SAT plan for ``instance``; falls back to the best baseline when that is better.
 
     ``n_ctx`` overrides the engines' context sizes (a part of a larger instance keeps
     the whole instance's, so that its baseline's engines stay candidates).
+    ``cp_sat_starts``: the start plans among ``baselines`` that are CP-SAT's (the one-slot
+    plan a slot search starts from, service.py): a search that finds nothing better than
+    them still writes a CP-SAT plan.
     """
     t0 = time.perf_counter()
     full = float(getattr(opts, "time_limit_s", 60.0))
@@ -333,16 +337,21 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         search = len(windows) == 1 and not decomposition and pool_size > len(data.engines)
         if search:
             share *= FIRST_SHARE
+        # one model for the whole instance: without a solution at its share it goes on (to
+        # the end of the search's time) until its first one, rather than leave the plan to
+        # the start plans (a slot model has its own fallback, the model without slots)
+        grace = max(0.0, limit - 0.3 - (time.perf_counter() - t0) - share) \
+            if len(windows) == 1 and all(e.slots == 1 for e in data.engines) else 0.0
         if len(windows) == 1 and splits:
             sol = two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
-                              hint, share, params)
+                              hint, share, replace(params, grace_s=grace))
         else:
             cp = CPModel(data, win, objective, n_periods, builder.frozen, horizon, splits)
             if hint is not None:
                 cp.add_hint(hint)
             build_s = time.perf_counter() - tb
             sol = cp.solve(SolveParams(max(0.5, share - build_s), workers, params.seed,
-                                       params.log, params.hooks))
+                                       params.log, params.hooks, grace_s=grace))
         if sol is None or sol.status == "INFEASIBLE":
             failed = "INFEASIBLE" if sol is not None else "no solution in time"
             failed += f" (window {i + 1}/{len(windows)})" if len(windows) > 1 else ""
@@ -414,7 +423,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                   # CP-SAT made a start plan (the one-slot plan a slot search starts
                   # from): this search found none better, the best start plan is written
                   f"FEASIBLE ({kept} written: no better CP-SAT solution in time)"
-                  if any(k.startswith("cp-sat") for k in baseline_schedules) else
+                  if cp_sat_starts & baseline_schedules.keys() else
                   f"UNKNOWN: no CP-SAT solution in time, best {kept} written")
         if polishing and best_base is not None and not stopped() and \
                 t0 + full - time.perf_counter() > 0.5:

@@ -113,27 +113,43 @@ def two_phases(data: ProblemData, win: list[RequestData], objective: str,
                 splits: frozenset[str], hint: Hint | None, share: float,
                 params: SolveParams) -> WindowSolution | None:
     """Without preemption for PHASE1_SHARE of the time, then with it, warm-started from
-    the first solution; the better of the two (the second model contains the first)."""
+    the first solution; the better of the two (the second model contains the first).
+
+    ``params.grace_s``: while the first model has no solution it may go on past ``share``
+    for that long, and stops at its first one (then the second model is not tried)."""
     t0 = time.perf_counter()
     cp1 = CPModel(data, win, objective, n_periods, frozen, horizon)
     if hint is not None:
         cp1.add_hint(hint)
     left = share - (time.perf_counter() - t0)
-    sol1 = cp1.solve(SolveParams(max(0.5, left * PHASE1_SHARE), params.workers, params.seed,
-                                 params.log, params.hooks))
+    first = max(0.5, left * PHASE1_SHARE)
+    sol1 = cp1.solve(SolveParams(first, params.workers, params.seed, params.log, params.hooks,
+                                 grace_s=max(0.0, left - first) + params.grace_s))
     if sol1 is not None and sol1.status == "INFEASIBLE":
         sol1 = None  # the second model may still be feasible
+    left = share - (time.perf_counter() - t0)
+    if sol1 is not None and left < (sol1.first_s or 0.0):
+        # found late (in the grace period, or near the end of the share): the second,
+        # larger model would not reach its first solution in the time left (sol1's bound
+        # only bounds the model without preemption)
+        sol1.status, sol1.bound = "FEASIBLE", 0.0
+        return sol1
     cp2 = CPModel(data, win, objective, n_periods, frozen, horizon, splits)
     if sol1 is not None:
         cp2.add_hint(hint_from_solution(sol1))
     elif hint is not None:
         cp2.add_hint(hint)
     left = share - (time.perf_counter() - t0)
-    sol2 = cp2.solve(SolveParams(max(0.5, left), params.workers, params.seed, params.log,
-                                 params.hooks))
+    second = max(0.5, left)
+    grace = max(0.0, share + params.grace_s - (time.perf_counter() - t0) - second) \
+        if sol1 is None else 0.0
+    sol2 = cp2.solve(SolveParams(second, params.workers, params.seed, params.log,
+                                 params.hooks, grace_s=grace))
     if sol2 is None or (sol2.status == "INFEASIBLE" and sol1 is not None):
         if sol1 is not None:  # its bound only bounds the model without preemption
             sol1.status, sol1.bound = "FEASIBLE", 0.0
+            if sol2 is None:  # a model with splits found nothing in `second` seconds
+                sol1.first_s = max(sol1.first_s or 0.0, 2.0 * second)
         return sol1
     if sol1 is not None and sol1.objective < sol2.objective:
         sol1.status, sol1.bound = "FEASIBLE", sol2.bound

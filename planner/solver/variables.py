@@ -50,6 +50,9 @@ class WindowSolution:
     bound: float
     periods: dict[int, list[tuple[int, int, int, int, bool]]]  # ls, le, us, ue, carried
     runs: dict[str, list[Piece]]  # request -> its actions in time order
+    #: seconds from the solve's start to its first solution (None: not from a solve);
+    #: what a model of this size needs before it has any plan (lns.refine_splits)
+    first_s: float | None = None
 
 
 # --- variables -----------------------------------------------------------------------
