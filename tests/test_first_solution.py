@@ -1,6 +1,7 @@
 """A CP-SAT model with no solution at the end of its share goes on to its first one (the
 grace period), rather than leave the plan to the start plans; rounds and phases that could
-not reach a solution in the time left are not started."""
+not reach a solution in the time left are not started. The slow presolve these tests need
+is CP-SAT's probing, which the planner turns off (model.PROBING_LEVEL): they turn it on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+import planner.solver.model as model_mod
 import planner.solver.solve as solve_mod
 from planner.checker import check_plan
 from planner.service import SolveOptions, prepare, run_baselines, solve
@@ -18,9 +20,16 @@ from planner.solver.solve import CANDIDATE_OPTIONS, PERIODS
 from tests.conftest import ROOT
 
 
+@pytest.fixture()
+def slow_presolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CP-SAT's probing on (its default), as before PROBING_LEVEL: mixed.json's model then
+    spends seconds in its presolve (2.45 s to its first solution on a 2-vCPU VM)."""
+    monkeypatch.setattr(model_mod, "PROBING_LEVEL", 2)
+
+
 def _mixed_model() -> CPModel:
     """mixed.json's monolithic model (220 requests, 1,704 options), hinted by its best
-    baseline: its presolve alone takes seconds on a 2-vCPU VM."""
+    baseline."""
     inst, cost = prepare(ROOT / "instances" / "mixed.json")
     base = {k: v.schedule for k, v in run_baselines(inst, cost, 1).items()
             if v.schedule is not None}
@@ -34,6 +43,7 @@ def _mixed_model() -> CPModel:
     return cp
 
 
+@pytest.mark.usefixtures("slow_presolve")
 def test_a_model_without_a_solution_at_its_limit_stops_at_its_first_one() -> None:
     cp = _mixed_model()
     assert cp.solve(SolveParams(0.05, 1, 0, False)) is None  # no grace: nothing in 0.05 s
@@ -47,6 +57,7 @@ def test_a_model_without_a_solution_at_its_limit_stops_at_its_first_one() -> Non
     assert wall >= sol.first_s
 
 
+@pytest.mark.usefixtures("slow_presolve")
 def test_a_first_share_too_short_for_any_solution_still_gives_a_cp_sat_plan(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Before the grace period such a solve wrote 'UNKNOWN: no CP-SAT solution in time'

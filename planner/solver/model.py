@@ -88,6 +88,16 @@ class SolveParams:
     grace_s: float = 0.0
 
 
+#: CP-SAT's probing (``cp_model_probing_level``, default 2) is off. In its presolve it
+#: took 1.3 s of wall time per pass (for 0.03 deterministic seconds, so its own limit never
+#: cut it) on 296 requests on four GPUs, and the first solution came at 4.5 s instead of
+#: 0.6 s. With it off, ten solves of five such instances (165-479 requests, 8 and 15 s)
+#: all gave CP-SAT plans (before: one of ten), 4-9 % better on three and within about 1 %
+#: either way on the other seven; the default set at 60 s stayed within its run-to-run
+#: spread (docs/solver.md, "A first solution late")
+PROBING_LEVEL = 0
+
+
 class _Observer(cp_model.CpSolverSolutionCallback):
     """Records each improving solution (``PROGRESS``, ``found``), passes it to
     ``SolveHooks.on_solution``, and stops the search at a solution found after
@@ -175,6 +185,7 @@ class CPModel:
         solver.parameters.random_seed = params.seed
         solver.parameters.log_search_progress = params.log
         solver.parameters.catch_sigint_signal = False  # planner.interrupt stops the search
+        solver.parameters.cp_model_probing_level = PROBING_LEVEL
         if any(e.slots > 1 for e in self.data.engines):
             # the slot engines' pairwise exclusions (constraints.py) stay pairs: merged into
             # cliques by the presolve (4,342 no-overlaps of 581,718 intervals from 21,766
