@@ -92,8 +92,8 @@ class SolveParams:
 #: took 1.3 s of wall time per pass (for 0.03 deterministic seconds, so its own limit never
 #: cut it) on 296 requests on four GPUs, and the first solution came at 4.5 s instead of
 #: 0.6 s. With it off, ten solves of five such instances (165-479 requests, 8 and 15 s)
-#: all gave CP-SAT plans (before: one of ten), 4-9 % better on three and within about 1 %
-#: either way on the other seven; the default set at 60 s stayed within its run-to-run
+#: all gave CP-SAT plans (before: one of ten), better on six (by up to 13 %), within 0.1 %
+#: on three and 1.0 % worse on one; the default set at 60 s stayed within its run-to-run
 #: spread (docs/solver.md, "A first solution late")
 PROBING_LEVEL = 0
 
