@@ -54,6 +54,7 @@ def main() -> int:
     ap.add_argument("--checkout", type=Path, default=None,
                     help="another checkout's planner (e.g. a git worktree of an older commit)")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # the commands run in the repository's root
     args.out.mkdir(parents=True, exist_ok=True)
     cli = planner(args.checkout)
     rows = []

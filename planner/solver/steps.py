@@ -148,8 +148,9 @@ def two_phases(data: ProblemData, win: list[RequestData], objective: str,
     if sol2 is None or (sol2.status == "INFEASIBLE" and sol1 is not None):
         if sol1 is not None:  # its bound only bounds the model without preemption
             sol1.status, sol1.bound = "FEASIBLE", 0.0
-            if sol2 is None:  # a model with splits found nothing in `second` seconds
-                sol1.first_s = max(sol1.first_s or 0.0, 2.0 * second)
+            if sol2 is None:  # a model with splits found nothing in `second` seconds:
+                # a round of the split search needs more (lns.refine_splits)
+                sol1.first_s = max(sol1.first_s or 0.0, second)
         return sol1
     if sol1 is not None and sol1.objective < sol2.objective:
         sol1.status, sol1.bound = "FEASIBLE", sol2.bound
