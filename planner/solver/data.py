@@ -91,6 +91,11 @@ class ProblemData:
         return [e for e in self.engines if e.cfg.model == model]
 
 
+def request_options(data: ProblemData) -> int:
+    """(request, candidate engine) pairs of a problem: what a CP-SAT model's size grows with"""
+    return sum(len(rd.run) for rd in data.requests)
+
+
 def restrict(data: ProblemData, keep: set[int]) -> ProblemData:
     """The same problem over a subset of candidate engines (placement decided elsewhere).
 

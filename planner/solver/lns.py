@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from planner.domain import EngineConfig
 from planner.interrupt import stop_requested
-from planner.solver.data import ProblemData
+from planner.solver.data import ProblemData, request_options
 from planner.solver.model import CPModel, Frozen, Hint, SolveHooks, SolveParams, WindowSolution
 
 RADII = (1, 2, 4, 8)
@@ -81,11 +81,6 @@ def remap_hint(sol: WindowSolution, old: ProblemData, new: ProblemData) -> Hint:
     return Hint(periods, runs)
 
 
-def _options(data: ProblemData) -> int:
-    """request options (request x candidate engine) of a model's data: what its size grows with"""
-    return sum(len(rd.run) for rd in data.requests)
-
-
 def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, periods: int,
                   horizon: int, build: Callable[[list[EngineConfig]], ProblemData],
                   splits: Callable[[ProblemData], frozenset[str]], params: SolveParams,
@@ -107,7 +102,7 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
     # presolve or at the hint (292 requests on four GPUs: three rounds of 2-6 s, each
     # "stopped after presolve"). The rounds end there, and the polish after them has the
     # time; a round that found nothing at all raises what the next one needs to its share.
-    per_option = (sol.first_s or 0.0) / max(1, _options(data))
+    per_option = (sol.first_s or 0.0) / max(1, request_options(data))
     while deadline - time.perf_counter() > MIN_ROUND_S and not stop_requested(stop):
         ri %= len(RADII)
         configs = neighbourhood(data, sol, RADII[ri], start)
@@ -122,7 +117,7 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
                     break
                 extra += 1
         new = build(configs)
-        need = per_option * _options(new)
+        need = per_option * request_options(new)
         left = deadline - time.perf_counter()
         if left <= max(MIN_ROUND_S, 2.0 * need):
             break
@@ -149,5 +144,5 @@ def refine_splits(data: ProblemData, sol: WindowSolution, objective: str, period
         else:
             ri += 1
             if got is None:  # no solution at all in its share: the next needs more
-                per_option = max(per_option, share / max(1, _options(new)))
+                per_option = max(per_option, share / max(1, request_options(new)))
     return data, sol, rounds, better

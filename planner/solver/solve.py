@@ -53,6 +53,7 @@ from planner.solver.data import (
     ProblemData,
     RequestData,
     build_data,
+    request_options,
     restrict,
     ticks_up,
 )
@@ -163,6 +164,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
     one_gpu = sum(d.kind == "gpu" for d in instance.cluster.devices) == 1
     share = POLISH_SHARE_ONE_GPU if one_gpu and want_bound else POLISH_SHARE
     limit = full * (1.0 - share) if polishing else full
+    search_end = t0 + limit - 0.3  # the search's models stop by then (the polish follows)
     workers = int(getattr(opts, "workers", 2))
     params = SolveParams(limit, workers, int(getattr(opts, "seed", 0)),
                          bool(getattr(opts, "log", False)))
@@ -238,7 +240,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         swaps = SwapBound(instance, cost, objective, t0 + full - SWAP_BOUND_MARGIN_S)
 
     def options(d: ProblemData) -> float:
-        return sum(len(rd.run) for rd in d.requests) * PERIODS / max(1, len(d.requests))
+        return request_options(d) * PERIODS / max(1, len(d.requests))
 
     n_gpus = sum(len(h.gpus) for h in instance.cluster.hosts)
     if options(data) * len(data.requests) > MAX_OPTIONS and best_base is not None and \
@@ -340,7 +342,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
         # one model for the whole instance: without a solution at its share it goes on (to
         # the end of the search's time) until its first one, rather than leave the plan to
         # the start plans (a slot model has its own fallback, the model without slots)
-        grace = max(0.0, limit - 0.3 - (time.perf_counter() - t0) - share) \
+        grace = max(0.0, search_end - time.perf_counter() - share) \
             if len(windows) == 1 and all(e.slots == 1 for e in data.engines) else 0.0
         if len(windows) == 1 and splits:
             sol = two_phases(data, win, objective, n_periods, builder.frozen, horizon, splits,
@@ -372,7 +374,7 @@ def solve_cpsat(instance: Instance, cost: CostModel, objective: str, opts: Any,
                                      lambda dd: split_candidates(list(dd.requests), max_splits),
                                      params, until, reached)
 
-            data, sol, rounds, better = more_rounds(data, sol, t0 + limit - 0.3)
+            data, sol, rounds, better = more_rounds(data, sol, search_end)
             decomposition = (f"monolithic CP-SAT model with a search over layer splits "
                              f"({rounds} rounds, {better} improving)")
             builder = PlanBuilder(data)
